@@ -1,0 +1,3 @@
+//! Image formats used by the launcher: SIF containers and SquashFS file systems.
+pub mod sif;
+pub mod squashfs;

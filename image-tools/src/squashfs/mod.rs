@@ -1,0 +1,1 @@
+//! Lazy SquashFS reader: opens by reading only the superblock and small tables.

@@ -1,0 +1,1 @@
+//! Launcher runtime: options -> plan (pure data) -> apply (syscalls).
