@@ -1,13 +1,12 @@
 //! Every real fixture parses and matches shared/testdata/sif/README.md.
 
-#[path = "sif_common.rs"]
-mod common;
+mod sif_common;
 
-use common::*;
 use image_tools::sif::{
     is_sif, CryptoFormat, DataType, Descriptor, Error, Extra, FsType, HashType, Link, MessageType,
     PartType, SbomFormat, SifFile, UNSET_TIME,
 };
+use sif_common::*;
 
 const OLD_SCRIPT: &str = "#!/usr/bin/env run-singularity\n";
 const PGP_FP: &str = "12045c8c0b1004d058de4beda20c27ee7ff7ba84";

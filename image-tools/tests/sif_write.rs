@@ -2,17 +2,16 @@
 //! images, a field-by-field comparison with an old-writer image, a real
 //! mksquashfs partition checked with unsquashfs, and input errors.
 
-#[path = "sif_common.rs"]
-mod common;
+mod sif_common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use image_tools::sif::{
     self, DataType, Error, Extra, FsType, HashType, Link, ObjectData, ObjectSpec, PartType,
     SifFile, WriteOptions, UNSET_TIME,
 };
+use sif_common::*;
 
 fn write_to(dir: &Path, opts: &WriteOptions, objects: Vec<ObjectSpec>) -> Vec<u8> {
     let out = dir.join("out.sif");

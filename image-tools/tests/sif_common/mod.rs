@@ -1,4 +1,5 @@
-//! Helpers shared by the sif_* integration tests (included with `#[path]`).
+//! Helpers shared by the sif_* integration tests (a directory, so Cargo does
+//! not build it as a test target of its own).
 #![allow(dead_code)]
 
 use std::fs::File;
