@@ -111,12 +111,8 @@ impl SifFile {
     }
 
     fn check_bounds(&self, slot: usize, d: &Descriptor) -> Result<()> {
-        let end = d.offset.checked_add(d.size).ok_or_else(|| {
-            Error::Corrupt(format!(
-                "descriptor {} (slot {slot}): offset {} + size {} overflows",
-                d.id, d.offset, d.size
-            ))
-        })?;
+        // Both were parsed from non-negative i64 (< 2^63), so the sum fits u64.
+        let end = d.offset + d.size;
         if end > self.file_size {
             return Err(Error::Corrupt(format!(
                 "descriptor {} (slot {slot}): object extends past end of file \
