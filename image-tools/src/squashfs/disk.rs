@@ -1,0 +1,64 @@
+//! Positional reads from the image file, bounds-checked against the image.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::error::{corrupt, Error, Result};
+
+/// The image: one shared file, read only with `pread`, so any number of
+/// threads can read at once without seeking.
+pub(crate) struct Disk {
+    file: File,
+    /// Where the image starts in the file.
+    base: u64,
+    /// Image length (`bytes_used`); no read goes past it.
+    len: u64,
+}
+
+impl Disk {
+    pub(crate) fn new(file: File, base: u64, len: u64) -> Disk {
+        Disk { file, base, len }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Fills `buf` from image position `pos`; `what` names the structure for errors.
+    pub(crate) fn read_exact(
+        &self,
+        pos: u64,
+        buf: &mut [u8],
+        what: &dyn std::fmt::Display,
+    ) -> Result<()> {
+        let end = pos.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(corrupt(format!(
+                "{what}: {} bytes at {pos} lie past the image end {}",
+                buf.len(),
+                self.len
+            )));
+        }
+        let at = self
+            .base
+            .checked_add(pos)
+            .ok_or_else(|| corrupt(format!("{what}: position {pos} overflows")))?;
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| Error::io(format_args!("reading {what} at image offset {pos}"), e))
+    }
+
+    /// Reads up to `max` bytes at `pos`, fewer only at the image end.
+    pub(crate) fn read_upto(
+        &self,
+        pos: u64,
+        max: usize,
+        what: &dyn std::fmt::Display,
+    ) -> Result<Vec<u8>> {
+        let avail = self.len.saturating_sub(pos);
+        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(max);
+        let mut buf = vec![0u8; n];
+        self.read_exact(pos, &mut buf, what)?;
+        Ok(buf)
+    }
+}

@@ -1,0 +1,317 @@
+//! Regular file contents: data blocks, sparse blocks and fragment tails.
+
+use std::sync::Arc;
+
+use super::compression::decompress;
+use super::error::{corrupt, Error, Result};
+use super::inode::{Detail, Inode, NO_FRAGMENT};
+use super::metadata::{table_entry, Cursor};
+use super::Archive;
+
+/// Bit of a data block size meaning "stored uncompressed".
+const UNCOMPRESSED_BIT: u32 = 1 << 24;
+const SIZE_MASK: u32 = UNCOMPRESSED_BIT - 1;
+/// Lists up to this many blocks are kept whole in the cache (12 bytes each).
+const CACHED_LIST_MAX: u64 = 1 << 20;
+/// Most bytes read from disk at once for a run of consecutive blocks.
+const RUN_MAX: u64 = 8 << 20;
+
+/// Positions and stored sizes of a file's data blocks.
+pub(crate) struct BlockList {
+    /// Image position of each block.
+    starts: Vec<u64>,
+    /// Raw stored size of each block (with the uncompressed bit).
+    sizes: Vec<u32>,
+}
+
+/// One data block: where it lies and how it is stored.
+#[derive(Clone, Copy)]
+struct BlockRef {
+    pos: u64,
+    raw: u32,
+}
+
+impl BlockRef {
+    fn disk_size(self) -> u64 {
+        u64::from(self.raw & SIZE_MASK)
+    }
+}
+
+/// Copies the part of `src` (file bytes from `src_at`) that overlaps `dst`
+/// (file bytes from `dst_at`).
+fn copy_overlap(dst: &mut [u8], dst_at: u64, src: &[u8], src_at: u64, src_len: u64) -> Result<()> {
+    let start = dst_at.max(src_at);
+    let end = (dst_at + dst.len() as u64).min(src_at + src_len);
+    if start >= end {
+        return Ok(());
+    }
+    let (s, e) = ((start - src_at) as usize, (end - src_at) as usize);
+    let d = (start - dst_at) as usize;
+    let Some(src) = src.get(s..e) else {
+        return Err(corrupt(format!(
+            "block holds {} bytes, {} needed",
+            src.len(),
+            e
+        )));
+    };
+    dst[d..d + src.len()].copy_from_slice(src);
+    Ok(())
+}
+
+impl Archive {
+    fn file_detail(file: &Inode) -> Result<(u64, u32, u32, u64, (u64, usize))> {
+        match file.detail {
+            Detail::File {
+                blocks_start,
+                fragment,
+                frag_offset,
+                block_count,
+                list_pos,
+            } => Ok((blocks_start, fragment, frag_offset, block_count, list_pos)),
+            _ => Err(Error::invalid(
+                std::io::ErrorKind::InvalidInput,
+                format_args!("inode {:#x} is not a regular file", file.inode_ref),
+            )),
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at end of file.
+    pub fn read_at(&self, file: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_at_inner(file, offset, buf)
+            .map_err(|e| e.context(format_args!("file inode {:#x}", file.inode_ref)))
+    }
+
+    fn read_at_inner(&self, file: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let (blocks_start, fragment, frag_offset, block_count, list_pos) = Self::file_detail(file)?;
+        if offset >= file.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = (file.size - offset).min(buf.len() as u64) as usize;
+        let buf = &mut buf[..len];
+        let end = offset + len as u64;
+        let bs = u64::from(self.sb.block_size);
+        let data_end = block_count.saturating_mul(bs).min(file.size);
+        if offset < data_end {
+            let first = offset / bs;
+            let last = (end.min(data_end) - 1) / bs;
+            let blocks = self.block_range(
+                file.inode_ref,
+                blocks_start,
+                block_count,
+                list_pos,
+                first,
+                last,
+            )?;
+            self.read_blocks(file, first, &blocks, offset, buf)?;
+        }
+        if end > data_end {
+            if fragment == NO_FRAGMENT {
+                return Err(corrupt(format!(
+                    "blocks cover {data_end} of {} bytes and there is no fragment",
+                    file.size
+                )));
+            }
+            let tail_len = file.size - data_end;
+            let frag = self.fragment_block(fragment)?;
+            let from = u64::from(frag_offset);
+            let tail = frag
+                .get(from as usize..)
+                .filter(|t| t.len() as u64 >= tail_len)
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "fragment {fragment} holds {} bytes, tail needs {tail_len} at {from}",
+                        frag.len()
+                    ))
+                })?;
+            copy_overlap(buf, offset, tail, data_end, tail_len)?;
+        }
+        Ok(len)
+    }
+
+    /// Reads blocks `first..` (given in `blocks`) and copies what overlaps `buf`.
+    fn read_blocks(
+        &self,
+        file: &Inode,
+        first: u64,
+        blocks: &[BlockRef],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let bs = u64::from(self.sb.block_size);
+        let block_len = |i: usize| {
+            let at = (first + i as u64) * bs;
+            (at, bs.min(file.size - at))
+        };
+        let mut i = 0;
+        while i < blocks.len() {
+            let b = blocks[i];
+            let (at, want) = block_len(i);
+            if b.disk_size() == 0 {
+                // Sparse block: all zeros, nothing on disk.
+                let s = at.max(offset) - offset;
+                let e = (at + want).min(offset + buf.len() as u64) - offset;
+                buf[s as usize..e as usize].fill(0);
+                i += 1;
+                continue;
+            }
+            if let Some(data) = self.data_cache.get(&(b.pos, b.raw)) {
+                copy_overlap(buf, offset, &data, at, want)?;
+                i += 1;
+                continue;
+            }
+            // A run of blocks not yet cached: they lie back to back on disk, so
+            // one read fetches them all.
+            let mut j = i + 1;
+            let mut total = b.disk_size();
+            while let Some(n) = blocks.get(j) {
+                if n.disk_size() == 0
+                    || total + n.disk_size() > RUN_MAX
+                    || n.pos != b.pos + total
+                    || self.data_cache.get(&(n.pos, n.raw)).is_some()
+                {
+                    break;
+                }
+                total += n.disk_size();
+                j += 1;
+            }
+            let mut raw = vec![0u8; total as usize];
+            self.disk.read_exact(
+                b.pos,
+                &mut raw,
+                &format_args!("data blocks {}..{}", first + i as u64, first + j as u64),
+            )?;
+            let mut at_raw = 0usize;
+            for (k, blk) in blocks.iter().enumerate().take(j).skip(i) {
+                let n = blk.disk_size() as usize;
+                let data = self.decode_block(*blk, &raw[at_raw..at_raw + n])?;
+                at_raw += n;
+                let (at, want) = block_len(k);
+                copy_overlap(buf, offset, &data, at, want)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Decompresses a data or fragment block and caches it.
+    fn decode_block(&self, b: BlockRef, stored: &[u8]) -> Result<Arc<Vec<u8>>> {
+        let data = if b.raw & UNCOMPRESSED_BIT != 0 {
+            stored.to_vec()
+        } else {
+            decompress(&self.sb.compressor, stored, self.sb.block_size as usize)
+                .map_err(|e| e.context(format_args!("data block at {}", b.pos)))?
+        };
+        let weight = data.len() + 64;
+        Ok(self.data_cache.insert((b.pos, b.raw), data, weight))
+    }
+
+    fn fragment_block(&self, index: u32) -> Result<Arc<Vec<u8>>> {
+        let e: [u8; 16] = table_entry(
+            &self.meta,
+            &self.disk,
+            "fragment table",
+            &self.frag_index,
+            u64::from(index),
+        )?;
+        let pos = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+        let raw = u32::from_le_bytes([e[8], e[9], e[10], e[11]]);
+        let b = BlockRef { pos, raw };
+        if b.disk_size() == 0
+            || b.disk_size() > u64::from(self.sb.block_size)
+            || raw & !(SIZE_MASK | UNCOMPRESSED_BIT) != 0
+        {
+            return Err(corrupt(format!(
+                "fragment {index}: bad stored size {raw:#x}"
+            )));
+        }
+        if let Some(d) = self.data_cache.get(&(pos, raw)) {
+            return Ok(d);
+        }
+        let mut stored = vec![0u8; b.disk_size() as usize];
+        self.disk
+            .read_exact(pos, &mut stored, &format_args!("fragment {index}"))?;
+        self.decode_block(b, &stored)
+    }
+
+    /// The blocks `first..=last` of a file.
+    fn block_range(
+        &self,
+        inode_ref: u64,
+        blocks_start: u64,
+        block_count: u64,
+        list_pos: (u64, usize),
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<BlockRef>> {
+        if last >= block_count || first > last {
+            return Err(corrupt(format!(
+                "block {last} beyond the {block_count} blocks"
+            )));
+        }
+        let range = first as usize..=last as usize;
+        if block_count <= CACHED_LIST_MAX {
+            let list = match self.list_cache.get(&inode_ref) {
+                Some(l) => l,
+                None => {
+                    let l =
+                        self.read_block_list(blocks_start, block_count, list_pos, block_count)?;
+                    let weight = l.sizes.len() * 12 + 64;
+                    self.list_cache.insert(inode_ref, l, weight)
+                }
+            };
+            return Ok(list.starts[range.clone()]
+                .iter()
+                .zip(&list.sizes[range])
+                .map(|(&pos, &raw)| BlockRef { pos, raw })
+                .collect());
+        }
+        // Huge (mostly sparse) files: walk the list up to `last` without keeping it.
+        let l = self.read_block_list(blocks_start, block_count, list_pos, last + 1)?;
+        Ok(l.starts[range.clone()]
+            .iter()
+            .zip(&l.sizes[range])
+            .map(|(&pos, &raw)| BlockRef { pos, raw })
+            .collect())
+    }
+
+    /// Reads the first `n` entries of the block size list.
+    fn read_block_list(
+        &self,
+        blocks_start: u64,
+        block_count: u64,
+        list_pos: (u64, usize),
+        n: u64,
+    ) -> Result<BlockList> {
+        let start = self.sb.inode_table_start;
+        let mut c = Cursor::new(
+            &self.meta,
+            &self.disk,
+            "block list",
+            list_pos.0,
+            list_pos.1,
+            self.sb.region_end(start),
+        );
+        let n = n.min(block_count);
+        // Grows only as entries are really read, so a bad count cannot allocate much.
+        let mut l = BlockList {
+            starts: Vec::with_capacity(n.min(4096) as usize),
+            sizes: Vec::with_capacity(n.min(4096) as usize),
+        };
+        let mut pos = blocks_start;
+        let bs = self.sb.block_size;
+        for i in 0..n {
+            let raw = c.u32()?;
+            let size = raw & SIZE_MASK;
+            if size > bs || raw & !(SIZE_MASK | UNCOMPRESSED_BIT) != 0 {
+                return Err(corrupt(format!("block {i}: bad stored size {raw:#x}")));
+            }
+            l.starts.push(pos);
+            l.sizes.push(raw);
+            pos = pos
+                .checked_add(u64::from(size))
+                .filter(|&p| p <= self.disk.len())
+                .ok_or_else(|| corrupt(format!("block {i} lies past the image end")))?;
+        }
+        Ok(l)
+    }
+}
