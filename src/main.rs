@@ -1,1 +1,165 @@
-fn main() {}
+//! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use launcher_runtime::bind::{parse_bind_list, BindSpec};
+use launcher_runtime::options::{Action, LaunchOptions};
+use launcher_runtime::{environment, launch};
+use std::path::PathBuf;
+
+/// Exit status for the launcher's own failures (bad image, bad option, no namespaces, ...).
+const LAUNCHER_FAILURE: i32 = 255;
+
+#[derive(Parser)]
+#[command(
+    name = "launcher",
+    version,
+    about = "Unprivileged HPC container launcher for SquashFS and SIF images"
+)]
+struct Cli {
+    /// Print the launch plan and each step to stderr.
+    #[arg(short = 'd', long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command inside the image.
+    Exec {
+        #[command(flatten)]
+        opts: RunOpts,
+        /// Image file (.sif or .sqfs).
+        image: PathBuf,
+        /// Command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Run the image's runscript (or its OCI entrypoint and cmd).
+    Run {
+        #[command(flatten)]
+        opts: RunOpts,
+        image: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start an interactive shell inside the image.
+    Shell {
+        #[command(flatten)]
+        opts: RunOpts,
+        image: PathBuf,
+    },
+    /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
+    Inspect {
+        image: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Options shared by exec, run and shell; spelled as in Apptainer.
+#[derive(Args)]
+struct RunOpts {
+    /// Bind a host path: SRC[:DST[:ro|rw]], repeatable, comma-separated lists allowed.
+    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
+    bind: Vec<String>,
+    /// Do not bind home, cwd or /tmp; use a fresh /tmp and a minimal /dev.
+    #[arg(short = 'c', long)]
+    contain: bool,
+    /// Do not bind the home directory.
+    #[arg(long)]
+    no_home: bool,
+    /// Home directory to bind: SRC[:DST].
+    #[arg(long, value_name = "SRC[:DST]")]
+    home: Option<String>,
+    /// Working directory inside the container.
+    #[arg(long, value_name = "DIR")]
+    pwd: Option<PathBuf>,
+    /// A writable overlay on tmpfs over the image; changes vanish at exit.
+    #[arg(long)]
+    writable_tmpfs: bool,
+    /// Start from a minimal environment instead of the host's.
+    #[arg(short = 'e', long)]
+    cleanenv: bool,
+    /// Set a variable inside the container: NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Read NAME=VALUE lines from a file.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Number of FUSE server threads.
+    #[arg(long, hide = true, default_value_t = 0)]
+    fuse_threads: usize,
+}
+
+impl RunOpts {
+    fn into_options(self, image: PathBuf, action: Action) -> Result<(LaunchOptions, usize)> {
+        let mut o = LaunchOptions::new(image, action);
+        let mut binds: Vec<BindSpec> = Vec::new();
+        for b in &self.bind {
+            binds.extend(parse_bind_list(b)?);
+        }
+        o.binds = binds;
+        o.contain = self.contain;
+        o.no_home = self.no_home;
+        o.home = self.home.map(|h| match h.split_once(':') {
+            Some((src, dst)) => (PathBuf::from(src), PathBuf::from(dst)),
+            None => (PathBuf::from(&h), PathBuf::from(&h)),
+        });
+        o.pwd = self.pwd;
+        o.writable_tmpfs = self.writable_tmpfs;
+        o.cleanenv = self.cleanenv;
+        for f in &self.env_file {
+            o.env.extend(environment::read_env_file(f)?);
+        }
+        for e in &self.env {
+            o.env.push(environment::parse_assignment(e)?);
+        }
+        Ok((o, self.fuse_threads))
+    }
+}
+
+fn main() {
+    // Rust starts with SIGPIPE ignored; a CLI (and the command, which inherits it) wants the
+    // default, as when started from a shell.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(LAUNCHER_FAILURE);
+        }
+    };
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("launcher: error: {e:#}");
+            LAUNCHER_FAILURE
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let (opts, image, action) = match cli.command {
+        Command::Exec {
+            opts,
+            image,
+            command,
+        } => (opts, image, Action::Exec(command)),
+        Command::Run { opts, image, args } => (opts, image, Action::Run(args)),
+        Command::Shell { opts, image } => (opts, image, Action::Shell),
+        Command::Inspect { image, json } => {
+            launcher_runtime::inspect::print(&image, json)?;
+            return Ok(0);
+        }
+    };
+    let (options, fuse_threads) = opts.into_options(image, action)?;
+    launch::launch(&options, cli.debug, fuse_threads)
+}

@@ -1,0 +1,379 @@
+//! The FUSE file system that serves a SquashFS image from our in-process reader.
+//!
+//! Node ids are SquashFS inode references (+2, since FUSE reserves 0 and uses 1 for the
+//! root), as squashfuse does: no table from node id to inode to build or keep. The image is
+//! immutable, so the kernel is told to cache everything for as long as it likes.
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use image_tools::squashfs::{self, Archive, Inode};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Nothing in the image ever changes while it is mounted.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+const ROOT_ID: u64 = 1;
+
+pub struct ImageFs {
+    archive: Arc<Archive>,
+    root_ref: u64,
+    /// Directory listings of open directory handles: one read per opendir, not per readdir call.
+    dirs: Mutex<HashMap<u64, Arc<Vec<squashfs::DirEntry>>>>,
+    next_fh: AtomicU64,
+    reported: AtomicBool,
+}
+
+impl ImageFs {
+    pub fn new(archive: Arc<Archive>) -> ImageFs {
+        let root_ref = archive.superblock().root_inode;
+        ImageFs {
+            archive,
+            root_ref,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    fn node_id(&self, inode_ref: u64) -> u64 {
+        if inode_ref == self.root_ref {
+            ROOT_ID
+        } else {
+            inode_ref + 2
+        }
+    }
+
+    fn inode_ref(&self, ino: INodeNo) -> u64 {
+        if ino.0 == ROOT_ID {
+            self.root_ref
+        } else {
+            ino.0.wrapping_sub(2)
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<Inode, Errno> {
+        self.archive
+            .inode(self.inode_ref(ino))
+            .map_err(|e| self.fail(e))
+    }
+
+    /// A damaged image answers EIO; the first such error is also told to the user.
+    fn fail(&self, e: squashfs::Error) -> Errno {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            eprintln!("launcher: error reading the image: {e}");
+        }
+        Errno::EIO
+    }
+
+    fn attr(&self, inode: &Inode) -> FileAttr {
+        let block = self.archive.superblock().block_size;
+        let time = UNIX_EPOCH + Duration::from_secs(u64::from(inode.mtime));
+        FileAttr {
+            ino: INodeNo(self.node_id(inode.inode_ref)),
+            size: inode.size,
+            blocks: inode.size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: kind(inode.kind),
+            perm: inode.mode & 0o7777,
+            nlink: inode.nlink.max(1),
+            uid: inode.uid,
+            gid: inode.gid,
+            rdev: inode.rdev,
+            blksize: block,
+            flags: 0,
+        }
+    }
+
+    fn listing(&self, fh: FileHandle, ino: INodeNo) -> Result<Arc<Vec<squashfs::DirEntry>>, Errno> {
+        if let Some(l) = self.dirs.lock().map_err(|_| Errno::EIO)?.get(&fh.0) {
+            return Ok(l.clone());
+        }
+        // Not opened through opendir (should not happen): read it now.
+        let dir = self.inode(ino)?;
+        Ok(Arc::new(
+            self.archive.read_dir(&dir).map_err(|e| self.fail(e))?,
+        ))
+    }
+}
+
+fn kind(k: squashfs::FileType) -> FileType {
+    match k {
+        squashfs::FileType::Dir => FileType::Directory,
+        squashfs::FileType::File => FileType::RegularFile,
+        squashfs::FileType::Symlink => FileType::Symlink,
+        squashfs::FileType::BlockDev => FileType::BlockDevice,
+        squashfs::FileType::CharDev => FileType::CharDevice,
+        squashfs::FileType::Fifo => FileType::NamedPipe,
+        squashfs::FileType::Socket => FileType::Socket,
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is an optimisation the kernel may refuse; refusal is not an error.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self.inode(parent).and_then(|dir| {
+            self.archive
+                .lookup(&dir, name.as_bytes())
+                .map_err(|e| self.fail(e))
+        });
+        match result {
+            Ok(Some(inode)) => reply.entry(&TTL, &self.attr(&inode), Generation(0)),
+            // Negative entries are cached too: the image cannot gain the name later.
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .inode(ino)
+            .and_then(|i| self.archive.read_link(&i).map_err(|e| self.fail(e)))
+        {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inode(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let len = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; len];
+        match self.archive.read_at(&inode, offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(self.fail(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let entries = match self
+            .inode(ino)
+            .and_then(|d| self.archive.read_dir(&d).map_err(|e| self.fail(e)))
+        {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        match self.dirs.lock() {
+            Ok(mut dirs) => {
+                dirs.insert(fh, Arc::new(entries));
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                )
+            }
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.listing(fh, ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        // Offsets: 1 = after ".", 2 = after "..", 2+i+1 = after entry i.
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            if reply.add(ino, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            let id = INodeNo(self.node_id(e.inode_ref));
+            if reply.add(id, i as u64 + 3, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.listing(fh, ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let dir_attr = match self.inode(ino) {
+            Ok(d) => self.attr(&d),
+            Err(e) => return reply.error(e),
+        };
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(ino, 1, ".", &TTL, &dir_attr, Generation(0)) {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            if reply.add(ino, 2, "..", &TTL, &dir_attr, Generation(0)) {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            let inode = match self.archive.inode(e.inode_ref) {
+                Ok(i) => i,
+                Err(err) => return reply.error(self.fail(err)),
+            };
+            let attr = self.attr(&inode);
+            if reply.add(
+                attr.ino,
+                i as u64 + 3,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.remove(&fh.0);
+        }
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let sb = self.archive.superblock();
+        let bsize = sb.block_size.max(1);
+        let blocks = sb.bytes_used.div_ceil(u64::from(bsize));
+        reply.statfs(
+            blocks,
+            0,
+            0,
+            u64::from(sb.inode_count),
+            0,
+            bsize,
+            256,
+            bsize,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let xattrs = match self
+            .inode(ino)
+            .and_then(|i| self.archive.xattrs(&i).map_err(|e| self.fail(e)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        match xattrs.iter().find(|(n, _)| n.as_slice() == name.as_bytes()) {
+            None => reply.error(Errno::NO_XATTR),
+            Some((_, v)) if size == 0 => reply.size(v.len() as u32),
+            Some((_, v)) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Some((_, v)) => reply.data(v),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let xattrs = match self
+            .inode(ino)
+            .and_then(|i| self.archive.xattrs(&i).map_err(|e| self.fail(e)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let mut names = Vec::new();
+        for (n, _) in &xattrs {
+            names.extend_from_slice(n);
+            names.push(0);
+        }
+        if size == 0 {
+            reply.size(names.len() as u32)
+        } else if names.len() > size as usize {
+            reply.error(Errno::ERANGE)
+        } else {
+            reply.data(&names)
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok()
+    }
+}

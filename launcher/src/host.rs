@@ -1,0 +1,108 @@
+//! Facts about the calling user and the host, gathered once per launch.
+//!
+//! Everything the plan needs from the host is collected here, so the planner itself stays pure
+//! and can be unit-tested with a hand-made `HostInfo`. The user database is read once
+//! (getpwuid/getgrgid), never per file: thousands of ranks must not storm LDAP/SSSD.
+
+use anyhow::{Context, Result};
+use nix::unistd::{Gid, Group, Uid, User};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups of the caller (for /etc/group; the kernel shows them as unmapped).
+    pub groups: Vec<u32>,
+    pub user: String,
+    /// The passwd entry's home, or $HOME when set.
+    pub home: PathBuf,
+    pub shell: String,
+    /// The caller's gecos field, kept in the generated passwd line.
+    pub gecos: String,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// Names of the caller's groups, by gid.
+    pub group_names: Vec<(u32, String)>,
+    /// Host files that are bound by default when they exist.
+    pub existing_etc: Vec<PathBuf>,
+}
+
+impl HostInfo {
+    pub fn gather() -> Result<HostInfo> {
+        let uid = Uid::current();
+        let gid = Gid::current();
+        let user = User::from_uid(uid).ok().flatten();
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let env_home = env
+            .iter()
+            .find(|(k, _)| k == "HOME")
+            .map(|(_, v)| v.clone());
+        let home = match (&env_home, &user) {
+            (Some(h), _) if h.starts_with('/') => PathBuf::from(h),
+            (_, Some(u)) => u.dir.clone(),
+            _ => PathBuf::from("/"),
+        };
+        let name = user
+            .as_ref()
+            .map(|u| u.name.clone())
+            .or_else(|| {
+                env.iter()
+                    .find(|(k, _)| k == "USER")
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_else(|| format!("uid{}", uid.as_raw()));
+        let groups: Vec<u32> = nix::unistd::getgroups()
+            .context("reading the caller's supplementary groups")?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .filter(|g| *g != gid.as_raw())
+            .collect();
+        let mut group_names = Vec::new();
+        for g in std::iter::once(gid.as_raw()).chain(groups.iter().copied()) {
+            if let Ok(Some(grp)) = Group::from_gid(Gid::from_raw(g)) {
+                group_names.push((g, grp.name));
+            }
+        }
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let existing_etc = ["/etc/hosts", "/etc/resolv.conf", "/etc/localtime"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect();
+        Ok(HostInfo {
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            groups,
+            user: name,
+            home,
+            shell: user
+                .as_ref()
+                .map(|u| u.shell.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/bin/sh".into()),
+            gecos: user
+                .as_ref()
+                .map(|u| u.gecos.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cwd,
+            env,
+            group_names,
+            existing_etc,
+        })
+    }
+
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Resolve a host path to its canonical form, with an error that names it.
+pub fn canonical_host_path(path: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path)
+        .with_context(|| format!("{what} '{}' does not exist on the host", path.display()))
+}

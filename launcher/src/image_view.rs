@@ -1,0 +1,183 @@
+//! What the planner may ask of an image, without mounting it.
+//!
+//! The real implementation reads the SquashFS in-process (`image.rs`); tests use `FakeImage`.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Other,
+}
+
+/// An entry as stored, symlinks not followed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Dir { mode: u16 },
+    Symlink(String),
+    File,
+    Other,
+}
+
+/// The parts of an OCI image config that a launch uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OciConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: Option<String>,
+}
+
+impl OciConfig {
+    /// Parse the `config` part of an OCI image config (or the bare object Apptainer stores).
+    pub fn from_json(bytes: &[u8]) -> Option<OciConfig> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let c = v.get("config").unwrap_or(&v);
+        let strings = |key: &str| -> Vec<String> {
+            c.get(key)
+                .and_then(|x| x.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(OciConfig {
+            env: strings("Env"),
+            entrypoint: strings("Entrypoint"),
+            cmd: strings("Cmd"),
+            working_dir: c
+                .get("WorkingDir")
+                .and_then(|s| s.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        })
+    }
+}
+
+/// Identity of the image file and where its SquashFS starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageDesc {
+    pub path: PathBuf,
+    /// "SIF" or "SquashFS".
+    pub format: &'static str,
+    pub squashfs_offset: u64,
+    pub file_size: u64,
+}
+
+pub trait ImageView {
+    fn desc(&self) -> &ImageDesc;
+    /// Contents of a regular file (symlinks followed inside the image), None when absent.
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>>;
+    /// Kind of the entry at `path` (symlinks followed inside the image), None when absent.
+    fn kind(&self, path: &str) -> Result<Option<EntryKind>>;
+    /// The entry at `path`, whose parent directories are already resolved (no symlinks).
+    fn entry(&self, path: &str) -> Result<Option<Entry>>;
+    /// Names in a directory (empty when absent).
+    fn list_dir(&self, path: &str) -> Result<Vec<String>>;
+    fn oci_config(&self) -> Option<&OciConfig>;
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// An in-memory image for planner tests: paths to file contents; directories implied.
+    pub struct FakeImage {
+        pub desc: ImageDesc,
+        pub files: BTreeMap<String, Vec<u8>>,
+        pub dirs: Vec<String>,
+        pub symlinks: BTreeMap<String, String>,
+        pub oci: Option<OciConfig>,
+    }
+
+    impl FakeImage {
+        pub fn new(files: &[(&str, &str)], dirs: &[&str]) -> Self {
+            FakeImage {
+                desc: ImageDesc {
+                    path: "/images/test.sif".into(),
+                    format: "SIF",
+                    squashfs_offset: 45056,
+                    file_size: 1 << 20,
+                },
+                files: files
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+                dirs: dirs.iter().map(|d| d.to_string()).collect(),
+                symlinks: BTreeMap::new(),
+                oci: None,
+            }
+        }
+    }
+
+    impl ImageView for FakeImage {
+        fn desc(&self) -> &ImageDesc {
+            &self.desc
+        }
+        fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+            Ok(self.files.get(path).cloned())
+        }
+        fn kind(&self, path: &str) -> Result<Option<EntryKind>> {
+            if self.files.contains_key(path) {
+                return Ok(Some(EntryKind::File));
+            }
+            let prefix = format!("{}/", path.trim_end_matches('/'));
+            let is_dir = path == "/"
+                || self
+                    .dirs
+                    .iter()
+                    .any(|d| d == path || d.starts_with(&prefix))
+                || self.files.keys().any(|f| f.starts_with(&prefix));
+            Ok(is_dir.then_some(EntryKind::Dir))
+        }
+        fn entry(&self, path: &str) -> Result<Option<Entry>> {
+            if let Some(t) = self.symlinks.get(path) {
+                return Ok(Some(Entry::Symlink(t.clone())));
+            }
+            Ok(match self.kind(path)? {
+                Some(EntryKind::Dir) => Some(Entry::Dir { mode: 0o755 }),
+                Some(EntryKind::File) => Some(Entry::File),
+                Some(EntryKind::Other) => Some(Entry::Other),
+                None => None,
+            })
+        }
+        fn list_dir(&self, path: &str) -> Result<Vec<String>> {
+            let prefix = format!("{}/", path.trim_end_matches('/'));
+            Ok(self
+                .files
+                .keys()
+                .filter_map(|f| f.strip_prefix(&prefix))
+                .filter(|rest| !rest.contains('/'))
+                .map(str::to_string)
+                .collect())
+        }
+        fn oci_config(&self) -> Option<&OciConfig> {
+            self.oci.as_ref()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_config_forms() {
+        let bare = br#"{"Env":["PATH=/bin"],"Cmd":["sh"]}"#;
+        let c = OciConfig::from_json(bare).unwrap();
+        assert_eq!(c.env, vec!["PATH=/bin"]);
+        assert_eq!(c.cmd, vec!["sh"]);
+        let full =
+            br#"{"architecture":"amd64","config":{"Entrypoint":["/app"],"WorkingDir":"/w"}}"#;
+        let c = OciConfig::from_json(full).unwrap();
+        assert_eq!(c.entrypoint, vec!["/app"]);
+        assert_eq!(c.working_dir.as_deref(), Some("/w"));
+        assert!(OciConfig::from_json(b"not json").is_none());
+    }
+}

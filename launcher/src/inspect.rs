@@ -1,0 +1,177 @@
+//! `launcher inspect`: what an image holds, read in-process without mounting it.
+
+use crate::image::Image;
+use crate::image_view::ImageView;
+use anyhow::Result;
+use image_tools::sif::{Extra, Link};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Build the report as JSON (the text form is rendered from it, so both always agree).
+pub fn report(path: &Path) -> Result<Value> {
+    let image = Image::open(path)?;
+    let sb = image.archive.superblock();
+    let desc = image.desc();
+    let mut r = json!({
+        "path": desc.path.display().to_string(),
+        "format": desc.format,
+        "size": desc.file_size,
+        "squashfs": {
+            "offset": desc.squashfs_offset,
+            "compressor": format!("{:?}", sb.compressor).to_lowercase(),
+            "block_size": sb.block_size,
+            "inodes": sb.inode_count,
+            "bytes_used": sb.bytes_used,
+            "fragments": sb.fragment_count,
+            "created": sb.mkfs_time,
+        },
+    });
+    if let Some(sif) = &image.sif {
+        let h = &sif.header;
+        let descriptors: Vec<Value> = sif
+            .descriptors
+            .iter()
+            .map(|d| {
+                json!({
+                    "id": d.id,
+                    "type": d.data_type.to_string(),
+                    "group": d.group_id,
+                    "link": match d.link { Link::None => Value::Null, Link::Object(n) => json!(format!("object {n}")), Link::Group(n) => json!(format!("group {n}")) },
+                    "offset": d.offset,
+                    "size": d.size,
+                    "name": d.name,
+                    "details": extra_text(&d.extra),
+                })
+            })
+            .collect();
+        r["sif"] = json!({
+            "version": h.version,
+            "arch": h.arch,
+            "uuid": uuid_text(&h.uuid),
+            "created": h.created,
+            "launch_script": h.launch_script,
+            "descriptors_used": sif.descriptors.len(),
+            "descriptors_total": h.descriptors_total,
+            "descriptors": descriptors,
+        });
+    }
+    if let Some(text) = image.read_file("/.singularity.d/labels.json")? {
+        r["labels"] =
+            serde_json::from_slice(&text).unwrap_or_else(|_| json!(String::from_utf8_lossy(&text)));
+    }
+    if let Some(text) = image.read_file("/.singularity.d/runscript")? {
+        r["runscript"] = json!(String::from_utf8_lossy(&text));
+    }
+    if let Some(oci) = image.oci_config() {
+        r["oci_config"] = serde_json::to_value(oci)?;
+    }
+    Ok(r)
+}
+
+pub fn print(path: &Path, as_json: bool) -> Result<()> {
+    let r = report(path)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("image:       {}", r["path"].as_str().unwrap_or(""));
+    println!(
+        "format:      {} ({} bytes)",
+        r["format"].as_str().unwrap_or(""),
+        r["size"]
+    );
+    let s = &r["squashfs"];
+    println!(
+        "squashfs:    at offset {}, {} compression, {}-byte blocks, {} inodes, {} bytes",
+        s["offset"],
+        s["compressor"].as_str().unwrap_or(""),
+        s["block_size"],
+        s["inodes"],
+        s["bytes_used"]
+    );
+    if let Some(sif) = r.get("sif") {
+        println!(
+            "sif:         version {}, arch {}, uuid {}, {} of {} descriptors used",
+            sif["version"].as_str().unwrap_or(""),
+            sif["arch"].as_str().unwrap_or(""),
+            sif["uuid"].as_str().unwrap_or(""),
+            sif["descriptors_used"],
+            sif["descriptors_total"]
+        );
+        println!(
+            "  {:>3}  {:<14} {:>5}  {:>10} {:>10}  {:<24} details",
+            "id", "type", "group", "offset", "size", "name"
+        );
+        for d in sif["descriptors"].as_array().into_iter().flatten() {
+            println!(
+                "  {:>3}  {:<14} {:>5}  {:>10} {:>10}  {:<24} {}",
+                d["id"].to_string(),
+                d["type"].as_str().unwrap_or(""),
+                d["group"]
+                    .as_u64()
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                d["offset"].to_string(),
+                d["size"].to_string(),
+                d["name"].as_str().unwrap_or(""),
+                d["details"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(labels) = r.get("labels").and_then(|l| l.as_object()) {
+        println!("labels:");
+        for (k, v) in labels {
+            println!(
+                "  {k}: {}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            );
+        }
+    }
+    if let Some(oci) = r.get("oci_config") {
+        println!(
+            "oci config:  entrypoint {} cmd {} env {}",
+            oci["entrypoint"], oci["cmd"], oci["env"]
+        );
+    }
+    if let Some(rs) = r.get("runscript").and_then(|v| v.as_str()) {
+        println!("runscript:");
+        for line in rs.lines() {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+fn extra_text(e: &Extra) -> String {
+    match e {
+        Extra::None => String::new(),
+        Extra::Partition { fs, part, arch } => format!("{fs} {part} {arch}"),
+        Extra::Signature { hash, fingerprint } => {
+            format!(
+                "{hash}{}",
+                fingerprint
+                    .as_ref()
+                    .map(|f| format!(" key {f}"))
+                    .unwrap_or_default()
+            )
+        }
+        Extra::CryptoMessage { format, message } => format!("{format} {message}"),
+        Extra::Sbom { format } => format!("{format}"),
+        Extra::OciDigest(d) => d.clone(),
+        Extra::Raw(b) => format!("{} bytes", b.len()),
+    }
+}
+
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,43 @@
+//! The whole launch as one straight line: host facts → image → plan → apply.
+
+use crate::host::HostInfo;
+use crate::image::Image;
+use crate::options::LaunchOptions;
+use crate::plan;
+use crate::supervisor::{self, LaunchSettings};
+use anyhow::Result;
+
+/// Run the launch and return the exit status the launcher should leave with.
+pub fn launch(opts: &LaunchOptions, debug: bool, fuse_threads: usize) -> Result<i32> {
+    let host = HostInfo::gather()?;
+    let image = Image::open(&opts.image)?;
+    let plan = plan::build(opts, &host, &image)?;
+    if debug {
+        eprint!("{plan}");
+    }
+    for w in &plan.warnings {
+        eprintln!("launcher: warning: {w}");
+    }
+    let threads = if fuse_threads > 0 {
+        fuse_threads
+    } else {
+        default_fuse_threads()
+    };
+    supervisor::launch(
+        &plan,
+        image.archive.clone(),
+        &LaunchSettings {
+            debug,
+            fuse_threads: threads,
+        },
+    )
+}
+
+/// Enough workers that one slow decompression does not stall other readers, few enough
+/// that many ranks per node do not flood the machine with threads.
+fn default_fuse_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
+}

@@ -1,0 +1,49 @@
+//! What the user asked for, after command-line parsing and before anything is resolved.
+
+use crate::bind::BindSpec;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run this command line.
+    Exec(Vec<String>),
+    /// Run the image's runscript (or OCI entrypoint/cmd) with these arguments.
+    Run(Vec<String>),
+    /// An interactive shell.
+    Shell,
+}
+
+#[derive(Clone, Debug)]
+pub struct LaunchOptions {
+    pub image: PathBuf,
+    pub action: Action,
+    pub binds: Vec<BindSpec>,
+    /// `--contain`: no home/cwd/tmp binds, fresh /tmp, minimal /dev.
+    pub contain: bool,
+    pub no_home: bool,
+    /// `--home SRC[:DST]`.
+    pub home: Option<(PathBuf, PathBuf)>,
+    /// `--pwd DIR`: working directory inside the container.
+    pub pwd: Option<PathBuf>,
+    pub writable_tmpfs: bool,
+    pub cleanenv: bool,
+    /// `--env-file` entries then `--env` entries, in that order (later wins).
+    pub env: Vec<(String, String)>,
+}
+
+impl LaunchOptions {
+    pub fn new(image: PathBuf, action: Action) -> Self {
+        LaunchOptions {
+            image,
+            action,
+            binds: Vec::new(),
+            contain: false,
+            no_home: false,
+            home: None,
+            pwd: None,
+            writable_tmpfs: false,
+            cleanenv: false,
+            env: Vec::new(),
+        }
+    }
+}

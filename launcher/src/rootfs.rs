@@ -1,0 +1,255 @@
+//! Build the container's root from a plan, inside the staging tmpfs, then enter it.
+//!
+//! Runs in the forked child, in its own mount namespace, after it pivoted into the staging
+//! tmpfs: the host is then at `/oldroot`, the FUSE-mounted image at `/image`. The root is an
+//! overlay (image below, tmpfs above) so that bind destinations absent from the image can be
+//! created; it is made read-only afterwards unless `--writable-tmpfs`.
+
+use crate::mount_points::NodeKind;
+use crate::plan::{MountStep, Plan};
+use crate::syscalls::Syscalls;
+use anyhow::{Context, Result};
+use nix::mount::MsFlags;
+use std::path::{Path, PathBuf};
+
+/// Fixed places inside the staging tmpfs.
+pub struct Layout {
+    pub image: PathBuf,
+    pub oldroot: PathBuf,
+    pub newroot: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub files: PathBuf,
+}
+
+impl Layout {
+    /// Paths as seen after pivoting into the staging tmpfs.
+    pub fn in_staging() -> Layout {
+        Layout {
+            image: "/image".into(),
+            oldroot: "/oldroot".into(),
+            newroot: "/newroot".into(),
+            upper: "/rw/upper".into(),
+            work: "/rw/work".into(),
+            files: "/files".into(),
+        }
+    }
+}
+
+/// Assemble the root at `layout.newroot`.
+pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> {
+    for d in [
+        &layout.newroot,
+        &layout.files,
+        Path::new("/rw"),
+        &layout.upper,
+        &layout.work,
+    ] {
+        sys.mkdir(d, 0o755)?;
+    }
+    if plan.needs_overlay() {
+        for n in &plan.upper {
+            let p = layout
+                .upper
+                .join(n.path.strip_prefix("/").unwrap_or(&n.path));
+            match n.kind {
+                NodeKind::Dir => sys.mkdir(&p, n.mode)?,
+                NodeKind::File => sys.write_file(&p, b"")?,
+            }
+        }
+        let overlay = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            layout.image.display(),
+            layout.upper.display(),
+            layout.work.display()
+        );
+        sys.mount(Some(Path::new("overlay")), &layout.newroot, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&overlay))
+            .context("creating the container root (overlayfs over the image; needs kernel >= 5.11 for unprivileged overlay)")?;
+    } else {
+        sys.mount(
+            Some(&layout.image),
+            &layout.newroot,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+        .context("using the image as the container root")?;
+    }
+
+    for (n, step) in plan.mounts.iter().enumerate() {
+        apply_step(sys, layout, n, step)?;
+    }
+    if !plan.writable_root {
+        sys.make_readonly(&layout.newroot, false)?;
+    }
+    Ok(())
+}
+
+fn apply_step(sys: &dyn Syscalls, layout: &Layout, n: usize, step: &MountStep) -> Result<()> {
+    match step {
+        MountStep::Bind {
+            src,
+            dst,
+            readonly,
+            recursive,
+        } => {
+            let source = sys.source(&layout.oldroot, src)?;
+            let kind = if source.real.is_dir() {
+                NodeKind::Dir
+            } else {
+                NodeKind::File
+            };
+            let target = sys.mount_point(&layout.newroot, dst, kind)?;
+            let mut flags = MsFlags::MS_BIND;
+            if *recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            sys.mount(Some(&source.path), &target.path, None, flags, None)
+                .with_context(|| format!("binding {} to {}", src.display(), dst.display()))?;
+            if *readonly {
+                sys.make_readonly(&target.real, *recursive)?;
+            }
+        }
+        MountStep::Tmpfs { dst, mode } => {
+            let target = sys.mount_point(&layout.newroot, dst, NodeKind::Dir)?;
+            let data = format!("mode={mode:o}");
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                &target.path,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(&data),
+            )
+            .with_context(|| format!("tmpfs on {}", dst.display()))?;
+        }
+        MountStep::File { dst, content } => {
+            let staged = layout.files.join(format!("{n}"));
+            sys.write_file(&staged, content.as_bytes())?;
+            let target = sys.mount_point(&layout.newroot, dst, NodeKind::File)?;
+            sys.mount(Some(&staged), &target.path, None, MsFlags::MS_BIND, None)
+                .with_context(|| format!("binding generated {}", dst.display()))?;
+            sys.make_readonly(&target.real, false)?;
+        }
+        MountStep::Symlink { dst, target } => {
+            let link = layout.newroot.join(dst.strip_prefix("/").unwrap_or(dst));
+            sys.symlink(target, &link)?;
+        }
+    }
+    Ok(())
+}
+
+/// Make `layout.newroot` the root and drop every view of the host and the staging area.
+pub fn enter(sys: &dyn Syscalls, layout: &Layout) -> Result<()> {
+    sys.chdir(&layout.newroot)?;
+    // pivot_root(".", "."): the old root ends up stacked on the new one, then is detached;
+    // no directory in the image is needed for it.
+    sys.pivot_root(Path::new("."), Path::new("."))?;
+    sys.umount_detach(Path::new("."))?;
+    sys.chdir(Path::new("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_view::ImageDesc;
+    use crate::syscalls::Recorder;
+
+    fn plan(mounts: Vec<MountStep>, writable: bool) -> Plan {
+        Plan {
+            image: ImageDesc {
+                path: "/i.sqfs".into(),
+                format: "SquashFS",
+                squashfs_offset: 0,
+                file_size: 1,
+            },
+            uid: 1,
+            gid: 1,
+            writable_root: writable,
+            mounts,
+            upper: vec![crate::mount_points::UpperNode {
+                path: "/data".into(),
+                kind: NodeKind::Dir,
+                mode: 0o755,
+            }],
+            env: vec![],
+            cwd: "/".into(),
+            cwd_fallbacks: vec![],
+            argv: vec!["true".into()],
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn mount_sequence() {
+        let rec = Recorder::default();
+        let p = plan(
+            vec![
+                MountStep::Bind {
+                    src: "/proc".into(),
+                    dst: "/proc".into(),
+                    readonly: false,
+                    recursive: true,
+                },
+                MountStep::Bind {
+                    src: "/srv/data".into(),
+                    dst: "/data".into(),
+                    readonly: true,
+                    recursive: true,
+                },
+                MountStep::Tmpfs {
+                    dst: "/tmp".into(),
+                    mode: 0o1777,
+                },
+                MountStep::File {
+                    dst: "/etc/passwd".into(),
+                    content: "a\n".into(),
+                },
+                MountStep::Symlink {
+                    dst: "/dev/fd".into(),
+                    target: "/proc/self/fd".into(),
+                },
+            ],
+            false,
+        );
+        assemble(&rec, &p, &Layout::in_staging()).unwrap();
+        enter(&rec, &Layout::in_staging()).unwrap();
+        let calls = rec.calls.into_inner();
+        let text = calls.join("\n");
+        let expect = [
+            "mkdir /rw/upper/data 755",
+            "mount overlay /newroot overlay MsFlags(MS_NOSUID | MS_NODEV) lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work,userxattr",
+            "mount /oldroot/proc /newroot/proc - MsFlags(MS_BIND | MS_REC) -",
+            "mount /oldroot/srv/data /newroot/data - MsFlags(MS_BIND | MS_REC) -",
+            "readonly /newroot/data recursive=true",
+            "mount tmpfs /newroot/tmp tmpfs MsFlags(MS_NOSUID | MS_NODEV) mode=1777",
+            "write /files/3 (2 bytes)",
+            "mount /files/3 /newroot/etc/passwd - MsFlags(MS_BIND) -",
+            "readonly /newroot/etc/passwd recursive=false",
+            "symlink /newroot/dev/fd -> /proc/self/fd",
+            "readonly /newroot recursive=false",
+            "pivot_root . .",
+            "umount .",
+            "chdir /",
+        ];
+        let mut pos = 0;
+        for e in expect {
+            let found = calls[pos..].iter().position(|c| c == e);
+            assert!(
+                found.is_some(),
+                "expected '{e}' after call {pos} in:\n{text}"
+            );
+            pos += found.unwrap() + 1;
+        }
+    }
+
+    #[test]
+    fn writable_root_stays_writable() {
+        let rec = Recorder::default();
+        assemble(&rec, &plan(vec![], true), &Layout::in_staging()).unwrap();
+        assert!(!rec
+            .calls
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("readonly /newroot")));
+    }
+}

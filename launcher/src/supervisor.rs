@@ -1,0 +1,371 @@
+//! Apply a plan: namespaces, the FUSE mount, the child that becomes the command, and the
+//! parent that serves the image and supervises the child until it exits.
+//!
+//! Order matters and is dictated by the kernel:
+//! 1. unshare(USER|NS) while single-threaded (the kernel refuses it otherwise), identity maps;
+//! 2. a staging tmpfs, /dev/fuse opened and mounted with mount(2) (capabilities in a user
+//!    namespace are lost at execve, so no external helper can do it), FUSE INIT handshake;
+//! 3. fork: the child takes its own mount namespace (so that pivot_root does not move the
+//!    server), builds the root and execs; the parent starts the FUSE worker threads and
+//!    forwards signals until the child exits, then exits with its status.
+
+use crate::fuse_fs::ImageFs;
+use crate::plan::Plan;
+use crate::rootfs::{self, Layout};
+use crate::syscalls::{Real, Syscalls};
+use anyhow::{anyhow, bail, Context, Result};
+use image_tools::squashfs::Archive;
+use nix::mount::MsFlags;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Signals passed on to the command.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+    Signal::SIGTSTP,
+    Signal::SIGWINCH,
+    Signal::SIGALRM,
+];
+
+/// Where the staging tmpfs may be mounted in the launcher's own mount namespace. The child
+/// pivots into it, which uncovers the host's directory again under /oldroot.
+const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt"];
+
+pub struct LaunchSettings {
+    pub debug: bool,
+    pub fuse_threads: usize,
+}
+
+/// Launch the plan and return the exit status to leave with.
+pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> Result<i32> {
+    enter_user_namespace(plan.uid, plan.gid)?;
+    let sys = Real {
+        proc_dir: "/proc".into(),
+    };
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
+    .context("making the mount namespace private")?;
+    let staging = mount_staging(&sys)?;
+    for d in ["image", "oldroot"] {
+        sys.mkdir(&staging.join(d), 0o755)?;
+    }
+    let fuse_fd = open_dev_fuse()?;
+    let data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        fuse_fd.as_raw_fd(),
+        plan.uid,
+        plan.gid
+    );
+    sys.mount(
+        Some(&plan.image.path),
+        &staging.join("image"),
+        Some("fuse.launcher"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&data),
+    )
+    .context("mounting the image with FUSE")?;
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(settings.fuse_threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::from_fd(
+        ImageFs::new(archive),
+        fuse_fd,
+        fuser::SessionACL::Owner,
+        config,
+    )
+    .context("FUSE handshake with the kernel")?;
+    if settings.debug {
+        eprintln!(
+            "launcher: debug: image mounted with FUSE; staging at {}",
+            staging.display()
+        );
+    }
+
+    let mut forwarded = SigSet::empty();
+    for s in FORWARDED {
+        forwarded.add(*s);
+    }
+    forwarded.add(Signal::SIGCHLD);
+    let old_mask = forwarded
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .context("blocking signals")?;
+    // Orphans of the command come to us, so none outlives the launcher.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let parent = getpid();
+
+    // SAFETY: single-threaded here (FUSE threads start after the fork), so the child may
+    // allocate and run ordinary code until it execs.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let err = run_child(plan, &staging, parent, &old_mask, settings.debug);
+            eprintln!("launcher: error: {err:#}");
+            // SAFETY: leave without running the parent's destructors or atexit handlers.
+            unsafe { libc::_exit(255) }
+        }
+        ForkResult::Parent { child } => {
+            let _server = session
+                .spawn()
+                .context("starting the FUSE server threads")?;
+            supervise(child, &forwarded)
+        }
+    }
+}
+
+fn enter_user_namespace(uid: u32, gid: u32) -> Result<()> {
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
+        let hint = match e {
+            nix::errno::Errno::EINVAL => "the launcher was multi-threaded (a bug)",
+            _ => "user namespaces may be disabled on this host: `sysctl user.max_user_namespaces` must be > 0 (and on Ubuntu, `kernel.apparmor_restrict_unprivileged_userns` = 0)",
+        };
+        bail!("cannot create a user namespace: {e} (hint: {hint})");
+    }
+    // setgroups must be denied before an unprivileged process may write gid_map.
+    std::fs::write("/proc/self/setgroups", "deny").context("writing /proc/self/setgroups")?;
+    std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))
+        .context("writing /proc/self/uid_map")?;
+    std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
+        .context("writing /proc/self/gid_map")?;
+    Ok(())
+}
+
+fn mount_staging(sys: &Real) -> Result<PathBuf> {
+    let mut last_err = anyhow!("none of {STAGING_CANDIDATES:?} exists");
+    for c in STAGING_CANDIDATES {
+        let p = Path::new(c);
+        if !p.is_dir() {
+            continue;
+        }
+        match sys.mount(
+            Some(Path::new("tmpfs")),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ) {
+            Ok(()) => return Ok(p.to_path_buf()),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err.context("mounting the staging tmpfs"))
+}
+
+fn open_dev_fuse() -> Result<OwnedFd> {
+    nix::fcntl::open("/dev/fuse", nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(|e| match e {
+            nix::errno::Errno::ENOENT => anyhow!("cannot open /dev/fuse: {e} (hint: load the fuse kernel module: `modprobe fuse`)"),
+            _ => anyhow!("cannot open /dev/fuse: {e} (hint: it should be mode 0666, as on most distributions: `chmod 0666 /dev/fuse` as root)"),
+        })
+}
+
+/// The child: its own mount namespace, the container root, then the command. Returns only on error.
+fn run_child(
+    plan: &Plan,
+    staging: &Path,
+    parent: Pid,
+    old_mask: &SigSet,
+    debug: bool,
+) -> anyhow::Error {
+    match child_setup(plan, staging, parent, debug) {
+        Ok(program) => {
+            let _ = old_mask.thread_set_mask();
+            exec(&program, plan)
+        }
+        Err(e) => e,
+    }
+}
+
+fn child_setup(plan: &Plan, staging: &Path, parent: Pid, debug: bool) -> Result<PathBuf> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    if nix::unistd::getppid() != parent {
+        bail!("the launcher exited during start-up");
+    }
+    unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS) for the container")?;
+    let host_sys = Real {
+        proc_dir: "/proc".into(),
+    };
+    host_sys.pivot_root(staging, &staging.join("oldroot"))?;
+    host_sys.chdir(Path::new("/"))?;
+    let layout = Layout::in_staging();
+    let sys = Real {
+        proc_dir: layout.oldroot.join("proc"),
+    };
+    rootfs::assemble(&sys, plan, &layout)?;
+    rootfs::enter(&sys, &layout)?;
+    let cwd = std::iter::once(&plan.cwd)
+        .chain(plan.cwd_fallbacks.iter())
+        .find(|d| nix::unistd::chdir(d.as_path()).is_ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "working directory '{}' does not exist in the container",
+                plan.cwd.display()
+            )
+        })?;
+    if cwd != &plan.cwd {
+        eprintln!(
+            "launcher: warning: '{}' does not exist in the container; starting in '{}'",
+            plan.cwd.display(),
+            cwd.display()
+        );
+    }
+    nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
+    let program = find_program(&plan.argv[0], plan)?;
+    if debug {
+        eprintln!(
+            "launcher: debug: exec {} in {}",
+            program.display(),
+            cwd.display()
+        );
+    }
+    Ok(program)
+}
+
+/// Search the container's PATH the way execvp would, but with an error that says where we looked.
+fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(name);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && !candidate.is_dir()
+        {
+            return Ok(candidate);
+        }
+    }
+    bail!("command '{name}' not found in the container (PATH={path})")
+}
+
+fn exec(program: &Path, plan: &Plan) -> anyhow::Error {
+    let to_c =
+        |s: &[u8]| CString::new(s).map_err(|_| anyhow!("argument or variable contains a NUL byte"));
+    let prog = match to_c(program.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let argv: Result<Vec<CString>> = plan.argv.iter().map(|a| to_c(a.as_bytes())).collect();
+    let envp: Result<Vec<CString>> = plan
+        .env
+        .iter()
+        .map(|(k, v)| to_c(format!("{k}={v}").as_bytes()))
+        .collect();
+    let (argv, envp) = match (argv, envp) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let err = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+    let hint = match err {
+        nix::errno::Errno::ENOENT => " (the file or its interpreter is missing in the image)",
+        nix::errno::Errno::EACCES => " (not executable, or on a noexec mount)",
+        nix::errno::Errno::ENOEXEC => " (not a program for this machine)",
+        _ => "",
+    };
+    anyhow!("cannot execute '{}': {err}{hint}", program.display())
+}
+
+/// Wait for the child, forwarding signals, and return its exit status as a shell would.
+fn supervise(child: Pid, waited: &SigSet) -> Result<i32> {
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid signal set and siginfo buffer.
+        let sig = unsafe { libc::sigwaitinfo(waited.as_ref(), &mut info) };
+        if sig < 0 {
+            continue; // EINTR
+        }
+        if sig == libc::SIGCHLD {
+            if let Some(code) = reap(child)? {
+                kill_leftovers();
+                return Ok(code);
+            }
+            continue;
+        }
+        // Signals the terminal sent (SI_KERNEL) already reached the command, which shares our
+        // process group; forward only those sent to us by a process (kill, srun, scancel).
+        if info.si_code <= 0 {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = kill(child, s);
+            }
+        }
+    }
+}
+
+/// Reap whatever exited; Some(status) once the command itself is gone.
+fn reap(child: Pid) -> Result<Option<i32>> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                return Ok(Some(128 + sig as i32))
+            }
+            Ok(WaitStatus::Stopped(pid, _)) if pid == child => {
+                // Job control: stop with the command, and wake it when we are continued.
+                let _ = kill(getpid(), Signal::SIGSTOP);
+                let _ = kill(child, Signal::SIGCONT);
+            }
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(anyhow!("waitpid: {e}")),
+        }
+    }
+}
+
+/// Kill and reap processes the command left behind (they were re-parented to us).
+fn kill_leftovers() {
+    let me = getpid().as_raw();
+    for _ in 0..100 {
+        let orphans = children_of(me);
+        if orphans.is_empty() {
+            return;
+        }
+        for pid in &orphans {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        for pid in orphans {
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
+}
+
+fn children_of(ppid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
+                })
+                .flatten()
+                .and_then(|p| p.parse::<i32>().ok())
+                == Some(ppid)
+        })
+        .collect()
+}

@@ -1,0 +1,427 @@
+//! The system calls that build a container root, behind a trait.
+//!
+//! `Real` performs them; `Recorder` writes them down, so the order of mounts a plan produces
+//! can be unit-tested without privileges (youki's `Syscall` trait is the model).
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+pub use crate::mount_points::NodeKind;
+
+/// A mount target: a path to hand to mount(2), and the fd that keeps it pinned.
+pub struct Target {
+    pub path: PathBuf,
+    /// The same place as a plain path, symlinks resolved: once something is mounted there,
+    /// this reaches the new mount (the fd still names the covered directory).
+    pub real: PathBuf,
+    _fd: Option<OwnedFd>,
+}
+
+pub trait Syscalls {
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()>;
+    /// Make a mount read-only, with its submounts when `recursive`.
+    fn make_readonly(&self, target: &Path, recursive: bool) -> Result<()>;
+    fn umount_detach(&self, target: &Path) -> Result<()>;
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()>;
+    fn chdir(&self, path: &Path) -> Result<()>;
+    fn mkdir(&self, path: &Path, mode: u32) -> Result<()>;
+    fn write_file(&self, path: &Path, data: &[u8]) -> Result<()>;
+    fn symlink(&self, target: &Path, link: &Path) -> Result<()>;
+    /// Find `dst` inside `root` as if `root` were `/` (symlinks cannot lead out), creating
+    /// missing components (directories, and a `kind` leaf), and return a mount target for it.
+    fn mount_point(&self, root: &Path, dst: &Path, kind: NodeKind) -> Result<Target>;
+    /// Find an existing `src` under `root` as if `root` were `/` (host paths under the old
+    /// root, whose absolute symlinks name host places).
+    fn source(&self, root: &Path, src: &Path) -> Result<Target>;
+}
+
+pub struct Real {
+    /// Where /proc is visible while the root is built (the host's /proc under the old root).
+    pub proc_dir: PathBuf,
+}
+
+impl Syscalls for Real {
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        mount(src, target, fstype, flags, data).map_err(|e| {
+            anyhow!(
+                "mount {} on {} ({}): {e}",
+                src.map(|s| s.display().to_string())
+                    .unwrap_or_else(|| "-".into()),
+                target.display(),
+                fstype.unwrap_or("bind/remount")
+            )
+        })
+    }
+
+    fn make_readonly(&self, target: &Path, recursive: bool) -> Result<()> {
+        // mount_setattr changes only the attribute asked for, so the flags the kernel locked on
+        // host mounts (nosuid, nodev, noexec) need not be restated.
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let c_path = std::ffi::CString::new(target.as_os_str().as_bytes())?;
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: valid C string and a properly sized mount_attr that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                flags as libc::c_uint,
+                &attr as *const libc::mount_attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            bail!("making {} read-only: {err}", target.display());
+        }
+        // Kernels before 5.12: remount the top mount, restating its locked flags.
+        let st = nix::sys::statvfs::statvfs(target)
+            .with_context(|| format!("statvfs {}", target.display()))?;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        for (f, m) in [
+            (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if st.flags().contains(f) {
+                flags |= m;
+            }
+        }
+        self.mount(None, target, None, flags, None)
+    }
+
+    fn umount_detach(&self, target: &Path) -> Result<()> {
+        umount2(target, MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {}", target.display()))
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
+        nix::unistd::pivot_root(new_root, put_old).with_context(|| {
+            format!(
+                "pivot_root to {} (old root at {})",
+                new_root.display(),
+                put_old.display()
+            )
+        })
+    }
+
+    fn chdir(&self, path: &Path) -> Result<()> {
+        nix::unistd::chdir(path).with_context(|| format!("chdir {}", path.display()))
+    }
+
+    fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
+        match nix::unistd::mkdir(path, Mode::from_bits_truncate(mode)) {
+            // The exact mode, umask aside: upper-layer directories stand in for the image's.
+            Ok(()) => nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                path,
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| anyhow!("chmod {}: {e}", path.display())),
+            Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => Err(anyhow!("mkdir {}: {e}", path.display())),
+        }
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> Result<()> {
+        std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
+        std::os::unix::fs::symlink(target, link)
+            .with_context(|| format!("symlink {} -> {}", link.display(), target.display()))
+    }
+
+    fn mount_point(&self, root: &Path, dst: &Path, kind: NodeKind) -> Result<Target> {
+        let fd = resolve_in_root(root, dst, kind)
+            .with_context(|| format!("preparing mount point {} in the container", dst.display()))?;
+        self.target(fd)
+    }
+
+    fn source(&self, root: &Path, src: &Path) -> Result<Target> {
+        let root_fd = open_dir(root)?;
+        let fd = openat2_in_root(&root_fd, src)
+            .with_context(|| format!("host path {}", src.display()))?;
+        self.target(fd)
+    }
+}
+
+impl Real {
+    fn target(&self, fd: OwnedFd) -> Result<Target> {
+        let path = self.proc_dir.join(format!("self/fd/{}", fd.as_raw_fd()));
+        let real =
+            std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Target {
+            path,
+            real,
+            _fd: Some(fd),
+        })
+    }
+}
+
+fn open_dir(p: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        p,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", p.display()))
+}
+
+const MAX_LINK_HOPS: usize = 40;
+
+fn openat2_in_root(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: valid fd, C string and open_how that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if rc < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// Walk `dst` component by component under `root`, creating what is missing. Symlinks met on
+/// the way are resolved by the kernel as if `root` were `/` (RESOLVE_IN_ROOT); a dangling one
+/// is followed by hand, inside the root, so its target gets created instead.
+fn resolve_in_root(root: &Path, dst: &Path, kind: NodeKind) -> Result<OwnedFd> {
+    let root_fd = open_dir(root)?;
+    let mut want: Vec<PathBuf> = dst
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(PathBuf::from(n)),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    'restart: loop {
+        let mut prefix = PathBuf::from("/");
+        for (i, comp) in want.clone().iter().enumerate() {
+            let next = prefix.join(comp);
+            match openat2_in_root(&root_fd, &next) {
+                Ok(_) => {
+                    prefix = next;
+                    continue;
+                }
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => bail!("{}: {e}", next.display()),
+            }
+            let parent = openat2_in_root(&root_fd, &prefix)
+                .with_context(|| format!("{}", prefix.display()))?;
+            let name = comp.as_os_str();
+            // Dangling symlink? Follow it inside the root.
+            if let Ok(target) = nix::fcntl::readlinkat(&parent, name) {
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    bail!("{}: too many levels of symbolic links", dst.display());
+                }
+                let target = PathBuf::from(target);
+                let base = if target.is_absolute() {
+                    PathBuf::from("/")
+                } else {
+                    prefix.clone()
+                };
+                let mut rebuilt: Vec<PathBuf> = Vec::new();
+                for c in base
+                    .join(&target)
+                    .components()
+                    .chain(want[i + 1..].iter().flat_map(|p| p.components()))
+                {
+                    match c {
+                        Component::Normal(n) => rebuilt.push(PathBuf::from(n)),
+                        Component::ParentDir => {
+                            rebuilt.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                want = rebuilt;
+                continue 'restart;
+            }
+            let last = i + 1 == want.len();
+            create_at(&parent, name, if last { kind } else { NodeKind::Dir })
+                .with_context(|| format!("creating {}", next.display()))?;
+            prefix = next;
+        }
+        return openat2_in_root(&root_fd, &prefix).with_context(|| format!("{}", prefix.display()));
+    }
+}
+
+fn create_at(parent: &OwnedFd, name: &OsStr, kind: NodeKind) -> nix::Result<()> {
+    let r = match kind {
+        NodeKind::Dir => nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755)),
+        NodeKind::File => nix::fcntl::openat(
+            parent,
+            name,
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(drop),
+    };
+    match r {
+        Err(nix::errno::Errno::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes each call down instead of making it.
+#[derive(Default)]
+pub struct Recorder {
+    pub calls: RefCell<Vec<String>>,
+}
+
+impl Recorder {
+    fn log(&self, s: String) {
+        self.calls.borrow_mut().push(s);
+    }
+}
+
+impl Syscalls for Recorder {
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        self.log(format!(
+            "mount {} {} {} {:?} {}",
+            src.map(|s| s.display().to_string())
+                .unwrap_or_else(|| "-".into()),
+            target.display(),
+            fstype.unwrap_or("-"),
+            flags,
+            data.unwrap_or("-")
+        ));
+        Ok(())
+    }
+    fn make_readonly(&self, target: &Path, recursive: bool) -> Result<()> {
+        self.log(format!(
+            "readonly {} recursive={recursive}",
+            target.display()
+        ));
+        Ok(())
+    }
+    fn umount_detach(&self, target: &Path) -> Result<()> {
+        self.log(format!("umount {}", target.display()));
+        Ok(())
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
+        self.log(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ));
+        Ok(())
+    }
+    fn chdir(&self, path: &Path) -> Result<()> {
+        self.log(format!("chdir {}", path.display()));
+        Ok(())
+    }
+    fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
+        self.log(format!("mkdir {} {mode:o}", path.display()));
+        Ok(())
+    }
+    fn write_file(&self, path: &Path, data: &[u8]) -> Result<()> {
+        self.log(format!("write {} ({} bytes)", path.display(), data.len()));
+        Ok(())
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
+        self.log(format!(
+            "symlink {} -> {}",
+            link.display(),
+            target.display()
+        ));
+        Ok(())
+    }
+    fn mount_point(&self, root: &Path, dst: &Path, kind: NodeKind) -> Result<Target> {
+        let path = root.join(dst.strip_prefix("/").unwrap_or(dst));
+        self.log(format!("mountpoint {} {kind:?}", path.display()));
+        Ok(Target {
+            real: path.clone(),
+            path,
+            _fd: None,
+        })
+    }
+    fn source(&self, root: &Path, src: &Path) -> Result<Target> {
+        let path = root.join(src.strip_prefix("/").unwrap_or(src));
+        Ok(Target {
+            real: path.clone(),
+            path,
+            _fd: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("launcher-sys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn resolve_creates_missing_and_stays_inside() {
+        let root = tmpdir("inside");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        // An absolute symlink to the host's /etc must resolve to the root's own etc.
+        std::os::unix::fs::symlink("/etc", root.join("hostetc")).unwrap();
+        resolve_in_root(&root, Path::new("/hostetc/new-dir/leaf"), NodeKind::File).unwrap();
+        assert!(root.join("etc/new-dir/leaf").is_file());
+        // A dangling symlink is followed and its target created inside the root.
+        std::os::unix::fs::symlink("/../../nowhere/x", root.join("dangling")).unwrap();
+        resolve_in_root(&root, Path::new("/dangling/y"), NodeKind::Dir).unwrap();
+        assert!(root.join("nowhere/x/y").is_dir());
+        // Loops end with an error.
+        std::os::unix::fs::symlink("/loop", root.join("loop")).unwrap();
+        assert!(resolve_in_root(&root, Path::new("/loop/z"), NodeKind::Dir).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
