@@ -1,0 +1,604 @@
+#!/usr/bin/env bash
+# benches/run.sh - measure the launcher against Charliecloud's ch-run and the kernel's squashfs,
+# and write docs/performance.md.
+#
+# Usage (as root, on Debian 12):  benches/run.sh [--quick] [--no-build] [--rebuild-images]
+#   --quick           fewer runs and smaller images (smoke check, a few minutes)
+#   --no-build        do not run `cargo build --release`; use the existing target/release/launcher
+#   --rebuild-images  rebuild the test images even if an up-to-date copy is in the scratch dir
+#   --output FILE     write the report there instead of docs/performance.md
+#
+# Environment: LAUNCHER_TEST_USER (name or uid of an existing unprivileged user to measure as;
+# default: create/reuse `launcher-bench`), LAUNCHER_BENCH_DIR (scratch dir, default
+# /var/tmp/launcher-bench), CARGO_TARGET_DIR (honoured by the build).
+#
+# What it does: installs its tools with apt-get, creates the unprivileged user, makes /dev/fuse
+# 0666, builds the launcher, builds SquashFS test images from a busybox-static root file system,
+# then runs every measured command AS THE UNPRIVILEGED USER with hyperfine. Where a ratio is
+# reported, all compared commands are in one hyperfine invocation (same conditions); cold runs
+# drop the page cache (root) before each timed run. A failing command is recorded in the report
+# and left out of its table; the script goes on.
+
+set -uo pipefail
+umask 022
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+INVOCATION="benches/run.sh${*:+ $*}"
+QUICK=0
+BUILD=1
+REBUILD_IMAGES=0
+OUTPUT="$ROOT/docs/performance.md"
+while (($#)); do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --no-build) BUILD=0 ;;
+        --rebuild-images) REBUILD_IMAGES=1 ;;
+        --output) OUTPUT=$2; shift ;;
+        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if ((EUID != 0)); then
+    echo "run.sh: must run as root (it installs packages, drops caches and loop-mounts images)" >&2
+    exit 2
+fi
+
+SCRATCH=${LAUNCHER_BENCH_DIR:-/var/tmp/launcher-bench}
+IMG=$SCRATCH/images
+RES=$SCRATCH/results
+KMNT=/mnt/launcher-bench
+LAUNCHER=$SCRATCH/bin/launcher
+T_START=$(date +%s)
+LOAD_START=$(uptime | sed 's/^ *//')
+
+if ((QUICK)); then
+    MODE=quick
+    BIG_MB=200      # image (b)
+    MANY_FILES=20000 # image (c)
+    START_WARMUP=3; START_RUNS=15
+    COLD_WARMUP=1; COLD_RUNS=3
+    WARM_WARMUP=2; WARM_RUNS=5
+    RSS_RUNS=1
+else
+    MODE=full
+    BIG_MB=1024
+    MANY_FILES=100000
+    START_WARMUP=5; START_RUNS=60
+    COLD_WARMUP=1; COLD_RUNS=12
+    WARM_WARMUP=3; WARM_RUNS=20
+    RSS_RUNS=3
+fi
+SMALL_FILES=2000      # image (d): 20 dirs x 100 files of 4 KiB
+A_MB=50               # image (a)
+HF_TIMEOUT=900        # seconds, per hyperfine invocation (a hang is recorded as a failure)
+PROBE_TIMEOUT=180     # seconds, per single probe run
+
+log() { printf '[run.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ---------------------------------------------------------------- report accumulation
+REPORT=$(mktemp)
+FAILS=$(mktemp)
+SUMMARY=$(mktemp)
+NFAIL=0
+cleanup() {
+    local m
+    for m in "$KMNT"/a "$KMNT"/d; do
+        mountpoint -q "$m" 2>/dev/null && umount "$m"
+    done
+    rm -f "$REPORT" "$FAILS" "$SUMMARY"
+}
+trap cleanup EXIT
+
+md() { printf '%s\n' "$@" >>"$REPORT"; }
+
+# fail WHAT COMMAND RC OUTPUT: record a failure (shown in the report and at the end).
+fail() {
+    NFAIL=$((NFAIL + 1))
+    log "FAILED: $1 (exit $3)"
+    {
+        printf '%d. **%s** (exit status %s)\n\n' "$NFAIL" "$1" "$3"
+        printf '   ```\n   $ %s\n' "$2"
+        printf '%s\n' "$4" | head -c 2000 | sed 's/^/   /'
+        printf '   ```\n\n'
+    } >>"$FAILS"
+}
+
+# summary NAME VALUE TARGET VERDICT: one line of the summary table.
+summary() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"; }
+
+# ---------------------------------------------------------------- 1. packages
+need_pkgs=()
+command -v hyperfine >/dev/null || need_pkgs+=(hyperfine)
+command -v ch-run >/dev/null || need_pkgs+=(charliecloud)
+command -v mksquashfs >/dev/null || need_pkgs+=(squashfs-tools)
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+[[ -x /usr/bin/time ]] || need_pkgs+=(time)
+command -v jq >/dev/null || need_pkgs+=(jq)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+if ((${#need_pkgs[@]})); then
+    log "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${need_pkgs[@]}" >/dev/null; then
+        if ! { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${need_pkgs[@]}" >/dev/null; }; then
+            echo "run.sh: apt-get install ${need_pkgs[*]} failed" >&2
+            exit 1
+        fi
+    fi
+fi
+if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
+    echo "run.sh: /bin/busybox is missing or not static (install busybox-static)" >&2
+    exit 1
+fi
+
+# ---------------------------------------------------------------- 2. the unprivileged user
+if [[ -n ${LAUNCHER_TEST_USER:-} ]]; then
+    pw=$(getent passwd "$LAUNCHER_TEST_USER") ||
+        { echo "run.sh: LAUNCHER_TEST_USER='$LAUNCHER_TEST_USER' is not a user" >&2; exit 1; }
+else
+    if ! getent passwd launcher-bench >/dev/null; then
+        log "creating user launcher-bench"
+        useradd --create-home --shell /bin/sh launcher-bench
+    fi
+    pw=$(getent passwd launcher-bench)
+fi
+IFS=: read -r U_NAME _ U_UID U_GID _ U_HOME _ <<<"$pw"
+if ((U_UID == 0)); then
+    echo "run.sh: the measuring user must not be root" >&2
+    exit 1
+fi
+[[ -d $U_HOME ]] || { mkdir -p "$U_HOME" && chown "$U_UID:$U_GID" "$U_HOME"; }
+# Prefix that runs a command as the user with a small, fixed environment (ch-run needs $USER):
+# ASU_A as an argv prefix, ASU as text inside hyperfine command lines.
+ASU_A=(setpriv --reuid="$U_UID" --regid="$U_GID" --clear-groups
+    env -i "HOME=$U_HOME" "USER=$U_NAME" "LOGNAME=$U_NAME" PATH=/usr/local/bin:/usr/bin:/bin)
+ASU="${ASU_A[*]}"
+
+# ---------------------------------------------------------------- 3. /dev/fuse
+chmod 0666 /dev/fuse
+
+# ---------------------------------------------------------------- 4. build
+mkdir -p "$SCRATCH/bin" "$IMG" "$RES"
+chmod 0755 "$SCRATCH" "$SCRATCH/bin" "$IMG"
+chown "$U_UID:$U_GID" "$RES"
+BUILD_NOTE="not built by this run (--no-build)"
+if ((BUILD)); then
+    CARGO=$(command -v cargo || true)
+    [[ -z $CARGO && -x $HOME/.cargo/bin/cargo ]] && CARGO=$HOME/.cargo/bin/cargo
+    if [[ -z $CARGO ]]; then
+        # Debian 12's own Rust (1.63) is older than the workspace's rust-version: use rustup.
+        log "cargo not found: installing a Rust toolchain with rustup"
+        command -v curl >/dev/null || apt-get install -y --no-install-recommends curl ca-certificates >/dev/null
+        curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null 2>&1
+        CARGO=$HOME/.cargo/bin/cargo
+    fi
+    log "building the launcher (cargo build --release)"
+    t0=$(date +%s)
+    if out=$(cd "$ROOT" && "$CARGO" build --release 2>&1); then
+        BUILD_NOTE="built by this run: \`cargo build --release\` ($(($(date +%s) - t0)) s)"
+    else
+        fail "cargo build --release" "cd $ROOT && cargo build --release" 1 "$(tail -n 30 <<<"$out")"
+        BUILD_NOTE="BUILD FAILED (see Failures); measured an older binary if one was there"
+    fi
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/launcher"
+if [[ -x $BIN ]]; then
+    install -m 0755 "$BIN" "$LAUNCHER"
+else
+    fail "find the launcher binary" "test -x $BIN" 1 "no binary at $BIN"
+    rm -f "$LAUNCHER"
+fi
+LAUNCHER_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- . ':!benches' ':!docs' 2>/dev/null || LAUNCHER_REV="$LAUNCHER_REV (with uncommitted changes)"
+
+# ---------------------------------------------------------------- 5. images
+# rand_bytes N SEED: N pseudo-random (incompressible, reproducible) bytes on stdout.
+rand_bytes() {
+    head -c "$1" < <(openssl enc -aes-128-ctr -pbkdf2 -nosalt -pass "pass:$2" </dev/zero 2>/dev/null)
+}
+
+mk_rootfs() {
+    local r=$1 a
+    chmod 0755 "$r" # mktemp -d made it 0700: it becomes the image's root directory
+    mkdir -p "$r"/{bin,dev,proc,sys,tmp,home,etc,mnt,root,var/tmp,data,usr/bin}
+    cp /bin/busybox "$r/bin/busybox"
+    for a in sh true false cat find ls sha256sum xargs wc env echo sleep head id; do
+        ln -s busybox "$r/bin/$a"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$r/etc/passwd"
+    printf 'root:x:0:\n' >"$r/etc/group"
+    : >"$r/etc/hosts"
+    : >"$r/etc/resolv.conf"
+    chmod 1777 "$r/tmp" "$r/var/tmp"
+}
+
+IMAGE_BUILD_S=0
+# build_image NAME COMP SPEC FILLER: image $IMG/NAME.sqfs from a rootfs that FILLER (a function,
+# given the rootfs dir) populates; kept as long as SPEC is unchanged.
+build_image() {
+    local name=$1 comp=$2 spec=$3 filler=$4 out="$IMG/$1.sqfs" t0 src
+    if ((!REBUILD_IMAGES)) && [[ -f $out && -f $out.spec && $(cat "$out.spec") == "$spec" ]]; then
+        log "image $name: up to date"
+        return 0
+    fi
+    log "image $name: building ($spec)"
+    t0=$(date +%s)
+    src=$(mktemp -d "$SCRATCH/rootfs.XXXXXX")
+    mk_rootfs "$src"
+    "$filler" "$src"
+    rm -f "$out" "$out.spec"
+    if mksquashfs "$src" "$out.tmp" -noappend -comp "$comp" -all-root -no-progress -quiet >"$SCRATCH/mksquashfs.log" 2>&1; then
+        mv "$out.tmp" "$out"
+        chmod 0644 "$out"
+        printf '%s' "$spec" >"$out.spec"
+    else
+        fail "mksquashfs $name" "mksquashfs $src $out -comp $comp -all-root" 1 "$(tail -n 20 "$SCRATCH/mksquashfs.log")"
+    fi
+    rm -rf "$src"
+    IMAGE_BUILD_S=$((IMAGE_BUILD_S + $(date +%s) - t0))
+}
+
+fill_a() { rand_bytes $((A_MB * 1048576)) image-a >"$1/data/big50"; }
+fill_b() {
+    local i
+    mkdir -p "$1/data/big"
+    for i in 0 1 2 3 4 5 6 7; do
+        rand_bytes $((BIG_MB * 1048576 / 8)) "image-b-$i" >"$1/data/big/part-$i"
+    done
+}
+fill_c() { # MANY_FILES files of 100 bytes: groups of 10 dirs x 1000 files
+    local n=0 g d dir
+    for ((g = 0; n < MANY_FILES; g++)); do
+        for ((d = 0; d < 10 && n < MANY_FILES; d++)); do
+            dir="$1/data/many/g$g/d$d"
+            mkdir -p "$dir"
+            rand_bytes 100000 "image-c-$g-$d" | split -b 100 -a 3 -d - "$dir/f"
+            n=$((n + 1000))
+        done
+    done
+}
+fill_d() { # 2,000 files of 4 KiB in 20 dirs
+    local d
+    for ((d = 0; d < SMALL_FILES / 100; d++)); do
+        mkdir -p "$1/data/small/d$d"
+        rand_bytes $((100 * 4096)) "image-d-$d" | split -b 4096 -a 2 -d - "$1/data/small/d$d/f"
+    done
+}
+
+BB_SUM=$(sha256sum /bin/busybox | cut -c1-16)
+IMG_A=a-${A_MB}M
+IMG_B=b-${BIG_MB}M
+IMG_C=c-${MANY_FILES}files
+IMG_D=d-${SMALL_FILES}files
+build_image "$IMG_A-gzip" gzip "v2 busybox=$BB_SUM a=$A_MB" fill_a
+build_image "$IMG_A-zstd" zstd "v2 busybox=$BB_SUM a=$A_MB" fill_a
+build_image "$IMG_B-gzip" gzip "v2 busybox=$BB_SUM b=$BIG_MB" fill_b
+build_image "$IMG_C-gzip" gzip "v2 busybox=$BB_SUM c=$MANY_FILES" fill_c
+build_image "$IMG_D-gzip" gzip "v2 busybox=$BB_SUM d=$SMALL_FILES" fill_d
+A_SHA=$(rand_bytes $((A_MB * 1048576)) image-a | sha256sum | cut -d' ' -f1)
+
+# ---------------------------------------------------------------- 6. kernel mounts, drop_caches
+KERNEL_OK=1
+mkdir -p "$KMNT/a" "$KMNT/d"
+for pair in "a:$IMG_A-gzip" "d:$IMG_D-gzip"; do
+    m=$KMNT/${pair%%:*}
+    mountpoint -q "$m" && umount "$m"
+    rc=0
+    out=$(mount -t squashfs -o loop,ro "$IMG/${pair#*:}.sqfs" "$m" 2>&1) || rc=$?
+    if ((rc != 0)); then
+        fail "kernel squashfs loop mount (kernel rows are left out)" \
+            "mount -t squashfs -o loop,ro $IMG/${pair#*:}.sqfs $m" "$rc" "$out"
+        KERNEL_OK=0
+    fi
+done
+
+DROP=$SCRATCH/drop-caches.sh
+printf '#!/bin/sh\nsync\necho 3 > /proc/sys/vm/drop_caches\n' >"$DROP"
+chmod 0755 "$DROP"
+COLD_NOTE="page cache, dentries and inodes dropped (\`$DROP\`: sync; echo 3 > /proc/sys/vm/drop_caches) before every timed run"
+if ! out=$("$DROP" 2>&1); then
+    fail "drop caches (cold rows are NOT cold)" "$DROP" 1 "$out"
+    DROP=true
+    COLD_NOTE="WARNING: could not drop caches, these runs are not cold"
+fi
+
+# ---------------------------------------------------------------- 7. measuring
+cd "$U_HOME" || exit 1 # the launcher binds the cwd; make it the user's home, as in a job
+
+fmt_cmd() { # the exact argv, shell-quoted
+    local s="" a
+    for a in "$@"; do s+="$(printf '%q' "$a") "; done
+    printf '%s' "${s% }"
+}
+
+# bench ID AS(user|root) COLD(0|1) WARMUP RUNS BASELINE -- NAME CMD [NAME CMD]...
+# Probes each command once (as the user); failing ones are recorded and left out. Then one
+# hyperfine invocation over the rest, exported to $RES/ID.json, and a markdown table whose last
+# column is each median over BASELINE's median.
+bench() {
+    local id=$1 as=$2 cold=$3 warmup=$4 runs=$5 base=$6
+    shift 7
+    local names=() cmds=() name cmd out rc hf=() json="$RES/$id.json" prefix=""
+    [[ $as == root ]] || prefix="$ASU "
+    while (($#)); do
+        name=$1 cmd=$2
+        shift 2
+        rc=0
+        out=$(timeout -k 5 "$PROBE_TIMEOUT" bash -c "exec $prefix$cmd" 2>&1 >/dev/null) || rc=$?
+        if ((rc != 0)); then
+            ((rc == 124 || rc == 137)) && out="(timed out after ${PROBE_TIMEOUT} s) $out"
+            fail "$name" "$prefix$cmd" "$rc" "$out"
+            md "- **$name** failed and is left out (see Failures): \`$cmd\`"
+            continue
+        fi
+        names+=("$name")
+        cmds+=("$cmd")
+    done
+    if ((${#names[@]} == 0)); then
+        md "" "_No command of this table ran._" ""
+        return 0
+    fi
+    hf=(hyperfine -N --style basic --warmup "$warmup" --runs "$runs" --export-json "$json")
+    ((cold)) && hf+=(--prepare "$DROP")
+    local i
+    for i in "${!names[@]}"; do hf+=(-n "${names[$i]}" "${cmds[$i]}"); done
+    [[ $as == user ]] && hf=("${ASU_A[@]}" "${hf[@]}")
+    rm -f "$json"
+    log "hyperfine: $id (${#names[@]} commands, $runs runs)"
+    rc=0
+    out=$(timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" 2>&1) || rc=$?
+    if ((rc != 0)); then
+        fail "hyperfine $id (some run failed; retried with --ignore-failure, see exit codes)" "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
+        local a hf2=()
+        for a in "${hf[@]}"; do
+            hf2+=("$a")
+            [[ $a == -N ]] && hf2+=(-i)
+        done
+        hf=("${hf2[@]}")
+        rm -f "$json"
+        timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" >/dev/null 2>&1
+    fi
+    if [[ ! -s $json ]]; then
+        md "" "_hyperfine produced no results (see Failures)._" ""
+        return 0
+    fi
+    md "" "| Case | Median | Mean ± σ | Min | Max | Runs | Median / \`$base\` |" "|---|---:|---:|---:|---:|---:|---:|"
+    jq -r --arg base "$base" '
+        def ms: (. * 1000) as $x | if $x >= 100 then ($x | round | tostring)
+            elif $x >= 10 then (($x * 10 | round) / 10 | tostring)
+            else (($x * 100 | round) / 100 | tostring) end + " ms";
+        def r2: (. * 100 | round) / 100 | tostring;
+        ([.results[] | select(.command == $base) | .median] | first) as $b
+        | .results[]
+        | "| \(.command) | \(.median | ms) | \(.mean | ms) ± \(.stddev // 0 | ms) | \(.min | ms) | \(.max | ms) | \(.times | length)\(
+            ([.exit_codes[] | select(. != 0)] | length) as $bad | if $bad > 0 then " (\($bad) failed)" else "" end) | \(
+            if $b then "\(.median / $b | r2)×" else "n/a" end) |"' "$json" >>"$REPORT"
+    md "" "<details><summary>exact hyperfine command</summary>" "" '```' "$(fmt_cmd "${hf[@]}")" '```' "" "</details>" ""
+}
+
+# median ID NAME: the median in seconds from $RES/ID.json ("" if absent).
+median() {
+    [[ -s $RES/$1.json ]] || return 0
+    jq -r --arg n "$2" '[.results[] | select(.command == $n) | .median] | first // empty' "$RES/$1.json"
+}
+
+# ratio_line ID NUM DEN TARGET_OP TARGET LABEL: ratio of medians, a line in the report and summary.
+ratio_line() {
+    local id=$1 num=$2 den=$3 op=$4 tgt=$5 label=$6 a b r verdict
+    a=$(median "$id" "$num")
+    b=$(median "$id" "$den")
+    if [[ -z $a || -z $b ]]; then
+        md "- $label: not available (a command failed)"
+        summary "$label" "n/a" "$op $tgt" "NOT MEASURED"
+        return 0
+    fi
+    r=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')
+    case $op in
+        "<=") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r <= t) ? "met" : "MISSED" }') ;;
+        "~") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r >= 2 - t && r <= t) ? "met" : "MISSED" }') ;;
+        *) verdict="(no target)" ;;
+    esac
+    local shown_t="$op $tgt"
+    [[ $op == "~" ]] && shown_t="≈ 1.0 (within $(awk -v t="$tgt" 'BEGIN { printf "%.2f-%.2f", 2 - t, t }'))"
+    [[ $op == "-" ]] && shown_t="-"
+    if [[ $op == "-" ]]; then
+        md "- **$label** = $r (median \`$num\` / median \`$den\`)"
+    else
+        md "- **$label** = $r (median \`$num\` / median \`$den\`); target $shown_t: **$verdict**"
+    fi
+    summary "$label" "$r" "$shown_t" "$verdict"
+}
+
+section() { # TITLE
+    md "" "## $1" "" "Load before this section: \`$(uptime | sed 's/^ *//')\`" ""
+    log "section: $1"
+}
+
+L=$LAUNCHER
+IA="$IMG/$IMG_A-gzip.sqfs"
+IZ="$IMG/$IMG_A-zstd.sqfs"
+IB="$IMG/$IMG_B-gzip.sqfs"
+IC="$IMG/$IMG_C-gzip.sqfs"
+ID="$IMG/$IMG_D-gzip.sqfs"
+FINDCAT="'find /data -type f | xargs cat > /dev/null'"
+KFINDCAT="'find $KMNT/d/data -type f | xargs cat > /dev/null'"
+KPATH="env PATH=$KMNT/d/bin"
+
+# --- 1. start-up
+section "1. Start-up: \`/bin/true\` in image (a), $A_MB MiB"
+md "Image (a): busybox-static root + one $A_MB MiB file of incompressible data; \`mksquashfs -comp gzip\`" \
+    "(Apptainer's default) and \`-comp zstd\`. Warm: the image file is in the host page cache." \
+    "Charliecloud 0.31 syntax is \`ch-run IMG.sqfs -- CMD\` (it mounts the SquashFS in-process with" \
+    "libsquashfuse; 0.31 has no \`-W\`, and \`-w\` does not apply to SquashFS). Hyperfine runs as the user."
+bench startup user 0 "$START_WARMUP" "$START_RUNS" "ch-run (gzip)" -- \
+    "native /bin/true" "/bin/true" \
+    "ch-run (gzip)" "ch-run $IA -- /bin/true" \
+    "launcher (gzip)" "$L exec $IA /bin/true" \
+    "ch-run (zstd)" "ch-run $IZ -- /bin/true" \
+    "launcher (zstd)" "$L exec $IZ /bin/true"
+ratio_line startup "launcher (gzip)" "ch-run (gzip)" "<=" 0.5 "start-up launcher / ch-run, gzip"
+ratio_line startup "launcher (zstd)" "ch-run (zstd)" "<=" 0.5 "start-up launcher / ch-run, zstd"
+
+# --- 2. flat in size and file count
+section "2. Start-up flat in image size and file count"
+md "Images: (a) $A_MB MiB, (b) $BIG_MB MiB in 8 files, (c) $MANY_FILES files of 100 bytes in nested" \
+    "dirs; all gzip. \`/bin/true\`, warm. ch-run rows for reference."
+bench flat user 0 "$START_WARMUP" "$START_RUNS" "launcher (a) ${A_MB}M" -- \
+    "launcher (a) ${A_MB}M" "$L exec $IA /bin/true" \
+    "launcher (b) ${BIG_MB}M" "$L exec $IB /bin/true" \
+    "launcher (c) ${MANY_FILES} files" "$L exec $IC /bin/true" \
+    "ch-run (a) ${A_MB}M" "ch-run $IA -- /bin/true" \
+    "ch-run (b) ${BIG_MB}M" "ch-run $IB -- /bin/true" \
+    "ch-run (c) ${MANY_FILES} files" "ch-run $IC -- /bin/true"
+ratio_line flat "launcher (b) ${BIG_MB}M" "launcher (a) ${A_MB}M" "~" 1.1 "start-up launcher (b)/(a)"
+ratio_line flat "launcher (c) ${MANY_FILES} files" "launcher (a) ${A_MB}M" "~" 1.1 "start-up launcher (c)/(a)"
+
+# --- 3. find + cat
+section "3. find + cat over $SMALL_FILES small files (image (d))"
+md "Image (d): $SMALL_FILES files of 4 KiB in $((SMALL_FILES / 100)) dirs, gzip. Command:" \
+    "\`/bin/sh -c 'find /data -type f | xargs cat > /dev/null'\` with the image's busybox; for the" \
+    "kernel row the same busybox runs from a root loop mount (\`mount -t squashfs -o loop,ro\`) at" \
+    "\`$KMNT/d\`. Measured commands run as the user (\`setpriv ... env -i ...\` prefix on every row)."
+md "" "### Cold: $COLD_NOTE"
+krow=()
+((KERNEL_OK)) && krow=("kernel squashfs" "$ASU $KPATH $KMNT/d/bin/sh -c $KFINDCAT")
+bench findcat-cold root 1 "$COLD_WARMUP" "$COLD_RUNS" "kernel squashfs" -- \
+    "${krow[@]}" \
+    "ch-run" "$ASU ch-run $ID -- /bin/sh -c $FINDCAT" \
+    "launcher" "$ASU $L exec $ID /bin/sh -c $FINDCAT"
+ratio_line findcat-cold launcher "kernel squashfs" "<=" 1.3 "find+cat cold launcher / kernel"
+ratio_line findcat-cold launcher ch-run "-" "" "find+cat cold launcher / ch-run"
+md "" "### Warm (image file, and for the kernel its page cache, cached)"
+krow=()
+((KERNEL_OK)) && krow=("kernel squashfs" "$KPATH $KMNT/d/bin/sh -c $KFINDCAT")
+bench findcat-warm user 0 "$WARM_WARMUP" "$WARM_RUNS" "kernel squashfs" -- \
+    "${krow[@]}" \
+    "ch-run" "ch-run $ID -- /bin/sh -c $FINDCAT" \
+    "launcher" "$L exec $ID /bin/sh -c $FINDCAT"
+ratio_line findcat-warm launcher "kernel squashfs" "-" "" "find+cat warm launcher / kernel"
+ratio_line findcat-warm launcher ch-run "-" "" "find+cat warm launcher / ch-run"
+
+# --- 4. sequential read
+section "4. Sequential read of a $A_MB MiB file (image (a), gzip)"
+md "\`cat /data/big50\` (hyperfine sends stdout to /dev/null) with the image's busybox; kernel row:" \
+    "\`$KMNT/a/bin/cat $KMNT/a/data/big50\`. Each launcher/ch-run run is a fresh FUSE mount, so" \
+    "\"warm\" only means the image file is in the host page cache; the kernel mount keeps its" \
+    "decompressed pages."
+md "" "### Cold: $COLD_NOTE"
+krow=()
+((KERNEL_OK)) && krow=("kernel squashfs" "$ASU $KMNT/a/bin/cat $KMNT/a/data/big50")
+bench read-cold root 1 "$COLD_WARMUP" "$COLD_RUNS" "kernel squashfs" -- \
+    "${krow[@]}" \
+    "ch-run" "$ASU ch-run $IA -- /bin/cat /data/big50" \
+    "launcher" "$ASU $L exec $IA /bin/cat /data/big50"
+ratio_line read-cold launcher "kernel squashfs" "-" "" "50 MiB read cold launcher / kernel"
+ratio_line read-cold launcher ch-run "-" "" "50 MiB read cold launcher / ch-run"
+md "" "### Warm"
+krow=()
+((KERNEL_OK)) && krow=("kernel squashfs" "$KMNT/a/bin/cat $KMNT/a/data/big50")
+bench read-warm user 0 "$WARM_WARMUP" "$WARM_RUNS" "kernel squashfs" -- \
+    "${krow[@]}" \
+    "ch-run" "ch-run $IA -- /bin/cat /data/big50" \
+    "launcher" "$L exec $IA /bin/cat /data/big50"
+ratio_line read-warm launcher "kernel squashfs" "-" "" "50 MiB read warm launcher / kernel"
+ratio_line read-warm launcher ch-run "-" "" "50 MiB read warm launcher / ch-run"
+
+# --- peak RSS
+md "" "### Peak RSS while reading the $A_MB MiB file (warm)" ""
+md "\`/usr/bin/time -v\` around the whole command (\"Maximum resident set size\": the largest of the" \
+    "process and the children it waited for, i.e. the launcher's FUSE server here; busybox \`cat\`" \
+    "itself stays well under 1 MiB). Median of $RSS_RUNS run(s)." "" \
+    "| Case | Max RSS | Command |" "|---|---:|---|"
+rss_row() { # NAME CMD...
+    local name=$1 vals=() i rc out f="$RES/time.txt"
+    shift
+    for ((i = 0; i < RSS_RUNS; i++)); do
+        rc=0
+        out=$(timeout -k 5 "$PROBE_TIMEOUT" /usr/bin/time -v -o "$f" "$@" 2>&1 >/dev/null) || rc=$?
+        if ((rc != 0)); then
+            fail "peak RSS: $name" "/usr/bin/time -v $*" "$rc" "$out"
+            md "| $name | failed | \`$*\` |"
+            return 0
+        fi
+        vals+=("$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$f")")
+    done
+    local med
+    med=$(printf '%s\n' "${vals[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    md "| $name | $((med / 1024)).$(((med % 1024) * 10 / 1024)) MiB | \`$*\` |"
+    summary "peak RSS, $name, $A_MB MiB read" "$((med / 1024)) MiB" "-" "(no target)"
+}
+rss_row "launcher" "${ASU_A[@]}" "$L" exec "$IA" /bin/cat /data/big50
+rss_row "ch-run" "${ASU_A[@]}" ch-run "$IA" -- /bin/cat /data/big50
+((KERNEL_OK)) && rss_row "native cat on kernel squashfs" "${ASU_A[@]}" "$KMNT/a/bin/cat" "$KMNT/a/data/big50"
+
+# --- correctness
+section "5. Correctness checks (outputs compared with what was written into the images)"
+md "| Check | Expected | Got | Result |" "|---|---|---|---|"
+check() { # NAME EXPECTED CMD...
+    local name=$1 want=$2 got rc=0
+    shift 2
+    got=$(timeout -k 5 "$PROBE_TIMEOUT" "${ASU_A[@]}" "$@" 2>&1) || rc=$?
+    got=$(tr '\n' ' ' <<<"$got" | cut -c1-200)
+    got=${got% }
+    if ((rc == 0)) && [[ $got == "$want" ]]; then
+        md "| $name | \`$want\` | same | ok |"
+    else
+        md "| $name | \`$want\` | \`$got\` (exit $rc) | **FAILED** |"
+        fail "check: $name" "$ASU $*" "$rc" "expected: $want"$'\n'"got: $got"
+    fi
+}
+check "launcher: sha256 of /data/big50, gzip" "$A_SHA" "$L" exec "$IA" /bin/sh -c 'sha256sum /data/big50 | cut -c1-64'
+check "launcher: sha256 of /data/big50, zstd" "$A_SHA" "$L" exec "$IZ" /bin/sh -c 'sha256sum /data/big50 | cut -c1-64'
+check "ch-run: sha256 of /data/big50, gzip" "$A_SHA" ch-run "$IA" -- /bin/sh -c 'sha256sum /data/big50 | cut -c1-64'
+check "launcher: files in image (d)" "$SMALL_FILES" "$L" exec "$ID" /bin/sh -c 'find /data -type f | wc -l'
+check "launcher: files in image (c)" "$MANY_FILES" "$L" exec "$IC" /bin/sh -c 'find /data -type f | wc -l'
+check "launcher: exit status passes through" "3" /bin/sh -c "$L exec $IA /bin/sh -c 'exit 3'; echo \$?"
+
+# ---------------------------------------------------------------- 8. write the report
+mkdir -p "$(dirname "$OUTPUT")"
+T_END=$(date +%s)
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+CHV=$(USER=root ch-run --version 2>&1 | head -n1)
+{
+    echo "# Performance"
+    echo
+    echo "Produced by \`$INVOCATION\` ($MODE mode) - do not edit by hand; rerun the script."
+    echo
+    echo "| | |"
+    echo "|---|---|"
+    echo "| Date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
+    echo "| Kernel | $(uname -r) |"
+    echo "| CPU | $CPU, $(nproc) cores online |"
+    echo "| Memory | $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) |"
+    echo "| OS | $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release) |"
+    echo "| Load at start / end | \`$LOAD_START\` / \`$(uptime | sed 's/^ *//')\` |"
+    echo "| launcher | commit $LAUNCHER_REV, $BUILD_NOTE |"
+    echo "| Peers | ch-run $CHV; kernel squashfs; $(hyperfine --version); $(mksquashfs -version 2>&1 | head -n1); $(busybox 2>&1 | head -n1 | cut -d' ' -f1-2) |"
+    echo "| Measured as | user $U_NAME (uid $U_UID), \`setpriv --reuid --regid --clear-groups env -i HOME USER LOGNAME PATH\` |"
+    echo "| Run time | $((T_END - T_START)) s in all, of which $IMAGE_BUILD_S s building images |"
+    echo
+    echo "Numbers are hyperfine medians; ratios are medians of commands from the same hyperfine"
+    echo "invocation. The machine is shared, so compare ratios, not absolute times, across runs."
+    echo
+    echo "## Summary"
+    echo
+    echo "| Metric | Value | Target | Verdict |"
+    echo "|---|---:|---|---|"
+    cat "$SUMMARY"
+    echo
+    echo "Failures recorded: $NFAIL (details at the end)."
+    cat "$REPORT"
+    echo
+    echo "## Failures"
+    echo
+    if ((NFAIL)); then cat "$FAILS"; else echo "None."; fi
+} >"$OUTPUT.tmp"
+mv "$OUTPUT.tmp" "$OUTPUT"
+chmod 0644 "$OUTPUT"
+log "wrote $OUTPUT ($((T_END - T_START)) s)"
+cat "$OUTPUT"
