@@ -689,7 +689,7 @@ fn corrupt_images_error_without_panicking() {
     let dir = TempDir::new("corrupt");
     let src = dir.0.join("src");
     fs::create_dir_all(src.join("d/e")).unwrap();
-    fs::write(src.join("f"), noise(200_000, 1)).unwrap();
+    fs::write(src.join("f"), noise(30_000, 1)).unwrap();
     fs::write(src.join("d/small"), b"small").unwrap();
     for i in 0..40 {
         fs::write(src.join(format!("d/e/n{i}")), format!("{i}")).unwrap();
@@ -730,7 +730,8 @@ fn corrupt_images_error_without_panicking() {
         }
         // Flipped bits everywhere in the superblock and the tables, and a
         // sample of the data.
-        let step = if comp == "gzip" { 1 } else { 7 };
+        let step = if comp == "gzip" { 1 } else { 11 };
+        let t0 = std::time::Instant::now();
         let positions = (0..96)
             .chain((tables..good.len()).step_by(step))
             .chain((96..tables).step_by(997));
@@ -748,6 +749,11 @@ fn corrupt_images_error_without_panicking() {
                 walk_everything(&a);
             }
         }
+        eprintln!(
+            "{comp}: {} table bytes, flips done in {:?}",
+            good.len() - tables,
+            t0.elapsed()
+        );
     }
 }
 

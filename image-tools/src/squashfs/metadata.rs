@@ -67,7 +67,7 @@ impl Metadata {
         let data = if hdr & UNCOMPRESSED_BIT != 0 {
             body.to_vec()
         } else {
-            decompress(&self.compressor, body, METADATA_SIZE).map_err(|e| e.context(&what))?
+            decompress(&self.compressor, body, METADATA_SIZE).map_err(|e| e.context(what))?
         };
         if data.is_empty() {
             return Err(corrupt(format!("{what}: empty block")));
