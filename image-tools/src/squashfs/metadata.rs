@@ -32,6 +32,11 @@ impl Metadata {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// The decompressed block at image position `pos`, which must lie before `end`.
     pub(crate) fn block(
         &self,
