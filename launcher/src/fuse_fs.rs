@@ -28,10 +28,15 @@ pub struct ImageFs {
     dirs: Mutex<HashMap<u64, Arc<Vec<squashfs::DirEntry>>>>,
     next_fh: AtomicU64,
     reported: AtomicBool,
+    /// Report every file as owned by this uid/gid instead of the stored owner.
+    owner: Option<(u32, u32)>,
 }
 
 impl ImageFs {
-    pub fn new(archive: Arc<Archive>) -> ImageFs {
+    /// `owner`: with a writable overlay on top, the overlay must copy files up and chown
+    /// them; it cannot chown to the image's owners (not mapped in our user namespace), so
+    /// the files are shown as the caller's. The caller can read the whole image file anyway.
+    pub fn new(archive: Arc<Archive>, owner: Option<(u32, u32)>) -> ImageFs {
         let root_ref = archive.superblock().root_inode;
         ImageFs {
             archive,
@@ -39,6 +44,7 @@ impl ImageFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             reported: AtomicBool::new(false),
+            owner,
         }
     }
 
@@ -86,8 +92,8 @@ impl ImageFs {
             kind: kind(inode.kind),
             perm: inode.mode & 0o7777,
             nlink: inode.nlink.max(1),
-            uid: inode.uid,
-            gid: inode.gid,
+            uid: self.owner.map_or(inode.uid, |o| o.0),
+            gid: self.owner.map_or(inode.gid, |o| o.1),
             rdev: inode.rdev,
             blksize: block,
             flags: 0,

@@ -86,7 +86,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     config.n_threads = Some(settings.fuse_threads.max(1));
     config.clone_fd = true;
     let session = fuser::Session::from_fd(
-        ImageFs::new(archive),
+        ImageFs::new(archive, plan.writable_root.then_some((plan.uid, plan.gid))),
         fuse_fd,
         fuser::SessionACL::Owner,
         config,

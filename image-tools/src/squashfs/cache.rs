@@ -89,7 +89,7 @@ impl<K: Hash + Eq + Copy, V> Cache<K, V> {
     }
 
     #[cfg(test)]
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).bytes)

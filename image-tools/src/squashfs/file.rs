@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::compression::decompress;
 use super::error::{corrupt, Error, Result};
-use super::inode::{Detail, Inode, NO_FRAGMENT};
+use super::inode::{Detail, FileLayout, Inode, NO_FRAGMENT};
 use super::metadata::{table_entry, Cursor};
 use super::Archive;
 
@@ -59,15 +59,9 @@ fn copy_overlap(dst: &mut [u8], dst_at: u64, src: &[u8], src_at: u64, src_len: u
 }
 
 impl Archive {
-    fn file_detail(file: &Inode) -> Result<(u64, u32, u32, u64, (u64, usize))> {
+    fn file_layout(file: &Inode) -> Result<FileLayout> {
         match file.detail {
-            Detail::File {
-                blocks_start,
-                fragment,
-                frag_offset,
-                block_count,
-                list_pos,
-            } => Ok((blocks_start, fragment, frag_offset, block_count, list_pos)),
+            Detail::File(l) => Ok(l),
             _ => Err(Error::invalid(
                 std::io::ErrorKind::InvalidInput,
                 format_args!("inode {:#x} is not a regular file", file.inode_ref),
@@ -82,7 +76,13 @@ impl Archive {
     }
 
     fn read_at_inner(&self, file: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let (blocks_start, fragment, frag_offset, block_count, list_pos) = Self::file_detail(file)?;
+        let layout = Self::file_layout(file)?;
+        let FileLayout {
+            fragment,
+            frag_offset,
+            block_count,
+            ..
+        } = layout;
         if offset >= file.size || buf.is_empty() {
             return Ok(0);
         }
@@ -94,14 +94,7 @@ impl Archive {
         if offset < data_end {
             let first = offset / bs;
             let last = (end.min(data_end) - 1) / bs;
-            let blocks = self.block_range(
-                file.inode_ref,
-                blocks_start,
-                block_count,
-                list_pos,
-                first,
-                last,
-            )?;
+            let blocks = self.block_range(file.inode_ref, &layout, first, last)?;
             self.read_blocks(file, first, &blocks, offset, buf)?;
         }
         if end > data_end {
@@ -237,12 +230,11 @@ impl Archive {
     fn block_range(
         &self,
         inode_ref: u64,
-        blocks_start: u64,
-        block_count: u64,
-        list_pos: (u64, usize),
+        layout: &FileLayout,
         first: u64,
         last: u64,
     ) -> Result<Vec<BlockRef>> {
+        let block_count = layout.block_count;
         if last >= block_count || first > last {
             return Err(corrupt(format!(
                 "block {last} beyond the {block_count} blocks"
@@ -253,8 +245,7 @@ impl Archive {
             let list = match self.list_cache.get(&inode_ref) {
                 Some(l) => l,
                 None => {
-                    let l =
-                        self.read_block_list(blocks_start, block_count, list_pos, block_count)?;
+                    let l = self.read_block_list(layout, block_count)?;
                     let weight = l.sizes.len() * 12 + 64;
                     self.list_cache.insert(inode_ref, l, weight)
                 }
@@ -266,7 +257,7 @@ impl Archive {
                 .collect());
         }
         // Huge (mostly sparse) files: walk the list up to `last` without keeping it.
-        let l = self.read_block_list(blocks_start, block_count, list_pos, last + 1)?;
+        let l = self.read_block_list(layout, last + 1)?;
         Ok(l.starts[range.clone()]
             .iter()
             .zip(&l.sizes[range])
@@ -275,13 +266,8 @@ impl Archive {
     }
 
     /// Reads the first `n` entries of the block size list.
-    fn read_block_list(
-        &self,
-        blocks_start: u64,
-        block_count: u64,
-        list_pos: (u64, usize),
-        n: u64,
-    ) -> Result<BlockList> {
+    fn read_block_list(&self, layout: &FileLayout, n: u64) -> Result<BlockList> {
+        let list_pos = layout.list_pos;
         let start = self.sb.inode_table_start;
         let mut c = Cursor::new(
             &self.meta,
@@ -291,13 +277,13 @@ impl Archive {
             list_pos.1,
             self.sb.region_end(start),
         );
-        let n = n.min(block_count);
+        let n = n.min(layout.block_count);
         // Grows only as entries are really read, so a bad count cannot allocate much.
         let mut l = BlockList {
             starts: Vec::with_capacity(n.min(4096) as usize),
             sizes: Vec::with_capacity(n.min(4096) as usize),
         };
-        let mut pos = blocks_start;
+        let mut pos = layout.blocks_start;
         let bs = self.sb.block_size;
         for i in 0..n {
             let raw = c.u32()?;

@@ -62,19 +62,23 @@ pub(crate) enum Detail {
         /// Metadata position of the directory index (extended dirs).
         index_pos: (u64, usize),
     },
-    File {
-        blocks_start: u64,
-        fragment: u32,
-        frag_offset: u32,
-        /// Number of entries in the block size list.
-        block_count: u64,
-        /// Metadata position of the block size list.
-        list_pos: (u64, usize),
-    },
+    File(FileLayout),
     Symlink {
         target_pos: (u64, usize),
     },
     Special,
+}
+
+/// Where a regular file's data lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FileLayout {
+    pub(crate) blocks_start: u64,
+    pub(crate) fragment: u32,
+    pub(crate) frag_offset: u32,
+    /// Number of entries in the block size list.
+    pub(crate) block_count: u64,
+    /// Metadata position of the block size list.
+    pub(crate) list_pos: (u64, usize),
 }
 
 /// One inode, parsed from the inode table.
@@ -226,13 +230,13 @@ pub(crate) fn parse(
                 }
                 ino.size / bs
             };
-            ino.detail = Detail::File {
+            ino.detail = Detail::File(FileLayout {
                 blocks_start,
                 fragment,
                 frag_offset,
                 block_count,
                 list_pos: c.position(),
-            };
+            });
         }
         (FileType::Symlink, _) => {
             ino.nlink = c.u32()?;

@@ -32,6 +32,11 @@ impl Metadata {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// The decompressed block at image position `pos`, which must lie before `end`.
     pub(crate) fn block(
         &self,
@@ -67,7 +72,7 @@ impl Metadata {
         let data = if hdr & UNCOMPRESSED_BIT != 0 {
             body.to_vec()
         } else {
-            decompress(&self.compressor, body, METADATA_SIZE).map_err(|e| e.context(&what))?
+            decompress(&self.compressor, body, METADATA_SIZE).map_err(|e| e.context(what))?
         };
         if data.is_empty() {
             return Err(corrupt(format!("{what}: empty block")));

@@ -337,6 +337,47 @@ mod tests {
         check::<Archive>();
     }
 
+    /// Builds a directory big enough for an index with mksquashfs (skipped
+    /// where it is missing) and checks that lookups go through the index.
+    #[test]
+    fn big_directory_lookup_uses_the_index() {
+        let dir = std::env::temp_dir().join(format!("sqfs-index-{}", std::process::id()));
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..2000 {
+            std::fs::write(src.join(format!("name_{i:04}")), b"").unwrap();
+        }
+        let img = dir.join("img");
+        let built = std::process::Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&img)
+            .args(["-noappend", "-no-progress", "-quiet"])
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            eprintln!("mksquashfs not available: skipping");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let a = Archive::open_path(&img, 0).unwrap();
+        let root = a.root().unwrap();
+        let Detail::Dir { index_count, .. } = root.detail else {
+            panic!("root is not a directory");
+        };
+        assert!(index_count > 2, "index of {index_count} entries");
+        let before = a.meta.cache_bytes();
+        let last = a.lookup_entry(&root, b"name_1999").unwrap().unwrap();
+        let by_lookup = a.meta.cache_bytes() - before;
+        assert!(a.lookup_entry(&root, b"name_2000").unwrap().is_none());
+        assert!(a.lookup_entry(&root, b"name_0000").unwrap().is_some());
+        let all = a.read_dir(&root).unwrap();
+        let by_listing = a.meta.cache_bytes() - before;
+        assert_eq!(all.last(), Some(&last));
+        // The lookup decoded at most two directory blocks, the listing all of them.
+        assert!(by_lookup <= 2 * (METADATA_SIZE + 64), "{by_lookup}");
+        assert!(by_listing >= 3 * METADATA_SIZE, "{by_listing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn magic() {
         assert!(is_squashfs(b"hsqs\0\0"));

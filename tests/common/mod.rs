@@ -1,0 +1,243 @@
+//! Harness for end-to-end tests: run the real `launcher` binary as the unprivileged test user.
+//!
+//! The tests run as root only to switch to that user (setpriv); everything they check happens
+//! in the launcher running without privileges. Fixtures come from tests/setup.sh, which is
+//! run automatically the first time.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Setup {
+    pub fixtures: PathBuf,
+    pub bin: PathBuf,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// A world-writable scratch directory for this test process.
+    pub scratch: PathBuf,
+}
+
+pub fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        assert!(
+            nix_is_root(),
+            "end-to-end tests must run as root: they run the launcher as the unprivileged test user \
+             created by tests/setup.sh (run the suite with `sudo`, or as root as .ci/run does)"
+        );
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new("bash").arg(repo.join("tests/setup.sh")).status().expect("running tests/setup.sh");
+        assert!(status.success(), "tests/setup.sh failed");
+        let fixtures = PathBuf::from(std::env::var("LAUNCHER_FIXTURES").unwrap_or_else(|_| "/var/tmp/launcher-fixtures".into()));
+        let user = std::fs::read_to_string(fixtures.join("user")).unwrap().trim().to_string();
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").arg(flag).arg(&user).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        let home = PathBuf::from(
+            String::from_utf8_lossy(&Command::new("getent").args(["passwd", &user]).output().unwrap().stdout)
+                .trim()
+                .split(':')
+                .nth(5)
+                .unwrap()
+                .to_string(),
+        );
+        // A copy of the binary the user can execute (the build tree may be private to root).
+        let scratch = PathBuf::from(format!("/var/tmp/launcher-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).unwrap();
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let bin = scratch.join("launcher");
+        std::fs::copy(env!("CARGO_BIN_EXE_launcher"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        remove_stale_scratch();
+        Setup { fixtures, bin, user, uid, gid, home, scratch }
+    })
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Scratch directories of earlier test processes that are gone.
+fn remove_stale_scratch() {
+    let Ok(dir) = std::fs::read_dir("/var/tmp") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix("launcher-e2e-")
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+pub fn fixture(name: &str) -> String {
+    setup().fixtures.join(name).display().to_string()
+}
+
+/// A launcher invocation as the test user.
+pub struct L {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+}
+
+pub fn launcher<S: AsRef<str>>(args: &[S]) -> L {
+    L {
+        args: args.iter().map(|a| a.as_ref().to_string()).collect(),
+        env: Vec::new(),
+        cwd: None,
+    }
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "launcher failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl L {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn cwd(mut self, p: impl AsRef<Path>) -> Self {
+        self.cwd = Some(p.as_ref().to_path_buf());
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let s = setup();
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", s.uid))
+            .arg(format!("--regid={}", s.gid))
+            .arg("--clear-groups")
+            .arg(&s.bin)
+            .args(&self.args)
+            .env_clear()
+            .env("HOME", &s.home)
+            .env("USER", &s.user)
+            .env("LOGNAME", &s.user)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("SHELL", "/bin/sh")
+            .current_dir(self.cwd.clone().unwrap_or_else(|| s.home.clone()));
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self) -> Out {
+        let out: Output = self
+            .command()
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawning setpriv");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn spawn(&self) -> Child {
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning setpriv")
+    }
+}
+
+/// Run `sh -c SCRIPT` in IMAGE and return stdout, asserting success.
+pub fn sh(image: &str, script: &str) -> String {
+    let out = launcher(&["exec", image, "/bin/sh", "-c", script]).run();
+    out.ok();
+    out.stdout
+}
+
+/// Read lines from a child's stdout until one equals `want` (with a deadline).
+pub fn wait_for_line(reader: &mut BufReader<std::process::ChildStdout>, want: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push(line.trim_end().to_string());
+        if line.trim_end() == want {
+            return seen;
+        }
+    }
+    panic!("did not see line '{want}'; saw {seen:?}");
+}
+
+/// Wait until no process has `needle` in its command line.
+pub fn wait_gone(needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if pids_matching(needle).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn pids_matching(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}

@@ -1,0 +1,313 @@
+//! End-to-end: `launcher exec` of real SquashFS and SIF images, as the unprivileged test user.
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::io::BufReader;
+
+fn gzip() -> String {
+    fixture("busybox-gzip.sqfs")
+}
+
+#[test]
+fn identity_is_the_callers() {
+    let s = setup();
+    let out = sh(&gzip(), "id -u; id -g; id -un; echo $HOME; echo $USER");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], s.uid.to_string());
+    assert_eq!(lines[1], s.gid.to_string());
+    assert_eq!(lines[2], s.user, "generated /etc/passwd names the caller");
+    assert_eq!(lines[3], s.home.display().to_string());
+    assert_eq!(lines[4], s.user);
+    assert_ne!(s.uid, 0);
+}
+
+#[test]
+fn every_compressor_reads_the_same_bytes() {
+    let want = std::fs::read_to_string(fixture("big.sha256")).unwrap();
+    for comp in [
+        "gzip", "lzma", "lzo", "xz", "lz4", "zstd", "plain", "nofrag",
+    ] {
+        let img = fixture(&format!("busybox-{comp}.sqfs"));
+        let out = sh(
+            &img,
+            "sha256sum /data/big | cut -d' ' -f1; cat /data/tree/a/b/deep.txt; cat /data/tree/f300",
+        );
+        assert_eq!(
+            out,
+            format!("{}deep\nfile 300\n", want),
+            "compressor {comp}"
+        );
+    }
+}
+
+#[test]
+fn tree_listing_matches_unsquashfs() {
+    let image: BTreeSet<String> = std::fs::read_to_string(fixture("busybox.list"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // /root is 0700 and owned by the image's root: find may not enter it, as on the host.
+    let out = launcher(&[
+        "exec",
+        &gzip(),
+        "/bin/sh",
+        "-c",
+        "find / -xdev 2>/dev/null; true",
+    ])
+    .run()
+    .ok()
+    .stdout
+    .clone();
+    let inside: BTreeSet<String> = out
+        .lines()
+        .filter(|l| *l != "/")
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<_> = image.difference(&inside).collect();
+    assert!(
+        missing.is_empty(),
+        "in the image but not seen inside: {missing:?}"
+    );
+    // Only mount points the launcher created may be extra.
+    let home = setup().home.display().to_string();
+    let allowed = [
+        home.as_str(),
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/localtime",
+    ];
+    let extra: Vec<_> = inside
+        .difference(&image)
+        .filter(|p| !allowed.contains(&p.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "seen inside but not in the image: {extra:?}"
+    );
+}
+
+#[test]
+fn links_modes_and_sparse_files() {
+    let want = std::fs::read_to_string(fixture("big.sha256")).unwrap();
+    let out = sh(
+        &gzip(),
+        "readlink /data/abs-link; sha256sum /data/abs-link | cut -d' ' -f1; cat /data/rel-link; \
+         stat -c '%i %h' /data/tree/f1; stat -c '%i %h' /data/hardlink-f1; \
+         wc -c < /data/sparse; tail -c 5 /data/sparse; stat -c %a /data/private; \
+         cat /data/private 2>/dev/null || echo denied; readlink /data/dangling; wc -c < /data/empty",
+    );
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], "/data/big");
+    assert_eq!(
+        format!("{}\n", l[1]),
+        want,
+        "absolute symlink resolves inside the image"
+    );
+    assert_eq!(l[2], "deep");
+    assert_eq!(l[3], l[4], "hard links share an inode");
+    assert!(l[3].ends_with(" 2"), "nlink 2: {}", l[3]);
+    assert_eq!(l[5].trim(), (3 * 1024 * 1024 + 5).to_string());
+    assert_eq!(l[6], "tail");
+    assert_eq!(l[7], "600");
+    assert_eq!(
+        l[8], "denied",
+        "a 0600 file of an unmapped owner stays private"
+    );
+    assert_eq!(l[9], "/nonexistent/target");
+    assert_eq!(l[10].trim(), "0");
+}
+
+#[test]
+fn root_is_read_only_unless_writable_tmpfs() {
+    let out = launcher(&["exec", &gzip(), "/bin/sh", "-c", "touch /newfile"]).run();
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    // Writable: new files anywhere, and image files changed or removed (copied up).
+    let script = "echo x > /newfile && cat /newfile && rm /bin/cat && echo removed && echo conf > /etc/new.conf && cat /etc/new.conf && echo more >> /data/tree/f2 && cat /data/tree/f2";
+    let out = launcher(&["exec", "--writable-tmpfs", &gzip(), "/bin/sh", "-c", script]).run();
+    assert_eq!(out.ok().stdout, "x\nremoved\nconf\nfile 2\nmore\n");
+    // Nothing persists: the next run sees the image as it is.
+    assert_eq!(
+        sh(
+            &gzip(),
+            "ls /newfile 2>/dev/null || echo absent; ls /bin/cat; cat /data/tree/f2"
+        ),
+        "absent\n/bin/cat\nfile 2\n"
+    );
+}
+
+#[test]
+fn exit_status_passes_through() {
+    assert_eq!(
+        launcher(&["exec", &gzip(), "/bin/sh", "-c", "exit 42"])
+            .run()
+            .code,
+        42
+    );
+    assert_eq!(launcher(&["exec", &gzip(), "/bin/true"]).run().code, 0);
+    assert_eq!(launcher(&["exec", &gzip(), "/bin/false"]).run().code, 1);
+    // Killed by signal N: 128+N, as a shell reports it.
+    assert_eq!(
+        launcher(&["exec", &gzip(), "/bin/sh", "-c", "kill -TERM $$"])
+            .run()
+            .code,
+        143
+    );
+    assert_eq!(
+        launcher(&["exec", &gzip(), "/bin/sh", "-c", "kill -KILL $$"])
+            .run()
+            .code,
+        137
+    );
+}
+
+#[test]
+fn command_arguments_and_path_search() {
+    let out = launcher(&["exec", &gzip(), "echo", "-n", "a  b", "--flag"]).run();
+    assert_eq!(out.ok().stdout, "a  b --flag");
+    let out = launcher(&["exec", &gzip(), "no-such-command"]).run();
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr
+            .contains("command 'no-such-command' not found in the container"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "one-line error: {out:?}");
+}
+
+#[test]
+fn signals_are_forwarded() {
+    let marker = format!("sig-marker-{}", std::process::id());
+    let script = format!(
+        "trap 'echo got-usr1' USR1; trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done # {marker}"
+    );
+    let mut child = launcher(&["exec", &gzip(), "/bin/sh", "-c", &script]).spawn();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut out, "ready");
+    let pid = child.id() as i32;
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_for_line(&mut out, "got-usr1");
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for_line(&mut out, "got-term");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
+    assert!(wait_gone(&marker), "processes left behind");
+}
+
+#[test]
+fn sigkill_of_the_launcher_kills_the_command() {
+    let marker = format!("kill9-marker-{}", std::process::id());
+    let script = format!("echo ready; exec sleep 1000 # {marker}");
+    let mut child = launcher(&["exec", &gzip(), "/bin/sh", "-c", &script]).spawn();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut out, "ready");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_gone(&marker), "the command survived its launcher");
+}
+
+#[test]
+fn orphans_are_reaped_when_the_command_exits() {
+    let marker = format!("orphan-marker-{}", std::process::id());
+    let out = launcher(&[
+        "exec",
+        &gzip(),
+        "/bin/sh",
+        "-c",
+        &format!("sleep 1000 & echo started # {marker}"),
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "started\n");
+    assert!(
+        wait_gone(&marker),
+        "a background process outlived the launcher"
+    );
+}
+
+#[test]
+fn real_singularityce_sif_runs() {
+    let img = fixture("singularityce-busybox-amd64.sif");
+    let out = launcher(&[
+        "exec",
+        &img,
+        "/bin/sh",
+        "-c",
+        "cat /.singularity.d/labels.json | head -c 1; echo; id -u; busybox | head -1",
+    ])
+    .run();
+    let l: Vec<String> = out.ok().stdout.lines().map(str::to_string).collect();
+    assert_eq!(l[0], "{");
+    assert_eq!(l[1], setup().uid.to_string());
+    assert!(l[2].starts_with("BusyBox v1.33.1"), "{l:?}");
+    // Its runscript runs our arguments in place of the OCI cmd, as Docker does.
+    let out = launcher(&["run", &img, "sh", "-c", "echo from-runscript"]).run();
+    assert_eq!(out.ok().stdout, "from-runscript\n");
+}
+
+#[test]
+fn sif_written_by_image_tools_runs() {
+    use image_tools::sif::{write, FsType, ObjectData, ObjectSpec, PartType, WriteOptions};
+    let s = setup();
+    let sqfs = fixture("busybox-zstd.sqfs");
+    let len = std::fs::metadata(&sqfs).unwrap().len();
+    let sif = s.scratch.join("written.sif");
+    let opts = WriteOptions {
+        launch_script: "#!/usr/bin/env run-singularity\n".into(),
+        ..Default::default()
+    };
+    let part = ObjectSpec::partition(
+        ObjectData::File {
+            path: sqfs.into(),
+            len,
+        },
+        FsType::Squash,
+        PartType::PrimSys,
+        "amd64",
+    );
+    write(&sif, &opts, vec![part]).unwrap();
+    std::fs::set_permissions(&sif, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let want = std::fs::read_to_string(fixture("big.sha256")).unwrap();
+    let out = sh(
+        &sif.display().to_string(),
+        "sha256sum /data/big | cut -d' ' -f1",
+    );
+    assert_eq!(out, want);
+    let out = launcher(&["inspect", &sif.display().to_string()]).run();
+    assert!(
+        out.ok().stdout.contains("Squashfs PrimSys amd64"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("zstd compression"), "{out:?}");
+}
+
+#[test]
+fn no_mount_or_file_left_on_the_host() {
+    let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let s = setup();
+    let tmp_before: BTreeSet<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    sh(&gzip(), "ls / >/dev/null");
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        before,
+        "host mount table changed"
+    );
+    let tmp_after: BTreeSet<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let new: Vec<_> = tmp_after.difference(&tmp_before).collect();
+    // Other tests may create files concurrently, but never as the launcher's staging area.
+    assert!(
+        !new.iter().any(|n| n.to_string_lossy().contains("launcher")),
+        "{new:?}"
+    );
+    assert!(s.uid > 0);
+}
