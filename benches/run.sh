@@ -10,7 +10,8 @@
 #
 # Environment: LAUNCHER_TEST_USER (name or uid of an existing unprivileged user to measure as;
 # default: create/reuse `launcher-bench`), LAUNCHER_BENCH_DIR (scratch dir, default
-# /var/tmp/launcher-bench), CARGO_TARGET_DIR (honoured by the build).
+# /var/tmp/launcher-bench), LAUNCHER_BENCH_ROUNDS (hyperfine invocations per table; default 3,
+# 1 with --quick), CARGO_TARGET_DIR (honoured by the build).
 #
 # What it does: installs its tools with apt-get, creates the unprivileged user, makes /dev/fuse
 # 0666, builds the launcher, builds SquashFS test images from a busybox-static root file system,
@@ -35,7 +36,7 @@ while (($#)); do
         --no-build) BUILD=0 ;;
         --rebuild-images) REBUILD_IMAGES=1 ;;
         --output) OUTPUT=$2; shift ;;
-        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -62,18 +63,21 @@ if ((QUICK)); then
     COLD_WARMUP=1; COLD_RUNS=3
     WARM_WARMUP=2; WARM_RUNS=5
     RSS_RUNS=1
+    ROUNDS=1
 else
     MODE=full
     BIG_MB=1024
     MANY_FILES=100000
-    START_WARMUP=5; START_RUNS=60
-    COLD_WARMUP=1; COLD_RUNS=12
-    WARM_WARMUP=3; WARM_RUNS=20
+    START_WARMUP=5; START_RUNS=40
+    COLD_WARMUP=1; COLD_RUNS=10
+    WARM_WARMUP=3; WARM_RUNS=15
     RSS_RUNS=3
+    ROUNDS=3
 fi
+ROUNDS=${LAUNCHER_BENCH_ROUNDS:-$ROUNDS} # hyperfine invocations per table
 SMALL_FILES=2000      # image (d): 20 dirs x 100 files of 4 KiB
 A_MB=50               # image (a)
-HF_TIMEOUT=900        # seconds, per hyperfine invocation (a hang is recorded as a failure)
+HF_TIMEOUT=300        # seconds, per hyperfine invocation (a hang is recorded as a failure)
 PROBE_TIMEOUT=180     # seconds, per single probe run
 
 log() { printf '[run.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -317,13 +321,13 @@ fmt_cmd() { # the exact argv, shell-quoted
 }
 
 # bench ID AS(user|root) COLD(0|1) WARMUP RUNS BASELINE -- NAME CMD [NAME CMD]...
-# Probes each command once (as the user); failing ones are recorded and left out. Then one
-# hyperfine invocation over the rest, exported to $RES/ID.json, and a markdown table whose last
-# column is each median over BASELINE's median.
+# Probes each command once (as the user); failing ones are recorded and left out. Then $ROUNDS
+# hyperfine invocations over the rest (each exported to $RES/ID.rN.json; every ratio is taken
+# within one invocation, so the compared commands share its conditions), and a markdown table.
 bench() {
     local id=$1 as=$2 cold=$3 warmup=$4 runs=$5 base=$6
     shift 7
-    local names=() cmds=() name cmd out rc hf=() json="$RES/$id.json" prefix=""
+    local names=() cmds=() name cmd out rc hf=() prefix="" r json
     [[ $as == root ]] || prefix="$ASU "
     while (($#)); do
         name=$1 cmd=$2
@@ -339,78 +343,107 @@ bench() {
         names+=("$name")
         cmds+=("$cmd")
     done
+    rm -f "$RES/$id".r*.json
     if ((${#names[@]} == 0)); then
         md "" "_No command of this table ran._" ""
         return 0
     fi
-    hf=(hyperfine -N --style basic --warmup "$warmup" --runs "$runs" --export-json "$json")
-    ((cold)) && hf+=(--prepare "$DROP")
-    local i
-    for i in "${!names[@]}"; do hf+=(-n "${names[$i]}" "${cmds[$i]}"); done
-    [[ $as == user ]] && hf=("${ASU_A[@]}" "${hf[@]}")
-    rm -f "$json"
-    log "hyperfine: $id (${#names[@]} commands, $runs runs)"
-    rc=0
-    out=$(timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" 2>&1) || rc=$?
-    if ((rc != 0)); then
-        fail "hyperfine $id (some run failed; retried with --ignore-failure, see exit codes)" "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
-        local a hf2=()
-        for a in "${hf[@]}"; do
-            hf2+=("$a")
-            [[ $a == -N ]] && hf2+=(-i)
-        done
-        hf=("${hf2[@]}")
-        rm -f "$json"
-        timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" >/dev/null 2>&1
-    fi
-    if [[ ! -s $json ]]; then
+    for ((r = 1; r <= ROUNDS; r++)); do
+        json="$RES/$id.r$r.json"
+        hf=(hyperfine -N --style basic --warmup "$warmup" --runs "$runs" --export-json "$json")
+        ((cold)) && hf+=(--prepare "$DROP")
+        local i
+        for i in "${!names[@]}"; do hf+=(-n "${names[$i]}" "${cmds[$i]}"); done
+        [[ $as == user ]] && hf=("${ASU_A[@]}" "${hf[@]}")
+        log "hyperfine: $id round $r/$ROUNDS (${#names[@]} commands, $runs runs each)"
+        rc=0
+        out=$(timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" 2>&1) || rc=$?
+        if ((rc == 124 || rc == 137)); then
+            fail "hyperfine $id round $r: timed out after $HF_TIMEOUT s (a run hung?); no more rounds" \
+                "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
+            break
+        elif ((rc != 0)); then
+            fail "hyperfine $id round $r (a run failed; retried with --ignore-failure, see the Runs column)" \
+                "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
+            local a hf2=()
+            for a in "${hf[@]}"; do
+                hf2+=("$a")
+                [[ $a == -N ]] && hf2+=(-i)
+            done
+            hf=("${hf2[@]}")
+            rm -f "$json"
+            timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" >/dev/null 2>&1
+        fi
+    done
+    if ! compgen -G "$RES/$id.r*.json" >/dev/null; then
         md "" "_hyperfine produced no results (see Failures)._" ""
         return 0
     fi
-    md "" "| Case | Median | Mean ± σ | Min | Max | Runs | Median / \`$base\` |" "|---|---:|---:|---:|---:|---:|---:|"
-    jq -r --arg base "$base" '
-        def ms: (. * 1000) as $x | if $x >= 100 then ($x | round | tostring)
-            elif $x >= 10 then (($x * 10 | round) / 10 | tostring)
-            else (($x * 100 | round) / 100 | tostring) end + " ms";
-        def r2: (. * 100 | round) / 100 | tostring;
-        ([.results[] | select(.command == $base) | .median] | first) as $b
-        | .results[]
-        | "| \(.command) | \(.median | ms) | \(.mean | ms) ± \(.stddev // 0 | ms) | \(.min | ms) | \(.max | ms) | \(.times | length)\(
-            ([.exit_codes[] | select(. != 0)] | length) as $bad | if $bad > 0 then " (\($bad) failed)" else "" end) | \(
-            if $b then "\(.median / $b | r2)×" else "n/a" end) |"' "$json" >>"$REPORT"
-    md "" "<details><summary>exact hyperfine command</summary>" "" '```' "$(fmt_cmd "${hf[@]}")" '```' "" "</details>" ""
+    md "" "| Case | Median | Per-round medians | Min | Max | Runs | Median / \`$base\` |" \
+        "|---|---:|---:|---:|---:|---:|---:|"
+    # shellcheck disable=SC2016
+    jq -rs --arg base "$base" "$JQ_LIB"'
+        [.[] | .results] as $rounds
+        | $rounds[0][].command as $n
+        | [$rounds[] | map(select(.command == $n)) | first | select(.)] as $rs
+        | "| \($n) | \([$rs[].median] | med | ms) | \([$rs[].median | ms] | join(", ")) | \(
+            [$rs[].min] | min | ms) | \([$rs[].max] | max | ms) | \([$rs[].times | length] | add)\(
+            ([$rs[].exit_codes[] | select(. != 0)] | length) as $bad
+            | if $bad > 0 then " (\($bad) failed)" else "" end) | \(
+            [$rounds[] | round_ratio($n; $base)] as $q
+            | if ($q | length) > 0 then "\($q | med | r2)×" else "n/a" end) |"' "$RES/$id".r*.json >>"$REPORT"
+    md "" "<details><summary>exact hyperfine command (run $ROUNDS time(s), json .r1, .r2, ...)</summary>" "" \
+        '```' "$(fmt_cmd "${hf[@]}")" '```' "" "</details>" ""
 }
 
-# median ID NAME: the median in seconds from $RES/ID.json ("" if absent).
-median() {
-    [[ -s $RES/$1.json ]] || return 0
-    jq -r --arg n "$2" '[.results[] | select(.command == $n) | .median] | first // empty' "$RES/$1.json"
-}
+# jq helpers: med (median of numbers), ms (seconds as text), r2 (2 decimals),
+# round_ratio(N; D): within one round's results, median of N / median of D.
+# shellcheck disable=SC2016
+JQ_LIB='
+    def med: sort | if length == 0 then null
+        elif length % 2 == 1 then .[(length - 1) / 2]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def ms: (. * 1000) as $x | if $x >= 100 then ($x | round | tostring)
+        elif $x >= 10 then (($x * 10 | round) / 10 | tostring)
+        else (($x * 100 | round) / 100 | tostring) end + " ms";
+    def r2: (. * 100 | round) / 100 | tostring;
+    def round_ratio($n; $d): ([.[] | select(.command == $n) | .median] | first) as $a
+        | ([.[] | select(.command == $d) | .median] | first) as $b
+        | if $a and $b then $a / $b else empty end;
+'
 
-# ratio_line ID NUM DEN TARGET_OP TARGET LABEL: ratio of medians, a line in the report and summary.
+# ratio_line ID NUM DEN TARGET_OP TARGET LABEL: median NUM / median DEN within each round, the
+# median of those over the rounds (and their range), a line in the report and in the summary.
 ratio_line() {
-    local id=$1 num=$2 den=$3 op=$4 tgt=$5 label=$6 a b r verdict
-    a=$(median "$id" "$num")
-    b=$(median "$id" "$den")
-    if [[ -z $a || -z $b ]]; then
+    local id=$1 num=$2 den=$3 op=$4 tgt=$5 label=$6 r verdict all
+    all=""
+    if compgen -G "$RES/$id.r*.json" >/dev/null; then
+        # shellcheck disable=SC2016
+        all=$(jq -rs --arg n "$num" --arg d "$den" "$JQ_LIB"'
+            [.[] | .results | round_ratio($n; $d)] | select(length > 0)
+            | "\(med | r2) \(map(r2) | join(", "))"' "$RES/$id".r*.json)
+    fi
+    if [[ -z $all ]]; then
         md "- $label: not available (a command failed)"
         summary "$label" "n/a" "$op $tgt" "NOT MEASURED"
         return 0
     fi
-    r=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')
+    r=${all%% *}
+    local per=${all#* }
     case $op in
         "<=") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r <= t) ? "met" : "MISSED" }') ;;
         "~") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r >= 2 - t && r <= t) ? "met" : "MISSED" }') ;;
         *) verdict="(no target)" ;;
     esac
-    local shown_t="$op $tgt"
+    local shown_t="$op $tgt" line
     [[ $op == "~" ]] && shown_t="≈ 1.0 (within $(awk -v t="$tgt" 'BEGIN { printf "%.2f-%.2f", 2 - t, t }'))"
     [[ $op == "-" ]] && shown_t="-"
-    if [[ $op == "-" ]]; then
-        md "- **$label** = $r (median \`$num\` / median \`$den\`)"
-    else
-        md "- **$label** = $r (median \`$num\` / median \`$den\`); target $shown_t: **$verdict**"
-    fi
+    line="- **$label** = $r (median \`$num\` / median \`$den\`"
+    ((ROUNDS > 1)) && line+="; per round: $per"
+    line+=")"
+    [[ $op == "-" ]] || line+="; target $shown_t: **$verdict**"
+    md "$line"
+    ((ROUNDS > 1)) && r="$r ($per)"
     summary "$label" "$r" "$shown_t" "$verdict"
 }
 
@@ -582,8 +615,10 @@ CHV=$(USER=root ch-run --version 2>&1 | head -n1)
     echo "| Measured as | user $U_NAME (uid $U_UID), \`setpriv --reuid --regid --clear-groups env -i HOME USER LOGNAME PATH\` |"
     echo "| Run time | $((T_END - T_START)) s in all, of which $IMAGE_BUILD_S s building images |"
     echo
-    echo "Numbers are hyperfine medians; ratios are medians of commands from the same hyperfine"
-    echo "invocation. The machine is shared, so compare ratios, not absolute times, across runs."
+    echo "Numbers are hyperfine medians. Each table is $ROUNDS hyperfine invocation(s) (\"rounds\") over"
+    echo "all of its commands; a ratio is taken between medians of the same round, so the compared"
+    echo "commands share that round's conditions, and the median over the rounds is shown (with the"
+    echo "per-round values). The machine is shared: compare ratios, not absolute times, across runs."
     echo
     echo "## Summary"
     echo
