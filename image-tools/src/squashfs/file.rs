@@ -17,7 +17,7 @@ const MIN_STRIDE: u64 = 64;
 /// Marks per file, at most, so a file's marks always fit one cache shard.
 const MAX_MARKS: u64 = 8192;
 /// Most bytes read from disk at once for a run of consecutive blocks.
-const RUN_MAX: u64 = 8 << 20;
+const RUN_MAX: u64 = 2 << 20;
 
 /// Where every `stride`-th block of a file starts, on disk and in the block
 /// size list. Block positions are running sums of the sizes before them, so
