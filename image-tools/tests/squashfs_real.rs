@@ -808,3 +808,50 @@ fn open_time_does_not_grow_with_file_count() {
         "{results:?}"
     );
 }
+
+/// `cargo test -p image-tools --release --test squashfs_real -- --ignored --nocapture read_throughput`
+#[test]
+#[ignore]
+fn read_throughput() {
+    if !have_mksquashfs() {
+        return;
+    }
+    let dir = TempDir::new("throughput");
+    let src = dir.0.join("src");
+    fs::create_dir(&src).unwrap();
+    let data = noise(64 << 20, 5);
+    fs::write(src.join("f"), &data).unwrap();
+    for comp in ["gzip", "zstd", "lz4", "xz"] {
+        let img = dir.0.join(format!("{comp}.img"));
+        let out = Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&img)
+            .args(["-noappend", "-no-progress", "-quiet", "-comp", comp])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let a = Archive::open_path(&img, 0).unwrap();
+        let f = a.resolve(b"/f").unwrap().unwrap();
+        let mut buf = vec![0u8; 128 << 10];
+        let t = std::time::Instant::now();
+        let mut at = 0u64;
+        while at < f.size {
+            at += a.read_at(&f, at, &mut buf).unwrap() as u64;
+        }
+        let cold = t.elapsed();
+        let t = std::time::Instant::now();
+        let mut big = vec![0u8; 8 << 20];
+        let mut at = 0u64;
+        let a2 = Archive::open_path(&img, 0).unwrap();
+        while at < f.size {
+            at += a2.read_at(&f, at, &mut big).unwrap() as u64;
+        }
+        let cold_big = t.elapsed();
+        let mb = f.size as f64 / (1 << 20) as f64;
+        eprintln!(
+            "{comp}: 128 KiB reads {:.0} MiB/s, 8 MiB reads {:.0} MiB/s (decompressing, page cache warm)",
+            mb / cold.as_secs_f64(),
+            mb / cold_big.as_secs_f64()
+        );
+    }
+}
