@@ -120,6 +120,14 @@ fn links_modes_and_sparse_files() {
 }
 
 #[test]
+fn owners_are_shown_as_stored() {
+    let s = setup();
+    // The caller's own files show as theirs; the image's root is not mapped, so it is nobody.
+    let out = sh(&gzip(), "stat -c '%u %g' /data/mine; stat -c '%u %g' /bin/busybox");
+    assert_eq!(out, format!("{} {}\n65534 65534\n", s.uid, s.gid));
+}
+
+#[test]
 fn root_is_read_only_unless_writable_tmpfs() {
     let out = launcher(&["exec", &gzip(), "/bin/sh", "-c", "touch /newfile"]).run();
     assert_ne!(out.code, 0);

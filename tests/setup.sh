@@ -81,6 +81,8 @@ ln -s /nonexistent/target "$root/data/dangling"
 ln "$root/data/tree/f1" "$root/data/hardlink-f1"
 echo secret >"$root/data/private"
 chmod 0600 "$root/data/private"
+echo mine >"$root/data/mine"
+chown "$TEST_USER:" "$root/data/mine"
 truncate -s 3M "$root/data/sparse"
 echo tail >>"$root/data/sparse"
 

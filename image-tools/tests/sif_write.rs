@@ -264,10 +264,10 @@ fn have(tool: &str) -> bool {
 /// must be listable by unsquashfs at the offset the reader reports.
 #[test]
 fn mksquashfs_partition_lists_with_unsquashfs() {
-    if !have("mksquashfs") || !have("unsquashfs") {
-        eprintln!("SKIP: squashfs-tools not installed (apt-get install squashfs-tools)");
-        return;
-    }
+    assert!(
+        have("mksquashfs") && have("unsquashfs"),
+        "squashfs-tools not installed: run tests/setup.sh (apt-get install squashfs-tools)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();

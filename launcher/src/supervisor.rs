@@ -336,6 +336,10 @@ fn reap(child: Pid) -> Result<Option<i32>> {
 
 /// Kill and reap processes the command left behind (they were re-parented to us).
 fn kill_leftovers() {
+    // The common case: no descendants at all, known without scanning /proc.
+    if let Err(nix::errno::Errno::ECHILD) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        return;
+    }
     let me = getpid().as_raw();
     for _ in 0..100 {
         let orphans = children_of(me);

@@ -3,6 +3,8 @@
 //! Each call is bounded: the output never grows past `max_out` (the metadata
 //! block size or the image block size), whatever the input claims.
 
+use std::cell::RefCell;
+
 use super::error::{corrupt, Result};
 use super::superblock::Compressor;
 
@@ -34,14 +36,49 @@ pub(crate) fn decompress(kind: &Compressor, src: &[u8], max_out: usize) -> Resul
                 })
                 .map_err(|e| e.to_string())
         }
-        Compressor::Zstd => zstd::bulk::decompress(src, max_out).map_err(|e| e.to_string()),
+        Compressor::Zstd => zstd_decompress(src, max_out),
     };
     out.map_err(|e| corrupt(format!("{kind:?} decompression failed: {e}")))
 }
 
+thread_local! {
+    // Decoder states are reused per thread: setting one up costs more than
+    // decompressing a small metadata block.
+    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static ZLIB: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
+}
+
+fn zstd_decompress(src: &[u8], max_out: usize) -> std::result::Result<Vec<u8>, String> {
+    ZSTD.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(|e| e.to_string())?;
+        let d = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
+        };
+        d.decompress(src, max_out).map_err(|e| e.to_string())
+    })
+}
+
 fn gzip(src: &[u8], max_out: usize) -> std::result::Result<Vec<u8>, String> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    let mut d = Decompress::new(true);
+    ZLIB.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(|e| e.to_string())?;
+        let d = match &mut *slot {
+            Some(d) => {
+                d.reset(true);
+                d
+            }
+            None => slot.insert(flate2::Decompress::new(true)),
+        };
+        gzip_with(d, src, max_out)
+    })
+}
+
+fn gzip_with(
+    d: &mut flate2::Decompress,
+    src: &[u8],
+    max_out: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    use flate2::{FlushDecompress, Status};
     // One spare byte tells "exactly max_out" apart from "more than max_out".
     let mut out = Vec::with_capacity(max_out + 1);
     loop {

@@ -11,17 +11,25 @@ use super::Archive;
 /// Bit of a data block size meaning "stored uncompressed".
 const UNCOMPRESSED_BIT: u32 = 1 << 24;
 const SIZE_MASK: u32 = UNCOMPRESSED_BIT - 1;
-/// Lists up to this many blocks are kept whole in the cache (12 bytes each).
-const CACHED_LIST_MAX: u64 = 1 << 20;
+/// Block list entries between two marks, at least: a read walks up to this
+/// many entries before its first block.
+const MIN_STRIDE: u64 = 64;
+/// Marks per file, at most, so a file's marks always fit one cache shard.
+const MAX_MARKS: u64 = 8192;
 /// Most bytes read from disk at once for a run of consecutive blocks.
-const RUN_MAX: u64 = 8 << 20;
+const RUN_MAX: u64 = 2 << 20;
 
-/// Positions and stored sizes of a file's data blocks.
-pub(crate) struct BlockList {
-    /// Image position of each block.
-    starts: Vec<u64>,
-    /// Raw stored size of each block (with the uncompressed bit).
-    sizes: Vec<u32>,
+/// Where every `stride`-th block of a file starts, on disk and in the block
+/// size list. Block positions are running sums of the sizes before them, so
+/// without marks every read of a big file would sum its whole list.
+pub(crate) struct BlockMarks {
+    stride: u64,
+    marks: Vec<Mark>,
+}
+
+struct Mark {
+    block_pos: u64,
+    list_pos: (u64, usize),
 }
 
 /// One data block: where it lies and how it is stored.
@@ -240,64 +248,81 @@ impl Archive {
                 "block {last} beyond the {block_count} blocks"
             )));
         }
-        let range = first as usize..=last as usize;
-        if block_count <= CACHED_LIST_MAX {
-            let list = match self.list_cache.get(&inode_ref) {
-                Some(l) => l,
+        // Start from the nearest mark at or before `first`; small files need
+        // no marks, their list is short enough to read from the start.
+        let (mark_block, mut pos, list_pos) = if block_count <= MIN_STRIDE {
+            (0, layout.blocks_start, layout.list_pos)
+        } else {
+            let marks = match self.list_cache.get(&inode_ref) {
+                Some(m) => m,
                 None => {
-                    let l = self.read_block_list(layout, block_count)?;
-                    let weight = l.sizes.len() * 12 + 64;
-                    self.list_cache.insert(inode_ref, l, weight)
+                    let m = self.build_marks(layout)?;
+                    let weight = m.marks.len() * std::mem::size_of::<Mark>() + 64;
+                    self.list_cache.insert(inode_ref, m, weight)
                 }
             };
-            return Ok(list.starts[range.clone()]
-                .iter()
-                .zip(&list.sizes[range])
-                .map(|(&pos, &raw)| BlockRef { pos, raw })
-                .collect());
+            let k = first / marks.stride;
+            let Some(m) = usize::try_from(k).ok().and_then(|k| marks.marks.get(k)) else {
+                return Err(corrupt(format!("no block list mark for block {first}")));
+            };
+            (k * marks.stride, m.block_pos, m.list_pos)
+        };
+        let mut c = self.list_cursor(list_pos);
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        for i in mark_block..=last {
+            let raw = self.next_block_size(&mut c, i)?;
+            if i >= first {
+                out.push(BlockRef { pos, raw });
+            }
+            pos = self.advance(pos, raw, i)?;
         }
-        // Huge (mostly sparse) files: walk the list up to `last` without keeping it.
-        let l = self.read_block_list(layout, last + 1)?;
-        Ok(l.starts[range.clone()]
-            .iter()
-            .zip(&l.sizes[range])
-            .map(|(&pos, &raw)| BlockRef { pos, raw })
-            .collect())
+        Ok(out)
     }
 
-    /// Reads the first `n` entries of the block size list.
-    fn read_block_list(&self, layout: &FileLayout, n: u64) -> Result<BlockList> {
-        let list_pos = layout.list_pos;
+    fn list_cursor(&self, list_pos: (u64, usize)) -> Cursor<'_> {
         let start = self.sb.inode_table_start;
-        let mut c = Cursor::new(
+        Cursor::new(
             &self.meta,
             &self.disk,
             "block list",
             list_pos.0,
             list_pos.1,
             self.sb.region_end(start),
-        );
-        let n = n.min(layout.block_count);
-        // Grows only as entries are really read, so a bad count cannot allocate much.
-        let mut l = BlockList {
-            starts: Vec::with_capacity(n.min(4096) as usize),
-            sizes: Vec::with_capacity(n.min(4096) as usize),
-        };
-        let mut pos = layout.blocks_start;
-        let bs = self.sb.block_size;
-        for i in 0..n {
-            let raw = c.u32()?;
-            let size = raw & SIZE_MASK;
-            if size > bs || raw & !(SIZE_MASK | UNCOMPRESSED_BIT) != 0 {
-                return Err(corrupt(format!("block {i}: bad stored size {raw:#x}")));
-            }
-            l.starts.push(pos);
-            l.sizes.push(raw);
-            pos = pos
-                .checked_add(u64::from(size))
-                .filter(|&p| p <= self.disk.len())
-                .ok_or_else(|| corrupt(format!("block {i} lies past the image end")))?;
+        )
+    }
+
+    fn next_block_size(&self, c: &mut Cursor<'_>, i: u64) -> Result<u32> {
+        let raw = c.u32()?;
+        if raw & SIZE_MASK > self.sb.block_size || raw & !(SIZE_MASK | UNCOMPRESSED_BIT) != 0 {
+            return Err(corrupt(format!("block {i}: bad stored size {raw:#x}")));
         }
-        Ok(l)
+        Ok(raw)
+    }
+
+    fn advance(&self, pos: u64, raw: u32, i: u64) -> Result<u64> {
+        pos.checked_add(u64::from(raw & SIZE_MASK))
+            .filter(|&p| p <= self.disk.len())
+            .ok_or_else(|| corrupt(format!("block {i} lies past the image end")))
+    }
+
+    /// One pass over the block size list, keeping a mark every `stride` blocks.
+    fn build_marks(&self, layout: &FileLayout) -> Result<BlockMarks> {
+        let n = layout.block_count;
+        let stride = MIN_STRIDE.max(n.div_ceil(MAX_MARKS));
+        let mut c = self.list_cursor(layout.list_pos);
+        // Grows only as entries are really read, so a bad count cannot allocate much.
+        let mut marks = Vec::with_capacity(n.div_ceil(stride).min(1024) as usize);
+        let mut pos = layout.blocks_start;
+        for i in 0..n {
+            if i % stride == 0 {
+                marks.push(Mark {
+                    block_pos: pos,
+                    list_pos: c.position(),
+                });
+            }
+            let raw = self.next_block_size(&mut c, i)?;
+            pos = self.advance(pos, raw, i)?;
+        }
+        Ok(BlockMarks { stride, marks })
     }
 }

@@ -44,7 +44,7 @@ pub struct Options {
     pub metadata_cache_bytes: usize,
     /// Decompressed data and fragment blocks.
     pub data_cache_bytes: usize,
-    /// Block size lists of recently read files.
+    /// Positions of the data blocks of recently read big files.
     pub block_list_cache_bytes: usize,
 }
 
@@ -71,7 +71,7 @@ pub struct Archive {
     /// Keyed by (position, stored size) so that a bad image reusing a position
     /// with another size cannot alias a cached block.
     data_cache: Cache<(u64, u32), Vec<u8>>,
-    list_cache: Cache<u64, file::BlockList>,
+    list_cache: Cache<u64, file::BlockMarks>,
 }
 
 impl Archive {
