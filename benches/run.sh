@@ -545,7 +545,8 @@ ratio_line read-warm launcher ch-run "-" "" "50 MiB read warm launcher / ch-run"
 md "" "### Peak RSS while reading the $A_MB MiB file (warm)" ""
 md "\`/usr/bin/time -v\` around the whole command (\"Maximum resident set size\": the largest of the" \
     "process and the children it waited for, i.e. the launcher's FUSE server here; busybox \`cat\`" \
-    "itself stays well under 1 MiB). Median of $RSS_RUNS run(s)." "" \
+    "itself stays well under 1 MiB). Median of $RSS_RUNS run(s). The (b) row shows whether the" \
+    "server's memory is bounded or grows with the amount read." "" \
     "| Case | Max RSS | Command |" "|---|---:|---|"
 rss_row() { # NAME CMD...
     local name=$1 vals=() i rc out f="$RES/time.txt"
@@ -567,6 +568,7 @@ rss_row() { # NAME CMD...
 }
 rss_row "launcher, /bin/true only (no read)" "${ASU_A[@]}" "$L" exec "$IA" /bin/true
 rss_row "launcher, $A_MB MiB read" "${ASU_A[@]}" "$L" exec "$IA" /bin/cat /data/big50
+rss_row "launcher, $BIG_MB MiB read (all of image (b))" "${ASU_A[@]}" "$L" exec "$IB" /bin/sh -c 'cat /data/big/*'
 rss_row "ch-run, $A_MB MiB read" "${ASU_A[@]}" ch-run "$IA" -- /bin/cat /data/big50
 ((KERNEL_OK)) && rss_row "native cat on kernel squashfs, $A_MB MiB read" "${ASU_A[@]}" "$KMNT/a/bin/cat" "$KMNT/a/data/big50"
 
