@@ -3,8 +3,9 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use launcher_runtime::bind::{parse_bind_list, BindSpec};
+use launcher_runtime::environment;
+use launcher_runtime::launch::{self, Tuning};
 use launcher_runtime::options::{Action, LaunchOptions};
-use launcher_runtime::{environment, launch};
 use std::path::PathBuf;
 
 /// Exit status for the launcher's own failures (bad image, bad option, no namespaces, ...).
@@ -92,10 +93,13 @@ struct RunOpts {
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
+    /// Largest kernel readahead on the image, in KiB.
+    #[arg(long, hide = true, default_value_t = 1024)]
+    fuse_readahead: u32,
 }
 
 impl RunOpts {
-    fn into_options(self, image: PathBuf, action: Action) -> Result<(LaunchOptions, usize)> {
+    fn into_options(self, image: PathBuf, action: Action) -> Result<(LaunchOptions, Tuning)> {
         let mut o = LaunchOptions::new(image, action);
         let mut binds: Vec<BindSpec> = Vec::new();
         for b in &self.bind {
@@ -117,7 +121,13 @@ impl RunOpts {
         for e in &self.env {
             o.env.push(environment::parse_assignment(e)?);
         }
-        Ok((o, self.fuse_threads))
+        Ok((
+            o,
+            Tuning {
+                fuse_threads: self.fuse_threads,
+                fuse_readahead_kib: self.fuse_readahead,
+            },
+        ))
     }
 }
 
@@ -160,6 +170,6 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(0);
         }
     };
-    let (options, fuse_threads) = opts.into_options(image, action)?;
-    launch::launch(&options, cli.debug, fuse_threads)
+    let (options, tuning) = opts.into_options(image, action)?;
+    launch::launch(&options, cli.debug, &tuning)
 }

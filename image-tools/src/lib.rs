@@ -1,3 +1,4 @@
 //! Image formats used by the launcher: SIF containers and SquashFS file systems.
 pub mod sif;
 pub mod squashfs;
+pub mod tree;

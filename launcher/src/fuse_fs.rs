@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Nothing in the image ever changes while it is mounted.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const ROOT_ID: u64 = 1;
@@ -30,13 +34,15 @@ pub struct ImageFs {
     reported: AtomicBool,
     /// Report every file as owned by this uid/gid instead of the stored owner.
     owner: Option<(u32, u32)>,
+    /// Largest readahead the kernel may ask for, in bytes.
+    readahead: u32,
 }
 
 impl ImageFs {
     /// `owner`: with a writable overlay on top, the overlay must copy files up and chown
     /// them; it cannot chown to the image's owners (not mapped in our user namespace), so
     /// the files are shown as the caller's. The caller can read the whole image file anyway.
-    pub fn new(archive: Arc<Archive>, owner: Option<(u32, u32)>) -> ImageFs {
+    pub fn new(archive: Arc<Archive>, owner: Option<(u32, u32)>, readahead: u32) -> ImageFs {
         let root_ref = archive.superblock().root_inode;
         ImageFs {
             archive,
@@ -45,6 +51,7 @@ impl ImageFs {
             next_fh: AtomicU64::new(1),
             reported: AtomicBool::new(false),
             owner,
+            readahead,
         }
     }
 
@@ -70,12 +77,13 @@ impl ImageFs {
             .map_err(|e| self.fail(e))
     }
 
-    /// A damaged image answers EIO; the first such error is also told to the user.
+    /// The reader's errno for the kernel; a damaged image (EIO) is also told to the user, once.
     fn fail(&self, e: squashfs::Error) -> Errno {
-        if !self.reported.swap(true, Ordering::Relaxed) {
+        let errno = e.errno();
+        if errno == libc::EIO && !self.reported.swap(true, Ordering::Relaxed) {
             eprintln!("launcher: error reading the image: {e}");
         }
-        Errno::EIO
+        Errno::from_i32(errno)
     }
 
     fn attr(&self, inode: &Inode) -> FileAttr {
@@ -136,7 +144,7 @@ impl Filesystem for ImageFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(self.readahead);
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -198,11 +206,18 @@ impl Filesystem for ImageFs {
             Err(e) => return reply.error(e),
         };
         let len = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; len];
-        match self.archive.read_at(&inode, offset, &mut buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(self.fail(e)),
-        }
+        // One buffer per worker thread, grown once: a fresh zeroed allocation per request
+        // (up to 1 MiB, so an mmap) cost more than the copy itself.
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            match self.archive.read_at(&inode, offset, &mut buf[..len]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(self.fail(e)),
+            }
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

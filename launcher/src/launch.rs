@@ -8,7 +8,7 @@ use crate::supervisor::{self, LaunchSettings};
 use anyhow::Result;
 
 /// Run the launch and return the exit status the launcher should leave with.
-pub fn launch(opts: &LaunchOptions, debug: bool, fuse_threads: usize) -> Result<i32> {
+pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32> {
     let host = HostInfo::gather()?;
     let image = Image::open(&opts.image)?;
     let plan = plan::build(opts, &host, &image)?;
@@ -18,19 +18,23 @@ pub fn launch(opts: &LaunchOptions, debug: bool, fuse_threads: usize) -> Result<
     for w in &plan.warnings {
         eprintln!("launcher: warning: {w}");
     }
-    let threads = if fuse_threads > 0 {
-        fuse_threads
-    } else {
-        default_fuse_threads()
+    let fuse_threads = match tuning.fuse_threads {
+        0 => default_fuse_threads(),
+        n => n,
     };
-    supervisor::launch(
-        &plan,
-        image.archive.clone(),
-        &LaunchSettings {
-            debug,
-            fuse_threads: threads,
-        },
-    )
+    let settings = LaunchSettings {
+        debug,
+        fuse_threads,
+        fuse_readahead: tuning.fuse_readahead_kib.saturating_mul(1024),
+    };
+    supervisor::launch(&plan, image.archive.clone(), &settings)
+}
+
+/// Knobs for measuring the FUSE server, not for everyday use (hidden options).
+pub struct Tuning {
+    /// Worker threads; 0 = automatic.
+    pub fuse_threads: usize,
+    pub fuse_readahead_kib: u32,
 }
 
 /// Enough workers that one slow decompression does not stall other readers, few enough

@@ -47,6 +47,8 @@ const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/
 pub struct LaunchSettings {
     pub debug: bool,
     pub fuse_threads: usize,
+    /// Kernel readahead for the image, in bytes.
+    pub fuse_readahead: u32,
 }
 
 /// Launch the plan and return the exit status to leave with.
@@ -86,7 +88,11 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     config.n_threads = Some(settings.fuse_threads.max(1));
     config.clone_fd = true;
     let session = fuser::Session::from_fd(
-        ImageFs::new(archive, plan.writable_root.then_some((plan.uid, plan.gid))),
+        ImageFs::new(
+            archive,
+            plan.writable_root.then_some((plan.uid, plan.gid)),
+            settings.fuse_readahead,
+        ),
         fuse_fd,
         fuser::SessionACL::Owner,
         config,
