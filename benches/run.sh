@@ -406,7 +406,8 @@ JQ_LIB='
     def ms: (. * 1000) as $x | if $x >= 100 then ($x | round | tostring)
         elif $x >= 10 then (($x * 10 | round) / 10 | tostring)
         else (($x * 100 | round) / 100 | tostring) end + " ms";
-    def r2: (. * 100 | round) / 100 | tostring;
+    def r2: (. * 100 | round) as $c
+        | "\($c / 100 | floor).\($c % 100 | if . < 10 then "0\(.)" else tostring end)";
     def round_ratio($n; $d): ([.[] | select(.command == $n) | .median] | first) as $a
         | ([.[] | select(.command == $d) | .median] | first) as $b
         | if $a and $b then $a / $b else empty end;
