@@ -123,7 +123,10 @@ fn links_modes_and_sparse_files() {
 fn owners_are_shown_as_stored() {
     let s = setup();
     // The caller's own files show as theirs; the image's root is not mapped, so it is nobody.
-    let out = sh(&gzip(), "stat -c '%u %g' /data/mine; stat -c '%u %g' /bin/busybox");
+    let out = sh(
+        &gzip(),
+        "stat -c '%u %g' /data/mine; stat -c '%u %g' /bin/busybox",
+    );
     assert_eq!(out, format!("{} {}\n65534 65534\n", s.uid, s.gid));
 }
 

@@ -21,7 +21,10 @@ const LONG_TARGET_LEN: usize = 5203;
 /// The tests need real images: a missing mksquashfs is a failed set-up, never a skipped test.
 fn have_mksquashfs() -> bool {
     let ok = Command::new("mksquashfs").arg("-version").output().is_ok();
-    assert!(ok, "mksquashfs not installed: run tests/setup.sh (apt-get install squashfs-tools)");
+    assert!(
+        ok,
+        "mksquashfs not installed: run tests/setup.sh (apt-get install squashfs-tools)"
+    );
     ok
 }
 

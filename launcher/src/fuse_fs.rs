@@ -36,6 +36,7 @@ pub struct ImageFs {
     owner: Option<(u32, u32)>,
     /// Largest readahead the kernel may ask for, in bytes.
     readahead: u32,
+    has_xattrs: bool,
 }
 
 impl ImageFs {
@@ -44,6 +45,7 @@ impl ImageFs {
     /// the files are shown as the caller's. The caller can read the whole image file anyway.
     pub fn new(archive: Arc<Archive>, owner: Option<(u32, u32)>, readahead: u32) -> ImageFs {
         let root_ref = archive.superblock().root_inode;
+        let archive_has_xattrs = archive.superblock().has_xattrs();
         ImageFs {
             archive,
             root_ref,
@@ -52,6 +54,7 @@ impl ImageFs {
             reported: AtomicBool::new(false),
             owner,
             readahead,
+            has_xattrs: archive_has_xattrs,
         }
     }
 
@@ -141,6 +144,7 @@ impl Filesystem for ImageFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_NO_OPEN_SUPPORT,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -180,14 +184,11 @@ impl Filesystem for ImageFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.inode(ino) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS with FUSE_NO_OPEN_SUPPORT: the kernel stops sending OPEN and RELEASE (two
+        // round trips per file) and keeps the page cache across opens. No per-file state is
+        // needed; writes are refused by the read-only mount.
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -356,6 +357,11 @@ impl Filesystem for ImageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.has_xattrs {
+            // ENOSYS makes the kernel stop asking: no round trip per open (overlayfs checks
+            // an xattr on every file it opens).
+            return reply.error(Errno::ENOSYS);
+        }
         let xattrs = match self
             .inode(ino)
             .and_then(|i| self.archive.xattrs(&i).map_err(|e| self.fail(e)))
@@ -372,6 +378,9 @@ impl Filesystem for ImageFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.has_xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let xattrs = match self
             .inode(ino)
             .and_then(|i| self.archive.xattrs(&i).map_err(|e| self.fail(e)))

@@ -1,7 +1,9 @@
 //! The whole launch as one straight line: host facts → image → plan → apply.
 
+use crate::debug;
 use crate::host::HostInfo;
 use crate::image::Image;
+use crate::image_view::ImageView;
 use crate::options::LaunchOptions;
 use crate::plan;
 use crate::supervisor::{self, LaunchSettings};
@@ -9,9 +11,13 @@ use anyhow::Result;
 
 /// Run the launch and return the exit status the launcher should leave with.
 pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32> {
+    debug::enable(debug);
     let host = HostInfo::gather()?;
+    debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
+    debug::step(format_args!("image opened ({})", image.desc().format));
     let plan = plan::build(opts, &host, &image)?;
+    debug::step("plan built");
     if debug {
         eprint!("{plan}");
     }
@@ -23,7 +29,6 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         n => n,
     };
     let settings = LaunchSettings {
-        debug,
         fuse_threads,
         fuse_readahead: tuning.fuse_readahead_kib.saturating_mul(1024),
     };

@@ -3,6 +3,7 @@
 //! Read it in that order: `options`, `plan` (with `environment`, `etc_files`, `image_view`),
 //! then `launch` → `supervisor` (with `rootfs`, `syscalls`, `fuse_fs`).
 pub mod bind;
+pub mod debug;
 pub mod environment;
 pub mod etc_files;
 pub mod fuse_fs;
@@ -14,6 +15,7 @@ pub mod launch;
 pub mod mount_points;
 pub mod options;
 pub mod plan;
+pub mod prefetch;
 pub mod rootfs;
 pub mod supervisor;
 pub mod syscalls;

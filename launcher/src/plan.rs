@@ -49,6 +49,8 @@ pub struct Plan {
     /// Working directories to try if `cwd` turns out not to exist (home, then /).
     pub cwd_fallbacks: Vec<PathBuf>,
     pub argv: Vec<String>,
+    /// The program inside the image that argv[0] names (PATH searched), read ahead at start-up.
+    pub program: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -273,6 +275,8 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         Action::Run(args) => run_argv(image, args)?,
     };
 
+    let program = program_in_image(image, &argv[0], &env)?;
+
     Ok(Plan {
         image: image.desc().clone(),
         uid: host.uid,
@@ -284,8 +288,32 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         cwd,
         cwd_fallbacks,
         argv,
+        program,
         warnings,
     })
+}
+
+/// Where argv[0] is in the image, searched like execvp does (binds may still provide it).
+fn program_in_image(
+    image: &dyn ImageView,
+    name: &str,
+    env: &[(String, String)],
+) -> Result<Option<String>> {
+    if name.contains('/') {
+        return Ok(Some(name.to_string()));
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = format!("{}/{name}", dir.trim_end_matches('/'));
+        if image.kind(&candidate)? == Some(EntryKind::File) {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 impl Plan {
@@ -491,6 +519,12 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "  cwd: {}", self.cwd.display())?;
         writeln!(f, "  argv: {:?}", self.argv)?;
+        if let Some(p) = &self.program {
+            writeln!(
+                f,
+                "  program in the image: {p} (read ahead while the root is built)"
+            )?;
+        }
         writeln!(f, "  env:")?;
         for (k, v) in &self.env {
             writeln!(f, "    {k}={v}")?;

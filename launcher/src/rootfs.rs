@@ -175,6 +175,7 @@ mod tests {
             cwd: "/".into(),
             cwd_fallbacks: vec![],
             argv: vec!["true".into()],
+            program: None,
             warnings: vec![],
         }
     }

@@ -9,6 +9,7 @@
 //!    server), builds the root and execs; the parent starts the FUSE worker threads and
 //!    forwards signals until the child exits, then exits with its status.
 
+use crate::debug;
 use crate::fuse_fs::ImageFs;
 use crate::plan::Plan;
 use crate::rootfs::{self, Layout};
@@ -45,7 +46,6 @@ const FORWARDED: &[Signal] = &[
 const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt"];
 
 pub struct LaunchSettings {
-    pub debug: bool,
     pub fuse_threads: usize,
     /// Kernel readahead for the image, in bytes.
     pub fuse_readahead: u32,
@@ -53,7 +53,9 @@ pub struct LaunchSettings {
 
 /// Launch the plan and return the exit status to leave with.
 pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> Result<i32> {
+    let archive_for_prefetch = archive.clone();
     enter_user_namespace(plan.uid, plan.gid)?;
+    debug::step("user and mount namespaces entered");
     let sys = Real {
         proc_dir: "/proc".into(),
     };
@@ -98,12 +100,10 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
         config,
     )
     .context("FUSE handshake with the kernel")?;
-    if settings.debug {
-        eprintln!(
-            "launcher: debug: image mounted with FUSE; staging at {}",
-            staging.display()
-        );
-    }
+    debug::step(format_args!(
+        "image mounted with FUSE (staging at {})",
+        staging.display()
+    ));
 
     let mut forwarded = SigSet::empty();
     for s in FORWARDED {
@@ -122,7 +122,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     // allocate and run ordinary code until it execs.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
-            let err = run_child(plan, &staging, parent, &old_mask, settings.debug);
+            let err = run_child(plan, &staging, parent, &old_mask);
             eprintln!("launcher: error: {err:#}");
             // SAFETY: leave without running the parent's destructors or atexit handlers.
             unsafe { libc::_exit(255) }
@@ -131,6 +131,10 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
             let _server = session
                 .spawn()
                 .context("starting the FUSE server threads")?;
+            debug::step("parent: FUSE server threads started");
+            if let Some(program) = &plan.program {
+                crate::prefetch::spawn(archive_for_prefetch, program.clone());
+            }
             supervise(child, &forwarded)
         }
     }
@@ -183,14 +187,8 @@ fn open_dev_fuse() -> Result<OwnedFd> {
 }
 
 /// The child: its own mount namespace, the container root, then the command. Returns only on error.
-fn run_child(
-    plan: &Plan,
-    staging: &Path,
-    parent: Pid,
-    old_mask: &SigSet,
-    debug: bool,
-) -> anyhow::Error {
-    match child_setup(plan, staging, parent, debug) {
+fn run_child(plan: &Plan, staging: &Path, parent: Pid, old_mask: &SigSet) -> anyhow::Error {
+    match child_setup(plan, staging, parent) {
         Ok(program) => {
             let _ = old_mask.thread_set_mask();
             exec(&program, plan)
@@ -199,7 +197,7 @@ fn run_child(
     }
 }
 
-fn child_setup(plan: &Plan, staging: &Path, parent: Pid, debug: bool) -> Result<PathBuf> {
+fn child_setup(plan: &Plan, staging: &Path, parent: Pid) -> Result<PathBuf> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
     if nix::unistd::getppid() != parent {
         bail!("the launcher exited during start-up");
@@ -214,7 +212,9 @@ fn child_setup(plan: &Plan, staging: &Path, parent: Pid, debug: bool) -> Result<
     let sys = Real {
         proc_dir: layout.oldroot.join("proc"),
     };
+    debug::step("child: in its mount namespace, staging is /");
     rootfs::assemble(&sys, plan, &layout)?;
+    debug::step("child: container root assembled");
     rootfs::enter(&sys, &layout)?;
     let cwd = std::iter::once(&plan.cwd)
         .chain(plan.cwd_fallbacks.iter())
@@ -234,13 +234,11 @@ fn child_setup(plan: &Plan, staging: &Path, parent: Pid, debug: bool) -> Result<
     }
     nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
     let program = find_program(&plan.argv[0], plan)?;
-    if debug {
-        eprintln!(
-            "launcher: debug: exec {} in {}",
-            program.display(),
-            cwd.display()
-        );
-    }
+    debug::step(format_args!(
+        "exec {} in {}",
+        program.display(),
+        cwd.display()
+    ));
     Ok(program)
 }
 
@@ -304,6 +302,7 @@ fn supervise(child: Pid, waited: &SigSet) -> Result<i32> {
         }
         if sig == libc::SIGCHLD {
             if let Some(code) = reap(child)? {
+                debug::step(format_args!("command exited with status {code}"));
                 kill_leftovers();
                 return Ok(code);
             }
