@@ -110,8 +110,8 @@ fail() {
     } >>"$FAILS"
 }
 
-# summary NAME VALUE TARGET VERDICT: one line of the summary table.
-summary() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"; }
+# summary NAME VALUE FASTEST TARGET VERDICT: one line of the summary table.
+summary() { printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" >>"$SUMMARY"; }
 
 # ---------------------------------------------------------------- 1. packages
 need_pkgs=()
@@ -421,16 +421,19 @@ ratio_line() {
     if compgen -G "$RES/$id.r*.json" >/dev/null; then
         # shellcheck disable=SC2016
         all=$(jq -rs --arg n "$num" --arg d "$den" "$JQ_LIB"'
-            [.[] | .results | round_ratio($n; $d)] | select(length > 0)
-            | "\(med | r2) \(map(r2) | join(", "))"' "$RES/$id".r*.json)
+            [.[] | .results] as $rounds
+            | [$rounds[] | round_ratio($n; $d)] | select(length > 0)
+            | "\(med | r2) \(([$rounds[][] | select(.command == $n) | .min] | min) / ([$rounds[][] | select(.command == $d) | .min] | min) | r2) \(map(r2) | join(", "))"
+            ' "$RES/$id".r*.json)
     fi
     if [[ -z $all ]]; then
         md "- $label: not available (a command failed)"
-        summary "$label" "n/a" "$op $tgt" "NOT MEASURED"
+        summary "$label" "n/a" "-" "$op $tgt" "NOT MEASURED"
         return 0
     fi
     r=${all%% *}
-    local per=${all#* }
+    all=${all#* }
+    local fast=${all%% *} per=${all#* }
     case $op in
         "<=") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r <= t) ? "met" : "MISSED" }') ;;
         "~") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r >= 2 - t && r <= t) ? "met" : "MISSED" }') ;;
@@ -441,11 +444,11 @@ ratio_line() {
     [[ $op == "-" ]] && shown_t="-"
     line="- **$label** = $r (median \`$num\` / median \`$den\`"
     ((ROUNDS > 1)) && line+="; per round: $per"
-    line+=")"
+    line+="; fastest run / fastest run: $fast)"
     [[ $op == "-" ]] || line+="; target $shown_t: **$verdict**"
     md "$line"
     ((ROUNDS > 1)) && r="$r ($per)"
-    summary "$label" "$r" "$shown_t" "$verdict"
+    summary "$label" "$r" "$fast" "$shown_t" "$verdict"
 }
 
 section() { # TITLE
@@ -565,7 +568,7 @@ rss_row() { # NAME CMD...
     local med
     med=$(printf '%s\n' "${vals[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
     md "| $name | $((med / 1024)).$(((med % 1024) * 10 / 1024)) MiB | \`$*\` |"
-    summary "peak RSS, $name" "$((med / 1024)) MiB" "-" "(no target)"
+    summary "peak RSS, $name" "$((med / 1024)) MiB" "" "-" "(no target)"
 }
 rss_row "launcher, /bin/true only (no read)" "${ASU_A[@]}" "$L" exec "$IA" /bin/true
 rss_row "launcher, $A_MB MiB read" "${ASU_A[@]}" "$L" exec "$IA" /bin/cat /data/big50
@@ -626,8 +629,12 @@ CHV=$(USER=root ch-run --version 2>&1 | head -n1)
     echo
     echo "## Summary"
     echo
-    echo "| Metric | Value | Target | Verdict |"
-    echo "|---|---:|---|---|"
+    echo "Value: median over rounds of the ratio of medians (per-round values in brackets). Fastest:"
+    echo "fastest run of one command over fastest run of the other, all rounds (least disturbed by"
+    echo "other load; cold runs on this shared machine are noisy). Verdicts use Value."
+    echo
+    echo "| Metric | Value | Fastest | Target | Verdict |"
+    echo "|---|---:|---:|---|---|"
     cat "$SUMMARY"
     echo
     echo "Failures recorded: $NFAIL (details at the end)."
