@@ -51,6 +51,11 @@ enum Command {
         opts: RunOpts,
         image: PathBuf,
     },
+    /// Recompute the SHA-256 digests a SIF file records and check them.
+    Verify {
+        /// Image file (.sif).
+        image: PathBuf,
+    },
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
         image: PathBuf,
@@ -165,6 +170,14 @@ fn run(cli: Cli) -> Result<i32> {
         } => (opts, image, Action::Exec(command)),
         Command::Run { opts, image, args } => (opts, image, Action::Run(args)),
         Command::Shell { opts, image } => (opts, image, Action::Shell),
+        Command::Verify { image } => {
+            let checked = image_tools::sif_image::verify(&image)?;
+            for c in &checked {
+                println!("object {:>2}  {:<40} {}", c.id, c.what, c.digest);
+            }
+            println!("{}: {} objects verified", image.display(), checked.len());
+            return Ok(0);
+        }
         Command::Inspect { image, json } => {
             launcher_runtime::inspect::print(&image, json)?;
             return Ok(0);
