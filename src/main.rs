@@ -101,6 +101,9 @@ struct RunOpts {
     /// Largest kernel readahead on the image, in KiB.
     #[arg(long, hide = true, default_value_t = 1024)]
     fuse_readahead: u32,
+    /// Do not push small files of listed directories into the page cache.
+    #[arg(long, hide = true)]
+    fuse_no_push: bool,
 }
 
 impl RunOpts {
@@ -131,6 +134,7 @@ impl RunOpts {
             Tuning {
                 fuse_threads: self.fuse_threads,
                 fuse_readahead_kib: self.fuse_readahead,
+                fuse_push: !self.fuse_no_push,
             },
         ))
     }

@@ -42,6 +42,31 @@ fn every_compressor_reads_the_same_bytes() {
 }
 
 #[test]
+fn small_files_read_after_listing_are_intact() {
+    // Listing a directory pushes its small files into the page cache; what cat reads then
+    // must be exactly the image's bytes, with and without the push.
+    let mut names: Vec<String> = (1..=300).map(|i| format!("f{i}")).collect();
+    names.sort();
+    let want: String = names
+        .iter()
+        .map(|n| format!("file {}\n", &n[1..]))
+        .collect();
+    for flags in [&[][..], &["--fuse-no-push"][..]] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        let img = gzip();
+        args.extend_from_slice(&[
+            &img,
+            "/bin/sh",
+            "-c",
+            "ls -l /data/tree > /dev/null; cd /data/tree && cat f*",
+        ]);
+        let out = launcher(&args).run();
+        assert_eq!(out.ok().stdout, want, "flags {flags:?}");
+    }
+}
+
+#[test]
 fn tree_listing_matches_unsquashfs() {
     let image: BTreeSet<String> = std::fs::read_to_string(fixture("busybox.list"))
         .unwrap()

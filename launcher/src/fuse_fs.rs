@@ -37,6 +37,8 @@ pub struct ImageFs {
     /// Largest readahead the kernel may ask for, in bytes.
     readahead: u32,
     has_xattrs: bool,
+    /// Where small files of listed directories are sent to be pushed into the page cache.
+    pusher: Option<crate::push::Pusher>,
 }
 
 impl ImageFs {
@@ -55,7 +57,14 @@ impl ImageFs {
             owner,
             readahead,
             has_xattrs: archive_has_xattrs,
+            pusher: None,
         }
+    }
+
+    /// Push small files of listed directories into the page cache (see `push`).
+    pub fn with_pusher(mut self, pusher: crate::push::Pusher) -> ImageFs {
+        self.pusher = Some(pusher);
+        self
     }
 
     fn node_id(&self, inode_ref: u64) -> u64 {
@@ -306,6 +315,8 @@ impl Filesystem for ImageFs {
             }
             off = 2;
         }
+        let mut small: crate::push::Batch = Vec::new();
+        let mut small_bytes = 0;
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             let inode = match self.archive.inode(e.inode_ref) {
                 Ok(i) => i,
@@ -322,8 +333,19 @@ impl Filesystem for ImageFs {
             ) {
                 break;
             }
+            if inode.kind == squashfs::FileType::File
+                && inode.size > 0
+                && inode.size <= crate::push::SMALL_FILE
+                && small_bytes + inode.size <= crate::push::BATCH_BYTES
+            {
+                small_bytes += inode.size;
+                small.push((attr.ino, inode));
+            }
         }
-        reply.ok()
+        reply.ok();
+        if let (Some(p), false) = (&self.pusher, small.is_empty()) {
+            p.offer(small);
+        }
     }
 
     fn releasedir(

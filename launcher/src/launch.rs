@@ -31,6 +31,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     let settings = LaunchSettings {
         fuse_threads,
         fuse_readahead: tuning.fuse_readahead_kib.saturating_mul(1024),
+        fuse_push: tuning.fuse_push,
     };
     supervisor::launch(&plan, image.archive.clone(), &settings)
 }
@@ -40,6 +41,8 @@ pub struct Tuning {
     /// Worker threads; 0 = automatic.
     pub fuse_threads: usize,
     pub fuse_readahead_kib: u32,
+    /// Push small files of listed directories into the page cache.
+    pub fuse_push: bool,
 }
 
 /// Enough workers that one slow decompression does not stall other readers, few enough

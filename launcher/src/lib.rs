@@ -16,6 +16,7 @@ pub mod mount_points;
 pub mod options;
 pub mod plan;
 pub mod prefetch;
+pub mod push;
 pub mod rootfs;
 pub mod supervisor;
 pub mod syscalls;

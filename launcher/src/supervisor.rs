@@ -49,6 +49,7 @@ pub struct LaunchSettings {
     pub fuse_threads: usize,
     /// Kernel readahead for the image, in bytes.
     pub fuse_readahead: u32,
+    pub fuse_push: bool,
 }
 
 /// Launch the plan and return the exit status to leave with.
@@ -89,17 +90,18 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     let mut config = fuser::Config::default();
     config.n_threads = Some(settings.fuse_threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::from_fd(
-        ImageFs::new(
-            archive,
-            plan.writable_root.then_some((plan.uid, plan.gid)),
-            settings.fuse_readahead,
-        ),
-        fuse_fd,
-        fuser::SessionACL::Owner,
-        config,
-    )
-    .context("FUSE handshake with the kernel")?;
+    let (pusher, push_rx) = crate::push::Pusher::new();
+    let mut fs = ImageFs::new(
+        archive,
+        plan.writable_root.then_some((plan.uid, plan.gid)),
+        settings.fuse_readahead,
+    );
+    if settings.fuse_push {
+        fs = fs.with_pusher(pusher);
+    }
+    let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
+        .context("FUSE handshake with the kernel")?;
+    let notifier = session.notifier();
     debug::step(format_args!(
         "image mounted with FUSE (staging at {})",
         staging.display()
@@ -132,6 +134,10 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
                 .spawn()
                 .context("starting the FUSE server threads")?;
             debug::step("parent: FUSE server threads started");
+            let push_archive = archive_for_prefetch.clone();
+            let _ = std::thread::Builder::new()
+                .name("push".into())
+                .spawn(move || crate::push::run(push_rx, notifier, push_archive));
             if let Some(program) = &plan.program {
                 crate::prefetch::spawn(archive_for_prefetch, program.clone());
             }
