@@ -145,6 +145,33 @@ fn links_modes_and_sparse_files() {
 }
 
 #[test]
+fn devices_fifos_and_xattrs() {
+    let out = sh(
+        &gzip(),
+        "stat -c '%F %t %T' /data/chardev; cat /data/chardev 2>/dev/null || echo no-device-access; \
+         stat -c %F /data/fifo; xattr-get /data/xattr-file user.test; xattr-get /data/xattr-file | sort; \
+         xattr-get /data/xattr-file user.long | wc -c; xattr-get /data/big user.test 2>&1 | grep -c 'No data'",
+    );
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], "character special file 1 3");
+    assert_eq!(
+        l[1], "no-device-access",
+        "device nodes in an image are not usable (nodev)"
+    );
+    assert_eq!(l[2], "fifo");
+    assert_eq!(l[3], "hello");
+    assert_eq!(&l[4..6], ["user.long", "user.test"]);
+    assert_eq!(l[6].trim(), "3001");
+    assert_eq!(l[7], "1", "a file without xattrs answers ENODATA");
+    // An image without an xattr table answers ENOSYS, which the kernel reports as unsupported.
+    let out = sh(
+        &fixture("busybox-nofrag.sqfs"),
+        "xattr-get /data/xattr-file user.test 2>&1; true",
+    );
+    assert!(out.contains("Operation not supported"), "{out}");
+}
+
+#[test]
 fn owners_are_shown_as_stored() {
     let s = setup();
     // The caller's own files show as theirs; the image's root is not mapped, so it is nobody.

@@ -18,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_pkgs=()
-for pair in mksquashfs:squashfs-tools unsquashfs:squashfs-tools setpriv:util-linux gcc:gcc; do
+for pair in mksquashfs:squashfs-tools unsquashfs:squashfs-tools setpriv:util-linux gcc:gcc setfattr:attr; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -83,6 +83,11 @@ echo secret >"$root/data/private"
 chmod 0600 "$root/data/private"
 echo mine >"$root/data/mine"
 chown "$TEST_USER:" "$root/data/mine"
+# Extended attributes, read back inside by a small static probe (busybox has no getfattr).
+echo xattrs >"$root/data/xattr-file"
+setfattr -n user.test -v hello "$root/data/xattr-file"
+setfattr -n user.long -v "$(head -c 3000 /dev/zero | tr '\0' x)" "$root/data/xattr-file"
+gcc -static -O2 -o "$root/bin/xattr-get" "$HERE/fixtures/xattr-get.c"
 truncate -s 3M "$root/data/sparse"
 echo tail >>"$root/data/sparse"
 
@@ -99,12 +104,14 @@ EOF
 chmod 0755 "$root/.singularity.d/runscript" "$root/.singularity.d/env/90-environment.sh"
 
 # One image per compressor mksquashfs writes; gzip is also the base for SIF tests.
+# Device nodes and a fifo cannot be made unprivileged on disk: pseudo definitions add them.
+pseudo=(-p "data/chardev c 644 0 0 1 3" -p "data/fifo i 644 0 0 f")
 for comp in gzip lzma lzo xz lz4 zstd; do
-    mksquashfs "$root" "$FIXTURES/busybox-$comp.sqfs" -comp "$comp" -noappend -quiet -no-progress >/dev/null
+    mksquashfs "$root" "$FIXTURES/busybox-$comp.sqfs" -comp "$comp" "${pseudo[@]}" -noappend -quiet -no-progress >/dev/null
 done
-# Uncompressed and fragment-free variants exercise the other read paths.
+# Uncompressed and fragment-free (and xattr-free) variants exercise the other read paths.
 mksquashfs "$root" "$FIXTURES/busybox-plain.sqfs" -noI -noD -noF -noX -noappend -quiet -no-progress >/dev/null
-mksquashfs "$root" "$FIXTURES/busybox-nofrag.sqfs" -comp zstd -no-fragments -noappend -quiet -no-progress >/dev/null
+mksquashfs "$root" "$FIXTURES/busybox-nofrag.sqfs" -comp zstd -no-fragments -no-xattrs -noappend -quiet -no-progress >/dev/null
 # An image without /home, /tmp or /etc: every default mount point must be created.
 bare="$work/bare"
 mkdir -p "$bare/bin"
