@@ -68,11 +68,7 @@ impl ImageFs {
     }
 
     fn node_id(&self, inode_ref: u64) -> u64 {
-        if inode_ref == self.root_ref {
-            ROOT_ID
-        } else {
-            inode_ref + 2
-        }
+        node_id(inode_ref, self.root_ref)
     }
 
     fn inode_ref(&self, ino: INodeNo) -> u64 {
@@ -132,6 +128,15 @@ impl ImageFs {
     }
 }
 
+/// The FUSE node id of an inode reference.
+pub fn node_id(inode_ref: u64, root_ref: u64) -> u64 {
+    if inode_ref == root_ref {
+        ROOT_ID
+    } else {
+        inode_ref + 2
+    }
+}
+
 fn kind(k: squashfs::FileType) -> FileType {
     match k {
         squashfs::FileType::Dir => FileType::Directory,
@@ -169,7 +174,13 @@ impl Filesystem for ImageFs {
                 .map_err(|e| self.fail(e))
         });
         match result {
-            Ok(Some(inode)) => reply.entry(&TTL, &self.attr(&inode), Generation(0)),
+            Ok(Some(inode)) => {
+                let attr = self.attr(&inode);
+                reply.entry(&TTL, &attr, Generation(0));
+                if let Some(p) = &self.pusher {
+                    p.on_lookup(attr.ino, &inode);
+                }
+            }
             // Negative entries are cached too: the image cannot gain the name later.
             Ok(None) => reply.error(Errno::ENOENT),
             Err(e) => reply.error(e),

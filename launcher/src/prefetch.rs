@@ -5,29 +5,43 @@
 //! this thread decompresses those blocks into the reader's cache then, so the exec's page
 //! faults find them ready. Best effort: any error just ends the prefetch.
 
+use crate::fuse_fs::node_id;
+use crate::push::Pusher;
+use fuser::INodeNo;
 use goblin::elf::program_header::PT_INTERP;
 use goblin::elf::{Elf, Header, ProgramHeader};
-use image_tools::squashfs::{Archive, FileType};
+use image_tools::squashfs::{Archive, FileType, Inode};
 use std::sync::Arc;
 
-/// Larger programs are left to the kernel's readahead: the block cache would not hold them.
-const MAX_PREFETCH: u64 = 32 << 20;
+/// Larger programs are left to the kernel's readahead: reading all of a big program would
+/// cost more than the part its start-up touches, and take CPU from ranks on a full node.
+const MAX_PREFETCH: u64 = 8 << 20;
 const CHUNK: usize = 1 << 20;
 /// ELF headers and PT_INTERP sit at the start of the file.
 const HEAD: usize = 64 << 10;
 
-pub fn spawn(archive: Arc<Archive>, program: String) {
+/// Warm the program and its interpreter; hand each to `pusher` (if any) once decompressed.
+pub fn spawn(archive: Arc<Archive>, program: String, pusher: Option<Pusher>) {
     let _ = std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || {
-            if let Some(interp) = warm(&archive, &program) {
-                warm(&archive, &interp);
+            let mut next = Some(program);
+            for _ in 0..2 {
+                let Some(path) = next.take() else { break };
+                let Some((inode, interp)) = warm(&archive, &path) else {
+                    break;
+                };
+                if let Some(p) = &pusher {
+                    let ino = INodeNo(node_id(inode.inode_ref, archive.superblock().root_inode));
+                    p.offer(vec![(ino, inode)]);
+                }
+                next = interp;
             }
         });
 }
 
-/// Read one file through the cache; return its ELF interpreter, if any.
-fn warm(archive: &Archive, path: &str) -> Option<String> {
+/// Read one file through the cache; return it and its interpreter, if any.
+fn warm(archive: &Archive, path: &str) -> Option<(Inode, Option<String>)> {
     let inode = archive.resolve(path.as_bytes()).ok()??;
     if inode.kind != FileType::File || inode.size > MAX_PREFETCH {
         return None;
@@ -45,7 +59,8 @@ fn warm(archive: &Archive, path: &str) -> Option<String> {
         }
         offset += n as u64;
     }
-    interpreter(&head)
+    let interp = interpreter(&head);
+    Some((inode, interp))
 }
 
 /// The program that runs this file: its ELF PT_INTERP, or the `#!` interpreter of a script.

@@ -97,7 +97,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
         settings.fuse_readahead,
     );
     if settings.fuse_push {
-        fs = fs.with_pusher(pusher);
+        fs = fs.with_pusher(pusher.clone());
     }
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
@@ -134,13 +134,17 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
                 .spawn()
                 .context("starting the FUSE server threads")?;
             debug::step("parent: FUSE server threads started");
-            let push_archive = archive_for_prefetch.clone();
+            if let Some(program) = &plan.program {
+                crate::prefetch::spawn(
+                    archive_for_prefetch.clone(),
+                    program.clone(),
+                    settings.fuse_push.then(|| pusher.clone()),
+                );
+            }
+            // The push thread lives as long as the launcher (it holds a sender itself).
             let _ = std::thread::Builder::new()
                 .name("push".into())
-                .spawn(move || crate::push::run(push_rx, notifier, push_archive));
-            if let Some(program) = &plan.program {
-                crate::prefetch::spawn(archive_for_prefetch, program.clone());
-            }
+                .spawn(move || crate::push::run(push_rx, pusher, notifier, archive_for_prefetch));
             supervise(child, &forwarded)
         }
     }
