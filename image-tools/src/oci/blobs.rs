@@ -65,7 +65,7 @@ impl Store {
                 Ok(Box::new(AtReader {
                     file: &t.file,
                     pos,
-                    end: pos + len,
+                    end: pos.saturating_add(len),
                 }))
             }
         }

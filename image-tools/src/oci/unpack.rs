@@ -142,7 +142,7 @@ impl Unpacker {
                 Some(Err(_)) if data_end > 0 && consumed.get() == data_end => break,
                 Some(Err(e)) => return Err(bad(e)),
             };
-            data_end = entry.raw_file_position() + entry.size();
+            data_end = entry.raw_file_position().saturating_add(entry.size());
             let name = entry.path_bytes().into_owned();
             self.apply_entry(&mut entry, &name)
                 .map_err(|e| within(e, &format!("{what}: {:?}", String::from_utf8_lossy(&name))))?;
