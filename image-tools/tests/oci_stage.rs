@@ -136,6 +136,8 @@ fn layer_tar(path: &Path, entries: &[Entry]) {
 /// The test image, in the three formats.
 struct Fixture {
     layout: PathBuf,
+    zstd_layout: PathBuf,
+    v2s2_layout: PathBuf,
     oci_archive: PathBuf,
     docker_archive: PathBuf,
 }
@@ -301,7 +303,35 @@ fn fixture() -> &'static Fixture {
                 ),
             ],
         );
+        // The same image with zstd layers, and with Docker v2 schema 2 manifest and media types.
+        let zstd_layout = base.join("layout-zstd");
+        run(
+            "skopeo",
+            &[
+                "--insecure-policy",
+                "copy",
+                "--dest-compress",
+                "--dest-compress-format",
+                "zstd",
+                &from,
+                &format!("oci:{}:img", zstd_layout.display()),
+            ],
+        );
+        let v2s2_layout = base.join("layout-v2s2");
+        run(
+            "skopeo",
+            &[
+                "--insecure-policy",
+                "copy",
+                "--format",
+                "v2s2",
+                &from,
+                &format!("oci:{}:img", v2s2_layout.display()),
+            ],
+        );
         Fixture {
+            zstd_layout,
+            v2s2_layout,
             layout,
             oci_archive,
             docker_archive,
@@ -487,15 +517,19 @@ fn three_formats_stage_the_same_tree() {
         }
         b.finish().unwrap();
     }
-    let sources = [
-        sources,
-        [
-            Source::DockerArchive(gz),
-            Source::DockerArchive(legacy),
-            Source::DockerArchive(f.docker_archive.clone()),
-        ],
-    ]
-    .concat();
+    let mut sources = sources.to_vec();
+    sources.extend([
+        Source::OciLayout {
+            dir: f.zstd_layout.clone(),
+            reference: None,
+        },
+        Source::OciLayout {
+            dir: f.v2s2_layout.clone(),
+            reference: None,
+        },
+        Source::DockerArchive(gz),
+        Source::DockerArchive(legacy),
+    ]);
     let staged: Vec<_> = sources.iter().map(stage_ok).collect();
     let (_, first) = &staged[0];
     let tree = snapshot(&first.root);
@@ -897,5 +931,75 @@ fn not_an_image() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("index.json"), "{e}");
+    fs::remove_dir_all(base).unwrap();
+}
+
+/// A layout whose index.json holds a tagged image index (as multi-arch images do) next
+/// to the plain tagged image: selection by tag, then by platform.
+#[test]
+fn image_index_selects_platform() {
+    let f = fixture();
+    let base = scratch("index");
+    let copy = base.join("layout");
+    run(
+        "cp",
+        &["-a", f.layout.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    let index_path = copy.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let image = index["manifests"][0].clone();
+    let for_platform = |arch: &str| {
+        let mut d = image.clone();
+        d.as_object_mut().unwrap().remove("annotations");
+        d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        d
+    };
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [for_platform("arm64"), for_platform("amd64")],
+    }))
+    .unwrap();
+    use sha2::Digest as _;
+    let hex = format!("{:x}", sha2::Sha256::digest(&nested));
+    fs::write(copy.join("blobs/sha256").join(&hex), &nested).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let src = |r: Option<&str>| Source::OciLayout {
+        dir: copy.clone(),
+        reference: r.map(String::from),
+    };
+    let s = stage(&src(Some("multi")), "amd64", &base.join("a")).unwrap();
+    assert_eq!(s.manifest_digest, image["digest"].as_str().unwrap());
+    assert!(s.root.join("etc/hello-link").exists());
+    let e = stage(&src(Some("multi")), "riscv64", &base.join("b"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no linux/riscv64 image") && e.contains("linux/arm64, linux/amd64"),
+        "{e}"
+    );
+    // The arm64 entry points at an amd64 config: caught, not staged.
+    let e = stage(&src(Some("multi")), "arm64", &base.join("c"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("image is for linux/amd64"), "{e}");
+    let e = stage(&src(None), "amd64", &base.join("d"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("several images") && e.contains("img, multi"),
+        "{e}"
+    );
     fs::remove_dir_all(base).unwrap();
 }
