@@ -673,6 +673,14 @@ fn hostile_layers_stay_inside() {
         file("evil", "now a file"),
     ];
     let layout = layout_with_layers(&base, &[&layer1, &layer2]);
+    // umoci stored the hostile names verbatim (nothing sanitized them before us).
+    let verbatim = fs::read_dir(layout.join("blobs/sha256")).unwrap().any(|e| {
+        let mut tar = Vec::new();
+        let gz = fs::File::open(e.unwrap().path()).unwrap();
+        let _ = flate2::read::GzDecoder::new(gz).read_to_end(&mut tar);
+        tar.windows(dotdot.len()).any(|w| w == dotdot.as_bytes())
+    });
+    assert!(verbatim, "no layer blob holds {dotdot:?}");
     let dir = base.join("stage");
     let s = stage(
         &Source::OciLayout {
