@@ -738,3 +738,80 @@ fn errors_name_the_path_and_leave_nothing() {
     assert!(e.to_string().contains("img"), "{e}");
     assert!(left.is_empty(), "partial output left: {left:?}");
 }
+
+/// Leaves the test tree and its images (one per compressor) in
+/// $SQFS_WRITE_OUT, for checks with other readers (squashfuse, unsquashfs -d).
+#[test]
+#[ignore]
+fn images_for_manual_checks() {
+    let out = PathBuf::from(std::env::var_os("SQFS_WRITE_OUT").expect("SQFS_WRITE_OUT"));
+    let src = out.join("src");
+    make_tree(&src);
+    for (c, name) in [
+        (WriteCompressor::Zstd, "zstd"),
+        (WriteCompressor::Gzip, "gzip"),
+        (WriteCompressor::Xz, "xz"),
+        (WriteCompressor::Lz4, "lz4"),
+    ] {
+        write_dir(
+            &src,
+            &Overrides::new(),
+            &out.join(format!("{name}.sqfs")),
+            &opts(c),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn zero_blocks_are_holes_and_noise_is_stored_uncompressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    write(&src.join("zeros"), &vec![0u8; 64 * BS as usize + 100]);
+    let img = dir.path().join("img");
+    write_dir(&src, &Overrides::new(), &img, &opts(WriteCompressor::Zstd)).unwrap();
+    // 8 MiB of zeros take no data blocks at all.
+    assert_eq!(fs::metadata(&img).unwrap().len(), 4096);
+    assert_eq!(from_archive(&img), from_fs(&src));
+
+    write(&src.join("noise"), &noise(4 * BS as usize, 7));
+    write_dir(&src, &Overrides::new(), &img, &opts(WriteCompressor::Gzip)).unwrap();
+    let len = fs::metadata(&img).unwrap().len();
+    // Incompressible blocks are stored as they are, not grown.
+    assert!(len <= 4 * u64::from(BS) + 4096, "{len}");
+    assert_eq!(from_archive(&img), from_fs(&src));
+}
+
+#[test]
+fn non_default_levels_are_read_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    write(&src.join("d/text"), &b"some text ".repeat(50_000));
+    write(&src.join("small"), b"small");
+    let want = from_fs(&src);
+    for (c, level, shown) in [
+        (WriteCompressor::Zstd, 3, "compression-level 3"),
+        (WriteCompressor::Gzip, 1, "compression-level 1"),
+        (WriteCompressor::Xz, 9, ""),
+        (WriteCompressor::Lz4, 0, ""),
+    ] {
+        let img = dir.path().join(format!("{c:?}"));
+        let o = WriteOptions {
+            level: Some(level),
+            ..opts(c)
+        };
+        write_dir(&src, &Overrides::new(), &img, &o).unwrap();
+        assert_eq!(from_archive(&img), want, "{c:?}");
+        check_lln(&img, &want);
+        let s = Command::new("unsquashfs")
+            .arg("-s")
+            .arg(&img)
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&s.stdout);
+        assert!(s.contains(shown), "{c:?}: {s}");
+        assert_eq!(from_kernel(&img, dir.path()), want, "{c:?}");
+    }
+}

@@ -416,3 +416,79 @@ fn listing<'a>(children: &[Child<'a>]) -> (Vec<u8>, Vec<(u32, &'a [u8])>) {
     }
     (buf, index)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(buf: &[u8]) -> Vec<(u32, u32, u32)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let word = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap());
+            let (count, block, base) = (word(at) + 1, word(at + 4), word(at + 8));
+            out.push((count, block, base));
+            at += 12;
+            for _ in 0..count {
+                let name_len = u16::from_le_bytes([buf[at + 6], buf[at + 7]]) as usize + 1;
+                at += 8 + name_len;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn listing_starts_headers_where_the_format_needs_them() {
+        let names: Vec<String> = (0..600).map(|i| format!("n{i:04}")).collect();
+        let child = |i: usize, block: u64, number: u32| Child {
+            name: names[i].as_bytes(),
+            inode_ref: (block << 16) | (i as u64 * 20 % 8192),
+            number,
+            ty: 2,
+        };
+        // 600 entries in one inode block: at most 256 per header.
+        let kids: Vec<Child> = (0..600).map(|i| child(i, 0, 10 + i as u32)).collect();
+        let (buf, index) = listing(&kids);
+        assert_eq!(
+            headers(&buf),
+            vec![(256, 0, 10), (256, 0, 266), (88, 0, 522)]
+        );
+        assert!(index.is_empty());
+        // A new inode block, and an inode number too far from the base.
+        let kids = vec![
+            child(0, 0, 5),
+            child(1, 0, 6),
+            child(2, 300, 7),
+            child(3, 300, 40_000),
+        ];
+        let (buf, _) = listing(&kids);
+        assert_eq!(
+            headers(&buf),
+            vec![(2, 0, 5), (1, 300, 7), (1, 300, 40_000)]
+        );
+    }
+
+    #[test]
+    fn long_listings_get_an_index_entry_per_metadata_block() {
+        let names: Vec<String> = (0..3000).map(|i| format!("{i:0100}")).collect();
+        let kids: Vec<Child> = (0..3000)
+            .map(|i| Child {
+                name: names[i].as_bytes(),
+                inode_ref: 0,
+                number: 1 + i as u32,
+                ty: 2,
+            })
+            .collect();
+        let (buf, index) = listing(&kids);
+        // 108 bytes per entry: about 75 entries per 8 KiB.
+        assert!((buf.len() / METADATA_SIZE..=buf.len() / METADATA_SIZE + 1).contains(&index.len()));
+        let mut prev = 0;
+        for (pos, name) in &index {
+            let pos = *pos as usize;
+            assert!(pos - prev <= METADATA_SIZE);
+            // Each index entry points at a header whose first entry is `name`.
+            assert_eq!(&buf[pos + 12 + 8..pos + 12 + 8 + name.len()], *name);
+            prev = pos;
+        }
+    }
+}
