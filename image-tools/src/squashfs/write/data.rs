@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -103,9 +103,11 @@ pub(crate) fn write_data(
     // Blocks in flight between reading and writing, at most: bounds memory
     // even when one block takes much longer to compress than the next.
     let in_flight = threads * 4 + 4;
-    let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
-    let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
+        // Each worker holds the queue's receiving end: once all have stopped
+        // (even by panicking) the reading thread's sends fail, it never blocks.
+        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = channel::<io::Result<Done>>();
         let (tok_tx, tok_rx) = sync_channel::<()>(in_flight);
         for _ in 0..in_flight {
@@ -114,9 +116,10 @@ pub(crate) fn write_data(
         let mut workers = Vec::new();
         for _ in 0..threads {
             let tx = done_tx.clone();
-            let rx = &job_rx;
-            workers.push(s.spawn(move || worker(rx, tx, codec)));
+            let rx = Arc::clone(&job_rx);
+            workers.push(s.spawn(move || worker(&rx, tx, codec)));
         }
+        drop(job_rx);
         drop(done_tx);
         let writer = s.spawn(move || write_loop(done_rx, tok_tx, file, start));
         let mut p = Producer {
@@ -232,23 +235,13 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: Sender<io::Result<Done>>, codec: Codec)
         Ok(e) => e,
         Err(e) => {
             let _ = tx.send(Err(e));
-            // Drain the queue (see below) so the reading thread stops.
-            while rx.lock().is_ok_and(|g| g.recv().is_ok()) {}
             return;
         }
     };
-    // Once the writer is gone, jobs are still taken (and dropped) so that the
-    // reading thread never blocks on a full queue.
-    let mut writer_gone = false;
     loop {
-        let job = match rx.lock() {
-            Ok(guard) => guard.recv(),
-            Err(_) => return,
-        };
+        // A poisoned lock only means another worker panicked; the queue is fine.
+        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok(job) = job else { return };
-        if writer_gone {
-            continue;
-        }
         let done = if job.may_be_sparse && is_zero(&job.data) {
             Ok(Done {
                 seq: job.seq,
@@ -270,7 +263,9 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: Sender<io::Result<Done>>, codec: Codec)
                 Err(e) => Err(e),
             }
         };
-        writer_gone = tx.send(done).is_err();
+        if tx.send(done).is_err() {
+            return; // the writer failed; its error is reported
+        }
     }
 }
 

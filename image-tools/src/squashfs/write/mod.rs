@@ -91,6 +91,12 @@ const PAD: u64 = 4096;
 /// Packs the directory tree `src` into a new image at `out` (replaced if it
 /// exists). The image is written beside `out` and renamed into place, so no
 /// partial file is left on error.
+///
+/// `overrides` replace what the tree shows for their paths; an override for
+/// a path not in the tree is ignored. Xattrs outside the user., trusted. and
+/// security. namespaces (which squashfs cannot store) are left out, as
+/// mksquashfs does. Files with identical contents share their data blocks.
+/// Symlinks in the tree are stored, never followed (`src` itself may be one).
 pub fn write_dir(
     src: &Path,
     overrides: &crate::tree::Overrides,
