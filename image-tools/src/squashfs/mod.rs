@@ -14,6 +14,7 @@ mod file;
 mod inode;
 mod metadata;
 mod superblock;
+pub mod write;
 mod xattr;
 
 use std::fs::File;
