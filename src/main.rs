@@ -1,5 +1,7 @@
 //! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
 
+mod build_cmd;
+
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use launcher_runtime::bind::{parse_bind_list, BindSpec};
@@ -51,6 +53,8 @@ enum Command {
         opts: RunOpts,
         image: PathBuf,
     },
+    /// Build a SIF or SquashFS image from a directory or a Docker/OCI image.
+    Build(build_cmd::BuildArgs),
     /// Recompute the SHA-256 digests a SIF file records and check them.
     Verify {
         /// Image file (.sif).
@@ -174,6 +178,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => (opts, image, Action::Exec(command)),
         Command::Run { opts, image, args } => (opts, image, Action::Run(args)),
         Command::Shell { opts, image } => (opts, image, Action::Shell),
+        Command::Build(args) => return build_cmd::run(args),
         Command::Verify { image } => {
             let checked = image_tools::sif_image::verify(&image)?;
             for c in &checked {

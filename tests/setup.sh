@@ -121,6 +121,21 @@ ln -s busybox "$bare/bin/ls"
 ln -s busybox "$bare/bin/cat"
 mksquashfs "$bare" "$FIXTURES/bare.sqfs" -comp gzip -noappend -quiet -no-progress >/dev/null
 
+# The same tree as a Docker/OCI image, made by umoci and exported by skopeo: the inputs of
+# `launcher build` from oci:, oci-archive: and docker-archive:.
+oci="$work/oci"
+umoci init --layout "$oci" >/dev/null
+umoci new --image "$oci:test" >/dev/null
+umoci insert --image "$oci:test" "$root" / >/dev/null
+umoci config --image "$oci:test" --config.env OCI_VAR=from-oci --config.entrypoint /bin/echo \
+    --config.cmd default-cmd --config.workingdir /data --config.label org.launcher.test=yes >/dev/null
+cp -a "$oci" "$FIXTURES/oci-layout"
+skopeo copy --quiet "oci:$oci:test" "oci-archive:$FIXTURES/busybox-oci.tar:test"
+skopeo copy --quiet "oci:$oci:test" "docker-archive:$FIXTURES/busybox-docker.tar:test:latest"
+# The source tree itself, for builds from a directory (readable by the test user).
+cp -a "$root" "$FIXTURES/rootfs"
+chown -R "$TEST_USER:" "$FIXTURES/rootfs"
+
 sha256sum "$root/data/big" | cut -d' ' -f1 >"$FIXTURES/big.sha256"
 unsquashfs -l -d '' "$FIXTURES/busybox-gzip.sqfs" | grep '^/' | sort >"$FIXTURES/busybox.list"
 cp "$HERE/../../shared/testdata/sif/singularityce-busybox-amd64.sif" "$FIXTURES/" 2>/dev/null ||

@@ -1,4 +1,5 @@
 //! Image formats used by the launcher: SIF containers and SquashFS file systems.
+pub mod build;
 pub mod oci;
 pub mod sif;
 pub mod sif_image;

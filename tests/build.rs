@@ -1,0 +1,363 @@
+//! End-to-end: `launcher build` as the unprivileged user, each image checked three ways:
+//! `unsquashfs -l` (listing), a kernel loop mount as root (contents), `launcher exec` (use).
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let p = setup().scratch.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn build(out: &Path, source: &str, extra: &[&str]) -> Out {
+    let o = out.display().to_string();
+    let mut args = vec!["build"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&o, source]);
+    launcher(&args).run()
+}
+
+/// `unsquashfs -l` of a SquashFS (at an offset inside a SIF), as a set of paths.
+fn listing(image: &Path, offset: u64) -> BTreeSet<String> {
+    let out = Command::new("unsquashfs")
+        .args(["-o", &offset.to_string(), "-l", "-d", ""])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unsquashfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Loop-mount a SquashFS as root and run `check` on the mount point.
+fn kernel_mount(image: &Path, offset: u64, check: impl FnOnce(&Path)) {
+    let mnt = setup().scratch.join(format!(
+        "mnt-{}",
+        image.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "squashfs", "-o", &format!("loop,ro,offset={offset}")])
+        .arg(image)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "the kernel refused to mount {}",
+        image.display()
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mnt)));
+    let _ = Command::new("umount").arg(&mnt).status();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn sif_offset(sif: &Path) -> u64 {
+    image_tools::sif::SifFile::open(sif)
+        .unwrap()
+        .primary_squashfs()
+        .unwrap()
+        .offset
+}
+
+fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn build_from_a_directory_checked_three_ways() {
+    let src = fixture("rootfs");
+    let want_sha = std::fs::read_to_string(fixture("big.sha256"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let image_list: BTreeSet<String> = std::fs::read_to_string(fixture("busybox.list"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // The mksquashfs fixture adds a device and a fifo with pseudo definitions; a directory has neither.
+    let expected: BTreeSet<String> = image_list
+        .into_iter()
+        .filter(|p| p != "/data/chardev" && p != "/data/fifo")
+        .collect();
+    for (name, extra) in [
+        ("dir.sqfs", &[][..]),
+        ("dir.sif", &["--compress", "gzip"][..]),
+        ("dir-xz.sqfs", &["--compress", "xz"][..]),
+        ("dir-lz4.sqfs", &["--compress", "lz4"][..]),
+    ] {
+        let out = scratch(name);
+        build(&out, &src, extra).ok();
+        let offset = if name.ends_with(".sif") {
+            sif_offset(&out)
+        } else {
+            0
+        };
+        assert_eq!(
+            listing(&out, offset),
+            expected,
+            "{name}: unsquashfs listing"
+        );
+        kernel_mount(&out, offset, |m| {
+            assert_eq!(sha256(&m.join("data/big")), want_sha, "{name}");
+            assert_eq!(
+                std::fs::read_link(m.join("data/abs-link")).unwrap(),
+                Path::new("/data/big")
+            );
+            use std::os::unix::fs::MetadataExt;
+            let (a, b) = (
+                std::fs::metadata(m.join("data/tree/f1")).unwrap(),
+                std::fs::metadata(m.join("data/hardlink-f1")).unwrap(),
+            );
+            assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{name}: hard link");
+            for p in ["data/private", "tmp", "root", "bin/busybox"] {
+                let want = std::fs::symlink_metadata(Path::new(&src).join(p))
+                    .unwrap()
+                    .mode();
+                assert_eq!(
+                    std::fs::symlink_metadata(m.join(p)).unwrap().mode(),
+                    want,
+                    "{name}: mode of {p}"
+                );
+            }
+        });
+        let o = out.display().to_string();
+        assert_eq!(
+            sh(
+                &o,
+                "sha256sum /data/big | cut -d' ' -f1; cat /data/rel-link"
+            ),
+            format!("{want_sha}\ndeep\n"),
+            "{name}"
+        );
+    }
+    let sif = setup().scratch.join("dir.sif").display().to_string();
+    let v = launcher(&["verify", &sif]).run();
+    assert!(v.ok().stdout.contains("objects verified"), "{v:?}");
+}
+
+#[test]
+fn build_from_docker_and_oci_images() {
+    let want_sha = std::fs::read_to_string(fixture("big.sha256"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let sources = [
+        format!("oci:{}:test", fixture("oci-layout")),
+        format!("oci-archive:{}", fixture("busybox-oci.tar")),
+        format!("docker-archive:{}", fixture("busybox-docker.tar")),
+    ];
+    let mut first_listing = None;
+    for (i, src) in sources.iter().enumerate() {
+        let out = scratch(&format!("oci-{i}.sif"));
+        build(&out, src, &[]).ok();
+        let o = out.display().to_string();
+        // The OCI config: environment, entrypoint + cmd for `run`, labels.
+        assert_eq!(
+            sh(&o, "echo $OCI_VAR; sha256sum /data/big | cut -d' ' -f1"),
+            format!("from-oci\n{want_sha}\n"),
+            "{src}"
+        );
+        assert_eq!(
+            launcher(&["run", &o]).run().ok().stdout,
+            "default-cmd\n",
+            "{src}"
+        );
+        assert_eq!(
+            launcher(&["run", &o, "x", "y"]).run().ok().stdout,
+            "x y\n",
+            "{src}"
+        );
+        let inspect = launcher(&["inspect", &o]).run();
+        assert!(
+            inspect.ok().stdout.contains("org.launcher.test"),
+            "{inspect:?}"
+        );
+        let offset = sif_offset(&out);
+        // Owners come from the tar headers (root), not from the unprivileged staging tree.
+        let lls = Command::new("unsquashfs")
+            .args(["-o", &offset.to_string(), "-lln"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let lls = String::from_utf8_lossy(&lls.stdout).into_owned();
+        let busybox_line = lls.lines().find(|l| l.ends_with("/bin/busybox")).unwrap();
+        assert!(busybox_line.contains(" 0/0 "), "{busybox_line}");
+        let l = listing(&out, offset);
+        assert!(
+            l.contains("/.singularity.d/runscript") && l.contains("/data/tree/a/b/deep.txt"),
+            "{src}"
+        );
+        match &first_listing {
+            None => first_listing = Some(l),
+            Some(f) => assert_eq!(&l, f, "{src} stages a different tree"),
+        }
+        kernel_mount(&out, offset, |m| {
+            assert_eq!(sha256(&m.join("data/big")), want_sha)
+        });
+        assert!(launcher(&["verify", &o])
+            .run()
+            .ok()
+            .stdout
+            .contains("objects verified"));
+    }
+}
+
+#[test]
+fn reproducible_builds_are_byte_identical() {
+    let src = fixture("rootfs");
+    for name in ["repro.sif", "repro.sqfs"] {
+        let (a, b) = (scratch(&format!("a-{name}")), scratch(&format!("b-{name}")));
+        for out in [&a, &b] {
+            let o = out.display().to_string();
+            launcher(&["build", "--reproducible", &o, &src])
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .run()
+                .ok();
+        }
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name} differs between two builds"
+        );
+    }
+}
+
+#[test]
+fn build_errors_leave_nothing_behind() {
+    let s = setup();
+    let out = scratch("err.sif");
+    let o = out.display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["build".into(), o.clone(), "/no/such/dir".into()],
+            "/no/such/dir",
+        ),
+        (
+            vec!["build".into(), o.clone(), "docker://busybox".into()],
+            "not supported yet",
+        ),
+        (
+            vec![
+                "build".into(),
+                o.clone(),
+                format!("oci-archive:{}", fixture("big.sha256")),
+            ],
+            "big.sha256",
+        ),
+        (
+            vec![
+                "build".into(),
+                s.scratch.join("x.img").display().to_string(),
+                fixture("rootfs"),
+            ],
+            "must end in .sif or .sqfs",
+        ),
+        (
+            vec![
+                "build".into(),
+                "/no/such/dir/x.sif".into(),
+                fixture("rootfs"),
+            ],
+            "does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let out_run = launcher(&args).run();
+        assert_eq!(out_run.code, 255, "{args:?}: {out_run:?}");
+        assert!(
+            out_run.stderr.contains(want),
+            "{args:?}: want '{want}': {out_run:?}"
+        );
+        assert_eq!(out_run.stderr.lines().count(), 1, "{out_run:?}");
+    }
+    assert!(!out.exists());
+    // An existing output is kept unless --force.
+    std::fs::write(&out, "keep me").unwrap();
+    std::os::unix::fs::chown(&out, Some(s.uid), Some(s.gid)).unwrap();
+    let r = launcher(&["build", &o, &fixture("rootfs")]).run();
+    assert_eq!(r.code, 255);
+    assert!(r.stderr.contains("--force"), "{r:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    launcher(&["build", "--force", &o, &fixture("rootfs")])
+        .run()
+        .ok();
+    std::fs::remove_file(&out).unwrap();
+}
+
+#[test]
+fn interrupted_build_leaves_nothing_behind() {
+    let s = setup();
+    // A source big enough that the build is still running when interrupted.
+    let src = s.scratch.join("big-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 200000000 /dev/urandom > {}/blob",
+            src.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Command::new("chown")
+        .args(["-R", &format!("{}:", s.user)])
+        .arg(&src)
+        .status()
+        .unwrap();
+    let tmpdir = s.scratch.join("build-tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    std::os::unix::fs::chown(&tmpdir, Some(s.uid), Some(s.gid)).unwrap();
+    let out = scratch("interrupted.sif");
+    let mut child = launcher(&[
+        "build",
+        "--compress",
+        "gzip",
+        &out.display().to_string(),
+        &src.display().to_string(),
+    ])
+    .env("TMPDIR", &tmpdir.display().to_string())
+    .spawn();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the build should have been interrupted"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmpdir).unwrap().count(),
+        0,
+        "staging left in TMPDIR"
+    );
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&s.scratch)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".interrupted.sif"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&src).unwrap();
+}
