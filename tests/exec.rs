@@ -12,7 +12,10 @@ fn gzip() -> String {
 #[test]
 fn identity_is_the_callers() {
     let s = setup();
-    let out = sh(&gzip(), "id -u; id -g; id -un; echo $HOME; echo $USER");
+    let out = sh(
+        &gzip(),
+        "id -u; id -g; id -un; echo $HOME; echo $USER; grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status | tr -s '\t ' ' '",
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], s.uid.to_string());
     assert_eq!(lines[1], s.gid.to_string());
@@ -20,6 +23,15 @@ fn identity_is_the_callers() {
     assert_eq!(lines[3], s.home.display().to_string());
     assert_eq!(lines[4], s.user);
     assert_ne!(s.uid, 0);
+    // No capabilities, none to regain (empty bounding set), no new privileges.
+    let status = &lines[5..];
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            status.contains(&format!("{cap}: 0000000000000000").as_str()),
+            "{cap}: {status:?}"
+        );
+    }
+    assert!(status.contains(&"NoNewPrivs: 1"), "{status:?}");
 }
 
 #[test]

@@ -242,6 +242,7 @@ fn child_setup(plan: &Plan, staging: &Path, parent: Pid) -> Result<PathBuf> {
             cwd.display()
         );
     }
+    drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
     let program = find_program(&plan.argv[0], plan)?;
     debug::step(format_args!(
@@ -250,6 +251,38 @@ fn child_setup(plan: &Plan, staging: &Path, parent: Pid) -> Result<PathBuf> {
         cwd.display()
     ));
     Ok(program)
+}
+
+/// Empty the bounding and ambient sets, so that execve grants no capability even to a caller
+/// whose uid is 0 (other uids lose them at execve anyway).
+fn drop_capabilities() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                bail!("clearing ambient capabilities: {e}");
+            }
+        }
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                let e = std::io::Error::last_os_error();
+                // EINVAL: past the last capability this kernel knows.
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+                bail!("dropping capability {cap} from the bounding set: {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Search the container's PATH the way execvp would, but with an error that says where we looked.
