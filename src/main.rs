@@ -169,7 +169,44 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The launcher needs no privilege and must not be given any: a setuid bit or file
+/// capabilities would hand them to every user, and the namespaces would inherit them.
+fn refuse_privileges() -> Result<()> {
+    // SAFETY: getters without arguments.
+    let (uid, euid, gid, egid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    };
+    if uid != euid || gid != egid {
+        anyhow::bail!(
+            "the launcher is installed setuid or setgid (uid {uid}, euid {euid}, gid {gid}, egid {egid}); it needs no privileges: remove the bit (chmod u-s,g-s)"
+        );
+    }
+    if uid != 0 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let raised = status
+            .lines()
+            .filter(|l| {
+                l.starts_with("CapPrm:") || l.starts_with("CapEff:") || l.starts_with("CapAmb:")
+            })
+            .any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|v| v.trim_start_matches('0') != "")
+            });
+        if raised {
+            anyhow::bail!("the launcher runs with capabilities (file capabilities or an ambient set); it needs none: remove them (setcap -r)");
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<i32> {
+    refuse_privileges()?;
     let (opts, image, action) = match cli.command {
         Command::Exec {
             opts,

@@ -386,3 +386,43 @@ fn no_mount_or_file_left_on_the_host() {
     );
     assert!(s.uid > 0);
 }
+
+#[test]
+fn refuses_to_run_setuid_or_with_file_capabilities() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    let copy = s.scratch.join("launcher-privileged");
+    std::fs::copy(&s.bin, &copy).unwrap();
+    let img = gzip();
+    let run = || {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                format!("--reuid={}", s.uid),
+                format!("--regid={}", s.gid),
+                "--clear-groups".into(),
+            ])
+            .arg(&copy)
+            .args(["exec", &img, "/bin/true"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, Some(255));
+    assert!(err.contains("installed setuid"), "{err}");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = std::process::Command::new("setcap")
+        .arg("cap_sys_admin+ep")
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setcap failed");
+    let (code, err) = run();
+    assert_eq!(code, Some(255));
+    assert!(err.contains("runs with capabilities"), "{err}");
+    std::fs::remove_file(&copy).unwrap();
+}
