@@ -196,7 +196,7 @@ fn refuse_privileges() -> Result<()> {
             .any(|l| {
                 l.split_whitespace()
                     .nth(1)
-                    .is_some_and(|v| v.trim_start_matches('0') != "")
+                    .is_some_and(|v| !v.trim_start_matches('0').is_empty())
             });
         if raised {
             anyhow::bail!("the launcher runs with capabilities (file capabilities or an ambient set); it needs none: remove them (setcap -r)");

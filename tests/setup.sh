@@ -40,16 +40,21 @@ fi
 [ -c /dev/fuse ] || { echo "tests/setup.sh: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
 chmod 0666 /dev/fuse
 
-# The fixtures are rebuilt when this script changes.
-stamp="$FIXTURES/.setup-$(sha256sum "$0" | cut -c1-16)"
-if [ -e "$stamp" ]; then
+# The fixtures are rebuilt when this script changes. One setup at a time (test processes may
+# start together); a rebuild goes to a new directory that replaces the old one at the end.
+exec 9>"$FIXTURES.lock"
+flock 9
+stamp_name=".setup-$(sha256sum "$0" | cut -c1-16)"
+if [ -e "$FIXTURES/$stamp_name" ]; then
     echo "tests/setup.sh: fixtures up to date in $FIXTURES"
     exit 0
 fi
+final=$FIXTURES
+FIXTURES="$final.new.$$"
 rm -rf "$FIXTURES"
 mkdir -p "$FIXTURES"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$FIXTURES"' EXIT
 
 # busybox-static, unpacked rather than installed (it would replace the system's busybox).
 (cd "$work" && apt-get download busybox-static >/dev/null 2>&1) || {
@@ -144,5 +149,7 @@ cp "$HERE/../../shared/testdata/sif/singularityce-busybox-amd64.sif" "$FIXTURES/
 
 echo "$TEST_USER" >"$FIXTURES/user"
 chmod -R a+rX "$FIXTURES"
-touch "$stamp"
-echo "tests/setup.sh: fixtures ready in $FIXTURES (user $TEST_USER)"
+touch "$FIXTURES/$stamp_name"
+rm -rf "$final"
+mv "$FIXTURES" "$final"
+echo "tests/setup.sh: fixtures ready in $final (user $TEST_USER)"
