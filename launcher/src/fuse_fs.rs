@@ -116,6 +116,17 @@ impl ImageFs {
         }
     }
 
+    /// The extended attributes of a node. Images without an xattr table answer ENOSYS, which
+    /// makes the kernel stop asking: no round trip per open (overlayfs checks an xattr on
+    /// every file it opens).
+    fn xattrs(&self, ino: INodeNo) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+        if !self.has_xattrs {
+            return Err(Errno::ENOSYS);
+        }
+        let inode = self.inode(ino)?;
+        self.archive.xattrs(&inode).map_err(|e| self.fail(e))
+    }
+
     fn listing(&self, fh: FileHandle, ino: INodeNo) -> Result<Arc<Vec<squashfs::DirEntry>>, Errno> {
         if let Some(l) = self.dirs.lock().map_err(|_| Errno::EIO)?.get(&fh.0) {
             return Ok(l.clone());
@@ -390,15 +401,7 @@ impl Filesystem for ImageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if !self.has_xattrs {
-            // ENOSYS makes the kernel stop asking: no round trip per open (overlayfs checks
-            // an xattr on every file it opens).
-            return reply.error(Errno::ENOSYS);
-        }
-        let xattrs = match self
-            .inode(ino)
-            .and_then(|i| self.archive.xattrs(&i).map_err(|e| self.fail(e)))
-        {
+        let xattrs = match self.xattrs(ino) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
@@ -411,13 +414,7 @@ impl Filesystem for ImageFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if !self.has_xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
-        let xattrs = match self
-            .inode(ino)
-            .and_then(|i| self.archive.xattrs(&i).map_err(|e| self.fail(e)))
-        {
+        let xattrs = match self.xattrs(ino) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
