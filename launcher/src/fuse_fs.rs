@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+/// Extended attributes: (full name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -119,7 +122,7 @@ impl ImageFs {
     /// The extended attributes of a node. Images without an xattr table answer ENOSYS, which
     /// makes the kernel stop asking: no round trip per open (overlayfs checks an xattr on
     /// every file it opens).
-    fn xattrs(&self, ino: INodeNo) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+    fn xattrs(&self, ino: INodeNo) -> Result<Xattrs, Errno> {
         if !self.has_xattrs {
             return Err(Errno::ENOSYS);
         }
