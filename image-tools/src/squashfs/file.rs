@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::cache::Claim;
 use super::compression::decompress;
 use super::error::{corrupt, Error, Result};
 use super::inode::{Detail, FileLayout, Inode, NO_FRAGMENT};
@@ -155,22 +156,37 @@ impl Archive {
                 i += 1;
                 continue;
             }
-            if let Some(data) = self.data_cache.get(&(b.pos, b.raw)) {
-                copy_overlap(buf, offset, &data, at, want)?;
-                i += 1;
-                continue;
-            }
-            // A run of blocks not yet cached: they lie back to back on disk, so
-            // one read fetches them all.
+            let ticket = match self.data_cache.claim((b.pos, b.raw)) {
+                Claim::Ready(data) => {
+                    copy_overlap(buf, offset, &data, at, want)?;
+                    i += 1;
+                    continue;
+                }
+                Claim::Wait(flight) => {
+                    // Another reader is decompressing this block: take its result.
+                    let data = match flight.wait() {
+                        Some(d) => d,
+                        None => self.load_block(b, first + i as u64)?,
+                    };
+                    copy_overlap(buf, offset, &data, at, want)?;
+                    i += 1;
+                    continue;
+                }
+                Claim::Mine(t) => t,
+            };
+            // A run of blocks not yet cached nor being loaded: they lie back to back on
+            // disk, so one read fetches them all. Claims are taken as the run grows, and all
+            // are completed (or dropped, on error) before this reader waits for anything.
+            let mut tickets = vec![ticket];
             let mut j = i + 1;
             let mut total = b.disk_size();
             while let Some(n) = blocks.get(j) {
-                if n.disk_size() == 0
-                    || total + n.disk_size() > RUN_MAX
-                    || n.pos != b.pos + total
-                    || self.data_cache.get(&(n.pos, n.raw)).is_some()
-                {
+                if n.disk_size() == 0 || total + n.disk_size() > RUN_MAX || n.pos != b.pos + total {
                     break;
+                }
+                match self.data_cache.claim((n.pos, n.raw)) {
+                    Claim::Mine(t) => tickets.push(t),
+                    _ => break,
                 }
                 total += n.disk_size();
                 j += 1;
@@ -182,11 +198,13 @@ impl Archive {
                 &format_args!("data blocks {}..{}", first + i as u64, first + j as u64),
             )?;
             let mut at_raw = 0usize;
-            for (k, blk) in blocks.iter().enumerate().take(j).skip(i) {
+            for (k, (blk, ticket)) in blocks[i..j].iter().zip(tickets).enumerate() {
                 let n = blk.disk_size() as usize;
-                let data = self.decode_block(*blk, &raw[at_raw..at_raw + n])?;
+                let data = self.decode(*blk, &raw[at_raw..at_raw + n])?;
                 at_raw += n;
-                let (at, want) = block_len(k);
+                let weight = data.len() + 64;
+                let data = ticket.complete(data, weight);
+                let (at, want) = block_len(i + k);
                 copy_overlap(buf, offset, &data, at, want)?;
             }
             i = j;
@@ -194,16 +212,29 @@ impl Archive {
         Ok(())
     }
 
+    /// Reads and decompresses one block without sharing (after another reader's load failed).
+    fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
+        let mut stored = vec![0u8; b.disk_size() as usize];
+        self.disk
+            .read_exact(b.pos, &mut stored, &format_args!("data block {index}"))?;
+        self.decode_block(b, &stored)
+    }
+
     /// Decompresses a data or fragment block and caches it.
     fn decode_block(&self, b: BlockRef, stored: &[u8]) -> Result<Arc<Vec<u8>>> {
-        let data = if b.raw & UNCOMPRESSED_BIT != 0 {
-            stored.to_vec()
-        } else {
-            decompress(&self.sb.compressor, stored, self.sb.block_size as usize)
-                .map_err(|e| e.context(format_args!("data block at {}", b.pos)))?
-        };
+        let data = self.decode(b, stored)?;
         let weight = data.len() + 64;
         Ok(self.data_cache.insert((b.pos, b.raw), data, weight))
+    }
+
+    /// Decompresses a data or fragment block.
+    fn decode(&self, b: BlockRef, stored: &[u8]) -> Result<Vec<u8>> {
+        if b.raw & UNCOMPRESSED_BIT != 0 {
+            Ok(stored.to_vec())
+        } else {
+            decompress(&self.sb.compressor, stored, self.sb.block_size as usize)
+                .map_err(|e| e.context(format_args!("data block at {}", b.pos)))
+        }
     }
 
     fn fragment_block(&self, index: u32) -> Result<Arc<Vec<u8>>> {
@@ -225,13 +256,27 @@ impl Archive {
                 "fragment {index}: bad stored size {raw:#x}"
             )));
         }
-        if let Some(d) = self.data_cache.get(&(pos, raw)) {
-            return Ok(d);
-        }
+        let ticket = match self.data_cache.claim((pos, raw)) {
+            Claim::Ready(d) => return Ok(d),
+            Claim::Wait(flight) => {
+                if let Some(d) = flight.wait() {
+                    return Ok(d);
+                }
+                None
+            }
+            Claim::Mine(t) => Some(t),
+        };
         let mut stored = vec![0u8; b.disk_size() as usize];
         self.disk
             .read_exact(pos, &mut stored, &format_args!("fragment {index}"))?;
-        self.decode_block(b, &stored)
+        match ticket {
+            Some(t) => {
+                let data = self.decode(b, &stored)?;
+                let weight = data.len() + 64;
+                Ok(t.complete(data, weight))
+            }
+            None => self.decode_block(b, &stored),
+        }
     }
 
     /// The blocks `first..=last` of a file.
