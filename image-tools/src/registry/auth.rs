@@ -115,12 +115,9 @@ pub fn docker_config_path() -> Option<PathBuf> {
         .map(|h| Path::new(&h).join(".docker/config.json"))
 }
 
-/// Credentials for `registry` from the Docker config, if the file exists and has them.
-pub fn credentials_for(registry: &str) -> Result<Option<Credentials>> {
-    let Some(path) = docker_config_path() else {
-        return Ok(None);
-    };
-    let text = match std::fs::read_to_string(&path) {
+/// Credentials for `registry` from a Docker config file, if it exists and has them.
+pub fn credentials_for(path: &Path, registry: &str) -> Result<Option<Credentials>> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {

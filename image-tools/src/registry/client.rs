@@ -1,6 +1,7 @@
 //! HTTP side of a pull: one agent per registry, anonymous or authenticated (bearer
 //! tokens, Basic), bounded retries on connection errors and 5xx, one-line errors.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ureq::config::RedirectAuthHeaders;
@@ -26,10 +27,18 @@ pub(crate) struct Client {
     authorization: Option<String>,
     /// Loaded from the Docker config on the first challenge: `None` = not looked up yet.
     credentials: Option<Option<Credentials>>,
+    /// The Docker config file credentials come from, and how messages name it.
+    docker_config: Option<PathBuf>,
+    config_name: String,
 }
 
 impl Client {
-    pub(crate) fn new(reference: &Reference, insecure: bool) -> Client {
+    /// `docker_config`: the credentials file; `None`: `$DOCKER_CONFIG` or `~/.docker`.
+    pub(crate) fn new(
+        reference: &Reference,
+        insecure: bool,
+        docker_config: Option<&Path>,
+    ) -> Client {
         let config = ureq::Agent::config_builder()
             // Statuses are ours to interpret: 401 carries the challenge, 404 a clear message.
             .http_status_as_error(false)
@@ -50,6 +59,14 @@ impl Client {
             insecure,
             authorization: None,
             credentials: None,
+            config_name: match (docker_config, std::env::var_os("DOCKER_CONFIG")) {
+                (Some(p), _) => p.display().to_string(),
+                (None, Some(d)) if !d.is_empty() => "$DOCKER_CONFIG/config.json".to_string(),
+                _ => "~/.docker/config.json".to_string(),
+            },
+            docker_config: docker_config
+                .map(Path::to_path_buf)
+                .or_else(auth::docker_config_path),
         }
     }
 
@@ -143,7 +160,11 @@ impl Client {
 
     fn credentials(&mut self) -> Result<Option<Credentials>> {
         if self.credentials.is_none() {
-            self.credentials = Some(auth::credentials_for(&self.reference.registry)?);
+            let found = match &self.docker_config {
+                Some(p) => auth::credentials_for(p, &self.reference.registry)?,
+                None => None,
+            };
+            self.credentials = Some(found);
         }
         Ok(self.credentials.clone().flatten())
     }
@@ -201,7 +222,7 @@ impl Client {
             401 | 403 if creds.is_some() => {
                 return Err(Error::Auth(format!(
                     "{token_what}: the credentials for {registry} in {} were rejected",
-                    config_name()
+                    self.config_name
                 )))
             }
             401 | 403 => return Err(self.no_credentials(what)),
@@ -225,7 +246,7 @@ impl Client {
         Error::Auth(format!(
             "{what}: {} requires authentication (HTTP 401) and no credentials for it were found; add them to {} (e.g. with `docker login {}`)",
             self.reference.registry,
-            config_name(),
+            self.config_name,
             self.reference.registry
         ))
     }
@@ -236,12 +257,12 @@ impl Client {
             Some(Some(_)) => Error::Auth(format!(
                 "{what}: {registry} denied access (HTTP {}) with the credentials from {}; check them and the repository name",
                 status.as_u16(),
-                config_name()
+                self.config_name
             )),
             _ => Error::Auth(format!(
                 "{what}: {registry} denied anonymous access (HTTP {}): no such repository, or it is private; for a private one add credentials to {}",
                 status.as_u16(),
-                config_name()
+                self.config_name
             )),
         }
     }
@@ -333,12 +354,4 @@ pub(crate) fn read_document(resp: Response<Body>, what: &str) -> Result<Vec<u8>>
         .limit(MAX_DOCUMENT)
         .read_to_vec()
         .map_err(|e| Error::Network(format!("{what}: reading the answer: {e}")))
-}
-
-/// How messages name the Docker config.
-fn config_name() -> String {
-    match std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        Some(_) => "$DOCKER_CONFIG/config.json".to_string(),
-        None => "~/.docker/config.json".to_string(),
-    }
 }

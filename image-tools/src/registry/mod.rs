@@ -52,6 +52,9 @@ pub struct PullOptions {
     pub cache_dir: Option<PathBuf>,
     /// Progress bars on stderr.
     pub progress: bool,
+    /// Where credentials come from; `None`: `$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
 }
 
 impl PullOptions {
@@ -61,6 +64,7 @@ impl PullOptions {
             insecure,
             cache_dir: None,
             progress: std::io::stderr().is_terminal(),
+            docker_config: None,
         }
     }
 }
@@ -172,7 +176,7 @@ pub fn pull(
         None => Cache::default_dir()?,
     };
     let cache = Cache::open(&cache_root)?;
-    let mut client = Client::new(reference, opts.insecure);
+    let mut client = Client::new(reference, opts.insecure, opts.docker_config.as_deref());
     let name = client.name();
 
     // The tag or digest, then down through indexes to one platform's manifest.
