@@ -307,6 +307,9 @@ impl Client {
         let lower = text.to_ascii_lowercase();
         let msg = match e {
             ureq::Error::HostNotFound => format!("cannot resolve the host of {registry}"),
+            ureq::Error::Io(_) if lower.contains("lookup address") => {
+                format!("cannot resolve the host of {registry} (no network or DNS?)")
+            }
             ureq::Error::Timeout(t) => format!("{registry} timed out ({t})"),
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 format!(
