@@ -18,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_pkgs=()
-for pair in mksquashfs:squashfs-tools unsquashfs:squashfs-tools setpriv:util-linux gcc:gcc setfattr:attr umoci:umoci skopeo:skopeo setcap:libcap2-bin; do
+for pair in mksquashfs:squashfs-tools unsquashfs:squashfs-tools setpriv:util-linux gcc:gcc setfattr:attr umoci:umoci skopeo:skopeo setcap:libcap2-bin docker-registry:docker-registry htpasswd:apache2-utils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -1,12 +1,13 @@
 //! `launcher build OUT SOURCE`: a SquashFS or SIF image from a directory or a Docker/OCI image.
 //!
-//! One straight line: parse the source → stage it (OCI images only; a directory is read in
-//! place) → add the Apptainer metadata files to a staged tree → write the SquashFS in-process →
+//! One straight line: parse the source → pull it (`docker://`, into the blob cache and a
+//! small OCI layout) → stage it (OCI images only; a directory is read in place) → add the Apptainer metadata files to a staged tree → write the SquashFS in-process →
 //! wrap it in a SIF when OUT ends in `.sif`. Staging lives under `$TMPDIR` and is removed on
 //! success, failure and interruption; OUT is written under a temporary name and renamed, so a
 //! failed build never leaves a partial image behind.
 
 use crate::oci::{self, ImageConfig};
+use crate::registry::{self, PullOptions, PullReport};
 use crate::sif_image::{self, SifContents};
 use crate::squashfs::write::{self as sqfs_write, WriteCompressor, WriteOptions, WriteStats};
 use crate::tree::Overrides;
@@ -16,12 +17,18 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error("{0}")]
     Usage(String),
-    #[error("{0}")]
+    // Transparent: the message is the source's, which anyhow's chain would repeat.
+    #[error(transparent)]
     Oci(#[from] oci::Error),
-    #[error("{0}")]
+    // Transparent: the message is the source's, which anyhow's chain would repeat.
+    #[error(transparent)]
     Squashfs(#[from] crate::squashfs::Error),
-    #[error("{0}")]
+    // Transparent: the message is the source's, which anyhow's chain would repeat.
+    #[error(transparent)]
     Sif(#[from] sif_image::Error),
+    // Transparent: the message is the source's, which anyhow's chain would repeat.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
     #[error("{path}: {msg}")]
     Io { path: String, msg: String },
 }
@@ -33,14 +40,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum BuildSource {
     Directory(PathBuf),
     Oci(oci::Source),
+    /// `docker://REF`: pulled from a registry.
+    Registry(registry::Reference),
 }
 
 impl BuildSource {
     pub fn parse(spec: &str) -> Result<BuildSource> {
         if spec.starts_with("docker://") {
-            return Err(Error::Usage(format!(
-                "'{spec}': pulling from a registry is not supported yet; use `skopeo copy {spec} oci-archive:image.tar` and build from oci-archive:image.tar"
-            )));
+            return Ok(BuildSource::Registry(registry::Reference::parse(spec)?));
         }
         if ["docker-archive:", "oci-archive:", "oci:"]
             .iter()
@@ -91,6 +98,8 @@ pub struct BuildOptions {
     /// Where staging goes ($TMPDIR by default).
     pub tmpdir: PathBuf,
     pub threads: usize,
+    /// For `docker://` sources: HTTP or HTTPS, the blob cache, progress bars.
+    pub pull: PullOptions,
 }
 
 #[derive(Debug)]
@@ -99,6 +108,8 @@ pub struct BuildReport {
     pub kind: OutputKind,
     pub stats: WriteStats,
     pub bytes: u64,
+    /// What pulling a `docker://` source did.
+    pub pull: Option<PullReport>,
 }
 
 /// A staging directory removed when dropped (success, error or panic alike).
@@ -152,12 +163,14 @@ pub fn build(
     staging: &Staging,
 ) -> Result<BuildReport> {
     let kind = OutputKind::from_path(out)?;
+    let mut pull = None;
     let (root, overrides, config) = match source {
         BuildSource::Directory(dir) => (dir.clone(), Overrides::new(), None),
-        BuildSource::Oci(src) => {
-            let staged = oci::stage(src, &opts.arch, &staging.0.join("oci"))?;
-            add_apptainer_files(&staged.root, &staged.config)?;
-            (staged.root, staged.overrides, Some(staged.config))
+        BuildSource::Oci(src) => stage_image(src, opts, staging)?,
+        BuildSource::Registry(r) => {
+            let pulled = registry::pull(r, &opts.arch, &opts.pull, &staging.0.join("layout"))?;
+            pull = Some(pulled.report);
+            stage_image(&pulled.source, opts, staging)?
         }
     };
     let wopts = WriteOptions {
@@ -193,7 +206,19 @@ pub fn build(
         kind,
         stats,
         bytes,
+        pull,
     })
+}
+
+/// Unpacks an OCI/Docker image into the staging directory, with Apptainer's metadata files.
+fn stage_image(
+    src: &oci::Source,
+    opts: &BuildOptions,
+    staging: &Staging,
+) -> Result<(PathBuf, Overrides, Option<ImageConfig>)> {
+    let staged = oci::stage(src, &opts.arch, &staging.0.join("oci"))?;
+    add_apptainer_files(&staged.root, &staged.config)?;
+    Ok((staged.root, staged.overrides, Some(staged.config)))
 }
 
 /// The bare config object SIF images carry (what SingularityCE stores as oci-config.json).
@@ -310,10 +335,14 @@ mod tests {
             BuildSource::parse("/").unwrap(),
             BuildSource::Directory(_)
         ));
-        assert!(BuildSource::parse("docker://ubuntu")
+        assert!(matches!(
+            BuildSource::parse("docker://ubuntu").unwrap(),
+            BuildSource::Registry(r) if r.repository == "library/ubuntu"
+        ));
+        assert!(BuildSource::parse("docker://Bad:ref:x")
             .unwrap_err()
             .to_string()
-            .contains("not supported yet"));
+            .starts_with("docker://"));
         assert!(BuildSource::parse("/etc/passwd")
             .unwrap_err()
             .to_string()

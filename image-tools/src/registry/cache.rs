@@ -1,0 +1,313 @@
+//! The content-addressed blob cache (`$XDG_CACHE_HOME/launcher/blobs/sha256/<hex>`) and
+//! blob downloads into it: resumable (`<hex>.partial` + `Range:`), locked against a
+//! concurrent build fetching the same blob, verified before they become visible.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::client::{self, Client};
+use super::error::{Error, Result};
+
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// What fetching one blob did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Bytes received from the registry (0 when cached).
+    pub downloaded: u64,
+    /// Where a resumed download started (0 when it did not resume).
+    pub resumed_from: u64,
+    pub cached: bool,
+}
+
+impl Cache {
+    /// `$XDG_CACHE_HOME/launcher`, else `~/.cache/launcher`.
+    pub fn default_dir() -> Result<PathBuf> {
+        let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").and_then(abs) {
+            return Ok(x.join("launcher"));
+        }
+        match std::env::var_os("HOME").and_then(abs) {
+            Some(h) => Ok(h.join(".cache/launcher")),
+            None => Err(Error::Invalid(
+                "no cache directory for pulled images: set XDG_CACHE_HOME or HOME".into(),
+            )),
+        }
+    }
+
+    /// Opens (creating) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Cache> {
+        let dir = root.join("blobs/sha256");
+        fs::create_dir_all(&dir).map_err(Error::io(format!(
+            "creating the blob cache {}",
+            dir.display()
+        )))?;
+        // Absolute, since the image layout links to it from elsewhere.
+        let root = fs::canonicalize(root).map_err(Error::io(format!("{}", root.display())))?;
+        Ok(Cache { root })
+    }
+
+    /// `<root>/blobs`, laid out as an OCI layout's `blobs/`.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// Where a blob (`sha256:<hex>`, already validated) lives.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.blobs_dir().join("sha256").join(hex(digest))
+    }
+
+    /// Whether the cache holds `digest` with the right content. A corrupt copy is removed.
+    pub fn has_valid(&self, digest: &str, size: Option<u64>) -> Result<bool> {
+        let p = self.blob_path(digest);
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(format!("reading {}", p.display()))(e)),
+        };
+        let (actual, len) =
+            hash_reader(f).map_err(Error::io(format!("reading {}", p.display())))?;
+        if actual == hex(digest) && size.is_none_or(|s| s == len) {
+            return Ok(true);
+        }
+        let _ = fs::remove_file(&p);
+        Ok(false)
+    }
+
+    /// Stores a small blob (a manifest) whose digest the caller has checked.
+    pub fn put(&self, digest: &str, data: &[u8]) -> Result<()> {
+        let p = self.blob_path(digest);
+        if p.is_file() {
+            return Ok(());
+        }
+        let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+        fs::write(&tmp, data)
+            .and_then(|()| fs::rename(&tmp, &p))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                Error::io(format!("writing {}", p.display()))(e)
+            })
+    }
+}
+
+/// The bare hex of a `sha256:<hex>` digest.
+fn hex(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((format!("{:x}", h.finalize()), len))
+}
+
+/// Exclusive lock on an open file, released when it is closed.
+fn lock(f: &File, what: &str) -> Result<()> {
+    // SAFETY: flock on a valid open descriptor has no memory-safety preconditions.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    eprintln!("launcher: {what}: waiting for another download of it to finish");
+    // SAFETY: as above.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        return Ok(());
+    }
+    Err(Error::io(format!("{what}: locking the download"))(
+        io::Error::last_os_error(),
+    ))
+}
+
+/// Makes sure the cache holds blob `digest` (`sha256:<hex>`, validated) of `size` bytes.
+pub(crate) fn fetch_blob(
+    client: &mut Client,
+    cache: &Cache,
+    digest: &str,
+    size: Option<u64>,
+    what: &str,
+    bar: &indicatif::ProgressBar,
+) -> Result<Fetched> {
+    if cache.has_valid(digest, size)? {
+        return Ok(Fetched {
+            cached: true,
+            ..Fetched::default()
+        });
+    }
+    let final_path = cache.blob_path(digest);
+    let partial = final_path.with_extension("partial");
+    let perr = |op: &str| Error::io(format!("{what}: {op} {}", partial.display()));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&partial)
+        .map_err(perr("opening"))?;
+    lock(&file, what)?;
+    // Another build may have finished it while we waited for the lock.
+    if cache.has_valid(digest, size)? {
+        let _ = fs::remove_file(&partial);
+        return Ok(Fetched {
+            cached: true,
+            ..Fetched::default()
+        });
+    }
+    // Hash what an earlier, interrupted download left, to continue from there.
+    let mut have = file.metadata().map_err(perr("reading"))?.len();
+    if size.is_some_and(|s| have > s) {
+        file.set_len(0).map_err(perr("truncating"))?;
+        have = 0;
+    }
+    file.seek(SeekFrom::Start(0)).map_err(perr("reading"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    {
+        let mut r = (&mut file).take(have);
+        loop {
+            let n = r.read(&mut buf).map_err(perr("reading"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    // A complete partial whose rename was interrupted: nothing to fetch.
+    if size == Some(have) && format!("{:x}", hasher.clone().finalize()) == hex(digest) {
+        fs::rename(&partial, &final_path).map_err(perr("renaming"))?;
+        return Ok(Fetched {
+            cached: true,
+            ..Fetched::default()
+        });
+    }
+    let resumed_from = have;
+    let mut fetched = Fetched {
+        resumed_from,
+        ..Fetched::default()
+    };
+    if let Some(s) = size {
+        bar.set_length(s);
+    }
+    bar.set_position(have);
+    let mut attempt = 0;
+    let mut use_range = true;
+    loop {
+        // `have == size` (a complete but unrenamed partial) still asks for the tail: a
+        // 416 then says the partial is whole, and the digest check decides.
+        let mut headers = Vec::new();
+        if have > 0 && use_range {
+            headers.push(("Range", format!("bytes={have}-")));
+        }
+        let resp = client.get(&format!("blobs/{digest}"), &headers, what)?;
+        let status = resp.status().as_u16();
+        let restart = |file: &mut File, hasher: &mut Sha256, have: &mut u64| -> Result<()> {
+            file.set_len(0).map_err(perr("truncating"))?;
+            *hasher = Sha256::new();
+            *have = 0;
+            bar.set_position(0);
+            Ok(())
+        };
+        match status {
+            416 if have > 0 && size == Some(have) => break,
+            416 => {
+                // The partial does not fit the blob: start over without a range.
+                restart(&mut file, &mut hasher, &mut have)?;
+                fetched.resumed_from = 0;
+                use_range = false;
+                continue;
+            }
+            206 => {
+                let from = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if from != Some(have) {
+                    restart(&mut file, &mut hasher, &mut have)?;
+                    fetched.resumed_from = 0;
+                    use_range = false;
+                    continue;
+                }
+            }
+            _ if have > 0 => {
+                // The server ignored Range and sends the whole blob.
+                restart(&mut file, &mut hasher, &mut have)?;
+                fetched.resumed_from = 0;
+            }
+            _ => {}
+        }
+        file.seek(SeekFrom::Start(have)).map_err(perr("writing"))?;
+        let mut body = resp.into_body().into_reader();
+        let mut failed = None;
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            if size.is_some_and(|s| have + n as u64 > s) {
+                drop(file);
+                let _ = fs::remove_file(&partial);
+                return Err(Error::Invalid(format!(
+                    "{what}: the registry sent more than the {} bytes the manifest gives; the download was removed",
+                    size.unwrap_or(0)
+                )));
+            }
+            file.write_all(&buf[..n]).map_err(perr("writing"))?;
+            hasher.update(&buf[..n]);
+            have += n as u64;
+            fetched.downloaded += n as u64;
+            bar.set_position(have);
+        }
+        match failed {
+            None => break,
+            // The connection broke mid-blob: go on from what arrived.
+            Some(_) if attempt < 3 => {
+                attempt += 1;
+                client::backoff(attempt);
+            }
+            Some(e) => {
+                return Err(Error::Network(format!(
+                    "{what}: the download broke off after {have} bytes: {e} (run the build again to resume)"
+                )))
+            }
+        }
+    }
+    let actual = format!("{:x}", hasher.finalize());
+    if actual != hex(digest) || size.is_some_and(|s| s != have) {
+        drop(file);
+        let _ = fs::remove_file(&partial);
+        if actual != hex(digest) {
+            return Err(Error::DigestMismatch {
+                what: what.to_string(),
+                expected: digest.to_string(),
+                actual: format!("sha256:{actual}"),
+            });
+        }
+        return Err(Error::Invalid(format!(
+            "{what}: size mismatch: the manifest says {} bytes, the registry sent {have}; the download was removed",
+            size.unwrap_or(0)
+        )));
+    }
+    fs::rename(&partial, &final_path).map_err(perr("renaming"))?;
+    Ok(fetched)
+}
