@@ -253,8 +253,8 @@ fn build_errors_leave_nothing_behind() {
             "/no/such/dir",
         ),
         (
-            vec!["build".into(), o.clone(), "docker://busybox".into()],
-            "not supported yet",
+            vec!["build".into(), o.clone(), "docker://Bad/Name".into()],
+            "malformed repository name",
         ),
         (
             vec![
