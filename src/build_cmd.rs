@@ -36,8 +36,8 @@ pub struct BuildArgs {
     /// Byte-identical output for identical input: times from SOURCE_DATE_EPOCH (or 0).
     #[arg(long)]
     pub reproducible: bool,
-    /// Platform to take from a multi-arch image.
-    #[arg(long, default_value = "amd64")]
+    /// Platform to take from a multi-arch image, and the SIF's arch (default: this host's).
+    #[arg(long, default_value = host_arch())]
     pub arch: String,
     /// docker:// sources: talk plain HTTP to the registry (a local one) instead of HTTPS.
     #[arg(long)]
@@ -45,6 +45,19 @@ pub struct BuildArgs {
     /// Overwrite OUTPUT if it exists.
     #[arg(short = 'F', long)]
     pub force: bool,
+}
+
+/// The host's architecture in Go's (and so SIF's and OCI's) spelling.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "riscv64" => "riscv64",
+        "s390x" => "s390x",
+        other => other,
+    }
 }
 
 pub fn run(args: BuildArgs) -> Result<i32> {
