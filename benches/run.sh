@@ -2,11 +2,12 @@
 # benches/run.sh - measure the launcher against Charliecloud's ch-run and the kernel's squashfs,
 # and write docs/performance.md.
 #
-# Usage (as root, on Debian 12):  benches/run.sh [--quick] [--no-build] [--rebuild-images]
+# Usage (as root, on Debian 12):  benches/run.sh [--quick] [--no-build] [--rebuild-images] [--build]
 #   --quick           fewer runs and smaller images (smoke check, a few minutes)
 #   --no-build        do not run `cargo build --release`; use the existing target/release/launcher
 #   --rebuild-images  rebuild the test images even if an up-to-date copy is in the scratch dir
 #   --output FILE     write the report there instead of docs/performance.md
+#   --build           then run benches/build.sh (launcher build vs mksquashfs, its own report)
 #
 # Environment: LAUNCHER_TEST_USER (name or uid of an existing unprivileged user to measure as;
 # default: create/reuse `launcher-bench`), LAUNCHER_BENCH_DIR (scratch dir, default
@@ -30,13 +31,15 @@ QUICK=0
 BUILD=1
 REBUILD_IMAGES=0
 OUTPUT="$ROOT/docs/performance.md"
+RUN_BUILD=0
 while (($#)); do
     case "$1" in
         --quick) QUICK=1 ;;
         --no-build) BUILD=0 ;;
         --rebuild-images) REBUILD_IMAGES=1 ;;
         --output) OUTPUT=$2; shift ;;
-        -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --build) RUN_BUILD=1 ;;
+        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -643,8 +646,15 @@ CHV=$(USER=root ch-run --version 2>&1 | head -n1)
     echo "## Failures"
     echo
     if ((NFAIL)); then cat "$FAILS"; else echo "None."; fi
+    echo
+    echo "Build times (\`launcher build\` against mksquashfs): [performance-build.md](performance-build.md), from \`benches/build.sh\`."
 } >"$OUTPUT.tmp"
 mv "$OUTPUT.tmp" "$OUTPUT"
 chmod 0644 "$OUTPUT"
 log "wrote $OUTPUT ($((T_END - T_START)) s)"
 cat "$OUTPUT"
+if ((RUN_BUILD)); then # the launcher is built (or not) already: build.sh reuses the binary
+    b_args=(--no-build)
+    ((QUICK)) && b_args+=(--quick)
+    "$ROOT/benches/build.sh" "${b_args[@]}"
+fi
