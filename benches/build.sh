@@ -78,6 +78,8 @@ SEED=20261125
 HF_TIMEOUT=1800 # seconds, per hyperfine invocation
 
 log() { printf '[build.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPORT=$(mktemp)
 FAILS=$(mktemp)
@@ -85,19 +87,6 @@ SUMMARY=$(mktemp)
 NFAIL=0
 cleanup() { rm -f "$REPORT" "$FAILS" "$SUMMARY"; }
 trap cleanup EXIT
-md() { printf '%s\n' "$@" >>"$REPORT"; }
-# fail WHAT COMMAND RC OUTPUT
-fail() {
-    NFAIL=$((NFAIL + 1))
-    log "FAILED: $1 (exit $3)"
-    {
-        printf '%d. **%s** (exit status %s)\n\n' "$NFAIL" "$1" "$3"
-        printf '   ```\n   $ %s\n' "$2"
-        printf '%s\n' "$4" | head -c 3000 | sed 's/^/   /'
-        printf '   ```\n\n'
-    } >>"$FAILS"
-}
-summary() { printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" >>"$SUMMARY"; }
 
 # ---------------------------------------------------------------- 1. packages
 need_pkgs=()
@@ -149,9 +138,6 @@ git -C "$ROOT" diff --quiet HEAD -- . ':!benches' ':!docs' 2>/dev/null || LAUNCH
 
 # ---------------------------------------------------------------- 3. the source tree
 # rand_bytes N SEED: N pseudo-random (incompressible, reproducible) bytes on stdout.
-rand_bytes() {
-    head -c "$1" < <(openssl enc -aes-128-ctr -pbkdf2 -nosalt -pass "pass:$2" </dev/zero 2>/dev/null)
-}
 
 # Word text from a small vocabulary with some numbers: compresses about as source code does
 # (zstd -15 ~0.29, gzip -9 ~0.33 as one stream). awk's srand(SEED) makes it reproducible.
@@ -314,11 +300,6 @@ T_DIRS=$(find "$TREE" -type d | wc -l)
 T_HARD=$(find "$TREE" -type f -links +1 | wc -l)
 
 # ---------------------------------------------------------------- 4. measuring
-fmt_cmd() { # the exact argv, shell-quoted
-    local s="" a
-    for a in "$@"; do s+="$(printf '%q' "$a") "; done
-    printf '%s' "${s% }"
-}
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 secs() { awk -v s="$1" 'BEGIN { printf "%.2f s", s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }

@@ -84,6 +84,8 @@ HF_TIMEOUT=300        # seconds, per hyperfine invocation (a hang is recorded as
 PROBE_TIMEOUT=180     # seconds, per single probe run
 
 log() { printf '[run.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- report accumulation
 REPORT=$(mktemp)
@@ -99,22 +101,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-md() { printf '%s\n' "$@" >>"$REPORT"; }
 
-# fail WHAT COMMAND RC OUTPUT: record a failure (shown in the report and at the end).
-fail() {
-    NFAIL=$((NFAIL + 1))
-    log "FAILED: $1 (exit $3)"
-    {
-        printf '%d. **%s** (exit status %s)\n\n' "$NFAIL" "$1" "$3"
-        printf '   ```\n   $ %s\n' "$2"
-        printf '%s\n' "$4" | head -c 2000 | sed 's/^/   /'
-        printf '   ```\n\n'
-    } >>"$FAILS"
-}
 
-# summary NAME VALUE FASTEST TARGET VERDICT: one line of the summary table.
-summary() { printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" >>"$SUMMARY"; }
 
 # ---------------------------------------------------------------- 1. packages
 need_pkgs=()
@@ -204,11 +192,6 @@ LAUNCHER_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown
 git -C "$ROOT" diff --quiet HEAD -- . ':!benches' ':!docs' 2>/dev/null || LAUNCHER_REV="$LAUNCHER_REV (with uncommitted changes)"
 
 # ---------------------------------------------------------------- 5. images
-# rand_bytes N SEED: N pseudo-random (incompressible, reproducible) bytes on stdout.
-rand_bytes() {
-    head -c "$1" < <(openssl enc -aes-128-ctr -pbkdf2 -nosalt -pass "pass:$2" </dev/zero 2>/dev/null)
-}
-
 mk_rootfs() {
     local r=$1 a
     chmod 0755 "$r" # mktemp -d made it 0700: it becomes the image's root directory
@@ -317,11 +300,6 @@ fi
 # ---------------------------------------------------------------- 7. measuring
 cd "$U_HOME" || exit 1 # the launcher binds the cwd; make it the user's home, as in a job
 
-fmt_cmd() { # the exact argv, shell-quoted
-    local s="" a
-    for a in "$@"; do s+="$(printf '%q' "$a") "; done
-    printf '%s' "${s% }"
-}
 
 # bench ID AS(user|root) COLD(0|1) WARMUP RUNS BASELINE -- NAME CMD [NAME CMD]...
 # Probes each command once (as the user); failing ones are recorded and left out. Then $ROUNDS
