@@ -108,6 +108,9 @@ struct RunOpts {
     /// Do not push small files of listed directories into the page cache.
     #[arg(long, hide = true)]
     fuse_no_push: bool,
+    /// Do not read the command's program ahead.
+    #[arg(long, hide = true)]
+    fuse_no_prefetch: bool,
 }
 
 impl RunOpts {
@@ -139,6 +142,7 @@ impl RunOpts {
                 fuse_threads: self.fuse_threads,
                 fuse_readahead_kib: self.fuse_readahead,
                 fuse_push: !self.fuse_no_push,
+                prefetch: !self.fuse_no_prefetch,
             },
         ))
     }

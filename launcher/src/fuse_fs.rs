@@ -2,8 +2,11 @@
 //!
 //! Node ids are SquashFS inode references (+2, since FUSE reserves 0 and uses 1 for the
 //! root), as squashfuse does: no table from node id to inode to build or keep. The image is
-//! immutable, so the kernel is told to cache everything for as long as it likes.
+//! immutable, so the kernel is told to cache everything for as long as it likes. Mount points
+//! the image lacks are served as virtual nodes (`virtual_nodes`), with ids above any inode
+//! reference.
 
+use crate::virtual_nodes::{Parent, VirtualNodes};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
@@ -27,12 +30,35 @@ thread_local! {
 /// Nothing in the image ever changes while it is mounted.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const ROOT_ID: u64 = 1;
+/// Node ids of virtual nodes: this bit plus their index (inode references use 48 bits).
+const VIRTUAL_BIT: u64 = 1 << 62;
+
+/// One name in a directory listing.
+pub struct Entry {
+    name: Vec<u8>,
+    target: Target,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Image {
+        inode_ref: u64,
+        kind: squashfs::FileType,
+    },
+    Virtual(usize),
+}
+
+/// What a node id names.
+enum Node {
+    Image(Inode),
+    Virtual(usize),
+}
 
 pub struct ImageFs {
     archive: Arc<Archive>,
     root_ref: u64,
     /// Directory listings of open directory handles: one read per opendir, not per readdir call.
-    dirs: Mutex<HashMap<u64, Arc<Vec<squashfs::DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
     next_fh: AtomicU64,
     reported: AtomicBool,
     /// Report every file as owned by this uid/gid instead of the stored owner.
@@ -42,6 +68,9 @@ pub struct ImageFs {
     has_xattrs: bool,
     /// Where small files of listed directories are sent to be pushed into the page cache.
     pusher: Option<crate::push::Pusher>,
+    virt: VirtualNodes,
+    /// Owner of the virtual nodes: the caller.
+    caller: (u32, u32),
 }
 
 impl ImageFs {
@@ -61,7 +90,96 @@ impl ImageFs {
             readahead,
             has_xattrs: archive_has_xattrs,
             pusher: None,
+            virt: VirtualNodes::default(),
+            caller: (0, 0),
         }
+    }
+
+    /// Serve these mount points the image lacks, owned by `caller`.
+    pub fn with_virtual_nodes(mut self, virt: VirtualNodes, caller: (u32, u32)) -> ImageFs {
+        self.virt = virt;
+        self.caller = caller;
+        self
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
+        if ino.0 & VIRTUAL_BIT != 0 {
+            let idx = (ino.0 & !VIRTUAL_BIT) as usize;
+            return self
+                .virt
+                .get(idx)
+                .map(|_| Node::Virtual(idx))
+                .ok_or(Errno::ENOENT);
+        }
+        self.inode(ino).map(Node::Image)
+    }
+
+    fn parent_key(&self, ino: INodeNo) -> Parent {
+        if ino.0 & VIRTUAL_BIT != 0 {
+            Parent::Virtual((ino.0 & !VIRTUAL_BIT) as usize)
+        } else {
+            Parent::Image(self.inode_ref(ino))
+        }
+    }
+
+    fn virtual_attr(&self, idx: usize) -> FileAttr {
+        let (dir, mode) = self
+            .virt
+            .get(idx)
+            .map_or((true, 0o755), |n| (n.dir, n.mode));
+        FileAttr {
+            ino: INodeNo(VIRTUAL_BIT | idx as u64),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: if dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: mode,
+            nlink: if dir { 2 } else { 1 },
+            uid: self.caller.0,
+            gid: self.caller.1,
+            rdev: 0,
+            blksize: self.archive.superblock().block_size,
+            flags: 0,
+        }
+    }
+
+    fn node_attr(&self, node: &Node) -> FileAttr {
+        match node {
+            Node::Image(inode) => self.attr(inode),
+            Node::Virtual(idx) => self.virtual_attr(*idx),
+        }
+    }
+
+    /// A directory's names: the image's, then the virtual nodes placed in it.
+    fn read_listing(&self, ino: INodeNo) -> Result<Vec<Entry>, Errno> {
+        let mut out = Vec::new();
+        if let Node::Image(dir) = self.node(ino)? {
+            for e in self.archive.read_dir(&dir).map_err(|e| self.fail(e))? {
+                out.push(Entry {
+                    name: e.name,
+                    target: Target::Image {
+                        inode_ref: e.inode_ref,
+                        kind: e.kind,
+                    },
+                });
+            }
+        }
+        for &idx in self.virt.children(self.parent_key(ino)) {
+            if let Some(n) = self.virt.get(idx) {
+                out.push(Entry {
+                    name: n.name.clone(),
+                    target: Target::Virtual(idx),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Push small files of listed directories into the page cache (see `push`).
@@ -126,19 +244,18 @@ impl ImageFs {
         if !self.has_xattrs {
             return Err(Errno::ENOSYS);
         }
-        let inode = self.inode(ino)?;
-        self.archive.xattrs(&inode).map_err(|e| self.fail(e))
+        match self.node(ino)? {
+            Node::Image(inode) => self.archive.xattrs(&inode).map_err(|e| self.fail(e)),
+            Node::Virtual(_) => Ok(Vec::new()),
+        }
     }
 
-    fn listing(&self, fh: FileHandle, ino: INodeNo) -> Result<Arc<Vec<squashfs::DirEntry>>, Errno> {
+    fn listing(&self, fh: FileHandle, ino: INodeNo) -> Result<Arc<Vec<Entry>>, Errno> {
         if let Some(l) = self.dirs.lock().map_err(|_| Errno::EIO)?.get(&fh.0) {
             return Ok(l.clone());
         }
         // Not opened through opendir (should not happen): read it now.
-        let dir = self.inode(ino)?;
-        Ok(Arc::new(
-            self.archive.read_dir(&dir).map_err(|e| self.fail(e))?,
-        ))
+        Ok(Arc::new(self.read_listing(ino)?))
     }
 }
 
@@ -182,11 +299,17 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = self.inode(parent).and_then(|dir| {
-            self.archive
+        if let Some(idx) = self.virt.child(self.parent_key(parent), name.as_bytes()) {
+            return reply.entry(&TTL, &self.virtual_attr(idx), Generation(0));
+        }
+        let result = match self.node(parent) {
+            Ok(Node::Image(dir)) => self
+                .archive
                 .lookup(&dir, name.as_bytes())
-                .map_err(|e| self.fail(e))
-        });
+                .map_err(|e| self.fail(e)),
+            Ok(Node::Virtual(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(Some(inode)) => {
                 let attr = self.attr(&inode);
@@ -202,17 +325,19 @@ impl Filesystem for ImageFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino) {
-            Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &self.node_attr(&node)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self
-            .inode(ino)
-            .and_then(|i| self.archive.read_link(&i).map_err(|e| self.fail(e)))
-        {
+        let target = match self.node(ino) {
+            Ok(Node::Image(i)) => self.archive.read_link(&i).map_err(|e| self.fail(e)),
+            Ok(Node::Virtual(_)) => Err(Errno::EINVAL),
+            Err(e) => Err(e),
+        };
+        match target {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
         }
@@ -236,8 +361,10 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let inode = match self.inode(ino) {
-            Ok(i) => i,
+        let inode = match self.node(ino) {
+            Ok(Node::Image(i)) => i,
+            // Virtual files are empty.
+            Ok(Node::Virtual(_)) => return reply.data(&[]),
             Err(e) => return reply.error(e),
         };
         let len = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
@@ -256,10 +383,7 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let entries = match self
-            .inode(ino)
-            .and_then(|d| self.archive.read_dir(&d).map_err(|e| self.fail(e)))
-        {
+        let entries = match self.read_listing(ino) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
@@ -303,8 +427,11 @@ impl Filesystem for ImageFs {
             off = 2;
         }
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            let id = INodeNo(self.node_id(e.inode_ref));
-            if reply.add(id, i as u64 + 3, kind(e.kind), OsStr::from_bytes(&e.name)) {
+            let (id, k) = match e.target {
+                Target::Image { inode_ref, kind: k } => (self.node_id(inode_ref), kind(k)),
+                Target::Virtual(idx) => (VIRTUAL_BIT | idx as u64, self.virtual_attr(idx).kind),
+            };
+            if reply.add(INodeNo(id), i as u64 + 3, k, OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
@@ -323,8 +450,8 @@ impl Filesystem for ImageFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        let dir_attr = match self.inode(ino) {
-            Ok(d) => self.attr(&d),
+        let dir_attr = match self.node(ino) {
+            Ok(d) => self.node_attr(&d),
             Err(e) => return reply.error(e),
         };
         let mut off = offset;
@@ -343,9 +470,25 @@ impl Filesystem for ImageFs {
         let mut small: crate::push::Batch = Vec::new();
         let mut small_bytes = 0;
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            let inode = match self.archive.inode(e.inode_ref) {
-                Ok(i) => i,
-                Err(err) => return reply.error(self.fail(err)),
+            let inode = match e.target {
+                Target::Image { inode_ref, .. } => match self.archive.inode(inode_ref) {
+                    Ok(i) => i,
+                    Err(err) => return reply.error(self.fail(err)),
+                },
+                Target::Virtual(idx) => {
+                    let attr = self.virtual_attr(idx);
+                    if reply.add(
+                        attr.ino,
+                        i as u64 + 3,
+                        OsStr::from_bytes(&e.name),
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    continue;
+                }
             };
             let attr = self.attr(&inode);
             if reply.add(

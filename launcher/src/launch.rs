@@ -32,6 +32,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_threads,
         fuse_readahead: tuning.fuse_readahead_kib.saturating_mul(1024),
         fuse_push: tuning.fuse_push,
+        prefetch: tuning.prefetch,
     };
     supervisor::launch(&plan, image.archive.clone(), &settings)
 }
@@ -43,6 +44,8 @@ pub struct Tuning {
     pub fuse_readahead_kib: u32,
     /// Push small files of listed directories into the page cache.
     pub fuse_push: bool,
+    /// Read the command's program ahead while the root is built.
+    pub prefetch: bool,
 }
 
 /// Enough workers that one slow decompression does not stall other readers, few enough

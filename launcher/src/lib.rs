@@ -20,3 +20,4 @@ pub mod push;
 pub mod rootfs;
 pub mod supervisor;
 pub mod syscalls;
+pub mod virtual_nodes;

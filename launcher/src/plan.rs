@@ -41,8 +41,9 @@ pub struct Plan {
     /// `--writable-tmpfs`: the root stays writable (changes vanish at exit).
     pub writable_root: bool,
     pub mounts: Vec<MountStep>,
-    /// Mount points the image lacks, made in the overlay's upper layer before it is mounted.
-    /// Empty and not writable: the image is used directly as the root, with no overlay.
+    /// Mount points the image lacks. A read-only root: the FUSE server shows them as virtual
+    /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
+    /// the overlay's upper layer before it is mounted.
     pub upper: Vec<UpperNode>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
@@ -318,7 +319,7 @@ fn program_in_image(
 
 impl Plan {
     pub fn needs_overlay(&self) -> bool {
-        self.writable_root || !self.upper.is_empty()
+        self.writable_root
     }
 }
 

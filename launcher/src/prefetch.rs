@@ -16,7 +16,8 @@ use std::sync::Arc;
 /// Larger programs are left to the kernel's readahead: reading all of a big program would
 /// cost more than the part its start-up touches, and take CPU from ranks on a full node.
 const MAX_PREFETCH: u64 = 8 << 20;
-const CHUNK: usize = 1 << 20;
+/// Threads decompressing one program.
+const MAX_THREADS: usize = 4;
 /// ELF headers and PT_INTERP sit at the start of the file.
 const HEAD: usize = 64 << 10;
 
@@ -46,21 +47,45 @@ fn warm(archive: &Archive, path: &str) -> Option<(Inode, Option<String>)> {
     if inode.kind != FileType::File || inode.size > MAX_PREFETCH {
         return None;
     }
-    let mut head = Vec::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    while offset < inode.size {
-        let n = archive.read_at(&inode, offset, &mut buf).ok()?;
-        if n == 0 {
-            break;
+    // Several threads take interleaved block-sized pieces (the exec's page faults wait for a
+    // block being read here rather than decompress it again); the first piece gives the head.
+    let piece = u64::from(archive.superblock().block_size).max(4096);
+    let pieces = inode.size.div_ceil(piece);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_THREADS) as u64;
+    let head = std::thread::scope(|scope| {
+        for t in 1..threads {
+            let inode = &inode;
+            scope.spawn(move || read_pieces(archive, inode, piece, pieces, t, threads));
         }
-        if head.len() < HEAD {
-            head.extend_from_slice(&buf[..n.min(HEAD - head.len())]);
-        }
-        offset += n as u64;
-    }
+        read_pieces(archive, &inode, piece, pieces, 0, threads)
+    })?;
     let interp = interpreter(&head);
     Some((inode, interp))
+}
+
+/// Read pieces `first, first+step, ...` through the cache; return the first piece's bytes
+/// (the file's head when `first` is 0).
+fn read_pieces(
+    archive: &Archive,
+    inode: &Inode,
+    piece: u64,
+    pieces: u64,
+    first: u64,
+    step: u64,
+) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; piece as usize];
+    let mut head = None;
+    let mut i = first;
+    while i < pieces {
+        let n = archive.read_at(inode, i * piece, &mut buf).ok()?;
+        if head.is_none() {
+            head = Some(buf[..n.min(HEAD)].to_vec());
+        }
+        i += step;
+    }
+    head.or_else(|| Some(Vec::new()))
 }
 
 /// The program that runs this file: its ELF PT_INTERP, or the `#!` interpreter of a script.

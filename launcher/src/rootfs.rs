@@ -217,8 +217,8 @@ mod tests {
         let calls = rec.calls.into_inner();
         let text = calls.join("\n");
         let expect = [
-            "mkdir /rw/upper/data 755",
-            "mount overlay /newroot overlay MsFlags(MS_NOSUID | MS_NODEV) lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work,userxattr",
+            // Read-only: the image itself is the root; missing mount points are virtual nodes.
+            "mount /image /newroot - MsFlags(MS_BIND) -",
             "mount /oldroot/proc /newroot/proc - MsFlags(MS_BIND | MS_REC) -",
             "mount /oldroot/srv/data /newroot/data - MsFlags(MS_BIND | MS_REC) -",
             "readonly /newroot/data recursive=true",
@@ -247,10 +247,17 @@ mod tests {
     fn writable_root_stays_writable() {
         let rec = Recorder::default();
         assemble(&rec, &plan(vec![], true), &Layout::in_staging()).unwrap();
-        assert!(!rec
-            .calls
-            .borrow()
+        let calls = rec.calls.borrow();
+        assert!(!calls.iter().any(|c| c.starts_with("readonly /newroot")));
+        // The overlay's upper layer gets the missing mount points first.
+        let mkdir = calls
             .iter()
-            .any(|c| c.starts_with("readonly /newroot")));
+            .position(|c| c == "mkdir /rw/upper/data 755")
+            .unwrap();
+        let overlay = calls
+            .iter()
+            .position(|c| c.starts_with("mount overlay /newroot overlay"))
+            .unwrap();
+        assert!(mkdir < overlay, "{calls:?}");
     }
 }

@@ -50,6 +50,7 @@ pub struct LaunchSettings {
     /// Kernel readahead for the image, in bytes.
     pub fuse_readahead: u32,
     pub fuse_push: bool,
+    pub prefetch: bool,
 }
 
 /// Launch the plan and return the exit status to leave with.
@@ -99,6 +100,11 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     if settings.fuse_push {
         fs = fs.with_pusher(pusher.clone());
     }
+    if !plan.needs_overlay() {
+        let virt = crate::virtual_nodes::VirtualNodes::build(&archive_for_prefetch, &plan.upper)
+            .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
+        fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
+    }
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
     let notifier = session.notifier();
@@ -134,7 +140,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
                 .spawn()
                 .context("starting the FUSE server threads")?;
             debug::step("parent: FUSE server threads started");
-            if let Some(program) = &plan.program {
+            if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
                 crate::prefetch::spawn(
                     archive_for_prefetch.clone(),
                     program.clone(),
