@@ -228,6 +228,12 @@ fn openat2_in_root(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
 /// is followed by hand, inside the root, so its target gets created instead.
 fn resolve_in_root(root: &Path, dst: &Path, kind: NodeKind) -> Result<OwnedFd> {
     let root_fd = open_dir(root)?;
+    // Usually the whole path exists: one call, no walk.
+    match openat2_in_root(&root_fd, dst) {
+        Ok(fd) => return Ok(fd),
+        Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => bail!("{}: {e}", dst.display()),
+    }
     let mut want: Vec<PathBuf> = dst
         .components()
         .filter_map(|c| match c {
