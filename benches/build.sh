@@ -111,20 +111,7 @@ fi
 mkdir -p "$SCRATCH/bin" "$OUTD"
 BUILD_NOTE="not built by this run (--no-build)"
 if ((BUILD)); then
-    CARGO=$(command -v cargo || true)
-    [[ -z $CARGO && -x $HOME/.cargo/bin/cargo ]] && CARGO=$HOME/.cargo/bin/cargo
-    if [[ -z $CARGO ]]; then
-        echo "build.sh: cargo not found (install Rust with rustup, or pass --no-build)" >&2
-        exit 1
-    fi
-    log "building the launcher (cargo build --release)"
-    t0=$(date +%s)
-    if out=$(cd "$ROOT" && "$CARGO" build --release 2>&1); then
-        BUILD_NOTE="built by this run: \`cargo build --release\` ($(($(date +%s) - t0)) s)"
-    else
-        fail "cargo build --release" "cd $ROOT && cargo build --release" 1 "$(tail -n 30 <<<"$out")"
-        BUILD_NOTE="BUILD FAILED (see Failures); measured an older binary if one was there"
-    fi
+    build_launcher
 fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/launcher"
 if [[ -x $BIN ]]; then

@@ -31,3 +31,25 @@ fmt_cmd() {
     for a in "$@"; do s+="$(printf '%q' "$a") "; done
     printf '%s' "${s% }"
 }
+
+# build_launcher: `cargo build --release` at $ROOT, recording how in BUILD_NOTE (a failure is
+# recorded with `fail`, and the binary already there, if any, is measured). Needs cargo: a
+# toolchain cannot be downloaded on these machines, so a missing one is an error.
+# shellcheck disable=SC2034  # BUILD_NOTE is read by the calling script
+build_launcher() {
+    local cargo out t0
+    cargo=$(command -v cargo || true)
+    [[ -z $cargo && -x $HOME/.cargo/bin/cargo ]] && cargo=$HOME/.cargo/bin/cargo
+    if [[ -z $cargo ]]; then
+        echo "$(basename "$0"): cargo not found: install Rust >= 1.85 (rustup), or pass --no-build" >&2
+        exit 1
+    fi
+    log "building the launcher (cargo build --release)"
+    t0=$(date +%s)
+    if out=$(cd "$ROOT" && "$cargo" build --release 2>&1); then
+        BUILD_NOTE="built by this run: \`cargo build --release\` ($(($(date +%s) - t0)) s)"
+    else
+        fail "cargo build --release" "cd $ROOT && cargo build --release" 1 "$(tail -n 30 <<<"$out")"
+        BUILD_NOTE="BUILD FAILED (see Failures); measured an older binary if one was there"
+    fi
+}

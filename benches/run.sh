@@ -163,23 +163,7 @@ chmod 0755 "$SCRATCH" "$SCRATCH/bin" "$IMG"
 chown "$U_UID:$U_GID" "$RES"
 BUILD_NOTE="not built by this run (--no-build)"
 if ((BUILD)); then
-    CARGO=$(command -v cargo || true)
-    [[ -z $CARGO && -x $HOME/.cargo/bin/cargo ]] && CARGO=$HOME/.cargo/bin/cargo
-    if [[ -z $CARGO ]]; then
-        # Debian 12's own Rust (1.63) is older than the workspace's rust-version: use rustup.
-        log "cargo not found: installing a Rust toolchain with rustup"
-        command -v curl >/dev/null || apt-get install -y --no-install-recommends curl ca-certificates >/dev/null
-        curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null 2>&1
-        CARGO=$HOME/.cargo/bin/cargo
-    fi
-    log "building the launcher (cargo build --release)"
-    t0=$(date +%s)
-    if out=$(cd "$ROOT" && "$CARGO" build --release 2>&1); then
-        BUILD_NOTE="built by this run: \`cargo build --release\` ($(($(date +%s) - t0)) s)"
-    else
-        fail "cargo build --release" "cd $ROOT && cargo build --release" 1 "$(tail -n 30 <<<"$out")"
-        BUILD_NOTE="BUILD FAILED (see Failures); measured an older binary if one was there"
-    fi
+    build_launcher
 fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/launcher"
 if [[ -x $BIN ]]; then
