@@ -210,7 +210,7 @@ fn stream_sha256(sif: &SifFile, file: &File, d: &sif::Descriptor, shown: &str) -
 
 fn sha256_of(data: &ObjectData) -> Result<String> {
     match data {
-        ObjectData::Bytes(b) => Ok(format!("sha256:{}", hex(&Sha256::digest(b)))),
+        ObjectData::Bytes(b) => Ok(format!("sha256:{:x}", Sha256::digest(b))),
         ObjectData::File { path, len } => {
             let f = File::open(path).map_err(|e| io_err(path, e))?;
             hash_reader(&mut f.take(*len)).map_err(|e| io_err(path, e))
@@ -228,11 +228,7 @@ fn hash_reader(r: &mut dyn Read) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(format!("sha256:{}", hex(&h.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(format!("sha256:{:x}", h.finalize()))
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
