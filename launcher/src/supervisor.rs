@@ -55,7 +55,8 @@ pub struct LaunchSettings {
 
 /// Launch the plan and return the exit status to leave with.
 pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> Result<i32> {
-    let archive_for_prefetch = archive.clone();
+    // The reader, shared with the virtual mount points, the prefetch and the push threads.
+    let shared_archive = archive.clone();
     enter_user_namespace(plan.uid, plan.gid)?;
     debug::step("user and mount namespaces entered");
     let sys = Real {
@@ -101,7 +102,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
         fs = fs.with_pusher(pusher.clone());
     }
     if !plan.needs_overlay() {
-        let virt = crate::virtual_nodes::VirtualNodes::build(&archive_for_prefetch, &plan.upper)
+        let virt = crate::virtual_nodes::VirtualNodes::build(&shared_archive, &plan.upper)
             .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
@@ -142,7 +143,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
             debug::step("parent: FUSE server threads started");
             if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
                 crate::prefetch::spawn(
-                    archive_for_prefetch.clone(),
+                    shared_archive.clone(),
                     program.clone(),
                     settings.fuse_push.then(|| pusher.clone()),
                 );
@@ -150,7 +151,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
             // The push thread lives as long as the launcher (it holds a sender itself).
             let _ = std::thread::Builder::new()
                 .name("push".into())
-                .spawn(move || crate::push::run(push_rx, pusher, notifier, archive_for_prefetch));
+                .spawn(move || crate::push::run(push_rx, pusher, notifier, shared_archive));
             supervise(child, &forwarded)
         }
     }
