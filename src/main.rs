@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use launcher_runtime::bind::{parse_bind_list, BindSpec};
 use launcher_runtime::environment;
 use launcher_runtime::launch::{self, Tuning};
-use launcher_runtime::options::{Action, LaunchOptions};
+use launcher_runtime::options::{Action, GpuVendor, LaunchOptions};
 use std::path::PathBuf;
 
 /// Exit status for the launcher's own failures (bad image, bad option, no namespaces, ...).
@@ -99,6 +99,22 @@ struct RunOpts {
     /// Read NAME=VALUE lines from a file.
     #[arg(long = "env-file", value_name = "FILE")]
     env_file: Vec<PathBuf>,
+    /// Bring in the host's GPU stack: CDI specs if the host has them, else the driver
+    /// libraries (via the ld.so cache), programs and device nodes of NVIDIA and/or AMD.
+    #[arg(long)]
+    gpu: bool,
+    /// --gpu for NVIDIA only.
+    #[arg(long)]
+    nv: bool,
+    /// --gpu for AMD ROCm only.
+    #[arg(long)]
+    rocm: bool,
+    /// No GPU, even when the site config turns --gpu on by default.
+    #[arg(long, conflicts_with_all = ["gpu", "nv", "rocm"])]
+    no_gpu: bool,
+    /// A CDI device: vendor/class=name, e.g. nvidia.com/gpu=0 (repeatable).
+    #[arg(long = "device", value_name = "CDI_NAME")]
+    device: Vec<String>,
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
@@ -130,6 +146,17 @@ impl RunOpts {
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
         o.cleanenv = self.cleanenv;
+        o.gpu = match (self.gpu || (self.nv && self.rocm), self.nv, self.rocm) {
+            (true, _, _) => Some(GpuVendor::Any),
+            (false, true, _) => Some(GpuVendor::Nvidia),
+            (false, _, true) => Some(GpuVendor::Amd),
+            _ => None,
+        };
+        o.no_gpu = self.no_gpu;
+        for d in &self.device {
+            launcher_runtime::cdi::parse_device_name(d)?;
+        }
+        o.devices = self.device;
         for f in &self.env_file {
             o.env.extend(environment::read_env_file(f)?);
         }

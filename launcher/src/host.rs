@@ -26,6 +26,10 @@ pub struct HostInfo {
     pub group_names: Vec<(u32, String)>,
     /// Host files that are bound by default when they exist.
     pub existing_etc: Vec<PathBuf>,
+    /// The site configuration (system file, then the user's).
+    pub site: crate::site_config::SiteConfig,
+    /// Host files to bring in (GPU, MPI), gathered once the options are known.
+    pub injection: crate::injection::Injection,
 }
 
 impl HostInfo {
@@ -72,7 +76,10 @@ impl HostInfo {
             .map(PathBuf::from)
             .filter(|p| p.exists())
             .collect();
+        let site = crate::site_config::SiteConfig::load(&env, &home)?;
         Ok(HostInfo {
+            site,
+            injection: Default::default(),
             uid: uid.as_raw(),
             gid: gid.as_raw(),
             groups,

@@ -12,7 +12,8 @@ use anyhow::Result;
 /// Run the launch and return the exit status the launcher should leave with.
 pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32> {
     debug::enable(debug);
-    let host = HostInfo::gather()?;
+    let mut host = HostInfo::gather()?;
+    host.injection = crate::gpu::gather(opts, &host)?;
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
     debug::step(format_args!("image opened ({})", image.desc().format));

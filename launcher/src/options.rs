@@ -13,6 +13,17 @@ pub enum Action {
     Shell,
 }
 
+/// Which GPU stack `--gpu` brings in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuVendor {
+    /// `--gpu`: whichever the host has (NVIDIA, AMD, or both).
+    Any,
+    /// `--nv`.
+    Nvidia,
+    /// `--rocm`.
+    Amd,
+}
+
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
     pub image: PathBuf,
@@ -29,6 +40,12 @@ pub struct LaunchOptions {
     pub cleanenv: bool,
     /// `--env-file` entries then `--env` entries, in that order (later wins).
     pub env: Vec<(String, String)>,
+    /// `--gpu`, `--nv`, `--rocm` (None: the site config's default).
+    pub gpu: Option<GpuVendor>,
+    /// `--no-gpu`: off even when the site config turns it on by default.
+    pub no_gpu: bool,
+    /// `--device vendor/class=name`: CDI devices.
+    pub devices: Vec<String>,
 }
 
 impl LaunchOptions {
@@ -44,6 +61,9 @@ impl LaunchOptions {
             writable_tmpfs: false,
             cleanenv: false,
             env: Vec::new(),
+            gpu: None,
+            no_gpu: false,
+            devices: Vec::new(),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Plan {
     pub argv: Vec<String>,
     /// The program inside the image that argv[0] names (PATH searched), read ahead at start-up.
     pub program: Option<String>,
+    /// Site config and host integration (GPU, CDI): what was brought in, for --debug.
+    pub injected: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -221,6 +223,8 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         dst: "/etc/group".into(),
         content: etc_files::group(image_group.as_deref(), host),
     });
+    let mut injected = Vec::new();
+    crate::injection::add_mounts(opts, host, image, &mut mounts, &mut injected, &mut warnings)?;
     mounts.extend(user_mounts);
 
     // Environment.
@@ -254,7 +258,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     if opts.action == Action::Shell {
         launcher_vars.push(("PS1".to_string(), "Launcher> ".to_string()));
     }
-    let env = environment::compute(&EnvInputs {
+    let mut env = environment::compute(&EnvInputs {
         host: &host.env,
         cleanenv: opts.cleanenv,
         image_oci_env: &oci_env,
@@ -262,6 +266,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         user: &opts.env,
         launcher: &launcher_vars,
     });
+    crate::injection::edit_env(&mut env, opts, host);
 
     let upper = upper_nodes(&mounts, image)?;
 
@@ -290,6 +295,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         cwd_fallbacks,
         argv,
         program,
+        injected,
         warnings,
     })
 }
@@ -526,6 +532,12 @@ impl fmt::Display for Plan {
                 "  program in the image: {p} (read ahead while the root is built)"
             )?;
         }
+        if !self.injected.is_empty() {
+            writeln!(f, "  host integration:")?;
+            for line in &self.injected {
+                writeln!(f, "    {line}")?;
+            }
+        }
         writeln!(f, "  env:")?;
         for (k, v) in &self.env {
             writeln!(f, "    {k}={v}")?;
@@ -560,6 +572,8 @@ mod tests {
                 ("FOO".into(), "1".into()),
             ],
             group_names: vec![(4242, "alice".into())],
+            site: Default::default(),
+            injection: Default::default(),
             existing_etc: vec!["/etc/hosts".into()],
         }
     }

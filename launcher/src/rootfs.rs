@@ -176,6 +176,7 @@ mod tests {
             cwd_fallbacks: vec![],
             argv: vec!["true".into()],
             program: None,
+            injected: vec![],
             warnings: vec![],
         }
     }
