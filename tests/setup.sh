@@ -44,7 +44,7 @@ chmod 0666 /dev/fuse
 # start together); a rebuild goes to a new directory that replaces the old one at the end.
 exec 9>"$FIXTURES.lock"
 flock 9
-stamp_name=".setup-$(sha256sum "$0" | cut -c1-16)"
+stamp_name=".setup-$(cat "$0" "$HERE"/setup-*.sh "$HERE"/fixtures/*/* 2>/dev/null | sha256sum | cut -c1-16)"
 if [ -e "$FIXTURES/$stamp_name" ]; then
     echo "tests/setup.sh: fixtures up to date in $FIXTURES"
     exit 0
@@ -146,6 +146,8 @@ unsquashfs -l -d '' "$FIXTURES/busybox-gzip.sqfs" | grep '^/' | sort >"$FIXTURES
 cp "$HERE/../../shared/testdata/sif/singularityce-busybox-amd64.sif" "$FIXTURES/" 2>/dev/null ||
     cp /work/shared/testdata/sif/singularityce-busybox-amd64.sif "$FIXTURES/" 2>/dev/null ||
     echo "tests/setup.sh: note: shared/testdata/sif not found; the SingularityCE image test will fail" >&2
+
+bash "$HERE/setup-gpu.sh" "$FIXTURES/gpu" "$final/gpu" "$BUSYBOX"
 
 echo "$TEST_USER" >"$FIXTURES/user"
 chmod -R a+rX "$FIXTURES"
