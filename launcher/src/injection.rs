@@ -221,6 +221,7 @@ pub fn add_mounts(
         origin: "site config".into(),
     });
     let inj = &host.injection;
+    let mut unbound: Vec<String> = Vec::new();
     for d in site_devices.chain(inj.devices.iter().cloned()) {
         if !d.host.exists() {
             warnings.push(format!(
@@ -239,13 +240,7 @@ pub fn add_mounts(
                 continue;
             }
             if !dst.exists() {
-                warnings.push(format!(
-                    "device {} -> {} ({}): /dev is the host's without --contain and has no {}: not bound",
-                    d.host.display(),
-                    dst.display(),
-                    d.origin,
-                    dst.display()
-                ));
+                unbound.push(dst.display().to_string());
                 continue;
             }
         }
@@ -256,6 +251,12 @@ pub fn add_mounts(
             dst,
             readonly: false,
         });
+    }
+    if !unbound.is_empty() {
+        warnings.push(format!(
+            "devices not bound: /dev is the host's without --contain and has no {}",
+            unbound.join(" ")
+        ));
     }
     if inj.is_empty() {
         return Ok(());
@@ -545,7 +546,7 @@ mod plan_tests {
         assert!(
             p.warnings
                 .iter()
-                .any(|w| w.contains("/dev is the host's without --contain")),
+                .any(|w| w.contains("/dev is the host's without --contain and has no /dev/nvidia0")),
             "{:?}",
             p.warnings
         );
