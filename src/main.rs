@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use launcher_runtime::bind::{parse_bind_list, BindSpec};
 use launcher_runtime::environment;
 use launcher_runtime::launch::{self, Tuning};
-use launcher_runtime::options::{Action, GpuVendor, LaunchOptions};
+use launcher_runtime::options::{Action, GpuVendor, LaunchOptions, MpiMode};
 use std::path::PathBuf;
 
 /// Exit status for the launcher's own failures (bad image, bad option, no namespaces, ...).
@@ -112,6 +112,14 @@ struct RunOpts {
     /// No GPU, even when the site config turns --gpu on by default.
     #[arg(long, conflicts_with_all = ["gpu", "nv", "rocm"])]
     no_gpu: bool,
+    /// Bind the host's MPI library, its dependencies and plugins, and the interconnect
+    /// devices, over the image's MPI after an ABI check; `--mpi=force` skips the check.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "on",
+          value_parser = ["on", "force"], value_name = "force")]
+    mpi: Option<String>,
+    /// No MPI injection, even when the site config turns --mpi on by default.
+    #[arg(long, conflicts_with = "mpi")]
+    no_mpi: bool,
     /// A CDI device: vendor/class=name, e.g. nvidia.com/gpu=0 (repeatable).
     #[arg(long = "device", value_name = "CDI_NAME")]
     device: Vec<String>,
@@ -157,6 +165,11 @@ impl RunOpts {
             launcher_runtime::cdi::parse_device_name(d)?;
         }
         o.devices = self.device;
+        o.mpi = self.mpi.as_deref().map(|m| match m {
+            "force" => MpiMode::Force,
+            _ => MpiMode::On,
+        });
+        o.no_mpi = self.no_mpi;
         for f in &self.env_file {
             o.env.extend(environment::read_env_file(f)?);
         }

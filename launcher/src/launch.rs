@@ -17,6 +17,9 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
     debug::step(format_args!("image opened ({})", image.desc().format));
+    // MPI is checked against the image's own MPI, so it is gathered once the image is open.
+    host.injection
+        .extend(crate::mpi::gather(opts, &host, &image)?);
     let plan = plan::build(opts, &host, &image)?;
     debug::step("plan built");
     if debug {

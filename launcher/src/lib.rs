@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod launch;
 pub mod ld_cache;
 pub mod mount_points;
+pub mod mpi;
 pub mod options;
 pub mod plan;
 pub mod prefetch;

@@ -24,6 +24,13 @@ pub enum GpuVendor {
     Amd,
 }
 
+/// `--mpi` (check the ABI) or `--mpi=force` (inject even when it does not match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MpiMode {
+    On,
+    Force,
+}
+
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
     pub image: PathBuf,
@@ -46,6 +53,10 @@ pub struct LaunchOptions {
     pub no_gpu: bool,
     /// `--device vendor/class=name`: CDI devices.
     pub devices: Vec<String>,
+    /// `--mpi[=force]` (None: the site config's default).
+    pub mpi: Option<MpiMode>,
+    /// `--no-mpi`: off even when the site config turns it on by default.
+    pub no_mpi: bool,
 }
 
 impl LaunchOptions {
@@ -64,6 +75,8 @@ impl LaunchOptions {
             gpu: None,
             no_gpu: false,
             devices: Vec::new(),
+            mpi: None,
+            no_mpi: false,
         }
     }
 }
