@@ -148,6 +148,7 @@ cp "$HERE/../../shared/testdata/sif/singularityce-busybox-amd64.sif" "$FIXTURES/
     echo "tests/setup.sh: note: shared/testdata/sif not found; the SingularityCE image test will fail" >&2
 
 bash "$HERE/setup-gpu.sh" "$FIXTURES/gpu" "$final/gpu" "$BUSYBOX"
+bash "$HERE/setup-fakempi.sh" "$FIXTURES/fakempi" "$BUSYBOX"
 
 echo "$TEST_USER" >"$FIXTURES/user"
 chmod -R a+rX "$FIXTURES"

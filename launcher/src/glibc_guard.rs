@@ -80,6 +80,11 @@ pub fn needs_of_file(path: &Path) -> Result<GlibcNeeds> {
 /// The glibc versions an ELF image needs (none for a static or non-glibc file).
 pub fn needs_of(bytes: &[u8]) -> Result<GlibcNeeds> {
     let elf = Elf::parse(bytes).context("not an ELF file")?;
+    Ok(needs_of_elf(&elf))
+}
+
+/// The same, from an ELF already parsed (the MPI closure walk parses each file once).
+pub fn needs_of_elf(elf: &Elf) -> GlibcNeeds {
     let mut out = GlibcNeeds::default();
     if let Some(verneed) = &elf.verneed {
         for need in verneed.iter() {
@@ -95,7 +100,7 @@ pub fn needs_of(bytes: &[u8]) -> Result<GlibcNeeds> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// The versions a libc.so.6 defines.

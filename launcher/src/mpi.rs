@@ -9,6 +9,7 @@
 //! Cray MPICH, MVAPICH), Open MPI's (libmpi.so.40), or the MPI-5 standard ABI (libmpi_abi.so).
 //! docs/mpi.md explains the models, the table and what is bound.
 
+use crate::glibc_guard::GlibcNeeds;
 use crate::host::HostInfo;
 use crate::image_view::ImageView;
 use crate::injection::{HostBind, HostFile, Injection};
@@ -281,7 +282,12 @@ pub fn gather(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> R
         inj.warnings.push(format!("{msg}; MPI not injected"));
         return Ok(inj);
     }
+    crate::debug::step(format_args!(
+        "mpi: {} host MPI libraries found",
+        found.mpis.len()
+    ));
     let image_libs = ImageLibs::read(image)?;
+    crate::debug::step("mpi: image's libraries listed");
     let (host_i, image_i, forced) =
         match decide(&found.mpis, &image_libs.mpis, mode == MpiMode::Force) {
             Decision::Refuse(msg) if explicit => bail!("{msg}"),
@@ -377,6 +383,11 @@ pub fn gather(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> R
         }
         closure.walk(search, &cache, &keep_image);
     }
+    crate::debug::step(format_args!(
+        "mpi: closure walked ({} libraries, {} plugin directories)",
+        closure.libs.len(),
+        plugin_dirs.len()
+    ));
     for n in &closure.kept {
         inj.notes
             .push(format!("mpi: {n}: the image's copy is kept"));
@@ -388,7 +399,10 @@ pub fn gather(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> R
         ));
     }
     for (name, path) in &closure.libs {
-        let glibc = crate::glibc_guard::needs_of_file(path)?;
+        let glibc = match closure.glibc.get(path) {
+            Some(g) => g.clone(),
+            None => crate::glibc_guard::needs_of_file(path)?,
+        };
         inj.libs.push(HostFile {
             name: name.clone(),
             host: path.clone(),
@@ -471,7 +485,10 @@ fn host_libraries(listed: &[String], search: &[PathBuf], cache: &LdCache) -> Res
             let Ok(real) = std::fs::canonicalize(&path) else {
                 continue;
             };
-            let info = match ElfInfo::read(&real) {
+            // Symbols only settle libmpi.so.12 (MPICH ABI, or Open MPI 1.10): scanning a
+            // 40 MB libmpich's symbol table on every launch is not free.
+            let ambiguous = name == "libmpi.so.12" || name == "libmpi.so";
+            let info = match ElfInfo::read_with(&real, ambiguous) {
                 Ok(i) => i,
                 Err(_) => continue, // a linker script or a stray file with a library's name
             };
@@ -572,11 +589,17 @@ struct ElfInfo {
     needed: Vec<String>,
     /// DT_RUNPATH (or DT_RPATH), `$ORIGIN` expanded.
     runpath: Vec<PathBuf>,
+    /// From the exported symbols; only read when asked for (`with_family`).
     family: Option<Family>,
+    glibc: GlibcNeeds,
 }
 
 impl ElfInfo {
     fn read(path: &Path) -> Result<ElfInfo> {
+        Self::read_with(path, false)
+    }
+
+    fn read_with(path: &Path, with_family: bool) -> Result<ElfInfo> {
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: read-only private map of a host library; goblin bounds-checks what it reads.
@@ -603,7 +626,12 @@ impl ElfInfo {
             soname: elf.soname.map(str::to_string),
             needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
             runpath,
-            family: family_by_symbols(&elf),
+            family: if with_family {
+                family_by_symbols(&elf)
+            } else {
+                None
+            },
+            glibc: crate::glibc_guard::needs_of_elf(&elf),
         })
     }
 }
@@ -637,6 +665,8 @@ pub struct Closure {
     pub missing: Vec<(String, PathBuf)>,
     /// Compiler run-time libraries left to the image.
     pub kept: Vec<String>,
+    /// glibc needs of each file walked, read in the same pass.
+    pub glibc: std::collections::BTreeMap<PathBuf, GlibcNeeds>,
 }
 
 impl Closure {
@@ -676,6 +706,7 @@ impl Closure {
             let Ok(info) = ElfInfo::read(&file) else {
                 continue;
             };
+            self.glibc.insert(file.clone(), info.glibc);
             for name in info.needed {
                 if is_glibc_part(&name) || self.has(&name) {
                     continue;
@@ -1096,9 +1127,10 @@ mod tests {
             &[],
         );
         let n = s.lib("n/libmpi.so.12", "int MPI_Init(void) { return 0; }\n", &[]);
-        assert_eq!(ElfInfo::read(&o).unwrap().family, Some(Family::OpenMpi));
-        assert_eq!(ElfInfo::read(&m).unwrap().family, Some(Family::MpichAbi));
-        assert_eq!(ElfInfo::read(&n).unwrap().family, None);
+        let family = |p: &Path| ElfInfo::read_with(p, true).unwrap().family;
+        assert_eq!(family(&o), Some(Family::OpenMpi));
+        assert_eq!(family(&m), Some(Family::MpichAbi));
+        assert_eq!(family(&n), None);
         // Discovery through library_paths: the soname gives MPICH ABI, the symbols Open MPI.
         let found = host_libraries(&[], &[s.0.clone()], &LdCache::default()).unwrap();
         assert_eq!(found.mpis.len(), 1);
