@@ -313,15 +313,16 @@ fn real_mpi_image(name: &str) -> Option<String> {
     Some(format!("{dir}/{name}"))
 }
 
-/// `mpirun.openmpi ARGS` as the test user, no site config (the host's real ld.so.cache).
-fn host_mpirun(args: &[&str]) -> Out {
+/// The host's `PROGRAM ARGS` (mpirun.openmpi, mpiexec.mpich) as the test user, no site config
+/// (the host's real ld.so.cache).
+fn host_mpirun(program: &str, args: &[&str]) -> Out {
     let s = setup();
     let out = Command::new("timeout")
         .args(["-k", "10", "180", "setpriv"])
         .arg(format!("--reuid={}", s.uid))
         .arg(format!("--regid={}", s.gid))
         .arg("--clear-groups")
-        .arg("mpirun.openmpi")
+        .arg(program)
         .args(args)
         .env_clear()
         .env("HOME", &s.home)
@@ -331,6 +332,7 @@ fn host_mpirun(args: &[&str]) -> Out {
         // Each rank is in its own user namespace here: CMA single copy fails across them.
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("UCX_TLS", "^cma")
+        .env("UCX_POSIX_USE_PROC_LINK", "n")
         .current_dir(&s.scratch)
         .stdin(std::process::Stdio::null())
         .output()
@@ -361,7 +363,7 @@ fn real_host_open_mpi_bound_into_the_open_mpi_image() {
     let launch = |cmd: &[&str]| {
         let mut args = vec!["-np", "2", "--oversubscribe", &bin, "exec", "--mpi", &img];
         args.extend(cmd);
-        host_mpirun(&args)
+        host_mpirun("mpirun.openmpi", &args)
     };
     let out = launch(&[
         "/bin/sh",
@@ -391,6 +393,31 @@ fn real_host_open_mpi_bound_into_the_open_mpi_image() {
         .filter(|l| l.starts_with("pingpong bytes="))
         .collect();
     assert_eq!(lines.len(), 14, "{out:?}");
+}
+
+/// The same with Debian's MPICH (libmpich.so.12, over UCX) and its Hydra launcher.
+#[test]
+fn real_host_mpich_bound_into_the_mpich_image() {
+    let Some(img) = real_mpi_image("mpich.sqfs") else {
+        return;
+    };
+    let bin = setup().bin.display().to_string();
+    let script =
+        "LD_DEBUG=libs hello --check-size 2 2>&1 | grep -E 'calling init: .*libmpich|^hello'";
+    let out = host_mpirun(
+        "mpiexec.mpich",
+        &[
+            "-n", "2", &bin, "exec", "--mpi", &img, "/bin/sh", "-c", script,
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("hello ok size=2"), "{out:?}");
+    let from_host = out
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("calling init: /.launcher.d/libs/libmpich.so.12"))
+        .count();
+    assert_eq!(from_host, 2, "both ranks load the host's MPICH: {out:?}");
 }
 
 /// The incompatible pair with real libraries: the host's Open MPI against the MPICH image.
