@@ -800,11 +800,13 @@ fn plugins_of(name: &str, path: &Path) -> Vec<Plugins> {
                     .chain(files(&dir.join("lib/pmix"), "", ".so"))
                     .collect();
                 if !modules.is_empty() {
-                    add(
-                        dir,
-                        modules,
-                        existing(vec![prefix.join("etc/pmix-mca-params.conf")]),
-                    );
+                    // Help texts and defaults: share/ on Debian (pmix2/share), etc/ otherwise.
+                    let config = vec![
+                        prefix.join("share/pmix"),
+                        prefix.join("share/pmix-mca-params.conf"),
+                        prefix.join("etc/pmix-mca-params.conf"),
+                    ];
+                    add(dir, modules, existing(config));
                 }
             }
         }
