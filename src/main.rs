@@ -99,6 +99,9 @@ struct RunOpts {
     /// Read NAME=VALUE lines from a file.
     #[arg(long = "env-file", value_name = "FILE")]
     env_file: Vec<PathBuf>,
+    /// Do not share one container instance with the other ranks of a job step on this node.
+    #[arg(long)]
+    no_share: bool,
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
@@ -130,6 +133,7 @@ impl RunOpts {
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
         o.cleanenv = self.cleanenv;
+        o.share = !self.no_share;
         for f in &self.env_file {
             o.env.extend(environment::read_env_file(f)?);
         }

@@ -29,6 +29,8 @@ pub struct LaunchOptions {
     pub cleanenv: bool,
     /// `--env-file` entries then `--env` entries, in that order (later wins).
     pub env: Vec<(String, String)>,
+    /// Share one instance with the other ranks of a job step on this node (`--no-share`: off).
+    pub share: bool,
 }
 
 impl LaunchOptions {
@@ -44,6 +46,7 @@ impl LaunchOptions {
             writable_tmpfs: false,
             cleanenv: false,
             env: Vec::new(),
+            share: true,
         }
     }
 }
