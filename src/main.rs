@@ -123,6 +123,9 @@ struct RunOpts {
     /// A CDI device: vendor/class=name, e.g. nvidia.com/gpu=0 (repeatable).
     #[arg(long = "device", value_name = "CDI_NAME")]
     device: Vec<String>,
+    /// Do not share one container instance with the other ranks of a job step on this node.
+    #[arg(long)]
+    no_share: bool,
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
@@ -170,6 +173,7 @@ impl RunOpts {
             _ => MpiMode::On,
         });
         o.no_mpi = self.no_mpi;
+        o.share = !self.no_share;
         for f in &self.env_file {
             o.env.extend(environment::read_env_file(f)?);
         }

@@ -5,7 +5,8 @@ use crate::host::HostInfo;
 use crate::image::Image;
 use crate::image_view::ImageView;
 use crate::options::LaunchOptions;
-use crate::plan;
+use crate::plan::{self, Plan};
+use crate::share::{self, Role};
 use crate::supervisor::{self, LaunchSettings};
 use anyhow::Result;
 
@@ -28,6 +29,15 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     for w in &plan.warnings {
         eprintln!("launcher: warning: {w}");
     }
+    let role = share_role(opts, &host, &plan);
+    match &role {
+        Role::Lead(_) => debug::step("share: leading this node's instance for the job step"),
+        Role::Join(j) => debug::step(format_args!(
+            "share: joining the instance of launcher {}",
+            j.state.leader_pid
+        )),
+        Role::Private(why) => debug::step(format_args!("share: private instance ({why})")),
+    }
     let fuse_threads = match tuning.fuse_threads {
         0 => default_fuse_threads(),
         n => n,
@@ -38,7 +48,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_push: tuning.fuse_push,
         prefetch: tuning.prefetch,
     };
-    supervisor::launch(&plan, image.archive.clone(), &settings)
+    supervisor::launch(&plan, image.archive.clone(), &settings, role)
 }
 
 /// Knobs for measuring the FUSE server, not for everyday use (hidden options).
@@ -59,4 +69,28 @@ fn default_fuse_threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 8)
+}
+
+/// Whether this launch leads, joins or stays out of a per-node shared instance.
+fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
+    if !opts.share {
+        return Role::Private("--no-share".into());
+    }
+    if plan.writable_root {
+        return Role::Private("--writable-tmpfs gives each rank its own root".into());
+    }
+    let Some(step) = share::job_step(&host.env) else {
+        return Role::Private("not a rank of a job step".into());
+    };
+    let key = match share::key(
+        plan.uid,
+        &step,
+        &plan.image.path,
+        &(&plan.mounts, &plan.upper),
+    ) {
+        Ok(k) => k,
+        Err(e) => return Role::Private(format!("{e:#}")),
+    };
+    share::rendezvous(&share::default_dir(plan.uid), plan.uid, &key)
+        .unwrap_or_else(|e| Role::Private(format!("{e:#}")))
 }

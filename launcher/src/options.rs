@@ -57,6 +57,8 @@ pub struct LaunchOptions {
     pub mpi: Option<MpiMode>,
     /// `--no-mpi`: off even when the site config turns it on by default.
     pub no_mpi: bool,
+    /// Share one instance with the other ranks of a job step on this node (`--no-share`: off).
+    pub share: bool,
 }
 
 impl LaunchOptions {
@@ -77,6 +79,7 @@ impl LaunchOptions {
             devices: Vec::new(),
             mpi: None,
             no_mpi: false,
+            share: true,
         }
     }
 }
