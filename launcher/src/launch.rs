@@ -79,7 +79,7 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     if plan.writable_root {
         return Role::Private("--writable-tmpfs gives each rank its own root".into());
     }
-    let Some(step) = share::job_step(&host.env) else {
+    let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {
         return Role::Private("not a rank of a job step".into());
     };
     let key = match share::key(

@@ -32,8 +32,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The job step that ranks of one launch share, from the variables their launcher sets.
-/// None: not under a parallel launcher, so nothing to share.
-pub fn job_step(env: &[(String, String)]) -> Option<String> {
+/// None: not under a parallel launcher, so nothing to share. `parent`: our parent process.
+pub fn job_step(env: &[(String, String)], parent: i32) -> Option<String> {
     let get = |key: &str| {
         env.iter()
             .find(|(k, _)| k == key)
@@ -50,6 +50,10 @@ pub fn job_step(env: &[(String, String)]) -> Option<String> {
     }
     if let Some(job) = get("OMPI_MCA_ess_base_jobid") {
         return Some(format!("ompi:{job}"));
+    }
+    // MPICH's Hydra names no job; the ranks of a node are children of one proxy process.
+    if get("PMI_RANK").is_some() && get("PMI_SIZE").is_some() && get("MPI_LOCALNRANKS").is_some() {
+        return Some(format!("hydra:{parent}"));
     }
     None
 }
@@ -374,24 +378,38 @@ mod tests {
 
     #[test]
     fn job_step_from_launchers() {
-        assert_eq!(job_step(&env(&[("HOME", "/h")])), None);
+        assert_eq!(job_step(&env(&[("HOME", "/h")]), 1), None);
         assert_eq!(
-            job_step(&env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0")])),
+            job_step(&env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0")]), 1),
             Some("slurm:7.0".into())
         );
         // A batch script: a job but no step.
-        assert_eq!(job_step(&env(&[("SLURM_JOB_ID", "7")])), None);
+        assert_eq!(job_step(&env(&[("SLURM_JOB_ID", "7")]), 1), None);
         assert_eq!(
-            job_step(&env(&[
-                ("SLURM_JOB_ID", "7"),
-                ("SLURM_STEP_ID", "0"),
-                ("PMIX_NAMESPACE", "slurm.pmix.7.0")
-            ])),
+            job_step(
+                &env(&[
+                    ("SLURM_JOB_ID", "7"),
+                    ("SLURM_STEP_ID", "0"),
+                    ("PMIX_NAMESPACE", "slurm.pmix.7.0")
+                ]),
+                1
+            ),
             Some("pmix:slurm.pmix.7.0".into())
         );
         assert_eq!(
-            job_step(&env(&[("OMPI_MCA_ess_base_jobid", "123")])),
+            job_step(&env(&[("OMPI_MCA_ess_base_jobid", "123")]), 1),
             Some("ompi:123".into())
+        );
+        assert_eq!(
+            job_step(
+                &env(&[
+                    ("PMI_RANK", "1"),
+                    ("PMI_SIZE", "2"),
+                    ("MPI_LOCALNRANKS", "2")
+                ]),
+                77
+            ),
+            Some("hydra:77".into())
         );
     }
 
