@@ -24,8 +24,9 @@ pub struct HostInfo {
     pub env: Vec<(String, String)>,
     /// Names of the caller's groups, by gid.
     pub group_names: Vec<(u32, String)>,
-    /// Host files that are bound by default when they exist.
-    pub existing_etc: Vec<PathBuf>,
+    /// Host files given to the container by default when they exist, with their content when
+    /// it could be read (then the FUSE server serves a copy; otherwise they are bound).
+    pub existing_etc: Vec<(PathBuf, Option<Vec<u8>>)>,
     /// The site configuration (system file, then the user's).
     pub site: crate::site_config::SiteConfig,
     /// Host files to bring in (GPU, MPI), gathered once the options are known.
@@ -75,6 +76,10 @@ impl HostInfo {
             .iter()
             .map(PathBuf::from)
             .filter(|p| p.exists())
+            .map(|p| {
+                let content = read_small(&p);
+                (p, content)
+            })
             .collect();
         let site = crate::site_config::SiteConfig::load(&env, &home)?;
         Ok(HostInfo {
@@ -106,6 +111,16 @@ impl HostInfo {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A host configuration file's content, if it is small enough to be served as a copy.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    const LIMIT: u64 = 1 << 20;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > LIMIT {
+        return None;
+    }
+    std::fs::read(path).ok()
 }
 
 /// Resolve a host path to its canonical form, with an error that names it.

@@ -131,8 +131,12 @@ fn create_instance(
         fs = fs.with_pusher(pusher.clone());
     }
     if !plan.needs_overlay() {
-        let virt = crate::virtual_nodes::VirtualNodes::build(&shared_archive, &plan.upper)
-            .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
+        let virt = crate::virtual_nodes::VirtualNodes::build(
+            &shared_archive,
+            &plan.upper,
+            &plan.served_files(),
+        )
+        .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
