@@ -18,6 +18,7 @@ pub mod plan;
 pub mod prefetch;
 pub mod push;
 pub mod rootfs;
+pub mod scheduler;
 pub mod supervisor;
 pub mod syscalls;
 pub mod virtual_nodes;

@@ -221,6 +221,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         dst: "/etc/group".into(),
         content: etc_files::group(image_group.as_deref(), host),
     });
+    mounts.extend(crate::scheduler::binds(&host.env, &covered));
     mounts.extend(user_mounts);
 
     // Environment.
