@@ -3,7 +3,7 @@
 # mpi-tests/*.c change):
 #  - two images, each a rootfs of Debian packages unpacked with `dpkg -x` (nothing installed,
 #    no maintainer scripts), plus busybox, plus the mpi-tests programs in /usr/local/bin:
-#      openmpi.sqfs: libopenmpi3 (Open MPI 4.1) and its dependency closure
+#      openmpi.sqfs: libopenmpi3 (Open MPI 4.1) and its dependency closure, openmpi-bin
 #      mpich.sqfs:   libmpich12 (MPICH 4.0) and its dependency closure
 #  - the same programs built against the host's MPI, for native runs: host/openmpi/, host/mpich/
 #    (compiled with the explicit mpicc.openmpi / mpicc.mpich: both packages provide `mpicc`).
@@ -79,11 +79,14 @@ fetch busybox-static
 dpkg -x "${DEB[busybox-static]}" "$work/bb"
 BUSYBOX="$work/bb/bin/busybox"
 
+# build_image FLAVOR MPICC "EXTRA..." PKG...: the closure of PKG..., plus EXTRA packages
+# without their dependencies.
 build_image() {
-    local flavor=$1 mpicc=$2
-    shift 2
+    local flavor=$1 mpicc=$2 extra=$3
+    shift 3
     local root="$work/$flavor" pkgs
-    mapfile -t pkgs < <(closure "$@")
+    # shellcheck disable=SC2086  # extra is a list
+    mapfile -t pkgs < <(closure "$@"; [ -z "$extra" ] || printf '%s\n' $extra)
     fetch "${pkgs[@]}"
     mkdir -p "$root"
     for p in "${pkgs[@]}"; do
@@ -120,8 +123,11 @@ build_image() {
     mksquashfs "$root" "$new/$flavor.sqfs" -comp zstd -noappend -quiet -no-progress >/dev/null
 }
 
-build_image openmpi mpicc.openmpi libopenmpi3 openmpi-common
-build_image mpich mpicc.mpich libmpich12
+# openmpi-bin for Debian's MCA defaults (/etc/openmpi/openmpi-mca-params.conf: without them
+# Open MPI picks libfabric's TCP provider over shared memory on a node) and mpirun/orted/ompi_info;
+# not its dependency on an ssh client, used only to start daemons on other nodes.
+build_image openmpi mpicc.openmpi "openmpi-bin" libopenmpi3 openmpi-common
+build_image mpich mpicc.mpich "" libmpich12
 
 chmod -R a+rX "$new"
 touch "$new/$stamp"

@@ -96,9 +96,22 @@ fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
 
 /// `srun [srun_args] launcher exec IMAGE cmd...`
 fn srun(srun_args: &[&str], image: &str, cmd: &[&str], env: &[(&str, &str)]) -> Out {
+    srun_with(srun_args, &[], image, cmd, env)
+}
+
+/// `srun [srun_args] launcher exec [launcher_opts] IMAGE cmd...`
+fn srun_with(
+    srun_args: &[&str],
+    launcher_opts: &[&str],
+    image: &str,
+    cmd: &[&str],
+    env: &[(&str, &str)],
+) -> Out {
     let bin = setup().bin.display().to_string();
     let mut args: Vec<&str> = srun_args.to_vec();
-    args.extend(["--overcommit", &bin, "exec", image]);
+    args.extend(["--overcommit", &bin, "exec"]);
+    args.extend(launcher_opts);
+    args.push(image);
     args.extend(cmd);
     run("srun", &args, env)
 }
@@ -170,6 +183,17 @@ fn open_mpi_image_under_srun_pmix() {
     check_hello(
         &srun(
             &["--mpi=pmix", "-n", "2"],
+            &img,
+            &["hello", "--check-size", "2"],
+            &env,
+        ),
+        2,
+    );
+    // --contain: a minimal /dev (with the host's /dev/shm) and a private /tmp.
+    check_hello(
+        &srun_with(
+            &["--mpi=pmix", "-n", "2"],
+            &["--contain"],
             &img,
             &["hello", "--check-size", "2"],
             &env,
@@ -407,4 +431,29 @@ fn is_other_test_scratch(p: &Path) -> bool {
     p.file_name()
         .map(|n| n.to_string_lossy().starts_with("launcher-e2e-"))
         .unwrap_or(false)
+}
+
+#[test]
+fn a_time_limit_terms_the_command() {
+    // Not serialised: it only sleeps, for about a minute (Slurm rounds limits up to a minute
+    // and checks them periodically), and leaves nothing the other tests look at.
+    let img = fixture("busybox-gzip.sqfs");
+    let out = srun(
+        &["-n", "1", "-t", "0:05"],
+        &img,
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; sleep 4242 & wait",
+        ],
+        &[],
+    );
+    assert!(out.stdout.contains("got-term"), "{out:?}");
+    assert!(out.stderr.contains("TIME LIMIT"), "{out:?}");
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        wait_gone("sleep 4242"),
+        "left running: {:?}",
+        pids_matching("sleep 4242")
+    );
 }
