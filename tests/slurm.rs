@@ -218,8 +218,6 @@ fn open_mpi_image_under_srun_pmix() {
 #[test]
 fn open_mpi_image_under_host_mpirun() {
     let _g = serial();
-    setup();
-    slurm_conf();
     let bin = setup().bin.display().to_string();
     let img = mpi_fixture("openmpi.sqfs");
     let out = run(
@@ -235,6 +233,20 @@ fn open_mpi_image_under_host_mpirun() {
             "--check-size",
             "2",
         ],
+        &mpi_env(),
+    );
+    check_hello(&out, 2);
+}
+
+#[test]
+fn mpich_image_under_host_mpiexec() {
+    let _g = serial();
+    let bin = setup().bin.display().to_string();
+    let img = mpi_fixture("mpich.sqfs");
+    // Hydra (MPICH's mpiexec) wires the ranks up over PMI-1 (PMI_FD / PMI_PORT).
+    let out = run(
+        "mpiexec.mpich",
+        &["-n", "2", &bin, "exec", &img, "hello", "--check-size", "2"],
         &mpi_env(),
     );
     check_hello(&out, 2);
