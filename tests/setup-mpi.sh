@@ -75,6 +75,8 @@ fetch() {
     fetch "${missing[@]}"
 }
 
+# The dependency closure needs the package lists (a fresh machine or image may have none).
+apt-cache show libopenmpi3 libmpich12 busybox-static >/dev/null 2>&1 || apt-get update -qq
 fetch busybox-static
 dpkg -x "${DEB[busybox-static]}" "$work/bb"
 BUSYBOX="$work/bb/bin/busybox"
