@@ -203,7 +203,9 @@ md "## Ping-pong, 2 ranks on one node, \`srun --mpi=pmix\`" "" \
     "- **launcher**: the same source built into the Open MPI image, \`launcher exec\`, with \`$NOCMA\`" \
     "  (each rank is in its own user namespace until the per-node shared namespace lands, and CMA" \
     "  between user namespaces is refused; see docs/slurm.md);" \
-    "- **ch-run**: Charliecloud on the same image, also with \`$NOCMA\` (it too gives each rank its own namespace)." "" \
+    "- **ch-run**: Charliecloud on the same image, also with \`$NOCMA\` (it too gives each rank its own" \
+    "  namespace). It does not bind the PMIx server's directory under slurmd's spool: its ranks print" \
+    "  \`PMIX ERROR ... gds_ds12_lock_pthread.c\` and run on." "" \
     "Ratios are speed relative to native (native latency / latency): 1.00 is as fast as native; the" \
     "target is >= 0.98 for every size. Two ranks busy-poll: on a node with few cores that other work" \
     "shares, single rows swing by 10x between rounds (compare the load figures); trust a quiet run." ""
