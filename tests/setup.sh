@@ -40,6 +40,9 @@ fi
 [ -c /dev/fuse ] || { echo "tests/setup.sh: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
 chmod 0666 /dev/fuse
 
+# MPI images and programs (Open MPI, MPICH) for tests/slurm.rs, in $FIXTURES-mpi.
+LAUNCHER_FIXTURES=$FIXTURES bash "$HERE/setup-mpi.sh"
+
 # The fixtures are rebuilt when this script changes. One setup at a time (test processes may
 # start together); a rebuild goes to a new directory that replaces the old one at the end.
 exec 9>"$FIXTURES.lock"

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod prefetch;
 pub mod push;
 pub mod rootfs;
+pub mod scheduler;
 pub mod share;
 pub mod site_config;
 pub mod supervisor;

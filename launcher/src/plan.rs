@@ -241,6 +241,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     });
     let mut injected = Vec::new();
     crate::injection::add_mounts(opts, host, image, &mut mounts, &mut injected, &mut warnings)?;
+    mounts.extend(crate::scheduler::binds(&host.env, &covered));
     mounts.extend(user_mounts);
 
     // Environment.
