@@ -132,6 +132,7 @@ pub fn rendezvous(dir: &Path, uid: u32, key: &str) -> Result<Role> {
             Ok(fd) => fd,
             Err(e) => return Ok(Role::Private(format!("{e:#}"))),
         };
+        sweep_stale(dir, &dir_fd, key);
         match try_rendezvous(dir_fd, key) {
             Ok(role) => return Ok(role),
             Err(e) if is_enoent(&e) => last = e,
@@ -142,6 +143,42 @@ pub fn rendezvous(dir: &Path, uid: u32, key: &str) -> Result<Role> {
         "rendezvous in '{}' kept failing: {last:#}",
         dir.display()
     )))
+}
+
+/// Remove the files of instances whose leader is gone and that nobody is setting up: a
+/// leader killed with SIGKILL (scancel after KillWait) cannot clean up after itself.
+fn sweep_stale(path: &Path, dir: &OwnedFd, mine: &str) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let mut keys: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (key, _) = name.rsplit_once('.')?;
+            (key != mine).then(|| key.to_string())
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let Ok(lock) = open_at(dir, &format!("{key}.lock")) else {
+            continue;
+        };
+        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            continue; // being set up or torn down right now
+        }
+        if !matches!(leader_alive(dir, &key), Ok(false)) {
+            continue;
+        }
+        for suffix in ["state", "users", "leader", "lock"] {
+            let _ = nix::unistd::unlinkat(
+                dir,
+                format!("{key}.{suffix}").as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
 }
 
 fn is_enoent(e: &anyhow::Error) -> bool {
@@ -493,6 +530,39 @@ mod tests {
             _ => panic!("a stale state must lead to a new leader"),
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_of_dead_instances_are_swept() {
+        let dir = scratch("sweep");
+        let uid = my_uid();
+        let Role::Lead(mut dead) = rendezvous(&dir, uid, "old").unwrap() else {
+            panic!("must lead")
+        };
+        dead.publish(&State {
+            leader_pid: 1,
+            keeper_pid: 1,
+            user_ns: 1,
+            mnt_ns: 1,
+        })
+        .unwrap();
+        let Role::Lead(live) = rendezvous(&dir, uid, "live").unwrap() else {
+            panic!("must lead")
+        };
+        drop(dead); // killed: its files stay
+        assert!(dir.join("old.state").exists());
+        let Role::Lead(third) = rendezvous(&dir, uid, "new").unwrap() else {
+            panic!("must lead")
+        };
+        assert!(!dir.join("old.state").exists() && !dir.join("old.lock").exists());
+        assert!(
+            dir.join("live.leader").exists(),
+            "a live instance was swept"
+        );
+        third.wait_and_close().unwrap();
+        live.wait_and_close().unwrap();
+        remove_dir_if_empty(&dir);
+        assert!(!dir.exists());
     }
 
     #[test]
