@@ -78,6 +78,8 @@ struct Instance {
     push_rx: std::sync::mpsc::Receiver<crate::push::Batch>,
     /// The reader, shared with the virtual mount points, the prefetch and the push threads.
     archive: Arc<Archive>,
+    /// The /dev/fuse descriptor (owned by the session), for children to close.
+    fuse_fd: i32,
 }
 
 fn create_instance(
@@ -139,6 +141,7 @@ fn create_instance(
         .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
+    let fuse_raw_fd = fuse_fd.as_raw_fd();
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
     debug::step(format_args!(
@@ -151,10 +154,20 @@ fn create_instance(
         pusher,
         push_rx,
         archive: shared_archive,
+        fuse_fd: fuse_raw_fd,
     })
 }
 
 impl Instance {
+    /// In a forked child: the FUSE connection must end when the launcher dies. A child that
+    /// kept a copy of the /dev/fuse descriptor (until its exec) and waited on a FUSE request
+    /// when the launcher was killed would stay in D state forever, holding the connection it
+    /// waits on.
+    fn close_in_child(&self) {
+        // SAFETY: closing this process's copy of a descriptor it never uses.
+        unsafe { libc::close(self.fuse_fd) };
+    }
+
     /// Serve the image on worker threads, read the command's program ahead, push pages.
     fn start_serving(
         self,
@@ -214,6 +227,7 @@ fn serve(
         // allocate and run ordinary code until it execs.
         return match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
+                instance.close_in_child();
                 let err = run_child(plan, &instance.staging, parent, &old_mask);
                 child_exit(err)
             }
@@ -248,6 +262,7 @@ fn lead(
     // SAFETY: single-threaded here.
     let keeper = match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
+            instance.close_in_child();
             drop((ready_r, go_r, go_w));
             child_exit(keep(plan, &instance.staging, parent, ready_w))
         }
@@ -257,6 +272,7 @@ fn lead(
     // SAFETY: single-threaded here.
     let rank = match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
+            instance.close_in_child();
             drop((ready_r, go_w));
             child_exit(run_rank(plan, keeper, parent, go_r, old_mask))
         }
