@@ -44,7 +44,8 @@ cp "$BIN" "$W/launcher" && chmod 755 "$W/launcher"
 MARK="soakmark$$"
 IMG="$W/$MARK.sqfs"
 ln -s "$FIX/busybox-gzip.sqfs" "$IMG"
-as_user() { setpriv --reuid="$U" --regid="$G" --clear-groups "$W/launcher" "$@"; }
+# exec: in `as_user ... &`, $! is then the launcher itself, not a subshell around it.
+as_user() { exec setpriv --reuid="$U" --regid="$G" --clear-groups "$W/launcher" "$@"; }
 FAILED=0
 check() { if eval "$2"; then echo "| $1 | ok |"; else echo "| $1 | **FAILED** |"; FAILED=1; fi; }
 snap() { ls -A /tmp /var/tmp /dev/shm 2>/dev/null | grep -v -e '^launcher-e2e-' -e "^$(basename "$W")\$" | sort; }
@@ -60,7 +61,7 @@ t0=$(date +%s.%N)
 seq_fail=0
 : >"$W/fds"
 for _ in $(seq "$SEQ"); do
-    as_user exec "$IMG" /bin/sh -c 'ls /proc/$PPID/fd | wc -l' >>"$W/fds" 2>>"$W/seq.err" || seq_fail=$((seq_fail + 1))
+    (as_user exec "$IMG" /bin/sh -c 'ls /proc/$PPID/fd | wc -l') >>"$W/fds" 2>>"$W/seq.err" || seq_fail=$((seq_fail + 1))
 done
 t1=$(date +%s.%N)
 fd_counts=$(sort -u "$W/fds" | tr '\n' ' ')
@@ -69,11 +70,15 @@ check "launcher descriptors identical across launches (count: $fd_counts)" '[ "$
 
 pids=()
 for i in $(seq "$PAR"); do
-    as_user exec "$IMG" /bin/sh -c 'cat /data/tree/* /data/big >/dev/null && echo ok' >"$W/par.$i" 2>&1 &
+    as_user exec "$IMG" /bin/sh -c 'cat /data/tree/f* /data/big >/dev/null && echo ok' >"$W/par.$i" 2>&1 &
     pids+=($!)
 done
 par_fail=0
-for p in "${pids[@]}"; do wait "$p" || par_fail=$((par_fail + 1)); done
+i=0
+for p in "${pids[@]}"; do
+    i=$((i + 1))
+    wait "$p" || { par_fail=$((par_fail + 1)); cat "$W/par.$i" >>"$W/par.err"; }
+done
 check "$PAR concurrent launches succeed" '[ $par_fail = 0 ]'
 
 for d in 0 0.001 0.002 0.005 0.01 0.02 0.03 0.05 0.08 0.1 0.15 0.2 0.3 0.5 0.8 1 1.5 2 3 4; do
@@ -105,12 +110,14 @@ if [ "$GIB" != 0 ]; then
     mksquashfs "$tree" "$W/big.sqfs" -comp zstd -Xcompression-level 1 -noappend -quiet -no-progress >/dev/null
     rm -rf "$tree"
     chmod 644 "$W/big.sqfs"
-    idle=$(as_user exec "$W/big.sqfs" /bin/sh -c 'grep VmHWM /proc/$PPID/status' | awk '{print $2}')
+    idle=$( (as_user exec "$W/big.sqfs" /bin/sh -c 'grep VmHWM /proc/$PPID/status') | awk '{print $2}')
     t0=$(date +%s.%N)
-    read_hwm=$(as_user exec "$W/big.sqfs" /bin/sh -c 'cat /big >/dev/null && grep VmHWM /proc/$PPID/status' | awk '{print $2}')
+    read_hwm=$( (as_user exec "$W/big.sqfs" /bin/sh -c 'cat /big >/dev/null && grep VmHWM /proc/$PPID/status') | awk '{print $2}')
     t1=$(date +%s.%N)
     secs=$(echo "$t1 - $t0" | bc)
     check "FUSE server peak RSS: /bin/true $((idle / 1024)) MiB; reading ${GIB} GiB end to end $((read_hwm / 1024)) MiB (${secs%.*} s)" '[ -n "$read_hwm" ] && [ "$read_hwm" -lt 524288 ]'
 fi
-[ -s "$W/seq.err" ] && { echo; echo "First errors:"; head -5 "$W/seq.err"; }
+for f in seq.err par.err; do
+    [ -s "$W/$f" ] && { echo; echo "First errors ($f):"; head -5 "$W/$f"; }
+done
 exit $FAILED

@@ -469,6 +469,26 @@ fn impossible_commands_and_paths_fail_cleanly() {
     }
 }
 
+/// A huge (sparse) file where the launcher reads a small text file is refused before it
+/// costs its size in memory.
+#[test]
+fn huge_text_files_in_the_image_are_refused() {
+    let t = busybox_tree("huge-passwd-tree");
+    let f = std::fs::File::create(t.join("etc/passwd")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let path = setup().scratch.join("huge-passwd.sqfs");
+    mksquashfs(&t, &path, &["-comp", "lz4"]);
+    std::fs::remove_dir_all(&t).unwrap();
+    let img = path.display().to_string();
+    let out = exec(&img, &["/bin/true"]);
+    assert_clean_failure(
+        &out,
+        "64 MiB /etc/passwd",
+        &["/etc/passwd", "at most 16 MiB"],
+        &img,
+    );
+}
+
 /// The launcher as the test user, started by `sh -c SETUP; exec setpriv ...` as root in
 /// a private mount namespace (nothing changes on the host).
 fn in_private_mount_ns(setup_script: &str, img: &str) -> Out {
