@@ -106,6 +106,7 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
             .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
+    let fuse_raw_fd = fuse_fd.as_raw_fd();
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
     let notifier = session.notifier();
@@ -131,6 +132,12 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     // allocate and run ordinary code until it execs.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
+            // The connection must end when the launcher dies: if the child kept a copy of
+            // the /dev/fuse descriptor (until its exec), a SIGKILL of the launcher while the
+            // child waited on a FUSE request would leave it in D state forever, holding the
+            // connection it waits on.
+            // SAFETY: closing our copy of a descriptor this process never uses again.
+            unsafe { libc::close(fuse_raw_fd) };
             let err = run_child(plan, &staging, parent, &old_mask);
             eprintln!("launcher: error: {err:#}");
             // SAFETY: leave without running the parent's destructors or atexit handlers.
