@@ -3,7 +3,7 @@
 #   1. SEQ sequential launches (default 1000): all succeed; the launcher's descriptor count
 #      is the same every time;
 #   2. PAR concurrent launches (default 64), each reading files: all succeed;
-#   3. SIGKILL of the launcher at 33 moments from start-up to a running command;
+#   3. SIGKILL of the launcher at about 30 moments from start-up to a running command;
 #   then: no process left, the host's mount table unchanged, no new file in /tmp, /var/tmp
 #   or /dev/shm;
 #   4. peak RSS (VmHWM) of the FUSE server (the launcher's parent process) reading a 1 GiB
