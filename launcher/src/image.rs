@@ -10,6 +10,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Largest image file read whole into memory (see `ImageView::read_file`).
+const TEXT_FILE_MAX: u64 = 16 << 20;
+
 pub struct Image {
     desc: ImageDesc,
     pub archive: Arc<Archive>,
@@ -97,6 +100,18 @@ impl ImageView for Image {
     }
 
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        // The files read whole are small text (passwd, group, env scripts, labels); a huge
+        // (sparse) one would cost its whole size in memory before the command even starts.
+        if let Some(inode) = self.resolve(path)? {
+            if inode.kind == FileType::File && inode.size > TEXT_FILE_MAX {
+                bail!(
+                    "'{}': {path} is {} bytes; the launcher reads at most {} MiB of such files",
+                    self.desc.path.display(),
+                    inode.size,
+                    TEXT_FILE_MAX >> 20
+                );
+            }
+        }
         self.archive
             .read_file(path.as_bytes())
             .map_err(|e| anyhow!("'{}': reading {path}: {e}", self.desc.path.display()))

@@ -142,6 +142,14 @@ fn walk(image: &dyn ImageView, dst: &Path, leaf: NodeKind, follow_last: bool) ->
             }
         }
     }
+    // Mounting over the root would hide the whole image (and the pivot needs it).
+    if resolved == Path::new("/") {
+        bail!(
+            "mount destination '{}' is the container's root directory{}: choose a directory inside the image",
+            dst.display(),
+            if hops > 0 { " (through a symlink in the image)" } else { "" }
+        );
+    }
     Ok(Walk::Exists {
         path: resolved,
         dir: true,
@@ -262,6 +270,28 @@ mod tests {
             PathBuf::from("/usr/share/zoneinfo/UTC")
         );
         assert!(missing(&img, Path::new("/loop/x"), NodeKind::Dir).is_err());
+    }
+
+    #[test]
+    fn the_root_is_refused_even_through_a_symlink() {
+        let mut img = FakeImage::new(&[], &["/data"]);
+        img.symlinks.insert("/data/up".into(), "..".into());
+        img.symlinks.insert("/data/root".into(), "/".into());
+        for dst in [
+            "/",
+            "/data/..",
+            "/data/up",
+            "/data/root",
+            "/data/root/data/root",
+        ] {
+            let err = missing(&img, Path::new(dst), NodeKind::Dir)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("container's root directory"), "{dst}: {err}");
+        }
+        assert!(missing(&img, Path::new("/data/root/data"), NodeKind::Dir)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

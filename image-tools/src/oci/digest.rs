@@ -65,6 +65,11 @@ fn check(
     actual: &Digest,
     len: u64,
 ) -> Result<()> {
+    // Fuzzing builds (cargo fuzz sets cfg(fuzzing)) accept any content, so that mutated
+    // manifests, configs and layers reach the parsers behind the digest check.
+    if cfg!(fuzzing) {
+        return Ok(());
+    }
     if actual != expected {
         return Err(Error::DigestMismatch {
             what: what.to_string(),

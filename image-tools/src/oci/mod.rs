@@ -236,6 +236,20 @@ fn stage_into(
     Ok((resolved, unpacker.overrides))
 }
 
+/// Entry points for the fuzz targets in fuzz/ (built only with cfg(fuzzing)).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Applies `layer` (a tar, possibly gzip- or zstd-compressed) into the empty
+    /// directory `root`, as [`stage`] applies each layer.
+    pub fn apply_layer(layer: &[u8], root: &Path) -> Result<crate::tree::Overrides> {
+        let mut unpacker = Unpacker::new(root);
+        unpack_stream(io::Cursor::new(layer), None, &mut unpacker, "fuzz layer")?;
+        Ok(unpacker.overrides)
+    }
+}
+
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS (default 60) each and prints, per target, the
+# executions done and the crashes found (inputs in fuzz/artifacts/TARGET/).
+#
+#   fuzz/run.sh 300              # all targets, 5 minutes each
+#   fuzz/run.sh 60 squashfs sif  # some targets
+#
+# cargo-fuzz (`cargo install cargo-fuzz`) asks rustc for nightly-only flags
+# (-Zsanitizer=address); the only toolchain here is stable, so RUSTC_BOOTSTRAP=1 lets
+# stable rustc accept them. The corpus grows in fuzz/corpus/TARGET (not committed); seeds
+# are made fresh by fuzz/seeds.sh. The build goes to $CARGO_TARGET_DIR (default
+# fuzz/target). Reproduce a crash: fuzz/run.sh repro TARGET FILE.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$HERE"
+export RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/target}
+ALL=(squashfs sif oci_archive oci_layer)
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+BIN=$CARGO_TARGET_DIR/$TRIPLE/release
+
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+if [ "$(id -u)" = 0 ]; then
+    need=()
+    for pair in mksquashfs:squashfs-tools setfattr:attr umoci:umoci skopeo:skopeo zstd:zstd; do
+        command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+    done
+    [ ${#need[@]} -eq 0 ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }
+fi
+cargo fuzz build -O >/dev/null 2>&1 || cargo fuzz build -O
+
+if [ "${1:-}" = repro ]; then
+    exec "$BIN/$2" "$3"
+fi
+SECONDS_EACH=${1:-60}
+shift || true
+targets=("${@:-${ALL[@]}}")
+[ $# -gt 0 ] || targets=("${ALL[@]}")
+bash "$HERE/seeds.sh" "$HERE/seeds" >/dev/null
+mkdir -p logs
+printf '| target | seconds | executions | exec/s | corpus | crashes |\n|---|---|---|---|---|---|\n' >logs/summary.md
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t" "artifacts/$t"
+    before=$(find "artifacts/$t" -type f | wc -l)
+    # -rss_limit_mb: an allocation sized by an untrusted field shows as an OOM crash.
+    # -timeout: one input taking 10 s is a hang. -close_fd_mask=3: targets print nothing useful.
+    "$BIN/$t" "corpus/$t" "seeds/$t" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 \
+        -malloc_limit_mb=1024 -timeout=10 -close_fd_mask=3 -print_final_stats=1 \
+        -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1 || true
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -1)
+    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "logs/$t.log" | tail -1)
+    crashes=$(( $(find "artifacts/$t" -type f | wc -l) - before ))
+    corpus=$(find "corpus/$t" -type f | wc -l)
+    rate=$(( ${runs:-0} / (${secs:-$SECONDS_EACH} > 0 ? ${secs:-$SECONDS_EACH} : 1) ))
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "${secs:-?}" "${runs:-?}" "$rate" "$corpus" "$crashes" >>logs/summary.md
+    if [ "$crashes" -gt 0 ]; then
+        grep -m3 -E 'panicked|ERROR: libFuzzer|SUMMARY' "logs/$t.log" | sed "s/^/$t: /" || true
+    fi
+done
+cat logs/summary.md
