@@ -105,8 +105,9 @@ pub fn load_dirs(dirs: &[PathBuf], warnings: &mut Vec<String>) -> Vec<Spec> {
 }
 
 pub fn load_file(path: &Path) -> Result<Spec> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::host::read_host_file(path, 16 << 20)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
     let mut spec: Spec = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?
     } else {

@@ -52,7 +52,8 @@ pub struct LdCache {
 
 impl LdCache {
     pub fn read(path: &Path) -> Result<LdCache> {
-        let bytes = std::fs::read(path)
+        // Real caches are a few hundred KiB.
+        let bytes = crate::host::read_host_file(path, 64 << 20)
             .with_context(|| format!("reading the ld.so cache {}", path.display()))?;
         LdCache::parse(&bytes).with_context(|| format!("ld.so cache {}", path.display()))
     }
@@ -170,6 +171,20 @@ fn cstr_at(bytes: &[u8], at: usize) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_device_or_fifo_as_the_cache_is_refused_not_read() {
+        let e = LdCache::read(Path::new("/dev/zero")).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        let dir = std::env::temp_dir().join(format!("ldc-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("cache");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = LdCache::read(&fifo).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
     use std::process::Command;
 
