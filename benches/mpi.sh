@@ -9,16 +9,20 @@
 #
 # Environment: LAUNCHER_TEST_USER (an existing unprivileged user to measure as; default:
 # create/reuse `launcher-bench`), LAUNCHER_BENCH_ROUNDS (ping-pong rounds, default 3),
+# LAUNCHER_BENCH_START_RUNS (hyperfine runs per start-up row, default 10),
 # LAUNCHER_FIXTURES / LAUNCHER_MPI_FIXTURES (where tests/setup-mpi.sh puts the MPI images),
 # CARGO_TARGET_DIR (honoured by the build).
 #
 # What it does: builds the MPI images and host programs (tests/setup-mpi.sh), starts the test
 # Slurm (slurm/test-cluster/start.sh), then, as the unprivileged user:
 #  1. ping-pong between 2 ranks of Open MPI under `srun --mpi=pmix`, 1 B to 4 MiB: the host's
-#     program natively, the same program in the Open MPI image through the launcher, and through
-#     Charliecloud's ch-run; rounds interleaved, medians reported, container/native ratios;
+#     program natively (with and without CMA), the same program in the Open MPI image through the
+#     launcher in its default shared mode (one instance per node, CMA on) and with --no-share (CMA
+#     off, as it must be then), and through Charliecloud's ch-run (CMA off); rounds interleaved,
+#     medians reported, container/native ratios;
 #  2. start-up of N = 1, 2, 8, 32 ranks on one node (`srun --overcommit -n N`), of `true` and of
-#     an MPI hello (MPI_Init + barrier + MPI_Finalize), natively and in the container (hyperfine).
+#     an MPI hello (MPI_Init + gather + MPI_Finalize), natively and in the container, shared and
+#     --no-share (hyperfine).
 # Each ping-pong run has a time limit; a run that fails or hangs is recorded and left out.
 
 set -uo pipefail
@@ -48,6 +52,7 @@ else
     MODE=full; ROUNDS=3; PP_ITERS=1000; START_RUNS=10; NS=(1 2 8 32)
 fi
 ROUNDS=${LAUNCHER_BENCH_ROUNDS:-$ROUNDS}
+START_RUNS=${LAUNCHER_BENCH_START_RUNS:-$START_RUNS}
 PP_TIMEOUT=300 # seconds per ping-pong run (large messages hang when single-copy fails)
 SCRATCH=${LAUNCHER_BENCH_DIR:-/var/tmp/launcher-bench}/mpi
 T_START=$(date +%s)
@@ -112,19 +117,21 @@ ASU_A=(setpriv --reuid="$U_UID" --regid="$U_GID" --clear-groups
     env -i "HOME=$U_HOME" "USER=$U_NAME" "LOGNAME=$U_NAME" PATH=/usr/local/bin:/usr/bin:/bin
     "SLURM_CONF=$SLURM_CONF")
 ASU="${ASU_A[*]}"
-# Until ranks on a node share one user namespace, Open MPI's CMA single copy fails between
-# containerised ranks (docs/slurm.md): the container rows turn it off, and a native row with
-# the same setting shows what that alone costs.
+# The launcher's ranks share one instance (one user namespace) per node by default, and Open
+# MPI's CMA single copy works between them. With --no-share, and in ch-run, each rank has its
+# own user namespace, CMA between them is refused (docs/slurm.md), and those rows turn it off;
+# a native row with the same setting shows what that alone costs.
 NOCMA=OMPI_MCA_btl_vader_single_copy_mechanism=none
 
 OMPI_IMG=$MPI/openmpi.sqfs
 declare -A PP_CMD=(
     [native]="srun --mpi=pmix -n 2 $MPI/host/openmpi/pingpong"
     [native-nocma]="env $NOCMA srun --mpi=pmix -n 2 $MPI/host/openmpi/pingpong"
-    [launcher]="env $NOCMA srun --mpi=pmix -n 2 $LAUNCHER exec $OMPI_IMG pingpong"
+    [shared]="srun --mpi=pmix -n 2 $LAUNCHER exec $OMPI_IMG pingpong"
+    [no-share]="env $NOCMA srun --mpi=pmix -n 2 $LAUNCHER exec --no-share $OMPI_IMG pingpong"
     [ch-run]="env $NOCMA srun --mpi=pmix -n 2 ch-run $OMPI_IMG -- /usr/local/bin/pingpong"
 )
-PP_ORDER=(native native-nocma launcher ch-run)
+PP_ORDER=(native native-nocma shared no-share ch-run)
 
 # ---------------------------------------------------------------- 1. ping-pong
 log "ping-pong: $ROUNDS round(s) of ${PP_ORDER[*]}"
@@ -136,7 +143,8 @@ for round in $(seq 1 "$ROUNDS"); do
         # shellcheck disable=SC2086  # the command line is split on purpose
         (cd "$RES" && timeout -k 10 "$PP_TIMEOUT" "${ASU_A[@]}" $cmd >"$out" 2>"$out.err")
         rc=$?
-        if ((rc != 0)) || ! grep -q 'bytes=4194304' "$out"; then
+        if ((rc != 0)) || ! grep -q 'bytes=4194304' "$out" ||
+            grep -q 'single_copy_mechanism CMA is' "$out.err"; then
             fail "ping-pong $cfg (round $round)" "$cmd" "$rc" "$(tail -n 20 "$out" "$out.err")"
             rm -f "$out"
         fi
@@ -167,9 +175,11 @@ startup_rows=()
 for n in "${NS[@]}"; do
     startup_rows+=(
         "N=$n true, native" "$ASU srun --overcommit -n $n true"
-        "N=$n true, launcher" "$ASU srun --overcommit -n $n $LAUNCHER exec $OMPI_IMG true"
+        "N=$n true, shared" "$ASU srun --overcommit -n $n $LAUNCHER exec $OMPI_IMG true"
+        "N=$n true, no-share" "$ASU srun --overcommit -n $n $LAUNCHER exec --no-share $OMPI_IMG true"
         "N=$n MPI hello, native" "$ASU srun --overcommit --mpi=pmix -n $n $MPI/host/openmpi/hello"
-        "N=$n MPI hello, launcher" "$ASU env $NOCMA srun --overcommit --mpi=pmix -n $n $LAUNCHER exec $OMPI_IMG hello"
+        "N=$n MPI hello, shared" "$ASU srun --overcommit --mpi=pmix -n $n $LAUNCHER exec $OMPI_IMG hello"
+        "N=$n MPI hello, no-share" "$ASU env $NOCMA srun --overcommit --mpi=pmix -n $n $LAUNCHER exec --no-share $OMPI_IMG hello"
     )
 done
 hf_args=()
@@ -200,57 +210,79 @@ md "## Ping-pong, 2 ranks on one node, \`srun --mpi=pmix\`" "" \
     "median of $ROUNDS round(s), configurations interleaved within a round. Rows:" "" \
     "- **native**: the host's program, Open MPI defaults (vader with CMA single copy);" \
     "- **native, no CMA**: the same with \`$NOCMA\`;" \
-    "- **launcher**: the same source built into the Open MPI image, \`launcher exec\`, with \`$NOCMA\`" \
-    "  (each rank is in its own user namespace until the per-node shared namespace lands, and CMA" \
+    "- **shared**: the same source built into the Open MPI image, \`launcher exec\` with its defaults:" \
+    "  the two ranks share one instance (one user namespace, one FUSE server), and Open MPI's" \
+    "  defaults, CMA on (a run whose ranks warn that CMA is not available is counted as failed);" \
+    "- **--no-share**: \`launcher exec --no-share\`, a user namespace per rank, with \`$NOCMA\` (CMA" \
     "  between user namespaces is refused; see docs/slurm.md);" \
     "- **ch-run**: Charliecloud on the same image, also with \`$NOCMA\` (it too gives each rank its own" \
     "  namespace). It does not bind the PMIx server's directory under slurmd's spool: its ranks print" \
     "  \`PMIX ERROR ... gds_ds12_lock_pthread.c\` and run on." "" \
-    "Ratios are speed relative to native (native latency / latency): 1.00 is as fast as native; the" \
-    "target is >= 0.98 for every size. Two ranks busy-poll: on a node with few cores that other work" \
-    "shares, single rows swing by 10x between rounds (compare the load figures); trust a quiet run." ""
-md "| bytes | native (us) | native, no CMA (us) | launcher (us) | ch-run (us) | launcher / native | launcher / native no CMA | ch-run / native |" \
-    "|---:|---:|---:|---:|---:|---:|---:|---:|"
-worst=""
-worst_large=""
+    "Ratios are speed relative to a native row (its latency / the row's latency): 1.00 is as fast" \
+    "as native. The target is shared / native >= 0.98 for every size; --no-share is compared with" \
+    "native without CMA too, which is what it runs. Two ranks busy-poll: on a node with few cores" \
+    "that other work shares, single rows swing by 10x between rounds (compare the load figures);" \
+    "trust a quiet run." ""
+md "| bytes | native (us) | native, no CMA (us) | shared (us) | --no-share (us) | ch-run (us) | shared / native | --no-share / native | --no-share / native no CMA | ch-run / native |" \
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+# worst_of VAR RATIO: keep the smaller ratio in VAR.
+worst_of() {
+    [[ $2 == - ]] && return
+    if [[ -z ${!1} ]] || awk -v a="$2" -v b="${!1}" 'BEGIN { exit !(a < b) }'; then
+        printf -v "$1" '%s' "$2"
+    fi
+}
+worst="" worst_large="" worst_ns=""
 for i in $(seq 0 22); do
     s=$((1 << i))
     n=${LAT[native,$s]:-}
     nn=${LAT[native-nocma,$s]:-}
-    l=${LAT[launcher,$s]:-}
+    l=${LAT[shared,$s]:-}
+    p=${LAT[no-share,$s]:-}
     c=${LAT[ch-run,$s]:-}
     r=$(ratio "$n" "$l")
-    md "| $s | $(fmt_us "$n") | $(fmt_us "$nn") | $(fmt_us "$l") | $(fmt_us "$c") | $r | $(ratio "$nn" "$l") | $(ratio "$n" "$c") |"
-    if [[ $r != - ]]; then
-        [[ -z $worst ]] || awk -v a="$r" -v b="$worst" 'BEGIN { exit !(a < b) }' && worst=$r
-        if ((s >= 65536)); then
-            [[ -z $worst_large ]] || awk -v a="$r" -v b="$worst_large" 'BEGIN { exit !(a < b) }' && worst_large=$r
-        fi
-    fi
+    md "| $s | $(fmt_us "$n") | $(fmt_us "$nn") | $(fmt_us "$l") | $(fmt_us "$p") | $(fmt_us "$c") | $r | $(ratio "$n" "$p") | $(ratio "$nn" "$p") | $(ratio "$n" "$c") |"
+    worst_of worst "$r"
+    ((s >= 65536)) && worst_of worst_large "$r"
+    worst_of worst_ns "$(ratio "$nn" "$p")"
 done
 md "" "Bandwidth is bytes / latency: its ratios are the latency ratios of the same row." ""
 verdict() { [[ -n ${1:-} ]] && awk -v a="$1" 'BEGIN { exit !(a >= 0.98) }' && echo met || echo "not met"; }
-summary "ping-pong speed, launcher / native, worst size" "${worst:--}" "" ">= 0.98" "$(verdict "$worst")"
-summary "ping-pong speed, launcher / native, worst size >= 64 KiB" "${worst_large:--}" "" ">= 0.98" "$(verdict "$worst_large")"
+summary "ping-pong speed, shared / native, worst size" "${worst:--}" "" ">= 0.98" "$(verdict "$worst")"
+summary "ping-pong speed, shared / native, worst size >= 64 KiB (CMA)" "${worst_large:--}" "" ">= 0.98" "$(verdict "$worst_large")"
+summary "ping-pong speed, --no-share / native no CMA, worst size" "${worst_ns:--}" "" "(reference)" "-"
 
 md "## Start-up of N ranks on one node" "" \
     "\`srun --overcommit -n N\` of \`true\` and of \`mpi-tests/hello.c\` (MPI_Init, a gather, MPI_Finalize)," \
-    "natively and through the launcher (Open MPI image, \`--mpi=pmix\` for hello); hyperfine median" \
-    "of $START_RUNS runs after a warm-up, in seconds, including srun's own cost. Namespaces: private" \
-    "(one user namespace and FUSE server per rank; a shared per-node mode is not measured yet)." "" \
-    "| N | true native | true launcher | launcher - native | hello native | hello launcher | launcher - native |" \
-    "|---:|---:|---:|---:|---:|---:|---:|"
+    "natively and through the launcher (Open MPI image, \`--mpi=pmix\` for hello), shared (the default:" \
+    "the first rank of the node mounts the image, the others join its namespaces) and \`--no-share\`" \
+    "(a user namespace, mount and FUSE server per rank; hello with \`$NOCMA\`); hyperfine median of" \
+    "$START_RUNS runs after a warm-up, in seconds, including srun's own cost. \"+\" columns: the" \
+    "launcher's addition over native." "" \
+    "| N | true native | true shared | + shared | true --no-share | + --no-share | hello native | hello shared | + shared | hello --no-share | + --no-share |" \
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+f() { [[ -n ${1:-} ]] && printf '%.3f' "$1" || printf -- '-'; }
+minus() { [[ -n ${1:-} && -n ${2:-} ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }' || echo -; }
+declare -A ADD
 for n in "${NS[@]}"; do
-    tn=$(hf_median "N=$n true, native"); tl=$(hf_median "N=$n true, launcher")
-    hn=$(hf_median "N=$n MPI hello, native"); hl=$(hf_median "N=$n MPI hello, launcher")
-    d1=$([[ -n $tn && -n $tl ]] && awk -v a="$tl" -v b="$tn" 'BEGIN { printf "%.3f", a - b }' || echo -)
-    d2=$([[ -n $hn && -n $hl ]] && awk -v a="$hl" -v b="$hn" 'BEGIN { printf "%.3f", a - b }' || echo -)
-    f() { [[ -n ${1:-} ]] && printf '%.3f' "$1" || printf -- '-'; }
-    md "| $n | $(f "$tn") | $(f "$tl") | $d1 | $(f "$hn") | $(f "$hl") | $d2 |"
+    tn=$(hf_median "N=$n true, native"); ts=$(hf_median "N=$n true, shared"); tp=$(hf_median "N=$n true, no-share")
+    hn=$(hf_median "N=$n MPI hello, native"); hs=$(hf_median "N=$n MPI hello, shared"); hp=$(hf_median "N=$n MPI hello, no-share")
+    ADD[true,shared,$n]=$(minus "$ts" "$tn"); ADD[true,no-share,$n]=$(minus "$tp" "$tn")
+    ADD[hello,shared,$n]=$(minus "$hs" "$hn"); ADD[hello,no-share,$n]=$(minus "$hp" "$hn")
+    md "| $n | $(f "$tn") | $(f "$ts") | ${ADD[true,shared,$n]} | $(f "$tp") | ${ADD[true,no-share,$n]} | $(f "$hn") | $(f "$hs") | ${ADD[hello,shared,$n]} | $(f "$hp") | ${ADD[hello,no-share,$n]} |"
 done
-md "" "Target: the launcher's added start-up per node flat from 1 to 32 ranks (the difference" \
-    "columns should not grow with N; on a node with fewer cores than ranks they grow with the" \
-    "CPU time each rank's launch costs)." ""
+first=${NS[0]}
+last=${NS[${#NS[@]} - 1]}
+md "" "Target: the launcher's added start-up per node flat from 1 to 32 ranks (the \"+\" columns should" \
+    "not grow with N). On a node with fewer cores than ranks, every rank's launch costs CPU time that" \
+    "the ranks queue for, so even the shared rows grow somewhat with N there." ""
+for what in true hello; do
+    for mode in shared no-share; do
+        a=${ADD[$what,$mode,$first]:-} b=${ADD[$what,$mode,$last]:-}
+        grow=$([[ $a != - && $b != - && -n $a && -n $b ]] && minus "$b" "$a" || echo -)
+        summary "start-up of $what, launcher's addition, $mode: N=$last minus N=$first (s)" "$grow" "" "flat (about 0)" "-"
+    done
+done
 
 {
     printf '\n## Summary\n\n| measure | value | | target | verdict |\n|---|---:|---|---|---|\n'

@@ -329,10 +329,8 @@ fn host_mpirun(program: &str, args: &[&str]) -> Out {
         .env("USER", &s.user)
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LAUNCHER_CONFIG", "")
-        // Each rank is in its own user namespace here: CMA single copy fails across them.
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("UCX_TLS", "^cma")
-        .env("UCX_POSIX_USE_PROC_LINK", "n")
+        // MPI's defaults, single copy between ranks included: the ranks of one mpirun share
+        // one user namespace on the node (launcher/src/share.rs).
         .current_dir(&s.scratch)
         .stdin(std::process::Stdio::null())
         .output()
@@ -385,14 +383,33 @@ fn real_host_open_mpi_bound_into_the_open_mpi_image() {
         "{out:?}"
     );
     assert!(out.stdout.contains("hello ok size=2"), "{out:?}");
-    let out = launch(&["pingpong", "--min", "8", "--max", "65536", "--iters", "200"]);
+    assert_one_user_namespace(&out);
+    // Up to 4 MiB: large messages go by CMA single copy, which needs the shared namespace.
+    let out = launch(&[
+        "pingpong", "--min", "8", "--max", "4194304", "--iters", "50",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let lines: Vec<&str> = out
         .stdout
         .lines()
         .filter(|l| l.starts_with("pingpong bytes="))
         .collect();
-    assert_eq!(lines.len(), 14, "{out:?}");
+    assert_eq!(lines.len(), 20, "{out:?}");
+    assert!(
+        !out.stderr.contains("single_copy_mechanism CMA is"),
+        "CMA was not available: {out:?}"
+    );
+}
+
+/// All ranks' `hello` lines show one user namespace (`ns=`): they shared the node's instance.
+fn assert_one_user_namespace(out: &Out) {
+    let ns: std::collections::BTreeSet<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("hello rank="))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("ns=")))
+        .collect();
+    assert_eq!(ns.len(), 1, "ranks in different user namespaces: {out:?}");
 }
 
 /// The same with Debian's MPICH (libmpich.so.12, over UCX) and its Hydra launcher.
@@ -418,6 +435,7 @@ fn real_host_mpich_bound_into_the_mpich_image() {
         .filter(|l| l.ends_with("calling init: /.launcher.d/libs/libmpich.so.12"))
         .count();
     assert_eq!(from_host, 2, "both ranks load the host's MPICH: {out:?}");
+    assert_one_user_namespace(&out);
 }
 
 /// The incompatible pair with real libraries: the host's Open MPI against the MPICH image.

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn gzip() -> String {
     fixture("busybox-gzip.sqfs")
@@ -32,67 +32,9 @@ fn finish(child: Child) -> Out {
     }
 }
 
-/// Processes of the test user that hold /dev/fuse open (the FUSE servers), with their user
-/// namespace.
-fn fuse_servers() -> BTreeSet<(String, u32)> {
-    let uid = setup().uid;
-    let mut servers = BTreeSet::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let owned = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| {
-                s.lines().any(|l| {
-                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
-                })
-            })
-            .unwrap_or(false);
-        if !owned {
-            continue;
-        }
-        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            if fds.flatten().any(|f| {
-                std::fs::read_link(f.path())
-                    .map(|t| t == std::path::Path::new("/dev/fuse"))
-                    .unwrap_or(false)
-            }) {
-                let ns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap_or_default();
-                servers.insert((ns.to_string_lossy().into_owned(), pid));
-            }
-        }
-    }
-    servers
-}
-
-fn share_dir() -> std::path::PathBuf {
-    format!("/tmp/launcher-{}", setup().uid).into()
-}
-
 /// No rendezvous file of this job is left (other tests may have their own).
 fn assert_no_files_left() {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: Vec<String> = std::fs::read_dir(share_dir())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        // Files are named after a hash, not the job id: with tests running side by side,
-        // only "none at all" is a sure answer, so wait for it.
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "rendezvous files left in {}: {left:?}",
-                share_dir().display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_no_share_files_left(5);
 }
 
 #[test]
