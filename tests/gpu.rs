@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 fn image() -> String {
@@ -19,22 +18,7 @@ fn gpu_dir() -> PathBuf {
 /// directories), made with ldconfig now that the fixtures are at their final path.
 fn ld_cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
-    CACHE.get_or_init(|| {
-        let s = setup();
-        let conf = s.scratch.join("gpu-ld.so.conf");
-        let cache = s.scratch.join("gpu-ld.so.cache");
-        std::fs::write(&conf, format!("{}\n", gpu_dir().join("lib").display())).unwrap();
-        let st = Command::new("/sbin/ldconfig")
-            .arg("-X")
-            .arg("-C")
-            .arg(&cache)
-            .arg("-f")
-            .arg(&conf)
-            .status()
-            .expect("running ldconfig");
-        assert!(st.success(), "ldconfig -C failed");
-        cache
-    })
+    CACHE.get_or_init(|| ldconfig_cache("gpu", &gpu_dir().join("lib")))
 }
 
 /// A site config file (readable by the test user) for the fake stack, plus `extra` YAML.

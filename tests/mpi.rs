@@ -20,22 +20,7 @@ fn image(name: &str) -> String {
 /// A real ld.so.cache listing hostA's "Open MPI" first (then the host's trusted directories).
 fn ld_cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
-    CACHE.get_or_init(|| {
-        let s = setup();
-        let conf = s.scratch.join("mpi-ld.so.conf");
-        let cache = s.scratch.join("mpi-ld.so.cache");
-        std::fs::write(&conf, format!("{}\n", fake().join("hostA/lib").display())).unwrap();
-        let st = Command::new("/sbin/ldconfig")
-            .arg("-X")
-            .arg("-C")
-            .arg(&cache)
-            .arg("-f")
-            .arg(&conf)
-            .status()
-            .expect("running ldconfig");
-        assert!(st.success(), "ldconfig -C failed");
-        cache
-    })
+    CACHE.get_or_init(|| ldconfig_cache("mpi", &fake().join("hostA/lib")))
 }
 
 /// A site config (readable by the test user) with the test cache and /dev, plus `extra` YAML.

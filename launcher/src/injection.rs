@@ -97,28 +97,7 @@ impl Injection {
     ) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         for base in bases {
-            let mut found: Vec<(String, PathBuf)> = Vec::new();
-            for dir in search {
-                let Ok(rd) = std::fs::read_dir(dir) else {
-                    continue;
-                };
-                let mut names: Vec<String> = rd
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| name_matches(n, base))
-                    .collect();
-                names.sort();
-                for n in names {
-                    if !found.iter().any(|(f, _)| *f == n) {
-                        found.push((n.clone(), dir.join(&n)));
-                    }
-                }
-            }
-            if found.is_empty() {
-                for e in cache.matching(base) {
-                    found.push((e.name.clone(), e.path.clone()));
-                }
-            }
+            let found = find_library(base, search, cache);
             if found.is_empty() {
                 missing.push(base.clone());
                 continue;
@@ -172,8 +151,40 @@ impl Injection {
     }
 }
 
+/// Every file named `base` or `base.*` in the search directories (first directory wins for a
+/// name), else in the ld.so cache: (name, path as found).
+pub fn find_library(
+    base: &str,
+    search: &[PathBuf],
+    cache: &crate::ld_cache::LdCache,
+) -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for dir in search {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| name_matches(n, base))
+            .collect();
+        names.sort();
+        for n in names {
+            if !found.iter().any(|(f, _)| *f == n) {
+                found.push((n.clone(), dir.join(&n)));
+            }
+        }
+    }
+    if found.is_empty() {
+        for e in cache.matching(base) {
+            found.push((e.name.clone(), e.path.clone()));
+        }
+    }
+    found
+}
+
 /// `libcuda.so` matches `libcuda.so` and `libcuda.so.1`, not `libcudart.so`.
-fn name_matches(name: &str, base: &str) -> bool {
+pub fn name_matches(name: &str, base: &str) -> bool {
     name == base || name.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
 }
 

@@ -459,28 +459,7 @@ fn host_libraries(listed: &[String], search: &[PathBuf], cache: &LdCache) -> Res
     let mut out = HostLibraries::default();
     let mut seen: Vec<PathBuf> = Vec::new();
     for base in &bases {
-        let mut found: Vec<(String, PathBuf)> = Vec::new();
-        for dir in search {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut names: Vec<String> = rd
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| name_matches(n, base))
-                .collect();
-            names.sort();
-            for n in names {
-                if !found.iter().any(|(f, _)| *f == n) {
-                    found.push((n.clone(), dir.join(&n)));
-                }
-            }
-        }
-        if found.is_empty() {
-            for e in cache.matching(base) {
-                found.push((e.name.clone(), e.path.clone()));
-            }
-        }
+        let found = crate::injection::find_library(base, search, cache);
         for (name, path) in found {
             let Ok(real) = std::fs::canonicalize(&path) else {
                 continue;
@@ -518,11 +497,6 @@ fn host_libraries(listed: &[String], search: &[PathBuf], cache: &LdCache) -> Res
         }
     }
     Ok(out)
-}
-
-/// `libmpi.so` matches `libmpi.so` and `libmpi.so.40`, not `libmpi_cxx.so`.
-fn name_matches(name: &str, base: &str) -> bool {
-    name == base || name.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
 }
 
 /// The image's MPI libraries, and the library names it has (for the compiler run-time rule).

@@ -51,36 +51,8 @@ impl VirtualNodes {
                 .resolve_nofollow(p.as_os_str().as_bytes())
                 .map_err(|e| format!("{}: {e}", p.display()))
         };
-        for n in upper {
-            if lookup(&n.path)?.is_some() {
-                continue;
-            }
-            let (Some(parent_path), Some(name)) = (n.path.parent(), n.path.file_name()) else {
-                return Err(format!("{}: no parent directory", n.path.display()));
-            };
-            let parent = match by_path.get(parent_path) {
-                Some(i) => Parent::Virtual(*i),
-                None => match lookup(parent_path)? {
-                    Some(dir) if dir.kind == FileType::Dir => Parent::Image(dir.inode_ref),
-                    _ => {
-                        return Err(format!(
-                            "{}: parent is not a directory in the image",
-                            n.path.display()
-                        ))
-                    }
-                },
-            };
-            let idx = v.nodes.len();
-            v.nodes.push(VirtualNode {
-                name: name.as_bytes().to_vec(),
-                dir: n.kind == NodeKind::Dir,
-                mode: (n.mode & 0o7777) as u16,
-                content: None,
-            });
-            v.children.entry(parent).or_default().push(idx);
-            by_path.insert(n.path.clone(), idx);
-        }
-        for (path, content) in files {
+        // The directory a node goes in (an earlier virtual node or an image directory), and its name.
+        let place = |path: &Path, by_path: &HashMap<PathBuf, usize>| {
             let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
                 return Err(format!("{}: no parent directory", path.display()));
             };
@@ -96,16 +68,35 @@ impl VirtualNodes {
                     }
                 },
             };
+            Ok((parent, name.as_bytes().to_vec()))
+        };
+        for n in upper {
+            if lookup(&n.path)?.is_some() {
+                continue;
+            }
+            let (parent, name) = place(&n.path, &by_path)?;
             let idx = v.nodes.len();
             v.nodes.push(VirtualNode {
-                name: name.as_bytes().to_vec(),
+                name,
+                dir: n.kind == NodeKind::Dir,
+                mode: (n.mode & 0o7777) as u16,
+                content: None,
+            });
+            v.children.entry(parent).or_default().push(idx);
+            by_path.insert(n.path.clone(), idx);
+        }
+        for (path, content) in files {
+            let (parent, name) = place(path, &by_path)?;
+            let idx = v.nodes.len();
+            let siblings = v.children.entry(parent).or_default();
+            siblings.retain(|i| v.nodes[*i].name != name);
+            siblings.push(idx);
+            v.nodes.push(VirtualNode {
+                name,
                 dir: false,
                 mode: 0o644,
                 content: Some(Arc::from(content.as_slice())),
             });
-            let siblings = v.children.entry(parent).or_default();
-            siblings.retain(|i| v.nodes[*i].name != name.as_bytes());
-            siblings.push(idx);
         }
         Ok(v)
     }

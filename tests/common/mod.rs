@@ -304,3 +304,22 @@ pub fn assert_no_share_files_left(secs: u64) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A real ld.so.cache made by ldconfig for `lib_dir` (then the host's trusted directories),
+/// written to the scratch directory as `NAME-ld.so.cache`.
+pub fn ldconfig_cache(name: &str, lib_dir: &Path) -> PathBuf {
+    let s = setup();
+    let conf = s.scratch.join(format!("{name}-ld.so.conf"));
+    let cache = s.scratch.join(format!("{name}-ld.so.cache"));
+    std::fs::write(&conf, format!("{}\n", lib_dir.display())).unwrap();
+    let st = Command::new("/sbin/ldconfig")
+        .arg("-X")
+        .arg("-C")
+        .arg(&cache)
+        .arg("-f")
+        .arg(&conf)
+        .status()
+        .expect("running ldconfig");
+    assert!(st.success(), "ldconfig -C failed");
+    cache
+}
