@@ -9,7 +9,7 @@
 //! a node meet in /dev/shm (bound with /dev).
 
 use crate::plan::MountStep;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Variables naming PMIx server directories a client maps files from.
 fn is_pmix_dir_var(name: &str) -> bool {
@@ -22,8 +22,8 @@ fn is_pmix_dir_var(name: &str) -> bool {
 pub fn pmix_dirs(env: &[(String, String)]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = env
         .iter()
-        .filter(|(k, v)| is_pmix_dir_var(k) && v.starts_with('/'))
-        .map(|(_, v)| lexical_clean(Path::new(v)))
+        .filter(|(k, _)| is_pmix_dir_var(k))
+        .filter_map(|(_, v)| crate::plan::clean_abs(Path::new(v)).ok())
         .filter(|p| p != Path::new("/"))
         .collect();
     dirs.sort();
@@ -55,19 +55,6 @@ pub fn binds(env: &[(String, String)], covered: &[(PathBuf, PathBuf)]) -> Vec<Mo
         .collect()
 }
 
-fn lexical_clean(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {
