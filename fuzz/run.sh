@@ -15,7 +15,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/target}
-ALL=(squashfs sif oci_archive oci_layer)
+ALL=(squashfs sif oci_archive oci_layer site_config cdi)
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN=$CARGO_TARGET_DIR/$TRIPLE/release
 
@@ -44,8 +44,11 @@ for t in "${targets[@]}"; do
     before=$(find "artifacts/$t" -type f | wc -l)
     # -rss_limit_mb: an allocation sized by an untrusted field shows as an OOM crash.
     # -timeout: one input taking 10 s is a hang. -close_fd_mask=3: targets print nothing useful.
+    # The text formats' keywords (fuzz/dicts/TARGET.dict) help libFuzzer past the parsers.
+    dict=()
+    [ ! -f "dicts/$t.dict" ] || dict=(-dict="dicts/$t.dict")
     "$BIN/$t" "corpus/$t" "seeds/$t" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 \
-        -malloc_limit_mb=1024 -timeout=10 -close_fd_mask=3 -print_final_stats=1 \
+        -malloc_limit_mb=1024 -timeout=10 -close_fd_mask=3 -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1 || true
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -1)
     secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "logs/$t.log" | tail -1)

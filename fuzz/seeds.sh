@@ -2,7 +2,8 @@
 # Makes the seed corpora of the fuzz targets in fuzz/seeds/TARGET (small files, made at run
 # time, never committed): SquashFS images from mksquashfs with every compressor and layout
 # option, the SIF files of shared/testdata/sif, docker/OCI archives from umoci + skopeo, and
-# layer tars with links and whiteouts. Needs squashfs-tools, attr, umoci, skopeo, zstd (run.sh
+# layer tars with links and whiteouts, the site configs of docs/admin.md and the config and
+# CDI specs of the modules' tests. Needs squashfs-tools, attr, umoci, skopeo, zstd (run.sh
 # installs them as root when missing).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -10,7 +11,7 @@ SEEDS=${1:-$HERE/seeds}
 SIF_DIR=${SIF_TESTDATA:-$HERE/../../shared/testdata/sif}
 [ -d "$SIF_DIR" ] || SIF_DIR=/work/shared/testdata/sif
 rm -rf "$SEEDS"
-mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer}
+mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -81,4 +82,127 @@ tar -C "$l" --owner=0 --group=0 -cf "$SEEDS/oci_layer/links-whiteouts.tar" .
 tar -C "$l" --format=pax --owner=1000 --group=1000 -cf "$SEEDS/oci_layer/pax.tar" a c
 gzip -c "$SEEDS/oci_layer/links-whiteouts.tar" >"$SEEDS/oci_layer/links-whiteouts.tar.gz"
 zstd -q -c "$SEEDS/oci_layer/pax.tar" >"$SEEDS/oci_layer/pax.tar.zst"
+
+# Site configs: every yaml block of docs/admin.md, and the cases of site_config.rs's tests.
+REPO=$HERE/..
+awk -v out="$SEEDS/site_config/admin" '/^```yaml/{n++; f=out "-" n ".yaml"; next} /^```/{f=""; next} f{print > f}' \
+    "$REPO/docs/admin.md"
+sc() { printf '%s' "$2" >"$SEEDS/site_config/$1.yaml"; }
+sc full 'binds: [/scratch, "/opt/site:/opt/site:ro"]
+devices: [/dev/infiniband]
+env:
+  set: {OMPI_MCA_btl: "^openib"}
+  prepend: {PATH: /opt/site/bin}
+  append: {MANPATH: /opt/site/man}
+  unset: [LD_PRELOAD]
+gpu:
+  default: true
+  nvidia:
+    libraries: [libcuda.so, libnvidia-ml.so]
+    binaries: [nvidia-smi]
+    library_paths: [/opt/nvidia/lib64]
+  rocm:
+    binary_paths: [/opt/rocm/bin]
+mpi:
+  default: false
+  libraries: [libmpi.so, libfabric.so]
+  library_paths: [/opt/cray/lib64]
+  binds: ["/etc/libfabric:/etc/libfabric:ro"]
+cdi:
+  spec_dirs: [/etc/cdi]
+host:
+  ld_so_cache: /etc/ld.so.cache
+  dev_dir: /dev
+'
+sc empty ''
+sc comment '# nothing yet
+'
+sc unknown-key 'binds: []
+gpu:
+  nvidia:
+    libaries: [x]
+'
+sc type-error 'gpu:
+  default: maybe
+'
+sc relative 'binds: ["/a:relative", "/tmp:/x/../../..", "/dev/null:/etc/passwd:ro,/proc:/p"]
+env:
+  set: {BAD-NAME: x}
+host:
+  dev_dir: dev
+'
+sc anchors 'binds: &b [/tmp, /var/tmp]
+mpi: {binds: *b, libraries: [libmpi.so]}
+devices: [/dev/null, /dev/zero, /dev/fuse]
+env: {prepend: {LD_LIBRARY_PATH: /site/lib, PATH: /site/bin}, append: {PATH: /x}}
+'
+
+# CDI specs: the modules' test specs, the GPU fixture's (tests/setup-gpu.sh), and one in the
+# shape `nvidia-ctk cdi generate` writes (YAML, an "all" device, hooks, spec-wide edits).
+sed -n '/^cat >"\$out\/cdi\/vendor-example.json" <<JSON$/,/^JSON$/p' "$REPO/tests/setup-gpu.sh" \
+    | sed '1d;$d' | sed 's/\$final/\/opt\/fixture/g' >"$SEEDS/cdi/vendor-example.json"
+cat >"$SEEDS/cdi/test.json" <<'JSON'
+{
+  "cdiVersion": "0.6.0",
+  "kind": "vendor.example/gpu",
+  "containerEdits": {"env": ["VENDOR_DRIVER=1"]},
+  "devices": [
+    {"name": "0", "containerEdits": {
+      "env": ["VENDOR_VISIBLE=0", "NOEQUALS", "=empty"],
+      "deviceNodes": [{"path": "/dev/vgpu0", "hostPath": "/tmp/dev/vgpu0", "type": "c", "major": 195, "minor": 0}],
+      "mounts": [{"hostPath": "/opt/vendor/lib", "containerPath": "/usr/lib/vendor", "options": ["ro", "nosuid", "bind"]}],
+      "hooks": [{"hookName": "createContainer", "path": "/usr/bin/vendor-ctk", "args": ["vendor-ctk", "hook", "update-ldcache"]}]
+    }},
+    {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/vgpu1"}]}}
+  ],
+  "annotations": {"unknown": "fields are ignored"}
+}
+JSON
+printf 'cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n  - name: all\n    containerEdits:\n      deviceNodes:\n        - path: /dev/nvidia0\n' \
+    >"$SEEDS/cdi/test.yaml"
+cat >"$SEEDS/cdi/nvidia.yaml" <<'YAML'
+---
+cdiVersion: 0.5.0
+kind: nvidia.com/gpu
+devices:
+- name: "0"
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+- name: GPU-4cf8db2d-06c0-7d70-1a51-e59b25b2c16c
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+- name: all
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+containerEdits:
+  env:
+  - NVIDIA_VISIBLE_DEVICES=void
+  deviceNodes:
+  - path: /dev/nvidia-modeset
+  - path: /dev/nvidia-uvm
+  - path: /dev/nvidia-uvm-tools
+  - path: /dev/nvidiactl
+  hooks:
+  - hookName: createContainer
+    path: /usr/bin/nvidia-ctk
+    args: [nvidia-ctk, hook, create-symlinks, --link, libnvidia-allocator.so.535.104.05::/usr/lib/x86_64-linux-gnu/gbm/nvidia-drm_gbm.so]
+  - hookName: createContainer
+    path: /usr/bin/nvidia-ctk
+    args: [nvidia-ctk, hook, update-ldcache, --folder, /usr/lib/x86_64-linux-gnu]
+  mounts:
+  - hostPath: /usr/bin/nvidia-smi
+    containerPath: /usr/bin/nvidia-smi
+    options: [ro, nosuid, nodev, bind]
+  - hostPath: /usr/lib/x86_64-linux-gnu/libcuda.so.535.104.05
+    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.535.104.05
+    options: [ro, nosuid, nodev, bind]
+  - hostPath: /run/nvidia-persistenced/socket
+    containerPath: /run/nvidia-persistenced/socket
+    options: [ro, nosuid, nodev, bind, noexec]
+YAML
+printf '{"cdiVersion":"0.6.0","kind":"amd.com/gpu","devices":[{"name":"","containerEdits":{"mounts":[{"hostPath":"/tmp","containerPath":"relative"}]}},{"name":"x","containerEdits":{"deviceNodes":[{"path":"/dev/../.."}]}}]}' \
+    >"$SEEDS/cdi/odd.json"
 du -sh "$SEEDS"/* | sed 's/^/seeds: /'

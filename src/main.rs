@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use launcher_runtime::bind::{parse_bind_list, BindSpec};
 use launcher_runtime::environment;
 use launcher_runtime::launch::{self, Tuning};
-use launcher_runtime::options::{Action, LaunchOptions};
+use launcher_runtime::options::{Action, GpuVendor, LaunchOptions, MpiMode};
 use std::path::PathBuf;
 
 /// Exit status for the launcher's own failures (bad image, bad option, no namespaces, ...).
@@ -99,6 +99,33 @@ struct RunOpts {
     /// Read NAME=VALUE lines from a file.
     #[arg(long = "env-file", value_name = "FILE")]
     env_file: Vec<PathBuf>,
+    /// Bring in the host's GPU stack: CDI specs if the host has them, else the driver
+    /// libraries (via the ld.so cache), programs and device nodes of NVIDIA and/or AMD.
+    #[arg(long)]
+    gpu: bool,
+    /// --gpu for NVIDIA only.
+    #[arg(long)]
+    nv: bool,
+    /// --gpu for AMD ROCm only.
+    #[arg(long)]
+    rocm: bool,
+    /// No GPU, even when the site config turns --gpu on by default.
+    #[arg(long, conflicts_with_all = ["gpu", "nv", "rocm"])]
+    no_gpu: bool,
+    /// Bind the host's MPI library, its dependencies and plugins, and the interconnect
+    /// devices, over the image's MPI after an ABI check; `--mpi=force` skips the check.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "on",
+          value_parser = ["on", "force"], value_name = "force")]
+    mpi: Option<String>,
+    /// No MPI injection, even when the site config turns --mpi on by default.
+    #[arg(long, conflicts_with = "mpi")]
+    no_mpi: bool,
+    /// A CDI device: vendor/class=name, e.g. nvidia.com/gpu=0 (repeatable).
+    #[arg(long = "device", value_name = "CDI_NAME")]
+    device: Vec<String>,
+    /// Do not share one container instance with the other ranks of a job step on this node.
+    #[arg(long)]
+    no_share: bool,
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
@@ -130,6 +157,23 @@ impl RunOpts {
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
         o.cleanenv = self.cleanenv;
+        o.gpu = match (self.gpu || (self.nv && self.rocm), self.nv, self.rocm) {
+            (true, _, _) => Some(GpuVendor::Any),
+            (false, true, _) => Some(GpuVendor::Nvidia),
+            (false, _, true) => Some(GpuVendor::Amd),
+            _ => None,
+        };
+        o.no_gpu = self.no_gpu;
+        for d in &self.device {
+            launcher_runtime::cdi::parse_device_name(d)?;
+        }
+        o.devices = self.device;
+        o.mpi = self.mpi.as_deref().map(|m| match m {
+            "force" => MpiMode::Force,
+            _ => MpiMode::On,
+        });
+        o.no_mpi = self.no_mpi;
+        o.share = !self.no_share;
         for f in &self.env_file {
             o.env.extend(environment::read_env_file(f)?);
         }

@@ -426,3 +426,17 @@ fn refuses_to_run_setuid_or_with_file_capabilities() {
     assert!(err.contains("runs with capabilities"), "{err}");
     std::fs::remove_file(&copy).unwrap();
 }
+
+#[test]
+fn generated_and_host_etc_files_are_served_without_mounts() {
+    let out = sh(
+        &gzip(),
+        "grep -c \"^$(id -un):\" /etc/passwd; cat /etc/hosts; echo ---; grep -E ' /etc/(passwd|group|hosts) ' /proc/self/mountinfo | wc -l",
+    );
+    let (head, tail) = out.split_once("---\n").expect("marker");
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("1"), "the caller's passwd line: {out}");
+    let hosts: String = lines.map(|l| format!("{l}\n")).collect();
+    assert_eq!(hosts, std::fs::read_to_string("/etc/hosts").unwrap());
+    assert_eq!(tail.trim(), "0", "no mount for the served files: {out}");
+}

@@ -40,11 +40,14 @@ fi
 [ -c /dev/fuse ] || { echo "tests/setup.sh: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
 chmod 0666 /dev/fuse
 
+# MPI images and programs (Open MPI, MPICH) for tests/slurm.rs, in $FIXTURES-mpi.
+LAUNCHER_FIXTURES=$FIXTURES bash "$HERE/setup-mpi.sh"
+
 # The fixtures are rebuilt when this script changes. One setup at a time (test processes may
 # start together); a rebuild goes to a new directory that replaces the old one at the end.
 exec 9>"$FIXTURES.lock"
 flock 9
-stamp_name=".setup-$(sha256sum "$0" | cut -c1-16)"
+stamp_name=".setup-$(cat "$0" "$HERE"/setup-*.sh "$HERE"/fixtures/*/* 2>/dev/null | sha256sum | cut -c1-16)"
 if [ -e "$FIXTURES/$stamp_name" ]; then
     echo "tests/setup.sh: fixtures up to date in $FIXTURES"
     exit 0
@@ -146,6 +149,9 @@ unsquashfs -l -d '' "$FIXTURES/busybox-gzip.sqfs" | grep '^/' | sort >"$FIXTURES
 cp "$HERE/../../shared/testdata/sif/singularityce-busybox-amd64.sif" "$FIXTURES/" 2>/dev/null ||
     cp /work/shared/testdata/sif/singularityce-busybox-amd64.sif "$FIXTURES/" 2>/dev/null ||
     echo "tests/setup.sh: note: shared/testdata/sif not found; the SingularityCE image test will fail" >&2
+
+bash "$HERE/setup-gpu.sh" "$FIXTURES/gpu" "$final/gpu" "$BUSYBOX"
+bash "$HERE/setup-fakempi.sh" "$FIXTURES/fakempi" "$BUSYBOX"
 
 echo "$TEST_USER" >"$FIXTURES/user"
 chmod -R a+rX "$FIXTURES"

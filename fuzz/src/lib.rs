@@ -1,8 +1,14 @@
 //! What the fuzz targets share: a scratch file per process for the input (the launcher
-//! opens images by path), and a walk of an opened image through the same `Archive`
-//! calls the FUSE server (`launcher/src/fuse_fs.rs`) and the planner make.
+//! opens images by path), a walk of an opened image through the same `Archive`
+//! calls the FUSE server (`launcher/src/fuse_fs.rs`) and the planner make, and a plan
+//! built from a fuzzed site config or injection (`plan_both`).
 
 use image_tools::squashfs::{Archive, FileType, Inode};
+use launcher_runtime::host::HostInfo;
+use launcher_runtime::image_view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
+use launcher_runtime::injection::Injection;
+use launcher_runtime::options::{Action, LaunchOptions};
+use launcher_runtime::site_config::SiteConfig;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -134,7 +140,9 @@ pub fn check_contained(stage_dir: &std::path::Path) {
     let stage = top.join("stage");
     let at_top: Vec<String> = names(&top)
         .into_iter()
-        .filter(|n| n != "input.img" && n != "stage")
+        // input.img, and the config and CDI targets' files should this pid's directory be
+        // left from one of their runs.
+        .filter(|n| !matches!(n.as_str(), "input.img" | "stage" | "xdg" | "cdi"))
         .collect();
     let at_stage: Vec<String> = names(&stage).into_iter().filter(|n| n != "x").collect();
     assert!(
@@ -156,6 +164,103 @@ fn make_writable(dir: &std::path::Path) {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 make_writable(&e.path());
             }
+        }
+    }
+}
+
+/// The smallest image a plan can be built for: /bin/sh and /bin/true, nothing else, so
+/// every destination a fuzzed config or CDI spec names is a missing mount point that the
+/// planner must turn into a virtual node.
+pub struct TinyImage {
+    desc: ImageDesc,
+}
+
+impl Default for TinyImage {
+    fn default() -> Self {
+        TinyImage {
+            desc: ImageDesc {
+                path: "/images/fuzz.sif".into(),
+                format: "SquashFS",
+                squashfs_offset: 0,
+                file_size: 4096,
+            },
+        }
+    }
+}
+
+const TINY_FILES: &[&str] = &["/bin/sh", "/bin/true"];
+
+impl ImageView for TinyImage {
+    fn desc(&self) -> &ImageDesc {
+        &self.desc
+    }
+    fn read_file(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(TINY_FILES.contains(&path).then(Vec::new))
+    }
+    fn kind(&self, path: &str) -> anyhow::Result<Option<EntryKind>> {
+        Ok(match path {
+            "/" | "/bin" => Some(EntryKind::Dir),
+            p if TINY_FILES.contains(&p) => Some(EntryKind::File),
+            _ => None,
+        })
+    }
+    fn entry(&self, path: &str) -> anyhow::Result<Option<Entry>> {
+        Ok(match self.kind(path)? {
+            Some(EntryKind::Dir) => Some(Entry::Dir { mode: 0o755 }),
+            Some(_) => Some(Entry::File),
+            None => None,
+        })
+    }
+    fn list_dir(&self, path: &str) -> anyhow::Result<Vec<String>> {
+        Ok(match path {
+            "/" => vec!["bin".into()],
+            "/bin" => vec!["sh".into(), "true".into()],
+            _ => Vec::new(),
+        })
+    }
+    fn oci_config(&self) -> Option<&OciConfig> {
+        None
+    }
+}
+
+/// A caller with this site config and injection; home is the scratch directory.
+pub fn host_with(site: SiteConfig, injection: Injection) -> HostInfo {
+    let home = scratch();
+    HostInfo {
+        uid: 4242,
+        gid: 4242,
+        groups: vec![],
+        user: "fuzz".into(),
+        home: home.clone(),
+        shell: "/bin/sh".into(),
+        gecos: String::new(),
+        cwd: home,
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("LD_LIBRARY_PATH".into(), "/host/lib".into()),
+        ],
+        group_names: vec![],
+        existing_etc: vec![],
+        site,
+        injection,
+    }
+}
+
+/// Builds the launch plan of `exec /bin/true` on `TinyImage`, without and with --contain
+/// (the device rules differ), and prints it as --debug does: the site's binds, devices
+/// and environment edits and the injection's nodes, mounts and variables all go through
+/// `injection::add_mounts`, `injection::edit_env` and the mount-point planning. Errors
+/// are fine (a bind destination that is not absolute, a missing source).
+pub fn plan_both(host: &HostInfo) {
+    let image = TinyImage::default();
+    for contain in [false, true] {
+        let mut o = LaunchOptions::new(
+            "/images/fuzz.sif".into(),
+            Action::Exec(vec!["/bin/true".into()]),
+        );
+        o.contain = contain;
+        if let Ok(plan) = launcher_runtime::plan::build(&o, host, &image) {
+            let _ = plan.to_string();
         }
     }
 }

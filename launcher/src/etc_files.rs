@@ -67,6 +67,8 @@ mod tests {
             cwd: "/home/alice".into(),
             env: vec![],
             group_names: vec![(4242, "alice".into()), (100, "users".into())],
+            site: Default::default(),
+            injection: Default::default(),
             existing_etc: vec![],
         }
     }

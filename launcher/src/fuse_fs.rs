@@ -123,13 +123,16 @@ impl ImageFs {
     }
 
     fn virtual_attr(&self, idx: usize) -> FileAttr {
-        let (dir, mode) = self
-            .virt
-            .get(idx)
-            .map_or((true, 0o755), |n| (n.dir, n.mode));
+        let (dir, mode, size) = self.virt.get(idx).map_or((true, 0o755, 0), |n| {
+            (
+                n.dir,
+                n.mode,
+                n.content.as_ref().map_or(0, |c| c.len() as u64),
+            )
+        });
         FileAttr {
             ino: INodeNo(VIRTUAL_BIT | idx as u64),
-            size: 0,
+            size,
             blocks: 0,
             atime: UNIX_EPOCH,
             mtime: UNIX_EPOCH,
@@ -161,7 +164,11 @@ impl ImageFs {
     fn read_listing(&self, ino: INodeNo) -> Result<Vec<Entry>, Errno> {
         let mut out = Vec::new();
         if let Node::Image(dir) = self.node(ino)? {
+            let key = self.parent_key(ino);
             for e in self.archive.read_dir(&dir).map_err(|e| self.fail(e))? {
+                if self.virt.shadows(key, &e.name) {
+                    continue;
+                }
                 out.push(Entry {
                     name: e.name,
                     target: Target::Image {
@@ -363,8 +370,13 @@ impl Filesystem for ImageFs {
     ) {
         let inode = match self.node(ino) {
             Ok(Node::Image(i)) => i,
-            // Virtual files are empty.
-            Ok(Node::Virtual(_)) => return reply.data(&[]),
+            Ok(Node::Virtual(idx)) => {
+                let content = self.virt.get(idx).and_then(|n| n.content.as_deref());
+                let bytes = content.unwrap_or(&[]);
+                let start = (offset as usize).min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                return reply.data(&bytes[start..end]);
+            }
             Err(e) => return reply.error(e),
         };
         let len = (size as u64).min(inode.size.saturating_sub(offset)) as usize;

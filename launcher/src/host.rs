@@ -24,8 +24,13 @@ pub struct HostInfo {
     pub env: Vec<(String, String)>,
     /// Names of the caller's groups, by gid.
     pub group_names: Vec<(u32, String)>,
-    /// Host files that are bound by default when they exist.
-    pub existing_etc: Vec<PathBuf>,
+    /// Host files given to the container by default when they exist, with their content when
+    /// it could be read (then the FUSE server serves a copy; otherwise they are bound).
+    pub existing_etc: Vec<(PathBuf, Option<Vec<u8>>)>,
+    /// The site configuration (system file, then the user's).
+    pub site: crate::site_config::SiteConfig,
+    /// Host files to bring in (GPU, MPI), gathered once the options are known.
+    pub injection: crate::injection::Injection,
 }
 
 impl HostInfo {
@@ -71,8 +76,15 @@ impl HostInfo {
             .iter()
             .map(PathBuf::from)
             .filter(|p| p.exists())
+            .map(|p| {
+                let content = read_small(&p);
+                (p, content)
+            })
             .collect();
+        let site = crate::site_config::SiteConfig::load(&env, &home)?;
         Ok(HostInfo {
+            site,
+            injection: Default::default(),
             uid: uid.as_raw(),
             gid: gid.as_raw(),
             groups,
@@ -99,6 +111,47 @@ impl HostInfo {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Read a host file the launcher parses (ld.so.cache, CDI specs): a regular file of at most
+/// `limit` bytes. Opened non-blocking so a FIFO cannot hang the launch, and never read past the
+/// limit, so `/dev/zero` named by a config cannot exhaust memory.
+pub fn read_host_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("stat {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{}: not a regular file", path.display());
+    }
+    if meta.len() > limit {
+        anyhow::bail!(
+            "{}: {} bytes, more than the {limit} this file may have",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// A host configuration file's content, if it is small enough to be served as a copy.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    const LIMIT: u64 = 1 << 20;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > LIMIT {
+        return None;
+    }
+    std::fs::read(path).ok()
 }
 
 /// Resolve a host path to its canonical form, with an error that names it.

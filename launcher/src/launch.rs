@@ -5,17 +5,22 @@ use crate::host::HostInfo;
 use crate::image::Image;
 use crate::image_view::ImageView;
 use crate::options::LaunchOptions;
-use crate::plan;
+use crate::plan::{self, Plan};
+use crate::share::{self, Role};
 use crate::supervisor::{self, LaunchSettings};
 use anyhow::Result;
 
 /// Run the launch and return the exit status the launcher should leave with.
 pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32> {
     debug::enable(debug);
-    let host = HostInfo::gather()?;
+    let mut host = HostInfo::gather()?;
+    host.injection = crate::gpu::gather(opts, &host)?;
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
     debug::step(format_args!("image opened ({})", image.desc().format));
+    // MPI is checked against the image's own MPI, so it is gathered once the image is open.
+    host.injection
+        .extend(crate::mpi::gather(opts, &host, &image)?);
     let plan = plan::build(opts, &host, &image)?;
     debug::step("plan built");
     if debug {
@@ -23,6 +28,15 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     }
     for w in &plan.warnings {
         eprintln!("launcher: warning: {w}");
+    }
+    let role = share_role(opts, &host, &plan);
+    match &role {
+        Role::Lead(_) => debug::step("share: leading this node's instance for the job step"),
+        Role::Join(j) => debug::step(format_args!(
+            "share: joining the instance of launcher {}",
+            j.state.leader_pid
+        )),
+        Role::Private(why) => debug::step(format_args!("share: private instance ({why})")),
     }
     let fuse_threads = match tuning.fuse_threads {
         0 => default_fuse_threads(),
@@ -34,7 +48,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_push: tuning.fuse_push,
         prefetch: tuning.prefetch,
     };
-    supervisor::launch(&plan, image.archive.clone(), &settings)
+    supervisor::launch(&plan, image.archive.clone(), &settings, role)
 }
 
 /// Knobs for measuring the FUSE server, not for everyday use (hidden options).
@@ -55,4 +69,28 @@ fn default_fuse_threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 8)
+}
+
+/// Whether this launch leads, joins or stays out of a per-node shared instance.
+fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
+    if !opts.share {
+        return Role::Private("--no-share".into());
+    }
+    if plan.writable_root {
+        return Role::Private("--writable-tmpfs gives each rank its own root".into());
+    }
+    let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {
+        return Role::Private("not a rank of a job step".into());
+    };
+    let key = match share::key(
+        plan.uid,
+        &step,
+        &plan.image.path,
+        &(&plan.mounts, &plan.upper),
+    ) {
+        Ok(k) => k,
+        Err(e) => return Role::Private(format!("{e:#}")),
+    };
+    share::rendezvous(&share::default_dir(plan.uid), plan.uid, &key)
+        .unwrap_or_else(|e| Role::Private(format!("{e:#}")))
 }

@@ -30,6 +30,47 @@ pub struct UpperNode {
 
 /// The nodes to create so that `dst` exists, or an empty list when the image has it.
 pub fn missing(image: &dyn ImageView, dst: &Path, leaf: NodeKind) -> Result<Vec<UpperNode>> {
+    Ok(match walk(image, dst, leaf, true)? {
+        Walk::Exists { .. } => Vec::new(),
+        Walk::Missing(nodes) => nodes,
+    })
+}
+
+/// Where a file served by the FUSE server goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The path `dst` resolves to in the image; a final symlink is replaced, not followed.
+    pub path: PathBuf,
+    /// Directories on the way (the missing ones are shown as virtual nodes).
+    pub parents: Vec<UpperNode>,
+}
+
+/// Place a file the launcher provides; None when the image has a directory there (the file
+/// is then bound instead, and the bind reports the problem).
+pub fn place_file(image: &dyn ImageView, dst: &Path) -> Result<Option<Placement>> {
+    Ok(match walk(image, dst, NodeKind::File, false)? {
+        Walk::Exists { dir: true, .. } => None,
+        Walk::Exists { path, dir: false } => Some(Placement {
+            path,
+            parents: Vec::new(),
+        }),
+        Walk::Missing(mut nodes) => nodes.pop().map(|leaf| Placement {
+            path: leaf.path,
+            parents: nodes,
+        }),
+    })
+}
+
+enum Walk {
+    Exists {
+        path: PathBuf,
+        dir: bool,
+    },
+    /// The nodes to create, parents first (existing directories on the way included).
+    Missing(Vec<UpperNode>),
+}
+
+fn walk(image: &dyn ImageView, dst: &Path, leaf: NodeKind, follow_last: bool) -> Result<Walk> {
     let mut todo: VecDeque<OsString> = normal_components(dst);
     let mut resolved = PathBuf::from("/");
     let mut parents: Vec<UpperNode> = Vec::new();
@@ -44,6 +85,12 @@ pub fn missing(image: &dyn ImageView, dst: &Path, leaf: NodeKind) -> Result<Vec<
                     mode: u32::from(mode) & 0o7777,
                 });
                 resolved = next;
+            }
+            Some(Entry::Symlink(_)) if todo.is_empty() && !follow_last => {
+                return Ok(Walk::Exists {
+                    path: next,
+                    dir: false,
+                })
             }
             Some(Entry::Symlink(target)) => {
                 hops += 1;
@@ -64,7 +111,12 @@ pub fn missing(image: &dyn ImageView, dst: &Path, leaf: NodeKind) -> Result<Vec<
                 resolved = PathBuf::from("/");
                 parents.clear();
             }
-            Some(_) if todo.is_empty() => return Ok(Vec::new()),
+            Some(_) if todo.is_empty() => {
+                return Ok(Walk::Exists {
+                    path: next,
+                    dir: false,
+                })
+            }
             Some(_) => bail!(
                 "'{}': '{}' in the image is not a directory",
                 dst.display(),
@@ -84,7 +136,7 @@ pub fn missing(image: &dyn ImageView, dst: &Path, leaf: NodeKind) -> Result<Vec<
                     });
                     match todo.pop_front() {
                         Some(n) => path = path.join(n),
-                        None => return Ok(out),
+                        None => return Ok(Walk::Missing(out)),
                     }
                 }
             }
@@ -98,7 +150,10 @@ pub fn missing(image: &dyn ImageView, dst: &Path, leaf: NodeKind) -> Result<Vec<
             if hops > 0 { " (through a symlink in the image)" } else { "" }
         );
     }
-    Ok(Vec::new())
+    Ok(Walk::Exists {
+        path: resolved,
+        dir: true,
+    })
 }
 
 /// Lexical components, `..` clamped at the root (as the kernel does at `/`).
@@ -158,6 +213,38 @@ mod tests {
                 ("/etc/hosts".into(), NodeKind::File)
             ]
         );
+    }
+
+    #[test]
+    fn files_are_placed_over_the_image_entry_or_beside_missing_parents() {
+        let mut img = FakeImage::new(&[("/etc/passwd", "root")], &["/etc/hosts.d", "/usr/share"]);
+        img.symlinks.insert("/conf".into(), "etc".into());
+        img.symlinks
+            .insert("/etc/localtime".into(), "/usr/share/zoneinfo/UTC".into());
+        // An image file is shown in place; so is a final symlink (replaced, not followed).
+        let p = place_file(&img, Path::new("/etc/passwd")).unwrap().unwrap();
+        assert_eq!((p.path, p.parents), (PathBuf::from("/etc/passwd"), vec![]));
+        let p = place_file(&img, Path::new("/etc/localtime"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.path, PathBuf::from("/etc/localtime"));
+        // Symlinks on the way are followed inside the image.
+        let p = place_file(&img, Path::new("/conf/group")).unwrap().unwrap();
+        assert_eq!(p.path, PathBuf::from("/etc/group"));
+        // Missing parents come as directories, the file itself does not.
+        let p = place_file(&img, Path::new("/opt/x/y.conf"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.path, PathBuf::from("/opt/x/y.conf"));
+        assert_eq!(
+            paths(&p.parents),
+            vec![
+                ("/opt".into(), NodeKind::Dir),
+                ("/opt/x".into(), NodeKind::Dir)
+            ]
+        );
+        // A directory of the image cannot be replaced by a file.
+        assert_eq!(place_file(&img, Path::new("/etc/hosts.d")).unwrap(), None);
     }
 
     #[test]

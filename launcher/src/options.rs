@@ -13,6 +13,24 @@ pub enum Action {
     Shell,
 }
 
+/// Which GPU stack `--gpu` brings in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuVendor {
+    /// `--gpu`: whichever the host has (NVIDIA, AMD, or both).
+    Any,
+    /// `--nv`.
+    Nvidia,
+    /// `--rocm`.
+    Amd,
+}
+
+/// `--mpi` (check the ABI) or `--mpi=force` (inject even when it does not match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MpiMode {
+    On,
+    Force,
+}
+
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
     pub image: PathBuf,
@@ -29,6 +47,18 @@ pub struct LaunchOptions {
     pub cleanenv: bool,
     /// `--env-file` entries then `--env` entries, in that order (later wins).
     pub env: Vec<(String, String)>,
+    /// `--gpu`, `--nv`, `--rocm` (None: the site config's default).
+    pub gpu: Option<GpuVendor>,
+    /// `--no-gpu`: off even when the site config turns it on by default.
+    pub no_gpu: bool,
+    /// `--device vendor/class=name`: CDI devices.
+    pub devices: Vec<String>,
+    /// `--mpi[=force]` (None: the site config's default).
+    pub mpi: Option<MpiMode>,
+    /// `--no-mpi`: off even when the site config turns it on by default.
+    pub no_mpi: bool,
+    /// Share one instance with the other ranks of a job step on this node (`--no-share`: off).
+    pub share: bool,
 }
 
 impl LaunchOptions {
@@ -44,6 +74,12 @@ impl LaunchOptions {
             writable_tmpfs: false,
             cleanenv: false,
             env: Vec::new(),
+            gpu: None,
+            no_gpu: false,
+            devices: Vec::new(),
+            mpi: None,
+            no_mpi: false,
+            share: true,
         }
     }
 }

@@ -27,8 +27,15 @@ pub enum MountStep {
     },
     /// A fresh tmpfs owned by the caller.
     Tmpfs { dst: PathBuf, mode: u32 },
-    /// A file the launcher writes (passwd, group), bound read-only at `dst`.
-    File { dst: PathBuf, content: String },
+    /// A file the launcher provides: generated (passwd, group) or a copy of a host file (hosts,
+    /// resolv.conf, localtime). With a read-only root the FUSE server shows it at `served_at`
+    /// (the path `dst` resolves to in the image), which costs no mount; otherwise it is
+    /// written to the staging tmpfs and bound read-only.
+    File {
+        dst: PathBuf,
+        content: Vec<u8>,
+        served_at: Option<PathBuf>,
+    },
     /// A symbolic link created inside a tmpfs the plan mounted earlier (minimal /dev).
     Symlink { dst: PathBuf, target: PathBuf },
 }
@@ -52,6 +59,8 @@ pub struct Plan {
     pub argv: Vec<String>,
     /// The program inside the image that argv[0] names (PATH searched), read ahead at start-up.
     pub program: Option<String>,
+    /// Site config and host integration (GPU, CDI): what was brought in, for --debug.
+    pub injected: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -202,12 +211,19 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     };
 
     // Host configuration files, then the generated user database.
-    for f in &host.existing_etc {
-        mounts.push(MountStep::Bind {
-            src: f.clone(),
-            dst: f.clone(),
-            readonly: true,
-            recursive: false,
+    for (f, content) in &host.existing_etc {
+        mounts.push(match content {
+            Some(content) => MountStep::File {
+                dst: f.clone(),
+                content: content.clone(),
+                served_at: None,
+            },
+            None => MountStep::Bind {
+                src: f.clone(),
+                dst: f.clone(),
+                readonly: true,
+                recursive: false,
+            },
         });
     }
     let image_passwd = read_text(image, "/etc/passwd")?;
@@ -215,12 +231,17 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     let shell = choose_shell(host, image)?;
     mounts.push(MountStep::File {
         dst: "/etc/passwd".into(),
-        content: etc_files::passwd(image_passwd.as_deref(), host, &home_dst, &shell),
+        content: etc_files::passwd(image_passwd.as_deref(), host, &home_dst, &shell).into_bytes(),
+        served_at: None,
     });
     mounts.push(MountStep::File {
         dst: "/etc/group".into(),
-        content: etc_files::group(image_group.as_deref(), host),
+        content: etc_files::group(image_group.as_deref(), host).into_bytes(),
+        served_at: None,
     });
+    let mut injected = Vec::new();
+    crate::injection::add_mounts(opts, host, image, &mut mounts, &mut injected, &mut warnings)?;
+    mounts.extend(crate::scheduler::binds(&host.env, &covered));
     mounts.extend(user_mounts);
 
     // Environment.
@@ -254,7 +275,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     if opts.action == Action::Shell {
         launcher_vars.push(("PS1".to_string(), "Launcher> ".to_string()));
     }
-    let env = environment::compute(&EnvInputs {
+    let mut env = environment::compute(&EnvInputs {
         host: &host.env,
         cleanenv: opts.cleanenv,
         image_oci_env: &oci_env,
@@ -262,8 +283,9 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         user: &opts.env,
         launcher: &launcher_vars,
     });
+    crate::injection::edit_env(&mut env, opts, host);
 
-    let upper = upper_nodes(&mounts, image)?;
+    let upper = upper_nodes(&mut mounts, image, !opts.writable_tmpfs)?;
 
     let argv = match &opts.action {
         Action::Exec(argv) => {
@@ -290,6 +312,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         cwd_fallbacks,
         argv,
         program,
+        injected,
         warnings,
     })
 }
@@ -321,33 +344,67 @@ impl Plan {
     pub fn needs_overlay(&self) -> bool {
         self.writable_root
     }
+
+    /// Files the FUSE server shows in place of (or in addition to) the image's.
+    pub fn served_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        self.mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountStep::File {
+                    content,
+                    served_at: Some(at),
+                    ..
+                } => Some((at.clone(), content.clone())),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Mount points to create, for destinations in the image itself (not inside an earlier
-/// mount: those are created at apply time inside that mount).
-fn upper_nodes(mounts: &[MountStep], image: &dyn ImageView) -> Result<Vec<UpperNode>> {
+/// mount: those are created at apply time inside that mount). With `serve_files`, files the
+/// launcher provides are placed for the FUSE server to show (only their parents are needed).
+fn upper_nodes(
+    mounts: &mut [MountStep],
+    image: &dyn ImageView,
+    serve_files: bool,
+) -> Result<Vec<UpperNode>> {
     let mut out: Vec<UpperNode> = Vec::new();
-    let mut earlier: Vec<&Path> = Vec::new();
-    for m in mounts {
+    let mut earlier: Vec<PathBuf> = Vec::new();
+    let add = |out: &mut Vec<UpperNode>, nodes: Vec<UpperNode>| {
+        for n in nodes {
+            if !out.iter().any(|o| o.path == n.path) {
+                out.push(n);
+            }
+        }
+    };
+    for m in mounts.iter_mut() {
         let (dst, kind) = match m {
             MountStep::Bind { src, dst, .. } => (
-                dst,
+                dst.clone(),
                 if src.is_dir() {
                     NodeKind::Dir
                 } else {
                     NodeKind::File
                 },
             ),
-            MountStep::Tmpfs { dst, .. } => (dst, NodeKind::Dir),
-            MountStep::File { dst, .. } => (dst, NodeKind::File),
+            MountStep::Tmpfs { dst, .. } => (dst.clone(), NodeKind::Dir),
+            MountStep::File { dst, .. } => (dst.clone(), NodeKind::File),
             MountStep::Symlink { .. } => continue,
         };
-        if !earlier.iter().any(|e| dst.starts_with(e) && dst != *e) {
-            for n in mount_points::missing(image, dst, kind)? {
-                if !out.iter().any(|o| o.path == n.path) {
-                    out.push(n);
+        let inside_earlier = earlier.iter().any(|e| dst.starts_with(e) && dst != *e);
+        if !inside_earlier {
+            if let MountStep::File { served_at, .. } = m {
+                if serve_files {
+                    if let Some(place) = mount_points::place_file(image, &dst)? {
+                        *served_at = Some(place.path);
+                        add(&mut out, place.parents);
+                        earlier.push(dst);
+                        continue;
+                    }
                 }
             }
+            add(&mut out, mount_points::missing(image, &dst, kind)?);
         }
         earlier.push(dst);
     }
@@ -507,11 +564,19 @@ impl fmt::Display for Plan {
                 MountStep::Tmpfs { dst, mode } => {
                     writeln!(f, "    tmpfs  {} (mode {:o})", dst.display(), mode)?
                 }
-                MountStep::File { dst, content } => writeln!(
+                MountStep::File {
+                    dst,
+                    content,
+                    served_at,
+                } => writeln!(
                     f,
-                    "    file   {} ({} lines, generated, ro)",
+                    "    file   {} ({} bytes, ro, {})",
                     dst.display(),
-                    content.lines().count()
+                    content.len(),
+                    match served_at {
+                        Some(p) => format!("served by the image server at {}", p.display()),
+                        None => "bound".to_string(),
+                    }
                 )?,
                 MountStep::Symlink { dst, target } => {
                     writeln!(f, "    link   {} -> {}", dst.display(), target.display())?
@@ -525,6 +590,12 @@ impl fmt::Display for Plan {
                 f,
                 "  program in the image: {p} (read ahead while the root is built)"
             )?;
+        }
+        if !self.injected.is_empty() {
+            writeln!(f, "  host integration:")?;
+            for line in &self.injected {
+                writeln!(f, "    {line}")?;
+            }
         }
         writeln!(f, "  env:")?;
         for (k, v) in &self.env {
@@ -560,7 +631,9 @@ mod tests {
                 ("FOO".into(), "1".into()),
             ],
             group_names: vec![(4242, "alice".into())],
-            existing_etc: vec!["/etc/hosts".into()],
+            site: Default::default(),
+            injection: Default::default(),
+            existing_etc: vec![("/etc/hosts".into(), None)],
         }
     }
 
@@ -621,8 +694,8 @@ mod tests {
         assert_eq!(env["HOME"], home);
         assert_eq!(env["LAUNCHER_CONTAINER"], "/images/test.sif");
         let passwd = p.mounts.iter().find_map(|m| match m {
-            MountStep::File { dst, content } if dst == Path::new("/etc/passwd") => {
-                Some(content.clone())
+            MountStep::File { dst, content, .. } if dst == Path::new("/etc/passwd") => {
+                Some(String::from_utf8_lossy(content).into_owned())
             }
             _ => None,
         });

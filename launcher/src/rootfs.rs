@@ -122,9 +122,13 @@ fn apply_step(sys: &dyn Syscalls, layout: &Layout, n: usize, step: &MountStep) -
             )
             .with_context(|| format!("tmpfs on {}", dst.display()))?;
         }
-        MountStep::File { dst, content } => {
+        // The FUSE server shows it: nothing to mount.
+        MountStep::File {
+            served_at: Some(_), ..
+        } => {}
+        MountStep::File { dst, content, .. } => {
             let staged = layout.files.join(format!("{n}"));
-            sys.write_file(&staged, content.as_bytes())?;
+            sys.write_file(&staged, content)?;
             let target = sys.mount_point(&layout.newroot, dst, NodeKind::File)?;
             sys.mount(Some(&staged), &target.path, None, MsFlags::MS_BIND, None)
                 .with_context(|| format!("binding generated {}", dst.display()))?;
@@ -176,6 +180,7 @@ mod tests {
             cwd_fallbacks: vec![],
             argv: vec!["true".into()],
             program: None,
+            injected: vec![],
             warnings: vec![],
         }
     }
@@ -204,6 +209,7 @@ mod tests {
                 MountStep::File {
                     dst: "/etc/passwd".into(),
                     content: "a\n".into(),
+                    served_at: None,
                 },
                 MountStep::Symlink {
                     dst: "/dev/fd".into(),

@@ -13,9 +13,11 @@ use crate::debug;
 use crate::fuse_fs::ImageFs;
 use crate::plan::Plan;
 use crate::rootfs::{self, Layout};
+use crate::share::{self, Role};
 use crate::syscalls::{Real, Syscalls};
 use anyhow::{anyhow, bail, Context, Result};
 use image_tools::squashfs::Archive;
+use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -24,6 +26,7 @@ use nix::unistd::{fork, getpid, ForkResult, Pid};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,8 +57,36 @@ pub struct LaunchSettings {
 }
 
 /// Launch the plan and return the exit status to leave with.
-pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> Result<i32> {
-    // The reader, shared with the virtual mount points, the prefetch and the push threads.
+pub fn launch(
+    plan: &Plan,
+    archive: Arc<Archive>,
+    settings: &LaunchSettings,
+    role: Role,
+) -> Result<i32> {
+    match role {
+        Role::Join(joiner) => join(plan, joiner),
+        Role::Lead(leader) => serve(plan, archive, settings, Some(leader)),
+        Role::Private(_) => serve(plan, archive, settings, None),
+    }
+}
+
+/// The image mounted and the FUSE session ready to serve, in a new user namespace.
+struct Instance {
+    staging: PathBuf,
+    session: fuser::Session<ImageFs>,
+    pusher: crate::push::Pusher,
+    push_rx: std::sync::mpsc::Receiver<crate::push::Batch>,
+    /// The reader, shared with the virtual mount points, the prefetch and the push threads.
+    archive: Arc<Archive>,
+    /// The /dev/fuse descriptor (owned by the session), for children to close.
+    fuse_fd: i32,
+}
+
+fn create_instance(
+    plan: &Plan,
+    archive: Arc<Archive>,
+    settings: &LaunchSettings,
+) -> Result<Instance> {
     let shared_archive = archive.clone();
     enter_user_namespace(plan.uid, plan.gid)?;
     debug::step("user and mount namespaces entered");
@@ -102,19 +133,72 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
         fs = fs.with_pusher(pusher.clone());
     }
     if !plan.needs_overlay() {
-        let virt = crate::virtual_nodes::VirtualNodes::build(&shared_archive, &plan.upper)
-            .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
+        let virt = crate::virtual_nodes::VirtualNodes::build(
+            &shared_archive,
+            &plan.upper,
+            &plan.served_files(),
+        )
+        .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
     let fuse_raw_fd = fuse_fd.as_raw_fd();
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
-    let notifier = session.notifier();
     debug::step(format_args!(
         "image mounted with FUSE (staging at {})",
         staging.display()
     ));
+    Ok(Instance {
+        staging,
+        session,
+        pusher,
+        push_rx,
+        archive: shared_archive,
+        fuse_fd: fuse_raw_fd,
+    })
+}
 
+impl Instance {
+    /// In a forked child: the FUSE connection must end when the launcher dies. A child that
+    /// kept a copy of the /dev/fuse descriptor (until its exec) and waited on a FUSE request
+    /// when the launcher was killed would stay in D state forever, holding the connection it
+    /// waits on.
+    fn close_in_child(&self) {
+        // SAFETY: closing this process's copy of a descriptor it never uses.
+        unsafe { libc::close(self.fuse_fd) };
+    }
+
+    /// Serve the image on worker threads, read the command's program ahead, push pages.
+    fn start_serving(
+        self,
+        plan: &Plan,
+        settings: &LaunchSettings,
+    ) -> Result<fuser::BackgroundSession> {
+        let notifier = self.session.notifier();
+        let server = self
+            .session
+            .spawn()
+            .context("starting the FUSE server threads")?;
+        debug::step("parent: FUSE server threads started");
+        if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
+            crate::prefetch::spawn(
+                self.archive.clone(),
+                program.clone(),
+                settings.fuse_push.then(|| self.pusher.clone()),
+            );
+        }
+        // The push thread lives as long as the launcher (it holds a sender itself).
+        let (pusher, push_rx, archive) = (self.pusher, self.push_rx, self.archive);
+        let _ = std::thread::Builder::new()
+            .name("push".into())
+            .spawn(move || crate::push::run(push_rx, pusher, notifier, archive));
+        Ok(server)
+    }
+}
+
+/// Block the signals we forward (and SIGCHLD) and become the subreaper of the command's
+/// orphans, so none outlives the launcher. Returns the set waited for and the old mask.
+fn prepare_supervision() -> Result<(SigSet, SigSet)> {
     let mut forwarded = SigSet::empty();
     for s in FORWARDED {
         forwarded.add(*s);
@@ -123,45 +207,215 @@ pub fn launch(plan: &Plan, archive: Arc<Archive>, settings: &LaunchSettings) -> 
     let old_mask = forwarded
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .context("blocking signals")?;
-    // Orphans of the command come to us, so none outlives the launcher.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let parent = getpid();
+    Ok((forwarded, old_mask))
+}
 
-    // SAFETY: single-threaded here (FUSE threads start after the fork), so the child may
-    // allocate and run ordinary code until it execs.
+/// A private instance, or the leader of a shared one.
+fn serve(
+    plan: &Plan,
+    archive: Arc<Archive>,
+    settings: &LaunchSettings,
+    leader: Option<share::Leader>,
+) -> Result<i32> {
+    let instance = create_instance(plan, archive, settings)?;
+    let (forwarded, old_mask) = prepare_supervision()?;
+    let parent = getpid();
+    let Some(leader) = leader else {
+        // SAFETY: single-threaded here (FUSE threads start after the fork), so the child may
+        // allocate and run ordinary code until it execs.
+        return match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                instance.close_in_child();
+                let err = run_child(plan, &instance.staging, parent, &old_mask);
+                child_exit(err)
+            }
+            ForkResult::Parent { child } => {
+                let _server = instance.start_serving(plan, settings)?;
+                let code = supervise(child, &forwarded)?;
+                kill_leftovers(None);
+                Ok(code)
+            }
+        };
+    };
+    lead(
+        plan, settings, instance, leader, parent, &forwarded, &old_mask,
+    )
+}
+
+/// The leader of a shared instance: a keeper child builds the root and stays in it, so its
+/// namespaces outlive any one rank; this rank's command enters them like any other rank's.
+/// Both children are forked before the server threads start (fork of a threaded process is
+/// best avoided) and wait on pipes for their turn.
+fn lead(
+    plan: &Plan,
+    settings: &LaunchSettings,
+    instance: Instance,
+    mut leader: share::Leader,
+    parent: Pid,
+    forwarded: &SigSet,
+    old_mask: &SigSet,
+) -> Result<i32> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    // SAFETY: single-threaded here.
+    let keeper = match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            instance.close_in_child();
+            drop((ready_r, go_r, go_w));
+            child_exit(keep(plan, &instance.staging, parent, ready_w))
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(ready_w);
+    // SAFETY: single-threaded here.
+    let rank = match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            instance.close_in_child();
+            drop((ready_r, go_w));
+            child_exit(run_rank(plan, keeper, parent, go_r, old_mask))
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(go_r);
+    let _server = instance.start_serving(plan, settings)?;
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(&ready_r, &mut byte), Ok(1)) {
+        // The keeper said why; nothing else to do but stop the waiting rank.
+        let _ = kill(rank, Signal::SIGKILL);
+        kill_leftovers(None);
+        return Ok(255);
+    }
+    let ns_ino = |path: String| -> Result<u64> {
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("stat {path}"))?
+            .ino())
+    };
+    leader.publish(&share::State {
+        leader_pid: parent.as_raw(),
+        keeper_pid: keeper.as_raw(),
+        user_ns: ns_ino("/proc/self/ns/user".into())?,
+        mnt_ns: ns_ino(format!("/proc/{keeper}/ns/mnt"))?,
+    })?;
+    debug::step("shared instance published");
+    nix::unistd::write(&go_w, b"g").context("starting the command")?;
+    let code = supervise(rank, forwarded)?;
+    kill_leftovers(Some(keeper));
+    debug::step("waiting for the ranks that joined");
+    let closed = leader.wait_and_close();
+    let _ = kill(keeper, Signal::SIGKILL);
+    let _ = waitpid(keeper, None);
+    kill_leftovers(None);
+    share::remove_dir_if_empty(&share::default_dir(plan.uid));
+    closed?;
+    Ok(code)
+}
+
+/// The keeper: builds the root, enters it, says so, and waits to be killed.
+fn keep(plan: &Plan, staging: &Path, parent: Pid, ready: OwnedFd) -> anyhow::Error {
+    if let Err(e) = build_root(plan, staging, parent) {
+        return e;
+    }
+    let _ = nix::sys::prctl::set_name(c"launcher-keep");
+    if let Err(e) = nix::unistd::write(&ready, b"r") {
+        return anyhow!("telling the launcher the root is ready: {e}");
+    }
+    // Keep nothing of the server's (its /dev/fuse fd above all: the connection must end with
+    // the server, not linger in the keeper).
+    // SAFETY: no fd is used after this point.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
+    loop {
+        // SAFETY: pause has no preconditions; SIGKILL ends it.
+        unsafe { libc::pause() };
+    }
+}
+
+/// The leader's own rank: waits for the go, then enters the keeper's mount namespace.
+fn run_rank(
+    plan: &Plan,
+    keeper: Pid,
+    parent: Pid,
+    go: OwnedFd,
+    old_mask: &SigSet,
+) -> anyhow::Error {
+    let setup = || -> Result<PathBuf> {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+        if nix::unistd::getppid() != parent {
+            bail!("the launcher exited during start-up");
+        }
+        let mut byte = [0u8; 1];
+        if !matches!(nix::unistd::read(&go, &mut byte), Ok(1)) {
+            bail!("the container could not be set up");
+        }
+        let mnt = open_ns(&format!("/proc/{keeper}/ns/mnt"))?;
+        nix::sched::setns(&mnt, CloneFlags::CLONE_NEWNS)
+            .context("entering the container's mount namespace")?;
+        prepare_exec(plan)
+    };
+    match setup() {
+        Ok(program) => {
+            let _ = old_mask.thread_set_mask();
+            exec(&program, plan)
+        }
+        Err(e) => e,
+    }
+}
+
+/// A rank that joins a running shared instance: no mount at all, two setns calls.
+fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
+    let (forwarded, old_mask) = prepare_supervision()?;
+    let parent = getpid();
+    // SAFETY: single-threaded: the child may allocate until it execs.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
-            // The connection must end when the launcher dies: if the child kept a copy of
-            // the /dev/fuse descriptor (until its exec), a SIGKILL of the launcher while the
-            // child waited on a FUSE request would leave it in D state forever, holding the
-            // connection it waits on.
-            // SAFETY: closing our copy of a descriptor this process never uses again.
-            unsafe { libc::close(fuse_raw_fd) };
-            let err = run_child(plan, &staging, parent, &old_mask);
-            eprintln!("launcher: error: {err:#}");
-            // SAFETY: leave without running the parent's destructors or atexit handlers.
-            unsafe { libc::_exit(255) }
+            let setup = || -> Result<PathBuf> {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+                if nix::unistd::getppid() != parent {
+                    bail!("the launcher exited during start-up");
+                }
+                nix::sched::setns(&joiner.user_ns, CloneFlags::CLONE_NEWUSER)
+                    .context("entering the shared user namespace")?;
+                nix::sched::setns(&joiner.mnt_ns, CloneFlags::CLONE_NEWNS)
+                    .context("entering the shared mount namespace")?;
+                debug::step(format_args!(
+                    "child: joined the instance of launcher {}",
+                    joiner.state.leader_pid
+                ));
+                prepare_exec(plan)
+            };
+            let err = match setup() {
+                Ok(program) => {
+                    let _ = old_mask.thread_set_mask();
+                    exec(&program, plan)
+                }
+                Err(e) => e,
+            };
+            child_exit(err)
         }
         ForkResult::Parent { child } => {
-            let _server = session
-                .spawn()
-                .context("starting the FUSE server threads")?;
-            debug::step("parent: FUSE server threads started");
-            if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
-                crate::prefetch::spawn(
-                    shared_archive.clone(),
-                    program.clone(),
-                    settings.fuse_push.then(|| pusher.clone()),
-                );
-            }
-            // The push thread lives as long as the launcher (it holds a sender itself).
-            let _ = std::thread::Builder::new()
-                .name("push".into())
-                .spawn(move || crate::push::run(push_rx, pusher, notifier, shared_archive));
-            supervise(child, &forwarded)
+            let code = supervise(child, &forwarded)?;
+            kill_leftovers(None);
+            drop(joiner);
+            Ok(code)
         }
     }
+}
+
+fn open_ns(path: &str) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening {path}"))
+}
+
+/// Print the child's error and leave without running the parent's destructors.
+fn child_exit(err: anyhow::Error) -> ! {
+    eprintln!("launcher: error: {err:#}");
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(255) }
 }
 
 fn enter_user_namespace(uid: u32, gid: u32) -> Result<()> {
@@ -222,6 +476,12 @@ fn run_child(plan: &Plan, staging: &Path, parent: Pid, old_mask: &SigSet) -> any
 }
 
 fn child_setup(plan: &Plan, staging: &Path, parent: Pid) -> Result<PathBuf> {
+    build_root(plan, staging, parent)?;
+    prepare_exec(plan)
+}
+
+/// In a new mount namespace, build the container root in the staging tmpfs and pivot into it.
+fn build_root(plan: &Plan, staging: &Path, parent: Pid) -> Result<()> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
     if nix::unistd::getppid() != parent {
         bail!("the launcher exited during start-up");
@@ -239,7 +499,12 @@ fn child_setup(plan: &Plan, staging: &Path, parent: Pid) -> Result<PathBuf> {
     debug::step("child: in its mount namespace, staging is /");
     rootfs::assemble(&sys, plan, &layout)?;
     debug::step("child: container root assembled");
-    rootfs::enter(&sys, &layout)?;
+    rootfs::enter(&sys, &layout)
+}
+
+/// Inside the container root: working directory, no capabilities, no new privileges, and
+/// the program to execute.
+fn prepare_exec(plan: &Plan) -> Result<PathBuf> {
     let cwd = std::iter::once(&plan.cwd)
         .chain(plan.cwd_fallbacks.iter())
         .find(|d| nix::unistd::chdir(d.as_path()).is_ok())
@@ -360,7 +625,6 @@ fn supervise(child: Pid, waited: &SigSet) -> Result<i32> {
         if sig == libc::SIGCHLD {
             if let Some(code) = reap(child)? {
                 debug::step(format_args!("command exited with status {code}"));
-                kill_leftovers();
                 return Ok(code);
             }
             continue;
@@ -397,14 +661,17 @@ fn reap(child: Pid) -> Result<Option<i32>> {
 }
 
 /// Kill and reap processes the command left behind (they were re-parented to us).
-fn kill_leftovers() {
+fn kill_leftovers(spare: Option<Pid>) {
     // The common case: no descendants at all, known without scanning /proc.
-    if let Err(nix::errno::Errno::ECHILD) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        return;
+    if spare.is_none() {
+        if let Err(nix::errno::Errno::ECHILD) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            return;
+        }
     }
     let me = getpid().as_raw();
     for _ in 0..100 {
-        let orphans = children_of(me);
+        let mut orphans = children_of(me);
+        orphans.retain(|p| Some(Pid::from_raw(*p)) != spare);
         if orphans.is_empty() {
             return;
         }

@@ -10,6 +10,7 @@ use image_tools::squashfs::{Archive, FileType};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a virtual node hangs: under an image directory (by inode reference) or another
 /// virtual node.
@@ -24,6 +25,9 @@ pub struct VirtualNode {
     pub name: Vec<u8>,
     pub dir: bool,
     pub mode: u16,
+    /// A file with content (passwd, hosts, ...): shown in place of the image's entry of that
+    /// name, if any. Mount points have none (they are empty until something is mounted).
+    pub content: Option<Arc<[u8]>>,
 }
 
 #[derive(Default, Debug)]
@@ -33,8 +37,13 @@ pub struct VirtualNodes {
 }
 
 impl VirtualNodes {
-    /// The nodes of `upper` that the image does not have (the others are their parents).
-    pub fn build(archive: &Archive, upper: &[UpperNode]) -> Result<VirtualNodes, String> {
+    /// The nodes of `upper` that the image does not have (the others are their parents), and
+    /// the files to show with their content (at paths already resolved in the image).
+    pub fn build(
+        archive: &Archive,
+        upper: &[UpperNode],
+        files: &[(PathBuf, Vec<u8>)],
+    ) -> Result<VirtualNodes, String> {
         let mut v = VirtualNodes::default();
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         let lookup = |p: &Path| {
@@ -66,9 +75,37 @@ impl VirtualNodes {
                 name: name.as_bytes().to_vec(),
                 dir: n.kind == NodeKind::Dir,
                 mode: (n.mode & 0o7777) as u16,
+                content: None,
             });
             v.children.entry(parent).or_default().push(idx);
             by_path.insert(n.path.clone(), idx);
+        }
+        for (path, content) in files {
+            let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(format!("{}: no parent directory", path.display()));
+            };
+            let parent = match by_path.get(parent_path) {
+                Some(i) => Parent::Virtual(*i),
+                None => match lookup(parent_path)? {
+                    Some(dir) if dir.kind == FileType::Dir => Parent::Image(dir.inode_ref),
+                    _ => {
+                        return Err(format!(
+                            "{}: parent is not a directory in the image",
+                            path.display()
+                        ))
+                    }
+                },
+            };
+            let idx = v.nodes.len();
+            v.nodes.push(VirtualNode {
+                name: name.as_bytes().to_vec(),
+                dir: false,
+                mode: 0o644,
+                content: Some(Arc::from(content.as_slice())),
+            });
+            let siblings = v.children.entry(parent).or_default();
+            siblings.retain(|i| v.nodes[*i].name != name.as_bytes());
+            siblings.push(idx);
         }
         Ok(v)
     }
@@ -79,6 +116,11 @@ impl VirtualNodes {
             .iter()
             .copied()
             .find(|i| self.nodes[*i].name == name)
+    }
+
+    /// Whether a name in an image directory is shown by a virtual node instead.
+    pub fn shadows(&self, parent: Parent, name: &[u8]) -> bool {
+        self.child(parent, name).is_some()
     }
 
     pub fn children(&self, parent: Parent) -> &[usize] {
@@ -132,7 +174,7 @@ mod tests {
             node("/etc", true),
             node("/etc/hosts", false),
         ];
-        let v = VirtualNodes::build(&archive, &upper).unwrap();
+        let v = VirtualNodes::build(&archive, &upper, &[]).unwrap();
         assert_eq!(v.len(), 3);
         let home = archive
             .resolve_nofollow(b"/home")

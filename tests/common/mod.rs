@@ -241,3 +241,66 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Processes of the test user that hold /dev/fuse open (the FUSE servers), each with its user
+/// namespace (`user:[INODE]`): one per node and job step when ranks share an instance.
+pub fn fuse_servers() -> std::collections::BTreeSet<(String, u32)> {
+    let uid = setup().uid.to_string();
+    let mut servers = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let owned = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str())
+                })
+            })
+            .unwrap_or(false);
+        if !owned {
+            continue;
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            if fds.flatten().any(|f| {
+                std::fs::read_link(f.path())
+                    .map(|t| t == Path::new("/dev/fuse"))
+                    .unwrap_or(false)
+            }) {
+                let ns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap_or_default();
+                servers.insert((ns.to_string_lossy().into_owned(), pid));
+            }
+        }
+    }
+    servers
+}
+
+/// The shared instances' rendezvous directory of the test user (launcher/src/share.rs).
+pub fn share_dir() -> PathBuf {
+    format!("/tmp/launcher-{}", setup().uid).into()
+}
+
+/// Wait (up to `secs`) until the rendezvous directory holds no file. Its files are named after
+/// a hash, not the job: with other launches of the test user running, only "none at all" is a
+/// sure answer.
+pub fn assert_no_share_files_left(secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(share_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rendezvous files left in {}: {left:?}",
+            share_dir().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

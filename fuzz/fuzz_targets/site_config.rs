@@ -1,0 +1,29 @@
+//! The site config: the input is both the system file (`$LAUNCHER_CONFIG`) and the user's
+//! file, read by the launcher's own `SiteConfig::load` (parse, validation, then the merge of
+//! the second over the first), then used as a launch uses it: the derived paths and a plan
+//! built with it (site binds, devices, environment edits).
+#![no_main]
+
+use launcher_runtime::injection::Injection;
+use launcher_runtime::site_config::{SiteConfig, CONFIG_ENV};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let system = launcher_fuzz::image_file(data);
+    let xdg = launcher_fuzz::scratch().join("xdg");
+    let user = xdg.join("launcher/launcher.yaml");
+    if std::fs::create_dir_all(xdg.join("launcher")).is_err()
+        || std::fs::write(&user, data).is_err()
+    {
+        std::process::abort();
+    }
+    let env = vec![
+        (CONFIG_ENV.to_string(), system.display().to_string()),
+        ("XDG_CONFIG_HOME".to_string(), xdg.display().to_string()),
+    ];
+    let Ok(site) = SiteConfig::load(&env, &launcher_fuzz::scratch()) else {
+        return;
+    };
+    let _ = (site.cdi_dirs(), site.ld_so_cache(), site.dev_dir());
+    launcher_fuzz::plan_both(&launcher_fuzz::host_with(site, Injection::default()));
+});

@@ -1,0 +1,580 @@
+//! One container instance per node for the ranks of a job step.
+//!
+//! When several ranks of one job step start the same image with the same options on a node,
+//! the first (the leader) creates the user and mount namespaces, the FUSE mount and the
+//! container root; the others join them with setns instead of mounting again. One FUSE server
+//! and one page cache serve the node, and the ranks share a user namespace, which Open MPI and
+//! UCX need for single-copy transfers (CMA: process_vm_readv is refused across user namespaces).
+//!
+//! The rendezvous is a per-user directory on node-local storage, with files named after a key
+//! (uid, job step, image identity, mount table):
+//! - `KEY.lock`: held exclusively while deciding to lead or join, and while tearing down;
+//! - `KEY.state`: written by the leader once the root is ready (pids and namespace inodes);
+//! - `KEY.leader`: held exclusively by the leader for its whole life, so a crashed leader is
+//!   seen as gone (the kernel drops a flock with its last holder);
+//! - `KEY.users`: held shared by every rank that joined, while its command runs; the leader
+//!   takes it exclusively before tearing down, so the last rank out ends the instance.
+//!
+//! Everything here runs before any namespace is entered: the files are plain host files and
+//! the directory fd is kept to remove them at the end (by then /tmp may be covered by the
+//! staging tmpfs in the leader's namespace).
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, Mode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The job step that ranks of one launch share, from the variables their launcher sets.
+/// None: not under a parallel launcher, so nothing to share. `parent`: our parent process.
+pub fn job_step(env: &[(String, String)], parent: i32) -> Option<String> {
+    let get = |key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    // Slurm's pmix plugin and Open MPI's mpirun both name the job in PMIX_NAMESPACE, unique
+    // per step (a batch script's own environment has SLURM_JOB_ID but no step).
+    if let Some(ns) = get("PMIX_NAMESPACE") {
+        return Some(format!("pmix:{ns}"));
+    }
+    if let (Some(job), Some(step)) = (get("SLURM_JOB_ID"), get("SLURM_STEP_ID")) {
+        return Some(format!("slurm:{job}.{step}"));
+    }
+    if let Some(job) = get("OMPI_MCA_ess_base_jobid") {
+        return Some(format!("ompi:{job}"));
+    }
+    // MPICH's Hydra names no job; the ranks of a node are children of one proxy process.
+    if get("PMI_RANK").is_some() && get("PMI_SIZE").is_some() && get("MPI_LOCALNRANKS").is_some() {
+        return Some(format!("hydra:{parent}"));
+    }
+    None
+}
+
+/// The rendezvous key: ranks with equal keys can use one instance. The mount table is part of
+/// it, so ranks asking for different binds never share.
+pub fn key(uid: u32, job_step: &str, image: &Path, mounts: &impl Serialize) -> Result<String> {
+    let meta = std::fs::metadata(image)
+        .with_context(|| format!("'{}': reading the image's identity", image.display()))?;
+    let mut h = Sha256::new();
+    h.update(format!(
+        "uid={uid}\0step={job_step}\0image={}:{}:{}:{}:{}\0",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ));
+    h.update(serde_json::to_vec(mounts).context("serializing the mount table")?);
+    let digest = h.finalize();
+    Ok(digest.iter().take(12).map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the leader publishes for the others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub leader_pid: i32,
+    /// A process that stays in the container's namespaces while the instance lives.
+    pub keeper_pid: i32,
+    pub user_ns: u64,
+    pub mnt_ns: u64,
+}
+
+/// The outcome of the rendezvous.
+pub enum Role {
+    /// Create the instance; others may join once it is published.
+    Lead(Leader),
+    /// Enter the namespaces of a live instance.
+    Join(Joiner),
+    /// Launch alone, for this reason (shown by --debug).
+    Private(String),
+}
+
+pub struct Leader {
+    dir: OwnedFd,
+    key: String,
+    /// Held until the state is published.
+    lock: Option<File>,
+    /// Held for the leader's whole life.
+    _alive: File,
+}
+
+pub struct Joiner {
+    pub state: State,
+    pub user_ns: OwnedFd,
+    pub mnt_ns: OwnedFd,
+    /// Held shared while this rank's command runs.
+    _user: File,
+}
+
+/// Where the rendezvous files live: node-local and private to the user.
+pub fn default_dir(uid: u32) -> PathBuf {
+    match std::env::var_os("LAUNCHER_SHARE_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(format!("/tmp/launcher-{uid}")),
+    }
+}
+
+/// Decide whether to lead, join or launch alone. Blocks while another rank is setting up.
+pub fn rendezvous(dir: &Path, uid: u32, key: &str) -> Result<Role> {
+    // The directory may vanish between open and use when the last rank of an earlier
+    // instance removes it: start over a few times.
+    let mut last = anyhow!("no attempt");
+    for _ in 0..5 {
+        let dir_fd = match open_private_dir(dir, uid) {
+            Ok(fd) => fd,
+            Err(e) => return Ok(Role::Private(format!("{e:#}"))),
+        };
+        sweep_stale(dir, &dir_fd, key);
+        match try_rendezvous(dir_fd, key) {
+            Ok(role) => return Ok(role),
+            Err(e) if is_enoent(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Role::Private(format!(
+        "rendezvous in '{}' kept failing: {last:#}",
+        dir.display()
+    )))
+}
+
+/// Remove the files of instances whose leader is gone and that nobody is setting up: a
+/// leader killed with SIGKILL (scancel after KillWait) cannot clean up after itself.
+fn sweep_stale(path: &Path, dir: &OwnedFd, mine: &str) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let mut keys: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (key, _) = name.rsplit_once('.')?;
+            (key != mine).then(|| key.to_string())
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let Ok(lock) = open_at(dir, &format!("{key}.lock")) else {
+            continue;
+        };
+        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            continue; // being set up or torn down right now
+        }
+        if !matches!(leader_alive(dir, &key), Ok(false)) {
+            continue;
+        }
+        for suffix in ["state", "users", "leader", "lock"] {
+            let _ = nix::unistd::unlinkat(
+                dir,
+                format!("{key}.{suffix}").as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+fn is_enoent(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<Errno>() == Some(&Errno::ENOENT))
+}
+
+fn try_rendezvous(dir: OwnedFd, key: &str) -> Result<Role> {
+    let lock = lock_file(&dir, &format!("{key}.lock"))?;
+    if let Some(state) = read_state(&dir, key)? {
+        if leader_alive(&dir, key)? {
+            return match join(&dir, key, state) {
+                Ok(j) => Ok(Role::Join(j)),
+                Err(e) => Ok(Role::Private(format!(
+                    "could not join the running instance: {e:#}"
+                ))),
+            };
+        }
+        // A leader that died: its files are stale, and this rank starts a new instance.
+        let _ = nix::unistd::unlinkat(
+            &dir,
+            format!("{key}.state").as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    let alive = open_at(&dir, &format!("{key}.leader"))?;
+    if let Err(e) = flock(&alive, libc::LOCK_EX | libc::LOCK_NB) {
+        return Ok(Role::Private(format!(
+            "another leader holds {key}.leader: {e}"
+        )));
+    }
+    Ok(Role::Lead(Leader {
+        dir,
+        key: key.to_string(),
+        lock: Some(lock),
+        _alive: alive,
+    }))
+}
+
+impl Leader {
+    /// Make the instance joinable and let the waiting ranks in.
+    pub fn publish(&mut self, state: &State) -> Result<()> {
+        let name = format!("{}.state", self.key);
+        let mut f = File::from(
+            openat(
+                &self.dir,
+                name.as_str(),
+                OFlag::O_CREAT
+                    | OFlag::O_TRUNC
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC
+                    | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o600),
+            )
+            .with_context(|| format!("creating {name}"))?,
+        );
+        f.write_all(&serde_json::to_vec(state)?)
+            .with_context(|| format!("writing {name}"))?;
+        self.lock = None;
+        Ok(())
+    }
+
+    /// Let nobody in any more, wait until every rank that joined is done, remove the files.
+    pub fn wait_and_close(mut self) -> Result<()> {
+        let _lock = match self.lock.take() {
+            Some(held) => held,
+            None => lock_file(&self.dir, &format!("{}.lock", self.key))?,
+        };
+        let _ = nix::unistd::unlinkat(
+            &self.dir,
+            format!("{}.state", self.key).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let users = open_at(&self.dir, &format!("{}.users", self.key))?;
+        retry_eintr(|| flock(&users, libc::LOCK_EX))
+            .context("waiting for the ranks that joined")?;
+        for suffix in ["users", "leader", "lock"] {
+            let _ = nix::unistd::unlinkat(
+                &self.dir,
+                format!("{}.{suffix}", self.key).as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Remove the rendezvous directory once no instance uses it (a rank that opened it just
+/// before finds it gone and starts over).
+pub fn remove_dir_if_empty(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn join(dir: &OwnedFd, key: &str, state: State) -> Result<Joiner> {
+    let open_ns = |kind: &str, expect: u64| -> Result<OwnedFd> {
+        let path = format!("/proc/{}/ns/{kind}", state.keeper_pid);
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {path}"))?;
+        let ino = fstat(&fd).with_context(|| format!("stat {path}"))?.st_ino;
+        if ino != expect {
+            bail!("{path} is not the instance's namespace (the keeper is gone)");
+        }
+        Ok(fd)
+    };
+    let user_ns = open_ns("user", state.user_ns)?;
+    let mnt_ns = open_ns("mnt", state.mnt_ns)?;
+    let user = open_at(dir, &format!("{key}.users"))?;
+    flock(&user, libc::LOCK_SH | libc::LOCK_NB).map_err(|e| anyhow!("taking {key}.users: {e}"))?;
+    Ok(Joiner {
+        state,
+        user_ns,
+        mnt_ns,
+        _user: user,
+    })
+}
+
+/// The directory, created private to the user; refused if someone else could write it.
+fn open_private_dir(dir: &Path, uid: u32) -> Result<OwnedFd> {
+    match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => bail!(
+            "'{}': cannot create the rendezvous directory: {e}",
+            dir.display()
+        ),
+    }
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        anyhow!(
+            "'{}': cannot open the rendezvous directory: {e}",
+            dir.display()
+        )
+    })?;
+    let st = fstat(&fd).with_context(|| format!("stat '{}'", dir.display()))?;
+    if st.st_uid != uid || st.st_mode & 0o077 != 0 {
+        bail!(
+            "'{}' is not a directory private to uid {uid} (owner {}, mode {:o}): not sharing",
+            dir.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        );
+    }
+    Ok(fd)
+}
+
+fn open_at(dir: &OwnedFd, name: &str) -> Result<File> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_CREAT | OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    )
+    .with_context(|| format!("opening rendezvous file {name}"))?;
+    Ok(File::from(fd))
+}
+
+/// An exclusive lock on a file that is still the one at that name (the last rank out unlinks
+/// the files while holding this lock; a waiter that then wins it must start over).
+fn lock_file(dir: &OwnedFd, name: &str) -> Result<File> {
+    loop {
+        let f = open_at(dir, name)?;
+        retry_eintr(|| flock(&f, libc::LOCK_EX))
+            .with_context(|| format!("locking rendezvous file {name}"))?;
+        let held = fstat(f.as_fd())?.st_ino;
+        match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_ino == held => return Ok(f),
+            Ok(_) | Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(anyhow!("stat rendezvous file {name}: {e}")),
+        }
+    }
+}
+
+fn flock(f: &File, op: libc::c_int) -> nix::Result<()> {
+    // SAFETY: flock(2) on an open file of ours.
+    Errno::result(unsafe { libc::flock(f.as_raw_fd(), op) }).map(drop)
+}
+
+fn retry_eintr(mut f: impl FnMut() -> nix::Result<()>) -> nix::Result<()> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+fn read_state(dir: &OwnedFd, key: &str) -> Result<Option<State>> {
+    let name = format!("{key}.state");
+    let fd = match openat(
+        dir,
+        name.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(anyhow!("opening {name}: {e}")),
+    };
+    let mut text = String::new();
+    File::from(fd)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {name}"))?;
+    // A state left half-written by a crash reads as no state.
+    Ok(serde_json::from_str(&text).ok())
+}
+
+/// True while some process holds the leader's lock.
+fn leader_alive(dir: &OwnedFd, key: &str) -> Result<bool> {
+    let f = open_at(dir, &format!("{key}.leader"))?;
+    match flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(()) => Ok(false),
+        Err(Errno::EWOULDBLOCK) => Ok(true),
+        Err(e) => Err(anyhow!("testing {key}.leader: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn job_step_from_launchers() {
+        assert_eq!(job_step(&env(&[("HOME", "/h")]), 1), None);
+        assert_eq!(
+            job_step(&env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0")]), 1),
+            Some("slurm:7.0".into())
+        );
+        // A batch script: a job but no step.
+        assert_eq!(job_step(&env(&[("SLURM_JOB_ID", "7")]), 1), None);
+        assert_eq!(
+            job_step(
+                &env(&[
+                    ("SLURM_JOB_ID", "7"),
+                    ("SLURM_STEP_ID", "0"),
+                    ("PMIX_NAMESPACE", "slurm.pmix.7.0")
+                ]),
+                1
+            ),
+            Some("pmix:slurm.pmix.7.0".into())
+        );
+        assert_eq!(
+            job_step(&env(&[("OMPI_MCA_ess_base_jobid", "123")]), 1),
+            Some("ompi:123".into())
+        );
+        assert_eq!(
+            job_step(
+                &env(&[
+                    ("PMI_RANK", "1"),
+                    ("PMI_SIZE", "2"),
+                    ("MPI_LOCALNRANKS", "2")
+                ]),
+                77
+            ),
+            Some("hydra:77".into())
+        );
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("share-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn my_uid() -> u32 {
+        nix::unistd::getuid().as_raw()
+    }
+
+    #[test]
+    fn key_depends_on_mounts_and_step() {
+        let img = std::env::current_exe().unwrap();
+        let a = key(1, "s1", &img, &vec!["/a"]).unwrap();
+        assert_eq!(a, key(1, "s1", &img, &vec!["/a"]).unwrap());
+        assert_ne!(a, key(1, "s2", &img, &vec!["/a"]).unwrap());
+        assert_ne!(a, key(1, "s1", &img, &vec!["/b"]).unwrap());
+        assert_ne!(a, key(2, "s1", &img, &vec!["/a"]).unwrap());
+    }
+
+    #[test]
+    fn first_leads_then_others_see_a_live_leader_and_the_last_removes_files() {
+        let dir = scratch("lead");
+        let uid = my_uid();
+        let Role::Lead(mut leader) = rendezvous(&dir, uid, "k").unwrap() else {
+            panic!("the first rank must lead")
+        };
+        let me = std::process::id() as i32;
+        let st = fstat(
+            nix::fcntl::open("/proc/self/ns/user", OFlag::O_RDONLY, Mode::empty())
+                .unwrap()
+                .as_fd(),
+        )
+        .unwrap();
+        let mnt = std::fs::metadata("/proc/self/ns/mnt").unwrap().ino();
+        leader
+            .publish(&State {
+                leader_pid: me,
+                keeper_pid: me,
+                user_ns: st.st_ino,
+                mnt_ns: mnt,
+            })
+            .unwrap();
+        // A second rank joins (here: the namespaces of this very process).
+        match rendezvous(&dir, uid, "k").unwrap() {
+            Role::Join(j) => {
+                assert_eq!(j.state.keeper_pid, me);
+                drop(j);
+            }
+            Role::Lead(_) => panic!("a second leader while the first lives"),
+            Role::Private(why) => panic!("fell back to private: {why}"),
+        }
+        leader.wait_and_close().unwrap();
+        remove_dir_if_empty(&dir);
+        assert!(!dir.exists(), "rendezvous files left behind");
+    }
+
+    #[test]
+    fn a_dead_leader_is_replaced() {
+        let dir = scratch("dead");
+        let uid = my_uid();
+        let Role::Lead(mut leader) = rendezvous(&dir, uid, "k").unwrap() else {
+            panic!("the first rank must lead")
+        };
+        leader
+            .publish(&State {
+                leader_pid: 1,
+                keeper_pid: 1,
+                user_ns: 1,
+                mnt_ns: 1,
+            })
+            .unwrap();
+        // The leader "crashes": its locks go away with it, the state file stays.
+        drop(leader);
+        assert!(dir.join("k.state").exists());
+        match rendezvous(&dir, uid, "k").unwrap() {
+            Role::Lead(l) => l.wait_and_close().unwrap(),
+            _ => panic!("a stale state must lead to a new leader"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_of_dead_instances_are_swept() {
+        let dir = scratch("sweep");
+        let uid = my_uid();
+        let Role::Lead(mut dead) = rendezvous(&dir, uid, "old").unwrap() else {
+            panic!("must lead")
+        };
+        dead.publish(&State {
+            leader_pid: 1,
+            keeper_pid: 1,
+            user_ns: 1,
+            mnt_ns: 1,
+        })
+        .unwrap();
+        let Role::Lead(live) = rendezvous(&dir, uid, "live").unwrap() else {
+            panic!("must lead")
+        };
+        drop(dead); // killed: its files stay
+        assert!(dir.join("old.state").exists());
+        let Role::Lead(third) = rendezvous(&dir, uid, "new").unwrap() else {
+            panic!("must lead")
+        };
+        assert!(!dir.join("old.state").exists() && !dir.join("old.lock").exists());
+        assert!(
+            dir.join("live.leader").exists(),
+            "a live instance was swept"
+        );
+        third.wait_and_close().unwrap();
+        live.wait_and_close().unwrap();
+        remove_dir_if_empty(&dir);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let dir = scratch("open");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        match rendezvous(&dir, my_uid(), "k").unwrap() {
+            Role::Private(why) => assert!(why.contains("not a directory private"), "{why}"),
+            _ => panic!("must not share through a directory others can write"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

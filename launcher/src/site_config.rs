@@ -1,0 +1,454 @@
+//! The site configuration: `/etc/launcher/launcher.yaml` (or `$LAUNCHER_CONFIG`), then the
+//! user's `~/.config/launcher/launcher.yaml`.
+//!
+//! Admins describe their site once: default binds, extra devices, environment edits, the GPU
+//! and MPI libraries to bring in, where CDI specs live. The launcher is unprivileged, so the
+//! file grants nothing a user could not ask for on the command line; it only saves typing.
+//! docs/admin.md documents every key. Unknown keys and wrong types are errors that name the
+//! file, the line and the key: a typo must not silently drop a site's bind.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the system file lives unless `$LAUNCHER_CONFIG` says otherwise.
+pub const SYSTEM_CONFIG: &str = "/etc/launcher/launcher.yaml";
+/// Overrides the system file's path (an empty value: no system file).
+pub const CONFIG_ENV: &str = "LAUNCHER_CONFIG";
+/// CDI spec directories when the config names none (the CDI specification's defaults).
+pub const DEFAULT_CDI_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// Binds added to every launch, in `-B` syntax (`SRC[:DST[:ro|rw]]`).
+    pub binds: Vec<String>,
+    /// Host device nodes or device directories bound at the same path (e.g. /dev/infiniband).
+    pub devices: Vec<PathBuf>,
+    pub env: EnvEdits,
+    pub gpu: GpuConfig,
+    pub mpi: MpiConfig,
+    pub cdi: CdiConfig,
+    pub host: HostPaths,
+}
+
+/// Environment edits, applied after the image's environment and before `--env`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvEdits {
+    pub set: BTreeMap<String, String>,
+    /// `NAME: dir` → `dir:$NAME` (or `dir` when NAME is unset).
+    pub prepend: BTreeMap<String, String>,
+    /// `NAME: dir` → `$NAME:dir`.
+    pub append: BTreeMap<String, String>,
+    pub unset: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// `--gpu` on by default (`--no-gpu` turns it off).
+    pub default: Option<bool>,
+    pub nvidia: VendorConfig,
+    pub rocm: VendorConfig,
+}
+
+/// One GPU vendor's host files. A list given here replaces the built-in one.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VendorConfig {
+    /// Library base names (`libcuda.so`): every ld.so.cache name starting with one is taken.
+    pub libraries: Option<Vec<String>>,
+    /// Program names (`nvidia-smi`), looked up in `binary_paths`.
+    pub binaries: Option<Vec<String>>,
+    /// Directories searched for libraries before the ld.so.cache.
+    pub library_paths: Vec<PathBuf>,
+    /// Directories searched for binaries (default: /usr/bin, /usr/sbin, /bin, /sbin, /usr/local/bin).
+    pub binary_paths: Option<Vec<PathBuf>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MpiConfig {
+    /// `--mpi` on by default.
+    pub default: Option<bool>,
+    /// Library base names of the host MPI (and its fabric libraries).
+    pub libraries: Vec<String>,
+    /// Directories searched for them before the ld.so.cache.
+    pub library_paths: Vec<PathBuf>,
+    /// Extra binds for MPI (`-B` syntax): fabric configuration, PMIx/Slurm directories.
+    pub binds: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiConfig {
+    /// Where CDI specs are read from (default: /etc/cdi, /var/run/cdi).
+    pub spec_dirs: Option<Vec<PathBuf>>,
+}
+
+/// Where the launcher reads host facts: changed for unusual layouts (and by the tests).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostPaths {
+    /// The host's dynamic linker cache (default /etc/ld.so.cache).
+    pub ld_so_cache: Option<PathBuf>,
+    /// Where GPU device nodes are found (default /dev); they are bound at /dev inside.
+    pub dev_dir: Option<PathBuf>,
+}
+
+impl SiteConfig {
+    /// Load the system file then the user's file; a missing file is no error.
+    pub fn load(env: &[(String, String)], home: &Path) -> Result<SiteConfig> {
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let system = match get(CONFIG_ENV) {
+            Some("") => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(PathBuf::from(SYSTEM_CONFIG)),
+        };
+        let user = match get("XDG_CONFIG_HOME") {
+            Some(x) if x.starts_with('/') => PathBuf::from(x),
+            _ => home.join(".config"),
+        }
+        .join("launcher/launcher.yaml");
+        let mut config = SiteConfig::default();
+        for path in system.iter().chain(std::iter::once(&user)) {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if get(CONFIG_ENV).is_some_and(|p| Path::new(p) == path) {
+                        bail!("{CONFIG_ENV}={}: no such file", path.display());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", path.display()));
+                }
+            };
+            config.merge(SiteConfig::parse(&text, path)?);
+        }
+        Ok(config)
+    }
+
+    /// Parse one file's text; errors read `FILE:LINE: key 'a.b': what`.
+    pub fn parse(text: &str, path: &Path) -> Result<SiteConfig> {
+        // An empty file (or only comments) is an empty config, not a type error.
+        if matches!(
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text),
+            Ok(serde_yaml_ng::Value::Null)
+        ) {
+            return Ok(SiteConfig::default());
+        }
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: SiteConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let line = e
+                .inner()
+                .location()
+                .map(|l| format!(":{}", l.line()))
+                .unwrap_or_default();
+            let key = e.path().to_string();
+            let mut msg = e.inner().to_string();
+            // serde_yaml_ng says where too ("a.b: ... at line N column M"); we say it once.
+            if let Some(i) = msg.find(" at line ") {
+                msg.truncate(i);
+            }
+            if let Some((head, tail)) = msg.split_once(": ") {
+                if !head.contains(' ') {
+                    msg = tail.to_string();
+                }
+            }
+            let file = path.display();
+            match msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((_, rest)) => anyhow::anyhow!(
+                    "{file}{line}: unknown key '{key}'{}",
+                    rest.replace('`', "'")
+                ),
+                None if key == "." || key.is_empty() => anyhow::anyhow!("{file}{line}: {msg}"),
+                None => anyhow::anyhow!("{file}{line}: key '{key}': {msg}"),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks serde cannot express: bind syntax, variable names, absolute paths.
+    fn validate(&self, path: &Path) -> Result<()> {
+        let at =
+            |key: String, what: String| anyhow::anyhow!("{}: key '{key}': {what}", path.display());
+        for (i, b) in self.binds.iter().enumerate() {
+            crate::bind::parse_bind_list(b)
+                .map_err(|e| at(format!("binds[{i}]"), e.to_string()))?;
+        }
+        for (i, b) in self.mpi.binds.iter().enumerate() {
+            crate::bind::parse_bind_list(b)
+                .map_err(|e| at(format!("mpi.binds[{i}]"), e.to_string()))?;
+        }
+        for (section, map) in [
+            ("set", &self.env.set),
+            ("prepend", &self.env.prepend),
+            ("append", &self.env.append),
+        ] {
+            for name in map.keys() {
+                if !valid_env_name(name) {
+                    return Err(at(
+                        format!("env.{section}.{name}"),
+                        "not a valid variable name (letters, digits and _)".into(),
+                    ));
+                }
+            }
+        }
+        for (i, name) in self.env.unset.iter().enumerate() {
+            if !valid_env_name(name) {
+                return Err(at(
+                    format!("env.unset[{i}]"),
+                    format!("'{name}' is not a valid variable name"),
+                ));
+            }
+        }
+        let mut paths: Vec<(String, &Path)> = Vec::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            paths.push((format!("devices[{i}]"), d));
+        }
+        for (vendor, v) in [("nvidia", &self.gpu.nvidia), ("rocm", &self.gpu.rocm)] {
+            for (i, d) in v.library_paths.iter().enumerate() {
+                paths.push((format!("gpu.{vendor}.library_paths[{i}]"), d));
+            }
+            for (i, d) in v.binary_paths.iter().flatten().enumerate() {
+                paths.push((format!("gpu.{vendor}.binary_paths[{i}]"), d));
+            }
+        }
+        for (i, d) in self.mpi.library_paths.iter().enumerate() {
+            paths.push((format!("mpi.library_paths[{i}]"), d));
+        }
+        for (i, d) in self.cdi.spec_dirs.iter().flatten().enumerate() {
+            paths.push((format!("cdi.spec_dirs[{i}]"), d));
+        }
+        for (k, p) in [
+            ("host.ld_so_cache", &self.host.ld_so_cache),
+            ("host.dev_dir", &self.host.dev_dir),
+        ] {
+            if let Some(p) = p {
+                paths.push((k.to_string(), p));
+            }
+        }
+        for (key, p) in paths {
+            if !p.is_absolute() {
+                return Err(at(
+                    key,
+                    format!("'{}' is not an absolute path", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lay a later file over this one: lists grow, maps merge, values given replace.
+    pub fn merge(&mut self, later: SiteConfig) {
+        self.binds.extend(later.binds);
+        self.devices.extend(later.devices);
+        self.env.set.extend(later.env.set);
+        self.env.prepend.extend(later.env.prepend);
+        self.env.append.extend(later.env.append);
+        self.env.unset.extend(later.env.unset);
+        self.gpu.default = later.gpu.default.or(self.gpu.default);
+        for (mine, theirs) in [
+            (&mut self.gpu.nvidia, later.gpu.nvidia),
+            (&mut self.gpu.rocm, later.gpu.rocm),
+        ] {
+            if theirs.libraries.is_some() {
+                mine.libraries = theirs.libraries;
+            }
+            if theirs.binaries.is_some() {
+                mine.binaries = theirs.binaries;
+            }
+            if theirs.binary_paths.is_some() {
+                mine.binary_paths = theirs.binary_paths;
+            }
+            mine.library_paths.extend(theirs.library_paths);
+        }
+        self.mpi.default = later.mpi.default.or(self.mpi.default);
+        self.mpi.libraries.extend(later.mpi.libraries);
+        self.mpi.library_paths.extend(later.mpi.library_paths);
+        self.mpi.binds.extend(later.mpi.binds);
+        if later.cdi.spec_dirs.is_some() {
+            self.cdi.spec_dirs = later.cdi.spec_dirs;
+        }
+        if later.host.ld_so_cache.is_some() {
+            self.host.ld_so_cache = later.host.ld_so_cache;
+        }
+        if later.host.dev_dir.is_some() {
+            self.host.dev_dir = later.host.dev_dir;
+        }
+    }
+
+    pub fn ld_so_cache(&self) -> PathBuf {
+        self.host
+            .ld_so_cache
+            .clone()
+            .unwrap_or_else(|| "/etc/ld.so.cache".into())
+    }
+
+    pub fn dev_dir(&self) -> PathBuf {
+        self.host.dev_dir.clone().unwrap_or_else(|| "/dev".into())
+    }
+
+    pub fn cdi_dirs(&self) -> Vec<PathBuf> {
+        self.cdi
+            .spec_dirs
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CDI_DIRS.iter().map(PathBuf::from).collect())
+    }
+}
+
+fn valid_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SiteConfig> {
+        SiteConfig::parse(text, Path::new("/etc/launcher/launcher.yaml"))
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+binds: [/scratch, "/opt/site:/opt/site:ro"]
+devices: [/dev/infiniband]
+env:
+  set: {OMPI_MCA_btl: "^openib"}
+  prepend: {PATH: /opt/site/bin}
+  append: {MANPATH: /opt/site/man}
+  unset: [LD_PRELOAD]
+gpu:
+  default: true
+  nvidia:
+    libraries: [libcuda.so, libnvidia-ml.so]
+    binaries: [nvidia-smi]
+    library_paths: [/opt/nvidia/lib64]
+  rocm:
+    binary_paths: [/opt/rocm/bin]
+mpi:
+  default: false
+  libraries: [libmpi.so, libfabric.so]
+  library_paths: [/opt/cray/lib64]
+  binds: ["/etc/libfabric:/etc/libfabric:ro"]
+cdi:
+  spec_dirs: [/etc/cdi]
+host:
+  ld_so_cache: /etc/ld.so.cache
+  dev_dir: /dev
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.binds.len(), 2);
+        assert_eq!(c.gpu.default, Some(true));
+        assert_eq!(
+            c.gpu.nvidia.libraries.as_deref(),
+            Some(&["libcuda.so".to_string(), "libnvidia-ml.so".to_string()][..])
+        );
+        assert_eq!(c.env.prepend["PATH"], "/opt/site/bin");
+        assert_eq!(c.mpi.library_paths, vec![PathBuf::from("/opt/cray/lib64")]);
+        assert_eq!(c.cdi_dirs(), vec![PathBuf::from("/etc/cdi")]);
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_empty_configs() {
+        assert_eq!(parse("").unwrap(), SiteConfig::default());
+        assert_eq!(parse("# nothing yet\n").unwrap(), SiteConfig::default());
+        let c = SiteConfig::default();
+        assert_eq!(c.cdi_dirs().len(), 2);
+        assert_eq!(c.ld_so_cache(), PathBuf::from("/etc/ld.so.cache"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("binds: []\ngpu:\n  nvidia:\n    libaries: [x]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/launcher/launcher.yaml:4: unknown key 'gpu.nvidia.libaries'"),
+            "{err}"
+        );
+        let err = parse("bind: [/x]\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/launcher/launcher.yaml:1: unknown key 'bind'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_error_names_file_line_and_key() {
+        let err = parse("gpu:\n  default: maybe\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/launcher/launcher.yaml:2: key 'gpu.default':"),
+            "{err}"
+        );
+        let err = parse("\nbinds: /scratch\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/launcher/launcher.yaml:2: key 'binds':"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = parse("binds: ['/a:relative']\n").unwrap_err().to_string();
+        assert!(err.contains("key 'binds[0]'"), "{err}");
+        let err = parse("env:\n  set: {'BAD-NAME': x}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key 'env.set.BAD-NAME'"), "{err}");
+        let err = parse("host:\n  dev_dir: dev\n").unwrap_err().to_string();
+        assert!(err.contains("key 'host.dev_dir'"), "{err}");
+    }
+
+    #[test]
+    fn user_file_extends_the_system_file() {
+        let mut c =
+            parse("binds: [/a]\ngpu:\n  default: true\n  nvidia:\n    libraries: [libcuda.so]\n")
+                .unwrap();
+        c.merge(parse("binds: [/b]\ngpu:\n  default: false\n").unwrap());
+        assert_eq!(c.binds, vec!["/a", "/b"]);
+        assert_eq!(c.gpu.default, Some(false));
+        assert_eq!(c.gpu.nvidia.libraries.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn load_order_and_missing_files() {
+        let dir = std::env::temp_dir().join(format!("launcher-site-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".config/launcher")).unwrap();
+        let sys = dir.join("site.yaml");
+        std::fs::write(&sys, "binds: [/sys-bind]\n").unwrap();
+        std::fs::write(
+            dir.join(".config/launcher/launcher.yaml"),
+            "binds: [/user-bind]\n",
+        )
+        .unwrap();
+        let env = vec![(CONFIG_ENV.to_string(), sys.display().to_string())];
+        let c = SiteConfig::load(&env, &dir).unwrap();
+        assert_eq!(c.binds, vec!["/sys-bind", "/user-bind"]);
+        // A named file that is missing is an error; the default one may be absent.
+        let env = vec![(
+            CONFIG_ENV.to_string(),
+            dir.join("nope.yaml").display().to_string(),
+        )];
+        let err = SiteConfig::load(&env, &dir).unwrap_err().to_string();
+        assert!(err.contains("nope.yaml: no such file"), "{err}");
+        let env = vec![(CONFIG_ENV.to_string(), String::new())];
+        assert_eq!(
+            SiteConfig::load(&env, &dir).unwrap().binds,
+            vec!["/user-bind"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,315 @@
+//! End-to-end: --nv/--gpu with a fake GPU stack made of real parts (tests/setup-gpu.sh),
+//! CDI devices, the glibc guard, and the site config (LAUNCHER_CONFIG).
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn image() -> String {
+    fixture("gpu/glibc.sqfs")
+}
+
+fn gpu_dir() -> PathBuf {
+    setup().fixtures.join("gpu")
+}
+
+/// A real ld.so.cache listing the fake driver directory (and the host's trusted
+/// directories), made with ldconfig now that the fixtures are at their final path.
+fn ld_cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let s = setup();
+        let conf = s.scratch.join("gpu-ld.so.conf");
+        let cache = s.scratch.join("gpu-ld.so.cache");
+        std::fs::write(&conf, format!("{}\n", gpu_dir().join("lib").display())).unwrap();
+        let st = Command::new("/sbin/ldconfig")
+            .arg("-X")
+            .arg("-C")
+            .arg(&cache)
+            .arg("-f")
+            .arg(&conf)
+            .status()
+            .expect("running ldconfig");
+        assert!(st.success(), "ldconfig -C failed");
+        cache
+    })
+}
+
+/// A site config file (readable by the test user) for the fake stack, plus `extra` YAML.
+fn config(name: &str, extra: &str) -> String {
+    let s = setup();
+    let empty = s.scratch.join("no-cdi");
+    std::fs::create_dir_all(&empty).unwrap();
+    let text = format!(
+        "# test site config\nhost:\n  ld_so_cache: {}\n  dev_dir: {}\ngpu:\n  nvidia:\n    binary_paths: [{}]\n{extra}",
+        ld_cache().display(),
+        gpu_dir().join("dev").display(),
+        gpu_dir().join("bin").display(),
+    );
+    let text = if extra.contains("cdi:") {
+        text
+    } else {
+        format!("{text}cdi:\n  spec_dirs: [{}]\n", empty.display())
+    };
+    let path = s.scratch.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn uid_line() -> String {
+    format!("uid {}", setup().uid)
+}
+
+#[test]
+fn nv_app_dlopens_the_injected_libcuda() {
+    let out = launcher(&["exec", "--nv", &image(), "/usr/bin/gpu-app"])
+        .env("LAUNCHER_CONFIG", &config("nv", ""))
+        .run();
+    assert_eq!(
+        out.ok().stdout,
+        format!(
+            "driver version 12040\nloaded from /.launcher.d/libs/libcuda.so.1\n{}\n",
+            uid_line()
+        ),
+        "{out:?}"
+    );
+    // Without --contain /dev is the host's: the test's fake nodes cannot be added to it.
+    assert!(
+        out.stderr.contains("/dev is the host's without --contain"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn without_gpu_nothing_is_injected() {
+    let out = launcher(&["exec", &image(), "/usr/bin/gpu-app"])
+        .env("LAUNCHER_CONFIG", &config("nv-off", ""))
+        .run();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("libcuda.so.1"), "{out:?}");
+    // The site config may turn it on by default; --no-gpu turns it off again.
+    let on = config("nv-default", "  default: true\n");
+    let out = launcher(&["exec", &image(), "/usr/bin/gpu-app"])
+        .env("LAUNCHER_CONFIG", &on)
+        .run();
+    assert!(
+        out.ok().stdout.starts_with("driver version 12040"),
+        "{out:?}"
+    );
+    let out = launcher(&["exec", "--no-gpu", &image(), "/usr/bin/gpu-app"])
+        .env("LAUNCHER_CONFIG", &on)
+        .run();
+    assert_eq!(out.code, 1, "{out:?}");
+}
+
+#[test]
+fn host_nvidia_smi_runs_with_the_injected_nvml() {
+    let out = launcher(&["exec", "--gpu", &image(), "nvidia-smi"])
+        .env("LAUNCHER_CONFIG", &config("smi", ""))
+        .run();
+    assert_eq!(
+        out.ok().stdout,
+        "fake nvidia-smi: driver 550.00-fake\n",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn contain_binds_the_visible_gpus_only() {
+    let out = launcher(&[
+        "exec",
+        "--nv",
+        "--contain",
+        &image(),
+        "/bin/sh",
+        "-c",
+        "for d in nvidia0 nvidia1 nvidiactl nvidia-uvm; do if [ -c /dev/$d ]; then stat -c \"$d %t %T\" /dev/$d; else echo \"$d absent\"; fi; done; id -u",
+    ])
+    .env("LAUNCHER_CONFIG", &config("visible", ""))
+    .env("CUDA_VISIBLE_DEVICES", "1")
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        format!(
+            "nvidia0 absent\nnvidia1 c3 1\nnvidiactl c3 ff\nnvidia-uvm eb 0\n{}\n",
+            setup().uid
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn debug_lists_every_library_device_and_variable() {
+    let out = launcher(&[
+        "--debug",
+        "exec",
+        "--nv",
+        "--contain",
+        &image(),
+        "/bin/true",
+    ])
+    .env("LAUNCHER_CONFIG", &config("debug", ""))
+    .run();
+    out.ok();
+    let lib = gpu_dir().join("lib");
+    for want in [
+        format!(
+            "nvidia {}/libcuda.so.550.00 -> /.launcher.d/libs/libcuda.so.1",
+            lib.display()
+        ),
+        format!(
+            "nvidia {}/libnvidia-ml.so.550.00 -> /.launcher.d/libs/libnvidia-ml.so.1",
+            lib.display()
+        ),
+        format!(
+            "nvidia {}/nvidia-smi -> /.launcher.d/bin/nvidia-smi",
+            gpu_dir().join("bin").display()
+        ),
+        format!(
+            "device {}/nvidia0 -> /dev/nvidia0",
+            gpu_dir().join("dev").display()
+        ),
+        "LD_LIBRARY_PATH=/.launcher.d/libs".to_string(),
+        "PATH=/.launcher.d/bin:".to_string(),
+    ] {
+        assert!(out.stderr.contains(&want), "missing '{want}' in {out:?}");
+    }
+}
+
+#[test]
+fn glibc_guard_refuses_a_library_too_new_for_the_image() {
+    let cfg = config(
+        "future",
+        "    libraries: [libcuda.so, libnvidia-future.so]\n",
+    );
+    let out = launcher(&["exec", "--nv", &image(), "/usr/bin/gpu-app"])
+        .env("LAUNCHER_CONFIG", &cfg)
+        .run();
+    assert_eq!(out.code, 255, "{out:?}");
+    let want = format!(
+        "launcher: error: nvidia library {}/libnvidia-future.so.1 needs GLIBC_2.99 but the image's glibc (/lib/x86_64-linux-gnu/libc.so.6) is GLIBC_2.",
+        gpu_dir().join("lib").display()
+    );
+    assert!(out.stderr.starts_with(&want), "{out:?}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn image_without_glibc_gets_a_warning() {
+    let out = launcher(&["exec", "--nv", &fixture("busybox-gzip.sqfs"), "/bin/true"])
+        .env("LAUNCHER_CONFIG", &config("musl", ""))
+        .run();
+    assert!(
+        out.ok().stderr.contains("the image has no glibc"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn cdi_device_applies_env_nodes_and_mounts_and_skips_hooks() {
+    let cfg = config(
+        "cdi",
+        &format!("cdi:\n  spec_dirs: [{}]\n", gpu_dir().join("cdi").display()),
+    );
+    let out = launcher(&[
+        "exec",
+        "--contain",
+        "--device",
+        "vendor.example/gpu=0",
+        &image(),
+        "/bin/sh",
+        "-c",
+        "echo $VENDOR_DRIVER $VENDOR_VISIBLE_DEVICES; stat -c '%F %t %T' /dev/vgpu0; cat /opt/vendor/README; touch /opt/vendor/x 2>/dev/null || echo ro; id -u",
+    ])
+    .env("LAUNCHER_CONFIG", &cfg)
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        format!(
+            "fake-1.0 0\ncharacter special file f0 0\nvendor data\nro\n{}\n",
+            setup().uid
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("createContainer hook '/usr/bin/vendor-ctk hook update-ldcache' skipped"),
+        "{out:?}"
+    );
+    let out = launcher(&[
+        "exec",
+        "--device",
+        "vendor.example/gpu=9",
+        &image(),
+        "/bin/true",
+    ])
+    .env("LAUNCHER_CONFIG", &cfg)
+    .run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("CDI device 'vendor.example/gpu=9' not found in the CDI specs (known: vendor.example/gpu=0)"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn site_config_binds_and_environment() {
+    let share = gpu_dir().join("vendor-share");
+    let cfg = config(
+        "site",
+        &format!(
+            "binds: ['{}:/site/share:ro', /nonexistent/site/dir]\nenv:\n  set: {{SITE_NAME: testsite}}\n  prepend: {{PATH: /site/bin}}\n  unset: [DROP_ME]\n",
+            share.display()
+        ),
+    );
+    let out = launcher(&[
+        "exec",
+        &fixture("busybox-gzip.sqfs"),
+        "/bin/sh",
+        "-c",
+        "cat /site/share/README; echo $SITE_NAME ${DROP_ME:-unset}; echo $PATH",
+    ])
+    .env("LAUNCHER_CONFIG", &cfg)
+    .env("DROP_ME", "1")
+    .run();
+    assert!(
+        out.ok()
+            .stdout
+            .starts_with("vendor data\ntestsite unset\n/site/bin:/"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("'/nonexistent/site/dir' does not exist on this host: skipped"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn site_config_errors_name_file_line_and_key() {
+    let s = setup();
+    for (name, text, want) in [
+        (
+            "typo",
+            "binds: []\ngpu:\n  nvidai: {}\n",
+            ":3: unknown key 'gpu.nvidai'",
+        ),
+        (
+            "type",
+            "gpu:\n  default: sometimes\n",
+            ":2: key 'gpu.default': invalid type",
+        ),
+    ] {
+        let path = s.scratch.join(format!("bad-{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let out = launcher(&["exec", &fixture("busybox-gzip.sqfs"), "/bin/true"])
+            .env("LAUNCHER_CONFIG", &path.display().to_string())
+            .run();
+        assert_eq!(out.code, 255, "{out:?}");
+        let want = format!("launcher: error: {}{want}", path.display());
+        assert!(out.stderr.starts_with(&want), "want '{want}' in {out:?}");
+    }
+}

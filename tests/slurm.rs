@@ -1,0 +1,708 @@
+//! End-to-end under a real Slurm (slurm/test-cluster: Debian's slurm-wlm + munge on this
+//! machine) and real MPI (Debian's Open MPI and MPICH, in images built by tests/setup-mpi.sh):
+//! `srun`, `sbatch`, `scancel` and host `mpirun` as the unprivileged test user, each task a
+//! `launcher exec`.
+//!
+//! The ranks of a step on the node share one instance (launcher/src/share.rs): one user
+//! namespace and one FUSE server. The tests check both, and run MPI with its defaults, so the
+//! single-copy transfers between ranks (Open MPI's CMA, UCX's cma and /proc/PID/fd links), which
+//! the kernel refuses across user namespaces, are on. One test shows that `--no-share` (a
+//! namespace per rank) still works when they are turned off (`no_share_env`).
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The test cluster's slurm.conf, started once per test process.
+fn slurm_conf() -> &'static str {
+    static CONF: OnceLock<String> = OnceLock::new();
+    CONF.get_or_init(|| {
+        setup();
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(repo.join("slurm/test-cluster/start.sh"))
+            .output()
+            .expect("running slurm/test-cluster/start.sh");
+        assert!(
+            out.status.success(),
+            "slurm/test-cluster/start.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::env::var("LAUNCHER_SLURM_DIR")
+            .unwrap_or_else(|_| "/var/tmp/launcher-slurm".into());
+        format!("{dir}/etc/slurm.conf")
+    })
+}
+
+/// One job at a time: the node has few CPUs, and the leftover checks look at the whole node.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mpi_fixture(name: &str) -> String {
+    let dir = std::env::var("LAUNCHER_MPI_FIXTURES")
+        .unwrap_or_else(|_| format!("{}-mpi", setup().fixtures.display()));
+    format!("{dir}/{name}")
+}
+
+/// Turn off the single-copy mechanisms that fail between user namespaces: what ranks with
+/// `--no-share` need (see the module doc).
+fn no_share_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
+        ("UCX_POSIX_USE_PROC_LINK", "n"),
+        ("UCX_TLS", "^cma"),
+    ]
+}
+
+/// A command run as the test user, with the test cluster's SLURM_CONF, in the scratch dir.
+fn as_user(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let s = setup();
+    let mut c = Command::new("timeout");
+    c.args(["-k", "10", "180", "setpriv"])
+        .arg(format!("--reuid={}", s.uid))
+        .arg(format!("--regid={}", s.gid))
+        .arg("--clear-groups")
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .env("HOME", &s.home)
+        .env("USER", &s.user)
+        .env("LOGNAME", &s.user)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("SLURM_CONF", slurm_conf())
+        .current_dir(&s.scratch)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn out_of(out: std::process::Output) -> Out {
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
+    out_of(
+        as_user(program, args, env)
+            .output()
+            .expect("spawning setpriv"),
+    )
+}
+
+/// `srun [srun_args] launcher exec IMAGE cmd...`
+fn srun(srun_args: &[&str], image: &str, cmd: &[&str], env: &[(&str, &str)]) -> Out {
+    srun_with(srun_args, &[], image, cmd, env)
+}
+
+/// `srun [srun_args] launcher exec [launcher_opts] IMAGE cmd...`
+fn srun_with(
+    srun_args: &[&str],
+    launcher_opts: &[&str],
+    image: &str,
+    cmd: &[&str],
+    env: &[(&str, &str)],
+) -> Out {
+    out_of(
+        srun_command(srun_args, launcher_opts, image, cmd, env)
+            .output()
+            .expect("spawning setpriv"),
+    )
+}
+
+/// The command line of `srun_with`, not started.
+fn srun_command(
+    srun_args: &[&str],
+    launcher_opts: &[&str],
+    image: &str,
+    cmd: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let bin = setup().bin.display().to_string();
+    let mut args: Vec<&str> = srun_args.to_vec();
+    args.push("--overcommit");
+    args.extend(host_launch_args(&bin, launcher_opts, image, cmd));
+    as_user("srun", &args, env)
+}
+
+/// `PROGRAM [starter_args] launcher exec IMAGE cmd...` for the host's mpirun.openmpi or
+/// mpiexec.mpich, not started.
+fn host_starter(program: &str, starter_args: &[&str], image: &str, cmd: &[&str]) -> Command {
+    let bin = setup().bin.display().to_string();
+    let mut args: Vec<&str> = starter_args.to_vec();
+    args.extend(host_launch_args(&bin, &[], image, cmd));
+    as_user(program, &args, &[])
+}
+
+fn host_launch_args<'a>(
+    bin: &'a str,
+    launcher_opts: &[&'a str],
+    image: &'a str,
+    cmd: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![bin, "exec"];
+    args.extend(launcher_opts);
+    args.push(image);
+    args.extend(cmd);
+    args
+}
+
+fn lines_with<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// Check `hello` output: ranks 0..n, each with the caller's uid, and rank 0's verdict.
+fn check_hello(out: &Out, n: usize) {
+    assert_eq!(out.code, 0, "{out:?}");
+    let uid = setup().uid;
+    let ranks: BTreeSet<String> = lines_with(&out.stdout, "hello rank=")
+        .iter()
+        .map(|l| {
+            assert!(l.contains(&format!(" size={n} ")), "{l}: {out:?}");
+            assert!(l.contains(&format!(" uid={uid} ")), "{l}: {out:?}");
+            l.split_whitespace().nth(1).unwrap().to_string()
+        })
+        .collect();
+    let want: BTreeSet<String> = (0..n).map(|r| format!("rank={r}")).collect();
+    assert_eq!(ranks, want, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("hello ok size={n}")),
+        "{out:?}"
+    );
+}
+
+/// The user namespaces the ranks' `hello` printed (`ns=INODE`), as /proc/PID/ns/user names
+/// them (`user:[INODE]`).
+fn hello_namespaces(out: &Out) -> BTreeSet<String> {
+    lines_with(&out.stdout, "hello rank=")
+        .iter()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("ns=")))
+        .map(|ns| format!("user:[{ns}]"))
+        .collect()
+}
+
+/// `hello`, then a second for the FUSE servers to be seen while the step runs.
+const HELLO_AND_WAIT: &str = "hello --check-size 2 && sleep 1";
+
+/// Samples of the test user's FUSE servers: (user namespace, pid, command line).
+type Samples = Vec<Vec<(String, u32, String)>>;
+
+/// Run `cmd` (ranks running `HELLO_AND_WAIT`) to its end, sampling the test user's FUSE
+/// servers every 50 ms once rank 0 has said `hello ok`: then every rank is past MPI_Init and
+/// runs its command. (Before that, a launcher's children hold the /dev/fuse descriptor they
+/// inherited, for the moment between fork and exec.)
+fn run_watching_servers(mut cmd: Command) -> (Out, Samples) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning setpriv");
+    let said_ok = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stdout = std::thread::spawn({
+        let said_ok = said_ok.clone();
+        move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("hello ok") {
+                    said_ok.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        }
+    });
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let mut samples = Vec::new();
+    while !waiter.is_finished() {
+        if said_ok.load(std::sync::atomic::Ordering::SeqCst) {
+            samples.push(
+                fuse_servers()
+                    .into_iter()
+                    .map(|(ns, pid)| (ns, pid, cmdline(pid)))
+                    .collect(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = out_of(
+        waiter
+            .join()
+            .expect("the waiting thread")
+            .expect("waiting for setpriv"),
+    );
+    out.stdout = stdout.join().expect("the stdout thread");
+    (out, samples)
+}
+
+/// Check that each of the user namespaces `namespaces` had one FUSE server serving `image`
+/// while the ranks ran, the same one throughout, and never two at once. (Namespace inodes are reused
+/// once freed, so a later launch of another test may show up under the same name: the image
+/// and "at once" tell them apart.)
+fn check_one_server_per_namespace(namespaces: &BTreeSet<String>, image: &str, samples: &Samples) {
+    assert!(!samples.is_empty(), "the step ended before it was sampled");
+    for ns in namespaces {
+        let pids: BTreeSet<u32> = samples
+            .iter()
+            .flatten()
+            .filter(|(n, _, cmd)| n == ns && cmd.contains(image))
+            .map(|(_, pid, _)| *pid)
+            .collect();
+        assert_eq!(
+            pids.len(),
+            1,
+            "FUSE servers of {image} in {ns}: {pids:?} (samples: {samples:?})"
+        );
+        let at_once = samples
+            .iter()
+            .map(|s| s.iter().filter(|(n, _, _)| n == ns).count())
+            .max()
+            .unwrap_or(0);
+        assert_eq!(at_once, 1, "FUSE servers at once in {ns}: {samples:?}");
+    }
+}
+
+/// `hello` of a shared step: every rank in one user namespace, with one FUSE server in it.
+fn check_shared_hello(out: &Out, samples: &Samples, image: &str) {
+    check_hello(out, 2);
+    let ns = hello_namespaces(out);
+    assert_eq!(ns.len(), 1, "ranks in different user namespaces: {out:?}");
+    check_one_server_per_namespace(&ns, image, samples);
+}
+
+/// Ping-pong output: every size from 1 B to `max`, and no word from Open MPI that CMA single
+/// copy was turned off.
+fn check_pingpong(out: &Out, max: u64, what: &str) {
+    assert_eq!(out.code, 0, "{what}: {out:?}");
+    let sizes: Vec<u64> = lines_with(&out.stdout, "pingpong bytes=")
+        .iter()
+        .map(|l| {
+            l["pingpong bytes=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let want: Vec<u64> = (0..=max.trailing_zeros()).map(|i| 1 << i).collect();
+    assert_eq!(sizes, want, "{what}: {out:?}");
+    assert!(
+        !out.stderr.contains("single_copy_mechanism CMA is"),
+        "{what}: CMA was not available: {out:?}"
+    );
+}
+
+#[test]
+fn srun_runs_each_task_in_the_container_with_the_slurm_environment() {
+    let _g = serial();
+    let s = setup();
+    let out = srun(
+        &["-n", "2"],
+        &fixture("busybox-gzip.sqfs"),
+        &[
+            "/bin/sh",
+            "-c",
+            "echo task=$SLURM_PROCID of=$SLURM_NTASKS uid=$(id -u) job=${SLURM_JOB_ID:+yes} container=${LAUNCHER_CONTAINER:+yes} $(readlink /proc/self/ns/user)",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut got: Vec<&str> = lines_with(&out.stdout, "task=");
+    got.sort();
+    let namespaces: BTreeSet<&str> = got
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ').map(|(_, ns)| ns))
+        .collect();
+    let got: Vec<&str> = got
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ').map(|(l, _)| l))
+        .collect();
+    let want: Vec<String> = (0..2)
+        .map(|t| format!("task={t} of=2 uid={} job=yes container=yes", s.uid))
+        .collect();
+    assert_eq!(got, want, "{out:?}");
+    // Tasks of one step share the node's instance.
+    assert_eq!(namespaces.len(), 1, "{out:?}");
+}
+
+#[test]
+fn exit_codes_pass_through_srun() {
+    let _g = serial();
+    let img = fixture("busybox-gzip.sqfs");
+    let out = srun(&["-n", "1"], &img, &["/bin/sh", "-c", "exit 7"], &[]);
+    assert_eq!(out.code, 7, "{out:?}");
+    // A launcher error (here: no such image) is 255, and says what is wrong.
+    let out = srun(&["-n", "1"], "/nonexistent/image.sqfs", &["true"], &[]);
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(out.stderr.contains("/nonexistent/image.sqfs"), "{out:?}");
+}
+
+#[test]
+fn open_mpi_image_under_srun_pmix() {
+    let _g = serial();
+    let img = mpi_fixture("openmpi.sqfs");
+    let hello = ["/bin/sh", "-c", HELLO_AND_WAIT];
+    let (out, samples) = run_watching_servers(srun_command(
+        &["--mpi=pmix", "-n", "2"],
+        &[],
+        &img,
+        &hello,
+        &[],
+    ));
+    check_shared_hello(&out, &samples, &img);
+    // --contain: a minimal /dev (with the host's /dev/shm) and a private /tmp.
+    let (out, samples) = run_watching_servers(srun_command(
+        &["--mpi=pmix", "-n", "2"],
+        &["--contain"],
+        &img,
+        &hello,
+        &[],
+    ));
+    check_shared_hello(&out, &samples, &img);
+    let out = srun(&["--mpi=pmix", "-n", "2"], &img, &["allreduce"], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("allreduce size=2 sum=3 ok"), "{out:?}");
+    // The PMIx server's directory (under slurmd's spool, which no default bind covers) is
+    // bound at its own path.
+    let out = srun(
+        &["--mpi=pmix", "-n", "1"],
+        &img,
+        &["/bin/sh", "-c", "ls \"$PMIX_SERVER_TMPDIR\""],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("pmix_dstor"), "{out:?}");
+}
+
+#[test]
+fn open_mpi_image_under_host_mpirun() {
+    let _g = serial();
+    let img = mpi_fixture("openmpi.sqfs");
+    let (out, samples) = run_watching_servers(host_starter(
+        "mpirun.openmpi",
+        &["-np", "2", "--oversubscribe"],
+        &img,
+        &["/bin/sh", "-c", HELLO_AND_WAIT],
+    ));
+    check_shared_hello(&out, &samples, &img);
+}
+
+#[test]
+fn mpich_image_under_host_mpiexec() {
+    let _g = serial();
+    let img = mpi_fixture("mpich.sqfs");
+    // Hydra (MPICH's mpiexec) wires the ranks up over PMI-1 (PMI_FD / PMI_PORT); its ranks
+    // share by their parent, the node's proxy.
+    let (out, samples) = run_watching_servers(host_starter(
+        "mpiexec.mpich",
+        &["-n", "2"],
+        &img,
+        &["/bin/sh", "-c", HELLO_AND_WAIT],
+    ));
+    check_shared_hello(&out, &samples, &img);
+}
+
+#[test]
+fn mpich_image_under_srun_pmi2() {
+    let _g = serial();
+    let img = mpi_fixture("mpich.sqfs");
+    // pmi2 hands each task an inherited descriptor (PMI_FD): the launcher must keep it open.
+    let (out, samples) = run_watching_servers(srun_command(
+        &["--mpi=pmi2", "-n", "2"],
+        &[],
+        &img,
+        &["/bin/sh", "-c", HELLO_AND_WAIT],
+        &[],
+    ));
+    check_shared_hello(&out, &samples, &img);
+}
+
+#[test]
+fn a_wrong_pmi_is_caught_by_the_world_size_check() {
+    let _g = serial();
+    // MPICH does not speak pmix: each task starts alone as "rank 0 of 1". hello must fail.
+    let out = srun(
+        &["--mpi=pmix", "-n", "2"],
+        &mpi_fixture("mpich.sqfs"),
+        &["hello", "--check-size", "2"],
+        &[],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("world size 1, expected 2"), "{out:?}");
+}
+
+#[test]
+fn ping_pong_up_to_4_mib_with_single_copy_on() {
+    let _g = serial();
+    // MPI's defaults: Open MPI's vader with CMA, MPICH over UCX with cma and /proc/PID/fd
+    // links. Large messages go by single copy; between private namespaces they hung.
+    let pingpong = ["pingpong", "--iters", "20"];
+    let max = 4 << 20;
+    for (mpi, img) in [("--mpi=pmix", "openmpi.sqfs"), ("--mpi=pmi2", "mpich.sqfs")] {
+        let out = srun(&[mpi, "-n", "2"], &mpi_fixture(img), &pingpong, &[]);
+        check_pingpong(&out, max, &format!("srun {mpi} {img}"));
+    }
+    let out = out_of(
+        host_starter(
+            "mpirun.openmpi",
+            &["-np", "2", "--oversubscribe"],
+            &mpi_fixture("openmpi.sqfs"),
+            &pingpong,
+        )
+        .output()
+        .expect("spawning setpriv"),
+    );
+    check_pingpong(&out, max, "mpirun.openmpi");
+    let out = out_of(
+        host_starter(
+            "mpiexec.mpich",
+            &["-n", "2"],
+            &mpi_fixture("mpich.sqfs"),
+            &pingpong,
+        )
+        .output()
+        .expect("spawning setpriv"),
+    );
+    check_pingpong(&out, max, "mpiexec.mpich");
+}
+
+#[test]
+fn no_share_gives_each_rank_its_own_instance_and_works_without_single_copy() {
+    let _g = serial();
+    // A user namespace per rank: single copy between ranks is refused, so it is turned off.
+    let env = no_share_env();
+    for (mpi, img) in [("--mpi=pmix", "openmpi.sqfs"), ("--mpi=pmi2", "mpich.sqfs")] {
+        let img = mpi_fixture(img);
+        let (out, samples) = run_watching_servers(srun_command(
+            &[mpi, "-n", "2"],
+            &["--no-share"],
+            &img,
+            &["/bin/sh", "-c", HELLO_AND_WAIT],
+            &env,
+        ));
+        check_hello(&out, 2);
+        let ns = hello_namespaces(&out);
+        assert_eq!(ns.len(), 2, "{img}: ranks shared a namespace: {out:?}");
+        check_one_server_per_namespace(&ns, &img, &samples);
+        let out = srun_with(
+            &[mpi, "-n", "2"],
+            &["--no-share"],
+            &img,
+            &["pingpong", "--iters", "20"],
+            &env,
+        );
+        check_pingpong(&out, 4 << 20, &format!("--no-share, srun {mpi} {img}"));
+    }
+}
+
+#[test]
+fn sbatch_job_script_writes_its_output_file() {
+    let _g = serial();
+    let s = setup();
+    let script = s.scratch.join("job.sbatch");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n#SBATCH -n 2 -O -J launcher-sbatch-test\n#SBATCH -o {}/job-%j.out\n\
+             srun --mpi=pmix {} exec {} hello --check-size 2\n\
+             echo job-exit=$?\n",
+            s.scratch.display(),
+            s.bin.display(),
+            mpi_fixture("openmpi.sqfs")
+        ),
+    )
+    .unwrap();
+    let out = run(
+        "sbatch",
+        &["--wait", "--parsable", script.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let job = out.stdout.trim().split(';').next().unwrap().to_string();
+    let path = s.scratch.join(format!("job-{job}.out"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; sbatch said {out:?}", path.display()));
+    assert!(text.contains("hello ok size=2"), "{text}");
+    assert!(text.contains("job-exit=0"), "{text}");
+    assert_eq!(std::fs::metadata(&path).unwrap().uid(), s.uid);
+}
+
+/// Entries of `dirs` owned by `uid`.
+fn owned_entries(dirs: &[&str], uid: u32) -> BTreeSet<PathBuf> {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.metadata().map(|m| m.uid() == uid).unwrap_or(false))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn host_mounts() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+#[test]
+fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
+    let _g = serial();
+    let s = setup();
+    let scratch_dirs = ["/tmp", "/var/tmp", "/dev/shm"];
+    let before = owned_entries(&scratch_dirs, s.uid);
+    let mounts_before = host_mounts();
+    let marker = s.scratch.join("scancel-term");
+    let markers: Vec<PathBuf> = (0..2)
+        .map(|t| PathBuf::from(format!("{}.{t}", marker.display())))
+        .collect();
+    for m in &markers {
+        let _ = std::fs::remove_file(m);
+    }
+    let img = fixture("busybox-gzip.sqfs");
+    // A unique sleep length names this test's processes. Slurm signals the sleep too: when it
+    // dies first, `wait` returns 0 before the shell's own SIGTERM arrives, so the shell loops
+    // to wait again instead of exiting untrapped.
+    let script = format!(
+        "trap 'kill $! 2>/dev/null; echo got-term > {}.$SLURM_PROCID; exit 0' TERM; \
+         while :; do sleep 3131 & wait; done",
+        marker.display()
+    );
+    let srun_child = srun_command(
+        &["-J", "launcher-scancel-test", "-n", "2"],
+        &[],
+        &img,
+        &["/bin/sh", "-c", &script],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawning srun");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sleeps = loop {
+        let sleeps: Vec<u32> = pids_matching("sleep 3131")
+            .into_iter()
+            .filter(|p| cmdline(*p) == "sleep 3131")
+            .collect();
+        if sleeps.len() == 2 {
+            break sleeps;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the step's two sleeps never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The step is shared: both ranks in one user namespace, one FUSE server in it, and the
+    // rendezvous files in place.
+    let namespaces: BTreeSet<String> = sleeps
+        .iter()
+        .map(|p| {
+            std::fs::read_link(format!("/proc/{p}/ns/user"))
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+    let servers: Vec<_> = fuse_servers()
+        .into_iter()
+        .filter(|(ns, _)| namespaces.contains(ns))
+        .collect();
+    assert_eq!(servers.len(), 1, "FUSE servers of the step: {servers:?}");
+    let rendezvous = std::fs::read_dir(share_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(rendezvous > 0, "no rendezvous files in {:?}", share_dir());
+
+    let out = run("scancel", &["--name=launcher-scancel-test"], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let done = srun_child.wait_with_output().unwrap();
+    let srun_err = String::from_utf8_lossy(&done.stderr);
+    assert!(srun_err.contains("CANCELLED"), "srun said: {srun_err}");
+    // Every process of the step is gone (launchers, keeper, sh, sleep), within KillWait.
+    assert!(
+        wait_gone("sleep 3131"),
+        "left running: {:?}",
+        pids_matching("sleep 3131")
+    );
+    for m in &markers {
+        assert_eq!(
+            std::fs::read_to_string(m).unwrap_or_default().trim(),
+            "got-term",
+            "a rank's command did not get SIGTERM ({})",
+            m.display()
+        );
+    }
+    // Nothing left on the node: no new mount in the host's namespace, no new file of the user
+    // in the scratch directories, and the last rank out removed the rendezvous files.
+    assert_eq!(host_mounts().lines().count(), mounts_before.lines().count());
+    assert!(!host_mounts().contains("fuse.launcher"));
+    let new: Vec<PathBuf> = owned_entries(&scratch_dirs, s.uid)
+        .difference(&before)
+        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p) && **p != share_dir())
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "left behind: {new:?}");
+    assert_no_share_files_left(10);
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Scratch directories of other test processes (their files are theirs).
+fn is_other_test_scratch(p: &Path) -> bool {
+    p.file_name()
+        .map(|n| n.to_string_lossy().starts_with("launcher-e2e-"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_time_limit_terms_the_command() {
+    // Not serialised: it only sleeps, for about a minute (Slurm rounds limits up to a minute
+    // and checks them periodically), and leaves nothing the other tests look at: --no-share
+    // keeps its files out of the rendezvous directory the scancel test checks.
+    let img = fixture("busybox-gzip.sqfs");
+    let out = srun_with(
+        &["-n", "1", "-t", "0:05"],
+        &["--no-share"],
+        &img,
+        &[
+            "/bin/sh",
+            "-c",
+            // Looping: see the scancel test.
+            "trap 'kill $! 2>/dev/null; echo got-term; exit 3' TERM; \
+             while :; do sleep 4242 & wait; done",
+        ],
+        &[],
+    );
+    assert!(out.stdout.contains("got-term"), "{out:?}");
+    assert!(out.stderr.contains("TIME LIMIT"), "{out:?}");
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        wait_gone("sleep 4242"),
+        "left running: {:?}",
+        pids_matching("sleep 4242")
+    );
+}
