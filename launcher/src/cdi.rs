@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn applies_env_nodes_mounts_and_skips_hooks() {
         let d = dir_with(&[("a.json", JSON)]);
-        let specs = load_dirs(&[d.clone()], &mut Vec::new());
+        let specs = load_dirs(std::slice::from_ref(&d), &mut Vec::new());
         let mut inj = Injection::default();
         apply(
             &specs,

@@ -1108,7 +1108,7 @@ mod tests {
         assert_eq!(family(&m), Some(Family::MpichAbi));
         assert_eq!(family(&n), None);
         // Discovery through library_paths: the soname gives MPICH ABI, the symbols Open MPI.
-        let found = host_libraries(&[], &[s.0.clone()], &LdCache::default()).unwrap();
+        let found = host_libraries(&[], std::slice::from_ref(&s.0), &LdCache::default()).unwrap();
         assert_eq!(found.mpis.len(), 1);
         assert_eq!(found.mpis[0].family, Family::OpenMpi);
         assert_eq!(found.mpis[0].soname, "libmpi.so.12");
@@ -1143,7 +1143,7 @@ mod tests {
         c.add_root("libmpi.so.40", &root);
         c.add_alias("libmpich.so.12", &root);
         let keep = |n: &str| n.starts_with("libstdc++");
-        c.walk(&[d.clone()], &LdCache::default(), &keep);
+        c.walk(std::slice::from_ref(d), &LdCache::default(), &keep);
         let names: Vec<&str> = c.libs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -1171,7 +1171,7 @@ mod tests {
         );
         c.add_plugin(&d.join("plug/mca_x.so"));
         c.add_plugin(&d.join("plug/mca_y.so"));
-        c.walk(&[d.clone()], &LdCache::default(), &keep);
+        c.walk(std::slice::from_ref(d), &LdCache::default(), &keep);
         let names: Vec<&str> = c.libs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.last(), Some(&"libextra.so.2"));
         assert_eq!(names.len(), 5);

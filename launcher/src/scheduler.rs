@@ -55,7 +55,6 @@ pub fn binds(env: &[(String, String)], covered: &[(PathBuf, PathBuf)]) -> Vec<Mo
         .collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
