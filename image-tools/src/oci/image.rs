@@ -18,31 +18,32 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Index -> index -> manifest chains deeper than this are refused (no loops).
 const MAX_NESTING: usize = 8;
 
+/// A descriptor of an index, manifest, config or layer (also read by the registry client).
 #[derive(Deserialize, Debug, Clone)]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    digest: String,
+    pub(crate) media_type: Option<String>,
+    pub(crate) digest: String,
     #[serde(default)]
-    size: Option<u64>,
+    pub(crate) size: Option<u64>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-struct Platform {
+pub struct Platform {
     #[serde(default)]
-    architecture: String,
+    pub architecture: String,
     #[serde(default)]
-    os: String,
+    pub os: String,
     #[serde(default)]
-    variant: Option<String>,
+    pub variant: Option<String>,
 }
 
 impl Platform {
-    fn show(&self) -> String {
+    pub(crate) fn show(&self) -> String {
         match &self.variant {
             Some(v) if !v.is_empty() => format!("{}/{}/{v}", self.os, self.architecture),
             _ => format!("{}/{}", self.os, self.architecture),

@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 pub use error::{Error, Result};
+pub(crate) use image::Descriptor;
+pub use image::Platform;
 
 use blobs::{Store, TarIndex};
 use digest::HashReader;

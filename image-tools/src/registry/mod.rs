@@ -34,6 +34,8 @@ pub use cache::{Cache, Fetched};
 pub use error::{Error, Result};
 pub use reference::{Reference, DOCKER_HUB};
 
+use crate::oci::Descriptor;
+pub use crate::oci::Platform;
 use client::Client;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -89,37 +91,6 @@ pub struct PullReport {
 pub struct Pulled {
     pub source: crate::oci::Source,
     pub report: PullReport,
-}
-
-/// A descriptor of a manifest, config or layer.
-#[derive(Clone, Debug, serde::Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    digest: String,
-    #[serde(default)]
-    size: Option<u64>,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct Platform {
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    fn show(&self) -> String {
-        match &self.variant {
-            Some(v) if !v.is_empty() => format!("{}/{}/{v}", self.os, self.architecture),
-            _ => format!("{}/{}", self.os, self.architecture),
-        }
-    }
 }
 
 /// Picks the `arch` ("amd64", "arm64/v8", "linux/arm/v7") entry of an index, as
