@@ -166,7 +166,7 @@ pub fn find_library(
         let mut names: Vec<String> = rd
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| name_matches(n, base))
+            .filter(|n| crate::ld_cache::name_matches(n, base))
             .collect();
         names.sort();
         for n in names {
@@ -181,11 +181,6 @@ pub fn find_library(
         }
     }
     found
-}
-
-/// `libcuda.so` matches `libcuda.so` and `libcuda.so.1`, not `libcudart.so`.
-pub fn name_matches(name: &str, base: &str) -> bool {
-    name == base || name.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
 }
 
 /// Plan entries for the site config and the injection, placed before the user's binds.
@@ -409,14 +404,6 @@ fn join(first: Option<&str>, second: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(name_matches("libcuda.so.1", "libcuda.so"));
-        assert!(name_matches("libcuda.so", "libcuda.so"));
-        assert!(!name_matches("libcudart.so.12", "libcuda.so"));
-        assert!(!name_matches("libcuda.so1", "libcuda.so"));
-    }
 
     #[test]
     fn joins() {

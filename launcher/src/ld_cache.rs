@@ -78,19 +78,9 @@ impl LdCache {
         if bytes.len() > new_at && bytes[new_at..].starts_with(MAGIC_NEW) {
             return parse_new(bytes, new_at);
         }
-        let mut entries = Vec::with_capacity(nlibs);
-        for i in 0..nlibs {
-            let at = OLD_HEADER + i * OLD_ENTRY;
-            let flags = u32_at(bytes, at)? as i32;
-            let key = strings + u32_at(bytes, at + 4)? as usize;
-            let value = strings + u32_at(bytes, at + 8)? as usize;
-            entries.push(CacheEntry {
-                name: cstr_at(bytes, key)?,
-                path: PathBuf::from(cstr_at(bytes, value)?),
-                flags,
-            });
-        }
-        Ok(LdCache { entries })
+        Ok(LdCache {
+            entries: read_entries(bytes, OLD_HEADER, OLD_ENTRY, nlibs, strings)?,
+        })
     }
 
     /// Entries usable by this host's loader: ELF libc6 libraries of the host's ABI.
@@ -112,16 +102,17 @@ impl LdCache {
     pub fn matching(&self, base: &str) -> Vec<&CacheEntry> {
         let mut out: Vec<&CacheEntry> = Vec::new();
         for e in self.for_abi(host_abi()) {
-            let hit = e.name == base
-                || e.name
-                    .strip_prefix(base)
-                    .is_some_and(|rest| rest.starts_with('.'));
-            if hit && !out.iter().any(|o| o.name == e.name) {
+            if name_matches(&e.name, base) && !out.iter().any(|o| o.name == e.name) {
                 out.push(e);
             }
         }
         out
     }
+}
+
+/// `libcuda.so` matches `libcuda.so` and `libcuda.so.1`, not `libcudart.so`.
+pub fn name_matches(name: &str, base: &str) -> bool {
+    name == base || name.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
 }
 
 /// The new format; string offsets count from the start of its header (`base`).
@@ -136,19 +127,33 @@ fn parse_new(bytes: &[u8], base: usize) -> Result<LdCache> {
     if base + NEW_HEADER + nlibs.saturating_mul(NEW_ENTRY) > bytes.len() {
         bail!("{nlibs} entries do not fit in {} bytes", bytes.len());
     }
+    Ok(LdCache {
+        entries: read_entries(bytes, base + NEW_HEADER, NEW_ENTRY, nlibs, base)?,
+    })
+}
+
+/// `nlibs` entries of `entry_size` bytes from `table`, each starting with flags, key and value
+/// (u32 offsets counted from `strings`); both formats share that layout.
+fn read_entries(
+    bytes: &[u8],
+    table: usize,
+    entry_size: usize,
+    nlibs: usize,
+    strings: usize,
+) -> Result<Vec<CacheEntry>> {
     let mut entries = Vec::with_capacity(nlibs);
     for i in 0..nlibs {
-        let at = base + NEW_HEADER + i * NEW_ENTRY;
+        let at = table + i * entry_size;
         let flags = u32_at(bytes, at)? as i32;
-        let key = base + u32_at(bytes, at + 4)? as usize;
-        let value = base + u32_at(bytes, at + 8)? as usize;
+        let key = strings + u32_at(bytes, at + 4)? as usize;
+        let value = strings + u32_at(bytes, at + 8)? as usize;
         entries.push(CacheEntry {
             name: cstr_at(bytes, key)?,
             path: PathBuf::from(cstr_at(bytes, value)?),
             flags,
         });
     }
-    Ok(LdCache { entries })
+    Ok(entries)
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Result<u32> {
@@ -171,6 +176,14 @@ fn cstr_at(bytes: &[u8], at: usize) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names() {
+        assert!(name_matches("libcuda.so.1", "libcuda.so"));
+        assert!(name_matches("libcuda.so", "libcuda.so"));
+        assert!(!name_matches("libcudart.so.12", "libcuda.so"));
+        assert!(!name_matches("libcuda.so1", "libcuda.so"));
+    }
+
     #[test]
     fn a_device_or_fifo_as_the_cache_is_refused_not_read() {
         let e = LdCache::read(Path::new("/dev/zero")).unwrap_err();
