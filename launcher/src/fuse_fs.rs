@@ -482,27 +482,14 @@ impl Filesystem for ImageFs {
         let mut small: crate::push::Batch = Vec::new();
         let mut small_bytes = 0;
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            let inode = match e.target {
+            // Virtual nodes have no image inode (and nothing to push).
+            let (attr, inode) = match e.target {
                 Target::Image { inode_ref, .. } => match self.archive.inode(inode_ref) {
-                    Ok(i) => i,
+                    Ok(i) => (self.attr(&i), Some(i)),
                     Err(err) => return reply.error(self.fail(err)),
                 },
-                Target::Virtual(idx) => {
-                    let attr = self.virtual_attr(idx);
-                    if reply.add(
-                        attr.ino,
-                        i as u64 + 3,
-                        OsStr::from_bytes(&e.name),
-                        &TTL,
-                        &attr,
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                    continue;
-                }
+                Target::Virtual(idx) => (self.virtual_attr(idx), None),
             };
-            let attr = self.attr(&inode);
             if reply.add(
                 attr.ino,
                 i as u64 + 3,
@@ -513,6 +500,7 @@ impl Filesystem for ImageFs {
             ) {
                 break;
             }
+            let Some(inode) = inode else { continue };
             if inode.kind == squashfs::FileType::File
                 && inode.size > 0
                 && inode.size <= crate::push::SMALL_FILE
