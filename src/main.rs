@@ -199,6 +199,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => e.exit(),
@@ -215,6 +216,22 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// glibc's defaults suit long-lived programs; a launch is short and all first touches, and
+/// its threads (FUSE workers, read-ahead, push) each allocate a few decompressed blocks:
+/// - one arena: each thread's own arena would be a fresh 64 MiB mapping, grown piecemeal by
+///   mprotect calls, for the few blocks it decompresses;
+/// - blocks (128 KiB to 1 MiB) from the heap, not one mmap (and munmap) each.
+///
+/// `exec IMG /bin/true` on a zstd busybox image: 1358 page faults before, 1278 after
+/// (`perf stat -e page-faults`).
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
 }
 
 /// The launcher needs no privilege and must not be given any: a setuid bit or file

@@ -26,8 +26,9 @@ pub const SMALL_FILE: u64 = 64 << 10;
 pub const BATCH_BYTES: u64 = 2 << 20;
 /// Batches waiting; when full, new hints are dropped (pushing is only ever an optimisation).
 const QUEUE: usize = 64;
-/// Stores are sent in pieces of this size.
-const CHUNK: usize = 1 << 20;
+/// Stores are sent in pieces of this size (the buffer is fresh memory in every launch: a
+/// small one is page-faulted in once and reused).
+const CHUNK: usize = 256 << 10;
 
 pub type Batch = Vec<(INodeNo, Inode)>;
 

@@ -1,5 +1,6 @@
 //! Positional reads from the image file, bounds-checked against the image.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -13,6 +14,16 @@ pub(crate) struct Disk {
     base: u64,
     /// Image length (`bytes_used`); no read goes past it.
     len: u64,
+}
+
+/// Reads up to this size go through the thread's reused buffer; larger ones get their own.
+const SCRATCH_MAX: usize = 1 << 20;
+
+thread_local! {
+    // Compressed blocks are read into one buffer per thread: a new buffer per read is zeroed
+    // and page-faulted in every time, and in a short-lived launch nearly every page of it is
+    // a first touch.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 impl Disk {
@@ -46,6 +57,29 @@ impl Disk {
         self.file
             .read_exact_at(buf, at)
             .map_err(|e| Error::io(format_args!("reading {what} at image offset {pos}"), e))
+    }
+
+    /// Reads `len` bytes at `pos` into this thread's scratch buffer and hands them to `f`.
+    pub(crate) fn with_bytes<T>(
+        &self,
+        pos: u64,
+        len: usize,
+        what: &dyn std::fmt::Display,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let reuse = len <= SCRATCH_MAX;
+        // Taken out while in use: a nested call finds it empty and allocates its own.
+        let mut buf = if reuse { SCRATCH.take() } else { Vec::new() };
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let out = self
+            .read_exact(pos, &mut buf[..len], what)
+            .and_then(|()| f(&buf[..len]));
+        if reuse {
+            SCRATCH.set(buf);
+        }
+        out
     }
 
     /// Reads up to `max` bytes at `pos`, fewer only at the image end.

@@ -191,22 +191,24 @@ impl Archive {
                 total += n.disk_size();
                 j += 1;
             }
-            let mut raw = vec![0u8; total as usize];
-            self.disk.read_exact(
+            self.disk.with_bytes(
                 b.pos,
-                &mut raw,
+                total as usize,
                 &format_args!("data blocks {}..{}", first + i as u64, first + j as u64),
+                |raw| {
+                    let mut at_raw = 0usize;
+                    for (k, (blk, ticket)) in blocks[i..j].iter().zip(tickets).enumerate() {
+                        let n = blk.disk_size() as usize;
+                        let data = self.decode(*blk, &raw[at_raw..at_raw + n])?;
+                        at_raw += n;
+                        let weight = data.len() + 64;
+                        let data = ticket.complete(data, weight);
+                        let (at, want) = block_len(i + k);
+                        copy_overlap(buf, offset, &data, at, want)?;
+                    }
+                    Ok(())
+                },
             )?;
-            let mut at_raw = 0usize;
-            for (k, (blk, ticket)) in blocks[i..j].iter().zip(tickets).enumerate() {
-                let n = blk.disk_size() as usize;
-                let data = self.decode(*blk, &raw[at_raw..at_raw + n])?;
-                at_raw += n;
-                let weight = data.len() + 64;
-                let data = ticket.complete(data, weight);
-                let (at, want) = block_len(i + k);
-                copy_overlap(buf, offset, &data, at, want)?;
-            }
             i = j;
         }
         Ok(())
@@ -214,10 +216,12 @@ impl Archive {
 
     /// Reads and decompresses one block without sharing (after another reader's load failed).
     fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
-        let mut stored = vec![0u8; b.disk_size() as usize];
-        self.disk
-            .read_exact(b.pos, &mut stored, &format_args!("data block {index}"))?;
-        self.decode_block(b, &stored)
+        self.disk.with_bytes(
+            b.pos,
+            b.disk_size() as usize,
+            &format_args!("data block {index}"),
+            |stored| self.decode_block(b, stored),
+        )
     }
 
     /// Decompresses a data or fragment block and caches it.
@@ -266,17 +270,19 @@ impl Archive {
             }
             Claim::Mine(t) => Some(t),
         };
-        let mut stored = vec![0u8; b.disk_size() as usize];
-        self.disk
-            .read_exact(pos, &mut stored, &format_args!("fragment {index}"))?;
-        match ticket {
-            Some(t) => {
-                let data = self.decode(b, &stored)?;
-                let weight = data.len() + 64;
-                Ok(t.complete(data, weight))
-            }
-            None => self.decode_block(b, &stored),
-        }
+        self.disk.with_bytes(
+            pos,
+            b.disk_size() as usize,
+            &format_args!("fragment {index}"),
+            |stored| match ticket {
+                Some(t) => {
+                    let data = self.decode(b, stored)?;
+                    let weight = data.len() + 64;
+                    Ok(t.complete(data, weight))
+                }
+                None => self.decode_block(b, stored),
+            },
+        )
     }
 
     /// The blocks `first..=last` of a file.
