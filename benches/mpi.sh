@@ -8,7 +8,9 @@
 #   --output FILE write the report there instead of docs/performance-mpi.md
 #
 # Environment: LAUNCHER_TEST_USER (an existing unprivileged user to measure as; default:
-# create/reuse `launcher-bench`), LAUNCHER_BENCH_ROUNDS (ping-pong rounds, default 3),
+# create/reuse `launcher-bench`), LAUNCHER_BENCH_ROUNDS (ping-pong rounds, default 9),
+# LAUNCHER_BENCH_REPS (timed repetitions per size in one ping-pong run, the fastest counts;
+# default 5),
 # LAUNCHER_BENCH_START_RUNS (hyperfine runs per start-up row, default 10),
 # LAUNCHER_FIXTURES / LAUNCHER_MPI_FIXTURES (where tests/setup-mpi.sh puts the MPI images),
 # CARGO_TARGET_DIR (honoured by the build).
@@ -16,10 +18,11 @@
 # What it does: builds the MPI images and host programs (tests/setup-mpi.sh), starts the test
 # Slurm (slurm/test-cluster/start.sh), then, as the unprivileged user:
 #  1. ping-pong between 2 ranks of Open MPI under `srun --mpi=pmix`, 1 B to 4 MiB: the host's
-#     program natively (with and without CMA), the same program in the Open MPI image through the
+#     program natively (twice: the second run is an A/A control that shows the noise floor; and
+#     without CMA), the same program in the Open MPI image through the
 #     launcher in its default shared mode (one instance per node, CMA on) and with --no-share (CMA
 #     off, as it must be then), and through Charliecloud's ch-run (CMA off); rounds interleaved,
-#     medians reported, container/native ratios;
+#     container/native ratios taken within each round, their median over rounds reported;
 #  2. start-up of N = 1, 2, 8, 32 ranks on one node (`srun --overcommit -n N`), of `true` and of
 #     an MPI hello (MPI_Init + gather + MPI_Finalize), natively and in the container, shared and
 #     --no-share (hyperfine).
@@ -47,11 +50,12 @@ done
 ((EUID == 0)) || { echo "mpi.sh: must run as root (it starts Slurm and builds images)" >&2; exit 2; }
 
 if ((QUICK)); then
-    MODE=quick; ROUNDS=1; PP_ITERS=200; START_RUNS=3; NS=(1 2 8)
+    MODE=quick; ROUNDS=1; PP_ITERS=200; PP_REPS=2; START_RUNS=3; NS=(1 2 8)
 else
-    MODE=full; ROUNDS=3; PP_ITERS=1000; START_RUNS=10; NS=(1 2 8 32)
+    MODE=full; ROUNDS=9; PP_ITERS=1000; PP_REPS=5; START_RUNS=10; NS=(1 2 8 32)
 fi
 ROUNDS=${LAUNCHER_BENCH_ROUNDS:-$ROUNDS}
+PP_REPS=${LAUNCHER_BENCH_REPS:-$PP_REPS}
 START_RUNS=${LAUNCHER_BENCH_START_RUNS:-$START_RUNS}
 PP_TIMEOUT=300 # seconds per ping-pong run (large messages hang when single-copy fails)
 SCRATCH=${LAUNCHER_BENCH_DIR:-/var/tmp/launcher-bench}/mpi
@@ -126,19 +130,32 @@ NOCMA=OMPI_MCA_btl_vader_single_copy_mechanism=none
 OMPI_IMG=$MPI/openmpi.sqfs
 declare -A PP_CMD=(
     [native]="srun --mpi=pmix -n 2 $MPI/host/openmpi/pingpong"
+    [native-again]="srun --mpi=pmix -n 2 $MPI/host/openmpi/pingpong"
     [native-nocma]="env $NOCMA srun --mpi=pmix -n 2 $MPI/host/openmpi/pingpong"
     [shared]="srun --mpi=pmix -n 2 $LAUNCHER exec $OMPI_IMG pingpong"
     [no-share]="env $NOCMA srun --mpi=pmix -n 2 $LAUNCHER exec --no-share $OMPI_IMG pingpong"
     [ch-run]="env $NOCMA srun --mpi=pmix -n 2 ch-run $OMPI_IMG -- /usr/local/bin/pingpong"
 )
-PP_ORDER=(native native-nocma shared no-share ch-run)
+PP_ORDER=(native native-again native-nocma shared no-share ch-run)
 
 # ---------------------------------------------------------------- 1. ping-pong
 log "ping-pong: $ROUNDS round(s) of ${PP_ORDER[*]}"
+# One discarded run first: the first srun after a quiet spell runs slower (seen: 2x at every size).
+# shellcheck disable=SC2086  # split on purpose
+(cd "$RES" && timeout -k 10 "$PP_TIMEOUT" "${ASU_A[@]}" ${PP_CMD[native]} --iters "$PP_ITERS" >/dev/null 2>&1)
 for round in $(seq 1 "$ROUNDS"); do
-    for cfg in "${PP_ORDER[@]}"; do
+    # The order rotates from round to round, and every other round runs backwards, so that no
+    # configuration always runs first, nor always after the same one.
+    k=$(((round - 1) % ${#PP_ORDER[@]}))
+    order=("${PP_ORDER[@]:k}" "${PP_ORDER[@]:0:k}")
+    if ((round % 2 == 0)); then
+        for ((a = 0, b = ${#order[@]} - 1; a < b; a++, b--)); do
+            t=${order[a]} order[a]=${order[b]} order[b]=$t
+        done
+    fi
+    for cfg in "${order[@]}"; do
         out="$RES/pp.$cfg.$round.txt"
-        cmd="${PP_CMD[$cfg]} --iters $PP_ITERS"
+        cmd="${PP_CMD[$cfg]} --iters $PP_ITERS --reps $PP_REPS"
         log "  round $round: $cfg"
         # shellcheck disable=SC2086  # the command line is split on purpose
         (cd "$RES" && timeout -k 10 "$PP_TIMEOUT" "${ASU_A[@]}" $cmd >"$out" 2>"$out.err")
@@ -162,11 +179,57 @@ median_lat() {
             printf '%s %s\n' "$size" "$(tr ' ' '\n' <<<"$vals" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
         done | sort -n
 }
-declare -A LAT
+# speed_ratios BASE ROW: per message size, BASE latency / ROW latency taken within each round
+# (the two ran one after the other there, under the same load); then the median over rounds
+# and a distribution-free interval for it: order statistics k and n+1-k of the n ratios, with
+# k the largest that keeps the interval's coverage at least 95% (binomial, p = 1/2; with fewer
+# than 6 rounds, k = 1 and the coverage is lower: 1 - 2^(1-n)). Prints: size median low high.
+speed_ratios() {
+    local r f g
+    for r in $(seq 1 "$ROUNDS"); do
+        f="$RES/pp.$1.$r.txt" g="$RES/pp.$2.$r.txt"
+        [[ -e $f && -e $g ]] || continue
+        awk 'FNR == NR && /^pingpong bytes=/ { split($2, b, "="); split($4, l, "="); a[b[2]] = l[2]; next }
+             /^pingpong bytes=/ { split($2, b, "="); split($4, l, "=");
+                                  if ((b[2] in a) && l[2] > 0) printf "%s %.6f\n", b[2], a[b[2]] / l[2] }' "$f" "$g"
+    done | sort -k1,1n -k2,2g |
+        awk '{ v[$1] = v[$1] " " $2 }
+             END {
+                 for (s in v) {
+                     n = split(substr(v[s], 2), x, " ")
+                     # k: P(Binomial(n, 1/2) <= k - 1) <= 0.025, at least 1.
+                     k = 1; c = 0; p = 1
+                     for (i = 0; i < n; i++) p /= 2
+                     term = p
+                     for (j = 0; j < n; j++) {
+                         c += term
+                         if (c > 0.025) break
+                         k = j + 1
+                         term = term * (n - j) / (j + 1)
+                     }
+                     if (k > int((n + 1) / 2)) k = int((n + 1) / 2)
+                     printf "%s %.2f %.2f %.2f\n", s, x[int((n + 1) / 2)], x[k], x[n + 1 - k]
+                 }
+             }' |
+        sort -n
+}
+declare -A SPEED LOW HIGH
+for pair in native:native-again native:shared native:no-share native-nocma:no-share native:ch-run; do
+    while read -r size r lo hi; do
+        SPEED[$pair,$size]=$r LOW[$pair,$size]=$lo HIGH[$pair,$size]=$hi
+    done < <(speed_ratios "${pair%%:*}" "${pair#*:}")
+done
+declare -A LAT FASTEST
 for cfg in "${PP_ORDER[@]}"; do
     files=("$RES"/pp."$cfg".*.txt)
     [[ -e ${files[0]} ]] || continue
     while read -r size lat; do LAT[$cfg,$size]=$lat; done < <(median_lat "${files[@]}")
+    # The fastest over rounds: the machine swings between states (seen: 25 us or 80 us for
+    # 128 KiB in any configuration), and the best a path reached is what it can do.
+    while read -r size lat; do FASTEST[$cfg,$size]=$lat; done < <(
+        awk '/^pingpong bytes=/ { split($2, b, "="); split($4, l, "=");
+                                  if (!(b[2] in m) || l[2] < m[b[2]]) m[b[2]] = l[2] }
+             END { for (s in m) print s, m[s] }' "${files[@]}")
 done
 
 # ---------------------------------------------------------------- 2. start-up
@@ -207,8 +270,18 @@ md "# MPI performance: container vs native" "" \
     "Everything runs as the unprivileged user \`$U_NAME\`." ""
 md "## Ping-pong, 2 ranks on one node, \`srun --mpi=pmix\`" "" \
     "\`mpi-tests/pingpong.c\`: half the mean round trip over $PP_ITERS iterations ($((PP_ITERS / 10)) from 256 KiB)," \
-    "median of $ROUNDS round(s), configurations interleaved within a round. Rows:" "" \
+    "the fastest of $PP_REPS timed repetitions in one run (a repetition that other work preempted is" \
+    "slower, never faster); $ROUNDS round(s), configurations one after the other within a round, in" \
+    "an order that rotates from round to round, after one discarded warm-up run." \
+    "Latencies: the median over rounds. Ratios: taken within each round, then the median over" \
+    "rounds (paired, so that a round's load affects both sides), with a distribution-free interval" \
+    "for that median in brackets (order statistics, at least 95% coverage from 6 rounds on); a size" \
+    "is shown below target only when its whole interval is. \"fastest\" columns: the fastest run" \
+    "of one row over the fastest of the other (this machine swings between a fast and a slow state" \
+    "in any configuration, and the best a path reached is what it can do). Rows:" "" \
     "- **native**: the host's program, Open MPI defaults (vader with CMA single copy);" \
+    "- **native again**: the same command once more, an A/A control: how far native is from itself" \
+    "  shows which differences this run can resolve at all;" \
     "- **native, no CMA**: the same with \`$NOCMA\`;" \
     "- **shared**: the same source built into the Open MPI image, \`launcher exec\` with its defaults:" \
     "  the two ranks share one instance (one user namespace, one FUSE server), and Open MPI's" \
@@ -221,34 +294,56 @@ md "## Ping-pong, 2 ranks on one node, \`srun --mpi=pmix\`" "" \
     "Ratios are speed relative to a native row (its latency / the row's latency): 1.00 is as fast" \
     "as native. The target is shared / native >= 0.98 for every size; --no-share is compared with" \
     "native without CMA too, which is what it runs. Two ranks busy-poll: on a node with few cores" \
-    "that other work shares, single rows swing by 10x between rounds (compare the load figures);" \
-    "trust a quiet run." ""
-md "| bytes | native (us) | native, no CMA (us) | shared (us) | --no-share (us) | ch-run (us) | shared / native | --no-share / native | --no-share / native no CMA | ch-run / native |" \
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "that other work shares, single runs swing widely (compare the load figures and the A/A column)." ""
+md "| bytes | native (us) | native again (us) | native, no CMA (us) | shared (us) | --no-share (us) | ch-run (us) | native again / native (A/A) | shared / native | fastest A/A | fastest shared / native | --no-share / native | --no-share / native no CMA | ch-run / native |" \
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 # worst_of VAR RATIO: keep the smaller ratio in VAR.
 worst_of() {
-    [[ $2 == - ]] && return
+    [[ -z ${2:-} || $2 == - ]] && return
     if [[ -z ${!1} ]] || awk -v a="$2" -v b="${!1}" 'BEGIN { exit !(a < b) }'; then
         printf -v "$1" '%s' "$2"
     fi
 }
-worst="" worst_large="" worst_ns=""
+# far_from_1 R: |1 - R|
+far_from_1() { awk -v r="$1" 'BEGIN { d = 1 - r; printf "%.2f", d < 0 ? -d : d }'; }
+worst="" worst_large="" worst_ns="" worst_aa="" worst_fast="" worst_fast_aa="" below=() beyond_noise=()
+surely_below=() aa_off=()
 for i in $(seq 0 22); do
     s=$((1 << i))
-    n=${LAT[native,$s]:-}
-    nn=${LAT[native-nocma,$s]:-}
-    l=${LAT[shared,$s]:-}
-    p=${LAT[no-share,$s]:-}
-    c=${LAT[ch-run,$s]:-}
-    r=$(ratio "$n" "$l")
-    md "| $s | $(fmt_us "$n") | $(fmt_us "$nn") | $(fmt_us "$l") | $(fmt_us "$p") | $(fmt_us "$c") | $r | $(ratio "$n" "$p") | $(ratio "$nn" "$p") | $(ratio "$n" "$c") |"
+    sp() { printf '%s' "${SPEED[$1,$s]:--}"; }
+    # spi PAIR: the median with its interval.
+    spi() { [[ -n ${SPEED[$1,$s]:-} ]] && printf '%s (%s-%s)' "${SPEED[$1,$s]}" "${LOW[$1,$s]}" "${HIGH[$1,$s]}" || printf -- '-'; }
+    r=$(sp native:shared) aa=$(sp native:native-again)
+    fr=$(ratio "${FASTEST[native,$s]:-}" "${FASTEST[shared,$s]:-}")
+    faa=$(ratio "${FASTEST[native,$s]:-}" "${FASTEST[native-again,$s]:-}")
+    md "| $s | $(fmt_us "${LAT[native,$s]:-}") | $(fmt_us "${LAT[native-again,$s]:-}") | $(fmt_us "${LAT[native-nocma,$s]:-}") | $(fmt_us "${LAT[shared,$s]:-}") | $(fmt_us "${LAT[no-share,$s]:-}") | $(fmt_us "${LAT[ch-run,$s]:-}") | $(spi native:native-again) | $(spi native:shared) | $faa | $fr | $(sp native:no-share) | $(sp native-nocma:no-share) | $(sp native:ch-run) |"
     worst_of worst "$r"
+    worst_of worst_aa "$aa"
+    worst_of worst_fast "$fr"
+    worst_of worst_fast_aa "$faa"
     ((s >= 65536)) && worst_of worst_large "$r"
-    worst_of worst_ns "$(ratio "$nn" "$p")"
+    worst_of worst_ns "$(sp native-nocma:no-share)"
+    lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+    [[ -n ${HIGH[native:shared,$s]:-} ]] && lt "${HIGH[native:shared,$s]}" 0.98 && surely_below+=("$s")
+    [[ -n ${HIGH[native:native-again,$s]:-} ]] &&
+        { lt "${HIGH[native:native-again,$s]}" 1 || lt 1 "${LOW[native:native-again,$s]}"; } && aa_off+=("$s")
+    if [[ $r != - ]] && lt "$r" 0.98; then
+        below+=("$s")
+        # Below target by more than native differs from itself at this size.
+        [[ $aa != - ]] && awk -v d="$(far_from_1 "$r")" -v e="$(far_from_1 "$aa")" 'BEGIN { exit !(d > e) }' &&
+            beyond_noise+=("$s")
+    fi
 done
 md "" "Bandwidth is bytes / latency: its ratios are the latency ratios of the same row." ""
 verdict() { [[ -n ${1:-} ]] && awk -v a="$1" 'BEGIN { exit !(a >= 0.98) }' && echo met || echo "not met"; }
 summary "ping-pong speed, shared / native, worst size" "${worst:--}" "" ">= 0.98" "$(verdict "$worst")"
+summary "ping-pong sizes with shared / native below 0.98" "${#below[@]} of 23" "${below[*]:-none}" "0" "-"
+summary "... of which further from 1 than native again / native (A/A) at that size" "${#beyond_noise[@]}" "${beyond_noise[*]:-none}" "0" "$( ((${#beyond_noise[@]} == 0)) && echo "within noise" || echo "beyond noise")"
+summary "ping-pong A/A control, native again / native, worst size" "${worst_aa:--}" "" "(noise floor)" "-"
+summary "ping-pong sizes whose shared / native interval lies wholly below 0.98" "${#surely_below[@]} of 23" "${surely_below[*]:-none}" "0" "$( ((${#surely_below[@]} == 0)) && echo "no size shown below" || echo "below at some sizes")"
+summary "ping-pong A/A control: sizes whose native again / native interval excludes 1" "${#aa_off[@]} of 23" "${aa_off[*]:-none}" "(about 1 by chance)" "-"
+summary "ping-pong speed, fastest shared / fastest native (over rounds), worst size" "${worst_fast:--}" "" ">= 0.98" "$(verdict "$worst_fast")"
+summary "ping-pong A/A control, fastest native again / fastest native, worst size" "${worst_fast_aa:--}" "" "(noise floor)" "-"
 summary "ping-pong speed, shared / native, worst size >= 64 KiB (CMA)" "${worst_large:--}" "" ">= 0.98" "$(verdict "$worst_large")"
 summary "ping-pong speed, --no-share / native no CMA, worst size" "${worst_ns:--}" "" "(reference)" "-"
 
