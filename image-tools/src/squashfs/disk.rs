@@ -96,3 +96,40 @@ impl Disk {
         Ok(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn disk(bytes: &[u8]) -> Disk {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        Disk::new(f, 0, bytes.len() as u64)
+    }
+
+    #[test]
+    fn scratch_reads_nest_and_grow() {
+        let data: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+        let d = disk(&data);
+        let what = &"test";
+        // Nested: the inner call must not see (or clobber) the outer call's bytes.
+        let (outer, inner) = d
+            .with_bytes(10, 100, what, |a| {
+                let inner = d.with_bytes(1000, 50, what, |b| Ok(b.to_vec()))?;
+                Ok((a.to_vec(), inner))
+            })
+            .unwrap();
+        assert_eq!(outer, data[10..110]);
+        assert_eq!(inner, data[1000..1050]);
+        // Smaller after larger reuses the buffer; larger than the scratch limit is fresh.
+        for (pos, len) in [(5, 4096), (7, 3), (0, SCRATCH_MAX + 1), (1, 2 << 20)] {
+            let got = d.with_bytes(pos, len, what, |b| Ok(b.to_vec())).unwrap();
+            assert_eq!(got, data[pos as usize..pos as usize + len]);
+        }
+        // Past the end: an error, and the closure is not called.
+        assert!(d
+            .with_bytes(3 << 20, 1, what, |_| -> Result<()> { panic!("called") })
+            .is_err());
+    }
+}
