@@ -272,7 +272,8 @@ md "## Ping-pong, 2 ranks on one node, \`srun --mpi=pmix\`" "" \
     "\`mpi-tests/pingpong.c\`: half the mean round trip over $PP_ITERS iterations ($((PP_ITERS / 10)) from 256 KiB)," \
     "the fastest of $PP_REPS timed repetitions in one run (a repetition that other work preempted is" \
     "slower, never faster); $ROUNDS round(s), configurations one after the other within a round, in" \
-    "an order that rotates from round to round, after one discarded warm-up run." \
+    "an order that rotates from round to round and runs backwards every other round, after one" \
+    "discarded warm-up run." \
     "Latencies: the median over rounds. Ratios: taken within each round, then the median over" \
     "rounds (paired, so that a round's load affects both sides), with a distribution-free interval" \
     "for that median in brackets (order statistics, at least 95% coverage from 6 rounds on); a size" \
@@ -306,13 +307,14 @@ worst_of() {
 }
 # far_from_1 R: |1 - R|
 far_from_1() { awk -v r="$1" 'BEGIN { d = 1 - r; printf "%.2f", d < 0 ? -d : d }'; }
+# sp PAIR / spi PAIR: the paired ratio at size $s, alone / with its interval; lt A B: A < B.
+sp() { printf '%s' "${SPEED[$1,$s]:--}"; }
+spi() { [[ -n ${SPEED[$1,$s]:-} ]] && printf '%s (%s-%s)' "${SPEED[$1,$s]}" "${LOW[$1,$s]}" "${HIGH[$1,$s]}" || printf -- '-'; }
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 worst="" worst_large="" worst_ns="" worst_aa="" worst_fast="" worst_fast_aa="" below=() beyond_noise=()
 surely_below=() aa_off=()
 for i in $(seq 0 22); do
     s=$((1 << i))
-    sp() { printf '%s' "${SPEED[$1,$s]:--}"; }
-    # spi PAIR: the median with its interval.
-    spi() { [[ -n ${SPEED[$1,$s]:-} ]] && printf '%s (%s-%s)' "${SPEED[$1,$s]}" "${LOW[$1,$s]}" "${HIGH[$1,$s]}" || printf -- '-'; }
     r=$(sp native:shared) aa=$(sp native:native-again)
     fr=$(ratio "${FASTEST[native,$s]:-}" "${FASTEST[shared,$s]:-}")
     faa=$(ratio "${FASTEST[native,$s]:-}" "${FASTEST[native-again,$s]:-}")
@@ -323,7 +325,6 @@ for i in $(seq 0 22); do
     worst_of worst_fast_aa "$faa"
     ((s >= 65536)) && worst_of worst_large "$r"
     worst_of worst_ns "$(sp native-nocma:no-share)"
-    lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
     [[ -n ${HIGH[native:shared,$s]:-} ]] && lt "${HIGH[native:shared,$s]}" 0.98 && surely_below+=("$s")
     [[ -n ${HIGH[native:native-again,$s]:-} ]] &&
         { lt "${HIGH[native:native-again,$s]}" 1 || lt 1 "${LOW[native:native-again,$s]}"; } && aa_off+=("$s")
