@@ -199,7 +199,6 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => e.exit(),
@@ -218,8 +217,10 @@ fn main() {
     std::process::exit(code);
 }
 
-/// glibc's defaults suit long-lived programs; a launch is short and all first touches, and
-/// its threads (FUSE workers, read-ahead, push) each allocate a few decompressed blocks:
+/// For exec, run and shell only (`build` keeps glibc's defaults: its compressor threads
+/// allocate all the time). glibc's defaults suit long-lived programs; a launch is short and
+/// all first touches, and its threads (FUSE workers, read-ahead, push) each allocate a few
+/// decompressed blocks:
 /// - one arena: each thread's own arena would be a fresh 64 MiB mapping, grown piecemeal by
 ///   mprotect calls, for the few blocks it decompresses;
 /// - blocks (128 KiB to 1 MiB) from the heap, not one mmap (and munmap) each.
@@ -227,7 +228,7 @@ fn main() {
 /// `exec IMG /bin/true` on a zstd busybox image: 1358 page faults before, 1278 after
 /// (`perf stat -e page-faults`).
 fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    // SAFETY: mallopt only sets allocator parameters; called before the launch starts any thread.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
@@ -295,5 +296,6 @@ fn run(cli: Cli) -> Result<i32> {
         }
     };
     let (options, tuning) = opts.into_options(image, action)?;
+    tune_allocator();
     launch::launch(&options, cli.debug, &tuning)
 }
