@@ -21,9 +21,28 @@ pub fn enabled() -> bool {
 pub fn step(msg: impl std::fmt::Display) {
     if enabled() {
         let t = START.get_or_init(Instant::now).elapsed();
-        eprintln!(
+        line(format_args!(
             "launcher: debug: [{:7.2} ms] {msg}",
             t.as_secs_f64() * 1000.0
-        );
+        ));
+    }
+}
+
+/// Write one line to stderr with a single write(2) and no lock. Children forked while other
+/// threads run use this: a lock such as Rust's stderr lock, held by another thread at the
+/// fork, would never be released in the child.
+pub fn line(msg: impl std::fmt::Display) {
+    let text = format!("{msg}\n");
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: writing initialised bytes to fd 2.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        rest = &rest[n as usize..];
     }
 }

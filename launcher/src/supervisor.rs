@@ -1,17 +1,23 @@
-//! Apply a plan: namespaces, the FUSE mount, the child that becomes the command, and the
-//! parent that serves the image and supervises the child until it exits.
+//! Apply a plan: the child that creates the namespaces, mounts the image and becomes the
+//! command, and the parent that serves the image and supervises the child until it exits.
 //!
 //! Order matters and is dictated by the kernel:
-//! 1. unshare(USER|NS) while single-threaded (the kernel refuses it otherwise), identity maps;
-//! 2. a staging tmpfs, /dev/fuse opened and mounted with mount(2) (capabilities in a user
-//!    namespace are lost at execve, so no external helper can do it), FUSE INIT handshake;
-//! 3. fork: the child takes its own mount namespace (so that pivot_root does not move the
-//!    server), builds the root and execs; the parent starts the FUSE worker threads and
-//!    forwards signals until the child exits, then exits with its status.
+//! 1. the parent blocks the signals it forwards and starts reading the command's program
+//!    ahead (decompression is most of a start-up, so it begins as early as it can);
+//! 2. fork: the child, single-threaded as unshare(CLONE_NEWUSER) requires, creates the user
+//!    and mount namespaces with identity maps, mounts a staging tmpfs, opens /dev/fuse and
+//!    mounts the image with mount(2) (capabilities in a user namespace are lost at execve, so
+//!    no external helper can do it; the kernel takes only a /dev/fuse opened in the mounting
+//!    namespace), and hands the descriptor to the parent over a socket (SCM_RIGHTS);
+//! 3. the parent answers FUSE INIT and serves on worker threads, while the child builds the
+//!    root, pivots into it and execs; the parent forwards signals until the child exits, then
+//!    exits with its status. The server stays in the host's namespaces: pivot_root cannot
+//!    move it, and the child's mount namespace is the only one.
 
 use crate::debug;
 use crate::fuse_fs::ImageFs;
 use crate::plan::Plan;
+use crate::push::{Batch, Pusher};
 use crate::rootfs::{self, Layout};
 use crate::share::{self, Role};
 use crate::syscalls::{Real, Syscalls};
@@ -21,13 +27,18 @@ use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 /// Signals passed on to the command.
@@ -44,8 +55,8 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGALRM,
 ];
 
-/// Where the staging tmpfs may be mounted in the launcher's own mount namespace. The child
-/// pivots into it, which uncovers the host's directory again under /oldroot.
+/// Where the staging tmpfs may be mounted in the child's mount namespace. The child pivots
+/// into it, which uncovers the host's directory again under /oldroot.
 const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt"];
 
 pub struct LaunchSettings {
@@ -70,26 +81,110 @@ pub fn launch(
     }
 }
 
-/// The image mounted and the FUSE session ready to serve, in a new user namespace.
-struct Instance {
-    staging: PathBuf,
-    session: fuser::Session<ImageFs>,
-    pusher: crate::push::Pusher,
-    push_rx: std::sync::mpsc::Receiver<crate::push::Batch>,
-    /// The reader, shared with the virtual mount points, the prefetch and the push threads.
-    archive: Arc<Archive>,
-    /// The /dev/fuse descriptor (owned by the session), for children to close.
-    fuse_fd: i32,
+/// What the child that creates the instance does once the root is built.
+enum Then<'a> {
+    /// Become the command (a private instance).
+    Exec(&'a SigSet),
+    /// Stay in the root, holding the namespaces for the ranks of a shared instance.
+    Keep,
 }
 
-fn create_instance(
+/// A private instance, or the leader of a shared one.
+fn serve(
     plan: &Plan,
     archive: Arc<Archive>,
     settings: &LaunchSettings,
-) -> Result<Instance> {
-    let shared_archive = archive.clone();
+    leader: Option<share::Leader>,
+) -> Result<i32> {
+    // Before any thread starts, so that every thread inherits the blocked mask.
+    let (forwarded, old_mask) = prepare_supervision()?;
+    let (pusher, push_rx) = Pusher::new();
+    if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
+        crate::prefetch::spawn(
+            archive.clone(),
+            program.clone(),
+            settings.fuse_push.then(|| pusher.clone()),
+        );
+    }
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair")?;
+    let parent = getpid();
+    let then = match leader {
+        None => Then::Exec(&old_mask),
+        Some(_) => Then::Keep,
+    };
+    // SAFETY: the child is single-threaded; the only other threads here (the read-ahead) hold
+    // no lock the child takes but malloc's, which glibc makes safe across fork.
+    let child = match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(ours);
+            child_exit(create_instance(plan, parent, theirs, then))
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(theirs);
+    let Some(fuse_fd) = receive_fd(&ours)? else {
+        // The child said why on stderr.
+        return finish_failed_start(child);
+    };
+    let server = match start_server(plan, archive, settings, fuse_fd, pusher, push_rx) {
+        Ok(s) => s,
+        Err(e) => {
+            // A child that failed after the mount (and took the mount with it) says why itself.
+            if let Some(code) = failed_child_status(child) {
+                return Ok(code);
+            }
+            let _ = kill(child, Signal::SIGKILL);
+            return Err(e);
+        }
+    };
+    let Some(leader) = leader else {
+        let code = supervise(child, &forwarded)?;
+        kill_leftovers(None);
+        drop(server);
+        return Ok(code);
+    };
+    let code = lead(plan, child, &ours, leader, &forwarded, &old_mask);
+    drop(server);
+    code
+}
+
+/// The child's half of the start: namespaces, the image mounted, the descriptor handed over,
+/// then the root. Returns only on error.
+fn create_instance(plan: &Plan, parent: Pid, sock: OwnedFd, then: Then) -> anyhow::Error {
+    let staging = match mount_image(plan, parent, &sock) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    if let Err(e) = build_root(plan, &staging) {
+        return e;
+    }
+    match then {
+        Then::Exec(old_mask) => match prepare_exec(plan) {
+            Ok(program) => {
+                let _ = old_mask.thread_set_mask();
+                exec(&program, plan)
+            }
+            Err(e) => e,
+        },
+        Then::Keep => keep(sock),
+    }
+}
+
+/// In the child: new user and mount namespaces, the staging tmpfs, the image mounted with
+/// FUSE, and the /dev/fuse descriptor sent to the parent. Returns the staging directory.
+fn mount_image(plan: &Plan, parent: Pid, sock: &OwnedFd) -> Result<PathBuf> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    if nix::unistd::getppid() != parent {
+        bail!("the launcher exited during start-up");
+    }
     enter_user_namespace(plan.uid, plan.gid)?;
-    debug::step("user and mount namespaces entered");
+    debug::step("child: user and mount namespaces entered");
     let sys = Real {
         proc_dir: "/proc".into(),
     };
@@ -120,12 +215,32 @@ fn create_instance(
         Some(&data),
     )
     .context("mounting the image with FUSE")?;
+    send_fd(sock, fuse_fd.as_raw_fd()).context("handing the FUSE connection to the launcher")?;
+    // Our copy goes at once: a child that kept one and waited on a FUSE request when the
+    // launcher was killed would stay in D state forever, holding the connection it waits on.
+    drop(fuse_fd);
+    debug::step(format_args!(
+        "child: image mounted with FUSE (staging at {})",
+        staging.display()
+    ));
+    Ok(staging)
+}
+
+/// In the parent: the FUSE handshake on the child's descriptor, then worker threads, the
+/// push thread, and the mount points the image lacks.
+fn start_server(
+    plan: &Plan,
+    archive: Arc<Archive>,
+    settings: &LaunchSettings,
+    fuse_fd: OwnedFd,
+    pusher: Pusher,
+    push_rx: Receiver<Batch>,
+) -> Result<fuser::BackgroundSession> {
     let mut config = fuser::Config::default();
     config.n_threads = Some(settings.fuse_threads.max(1));
     config.clone_fd = true;
-    let (pusher, push_rx) = crate::push::Pusher::new();
     let mut fs = ImageFs::new(
-        archive,
+        archive.clone(),
         plan.writable_root.then_some((plan.uid, plan.gid)),
         settings.fuse_readahead,
     );
@@ -133,66 +248,86 @@ fn create_instance(
         fs = fs.with_pusher(pusher.clone());
     }
     if !plan.needs_overlay() {
-        let virt = crate::virtual_nodes::VirtualNodes::build(
-            &shared_archive,
-            &plan.upper,
-            &plan.served_files(),
-        )
-        .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
+        let virt =
+            crate::virtual_nodes::VirtualNodes::build(&archive, &plan.upper, &plan.served_files())
+                .map_err(|e| {
+                    anyhow!("'{}': placing mount points: {e}", plan.image.path.display())
+                })?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
-    let fuse_raw_fd = fuse_fd.as_raw_fd();
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
-    debug::step(format_args!(
-        "image mounted with FUSE (staging at {})",
-        staging.display()
-    ));
-    Ok(Instance {
-        staging,
-        session,
-        pusher,
-        push_rx,
-        archive: shared_archive,
-        fuse_fd: fuse_raw_fd,
-    })
+    let notifier = session.notifier();
+    let server = session
+        .spawn()
+        .context("starting the FUSE server threads")?;
+    debug::step("parent: FUSE server threads started");
+    // The push thread lives as long as the launcher (it holds a sender itself).
+    let _ = std::thread::Builder::new()
+        .name("push".into())
+        .spawn(move || crate::push::run(push_rx, pusher, notifier, archive));
+    Ok(server)
 }
 
-impl Instance {
-    /// In a forked child: the FUSE connection must end when the launcher dies. A child that
-    /// kept a copy of the /dev/fuse descriptor (until its exec) and waited on a FUSE request
-    /// when the launcher was killed would stay in D state forever, holding the connection it
-    /// waits on.
-    fn close_in_child(&self) {
-        // SAFETY: closing this process's copy of a descriptor it never uses.
-        unsafe { libc::close(self.fuse_fd) };
-    }
+fn send_fd(sock: &OwnedFd, fd: RawFd) -> Result<()> {
+    let fds = [fd];
+    let iov = [IoSlice::new(b"f")];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
 
-    /// Serve the image on worker threads, read the command's program ahead, push pages.
-    fn start_serving(
-        self,
-        plan: &Plan,
-        settings: &LaunchSettings,
-    ) -> Result<fuser::BackgroundSession> {
-        let notifier = self.session.notifier();
-        let server = self
-            .session
-            .spawn()
-            .context("starting the FUSE server threads")?;
-        debug::step("parent: FUSE server threads started");
-        if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
-            crate::prefetch::spawn(
-                self.archive.clone(),
-                program.clone(),
-                settings.fuse_push.then(|| self.pusher.clone()),
-            );
+/// The descriptor the child sent, or None when it closed the socket without one (it failed).
+fn receive_fd(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(RawFd);
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.context("receiving the FUSE connection from the child")?,
         }
-        // The push thread lives as long as the launcher (it holds a sender itself).
-        let (pusher, push_rx, archive) = (self.pusher, self.push_rx, self.archive);
-        let _ = std::thread::Builder::new()
-            .name("push".into())
-            .spawn(move || crate::push::run(push_rx, pusher, notifier, archive));
-        Ok(server)
+    };
+    for cmsg in msg.cmsgs().context("reading the child's message")? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us; nobody else owns it.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The child failed before the image was served and printed why: reap it and leave with its
+/// status (255 for the launcher's own errors).
+fn finish_failed_start(child: Pid) -> Result<i32> {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
+            Err(e) => return Err(anyhow!("waitpid: {e}")),
+        }
+    }
+}
+
+/// The status of a child that has already failed, if it has.
+fn failed_child_status(child: Pid) -> Option<i32> {
+    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) if code != 0 => Some(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+        _ => None,
     }
 }
 
@@ -212,95 +347,36 @@ fn prepare_supervision() -> Result<(SigSet, SigSet)> {
     Ok((forwarded, old_mask))
 }
 
-/// A private instance, or the leader of a shared one.
-fn serve(
-    plan: &Plan,
-    archive: Arc<Archive>,
-    settings: &LaunchSettings,
-    leader: Option<share::Leader>,
-) -> Result<i32> {
-    let instance = create_instance(plan, archive, settings)?;
-    let (forwarded, old_mask) = prepare_supervision()?;
-    let parent = getpid();
-    let Some(leader) = leader else {
-        // SAFETY: single-threaded here (FUSE threads start after the fork), so the child may
-        // allocate and run ordinary code until it execs.
-        return match unsafe { fork() }.context("fork")? {
-            ForkResult::Child => {
-                instance.close_in_child();
-                let err = run_child(plan, &instance.staging, parent, &old_mask);
-                child_exit(err)
-            }
-            ForkResult::Parent { child } => {
-                let _server = instance.start_serving(plan, settings)?;
-                let code = supervise(child, &forwarded)?;
-                kill_leftovers(None);
-                Ok(code)
-            }
-        };
-    };
-    lead(
-        plan, settings, instance, leader, parent, &forwarded, &old_mask,
-    )
-}
-
-/// The leader of a shared instance: a keeper child builds the root and stays in it, so its
-/// namespaces outlive any one rank; this rank's command enters them like any other rank's.
-/// Both children are forked before the server threads start (fork of a threaded process is
-/// best avoided) and wait on pipes for their turn.
+/// The leader of a shared instance: its child (the keeper) built the root and stays in it, so
+/// the namespaces outlive any one rank; this rank's command enters them like any other rank's.
 fn lead(
     plan: &Plan,
-    settings: &LaunchSettings,
-    instance: Instance,
+    keeper: Pid,
+    sock: &OwnedFd,
     mut leader: share::Leader,
-    parent: Pid,
     forwarded: &SigSet,
     old_mask: &SigSet,
 ) -> Result<i32> {
-    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-    // SAFETY: single-threaded here.
-    let keeper = match unsafe { fork() }.context("fork")? {
-        ForkResult::Child => {
-            instance.close_in_child();
-            drop((ready_r, go_r, go_w));
-            child_exit(keep(plan, &instance.staging, parent, ready_w))
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop(ready_w);
-    // SAFETY: single-threaded here.
-    let rank = match unsafe { fork() }.context("fork")? {
-        ForkResult::Child => {
-            instance.close_in_child();
-            drop((ready_r, go_w));
-            child_exit(run_rank(plan, keeper, parent, go_r, old_mask))
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop(go_r);
-    let _server = instance.start_serving(plan, settings)?;
     let mut byte = [0u8; 1];
-    if !matches!(nix::unistd::read(&ready_r, &mut byte), Ok(1)) {
-        // The keeper said why; nothing else to do but stop the waiting rank.
-        let _ = kill(rank, Signal::SIGKILL);
-        kill_leftovers(None);
-        return Ok(255);
+    if !matches!(nix::unistd::read(sock, &mut byte), Ok(1)) {
+        // The keeper said why.
+        return finish_failed_start(keeper);
     }
-    let ns_ino = |path: String| -> Result<u64> {
-        Ok(std::fs::metadata(&path)
-            .with_context(|| format!("stat {path}"))?
-            .ino())
+    let user_ns = open_ns(&format!("/proc/{keeper}/ns/user"))?;
+    let mnt_ns = open_ns(&format!("/proc/{keeper}/ns/mnt"))?;
+    let ino = |fd: &OwnedFd| -> Result<u64> {
+        Ok(nix::sys::stat::fstat(fd)
+            .context("stat of the keeper's namespace")?
+            .st_ino)
     };
     leader.publish(&share::State {
-        leader_pid: parent.as_raw(),
+        leader_pid: getpid().as_raw(),
         keeper_pid: keeper.as_raw(),
-        user_ns: ns_ino("/proc/self/ns/user".into())?,
-        mnt_ns: ns_ino(format!("/proc/{keeper}/ns/mnt"))?,
+        user_ns: ino(&user_ns)?,
+        mnt_ns: ino(&mnt_ns)?,
     })?;
     debug::step("shared instance published");
-    nix::unistd::write(&go_w, b"g").context("starting the command")?;
-    let code = supervise(rank, forwarded)?;
+    let code = run_in_instance(plan, &user_ns, &mnt_ns, forwarded, old_mask)?;
     kill_leftovers(Some(keeper));
     debug::step("waiting for the ranks that joined");
     let closed = leader.wait_and_close();
@@ -312,17 +388,13 @@ fn lead(
     Ok(code)
 }
 
-/// The keeper: builds the root, enters it, says so, and waits to be killed.
-fn keep(plan: &Plan, staging: &Path, parent: Pid, ready: OwnedFd) -> anyhow::Error {
-    if let Err(e) = build_root(plan, staging, parent) {
-        return e;
-    }
+/// The keeper: says the root is ready, then waits to be killed.
+fn keep(sock: OwnedFd) -> anyhow::Error {
     let _ = nix::sys::prctl::set_name(c"launcher-keep");
-    if let Err(e) = nix::unistd::write(&ready, b"r") {
+    if let Err(e) = nix::unistd::write(&sock, b"r") {
         return anyhow!("telling the launcher the root is ready: {e}");
     }
-    // Keep nothing of the server's (its /dev/fuse fd above all: the connection must end with
-    // the server, not linger in the keeper).
+    // Keep nothing of the launcher's open files.
     // SAFETY: no fd is used after this point.
     unsafe { libc::close_range(3, u32::MAX, 0) };
     loop {
@@ -331,42 +403,26 @@ fn keep(plan: &Plan, staging: &Path, parent: Pid, ready: OwnedFd) -> anyhow::Err
     }
 }
 
-/// The leader's own rank: waits for the go, then enters the keeper's mount namespace.
-fn run_rank(
-    plan: &Plan,
-    keeper: Pid,
-    parent: Pid,
-    go: OwnedFd,
-    old_mask: &SigSet,
-) -> anyhow::Error {
-    let setup = || -> Result<PathBuf> {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-        if nix::unistd::getppid() != parent {
-            bail!("the launcher exited during start-up");
-        }
-        let mut byte = [0u8; 1];
-        if !matches!(nix::unistd::read(&go, &mut byte), Ok(1)) {
-            bail!("the container could not be set up");
-        }
-        let mnt = open_ns(&format!("/proc/{keeper}/ns/mnt"))?;
-        nix::sched::setns(&mnt, CloneFlags::CLONE_NEWNS)
-            .context("entering the container's mount namespace")?;
-        prepare_exec(plan)
-    };
-    match setup() {
-        Ok(program) => {
-            let _ = old_mask.thread_set_mask();
-            exec(&program, plan)
-        }
-        Err(e) => e,
-    }
-}
-
-/// A rank that joins a running shared instance: no mount at all, two setns calls.
+/// A rank that joins a running shared instance: no mount at all.
 fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
     let (forwarded, old_mask) = prepare_supervision()?;
+    let code = run_in_instance(plan, &joiner.user_ns, &joiner.mnt_ns, &forwarded, &old_mask)?;
+    kill_leftovers(None);
+    drop(joiner);
+    Ok(code)
+}
+
+/// Fork the command into a shared instance's namespaces (two setns calls) and supervise it.
+fn run_in_instance(
+    plan: &Plan,
+    user_ns: &OwnedFd,
+    mnt_ns: &OwnedFd,
+    forwarded: &SigSet,
+    old_mask: &SigSet,
+) -> Result<i32> {
     let parent = getpid();
-    // SAFETY: single-threaded: the child may allocate until it execs.
+    // SAFETY: the child execs or exits; it takes no lock another thread may hold but
+    // malloc's, which glibc makes safe across fork.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             let setup = || -> Result<PathBuf> {
@@ -374,14 +430,11 @@ fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
                 if nix::unistd::getppid() != parent {
                     bail!("the launcher exited during start-up");
                 }
-                nix::sched::setns(&joiner.user_ns, CloneFlags::CLONE_NEWUSER)
+                nix::sched::setns(user_ns, CloneFlags::CLONE_NEWUSER)
                     .context("entering the shared user namespace")?;
-                nix::sched::setns(&joiner.mnt_ns, CloneFlags::CLONE_NEWNS)
+                nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
                     .context("entering the shared mount namespace")?;
-                debug::step(format_args!(
-                    "child: joined the instance of launcher {}",
-                    joiner.state.leader_pid
-                ));
+                debug::step("child: entered the shared instance");
                 prepare_exec(plan)
             };
             let err = match setup() {
@@ -393,12 +446,7 @@ fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
             };
             child_exit(err)
         }
-        ForkResult::Parent { child } => {
-            let code = supervise(child, &forwarded)?;
-            kill_leftovers(None);
-            drop(joiner);
-            Ok(code)
-        }
+        ForkResult::Parent { child } => supervise(child, forwarded),
     }
 }
 
@@ -413,7 +461,7 @@ fn open_ns(path: &str) -> Result<OwnedFd> {
 
 /// Print the child's error and leave without running the parent's destructors.
 fn child_exit(err: anyhow::Error) -> ! {
-    eprintln!("launcher: error: {err:#}");
+    debug::line(format_args!("launcher: error: {err:#}"));
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(255) }
 }
@@ -464,29 +512,9 @@ fn open_dev_fuse() -> Result<OwnedFd> {
         })
 }
 
-/// The child: its own mount namespace, the container root, then the command. Returns only on error.
-fn run_child(plan: &Plan, staging: &Path, parent: Pid, old_mask: &SigSet) -> anyhow::Error {
-    match child_setup(plan, staging, parent) {
-        Ok(program) => {
-            let _ = old_mask.thread_set_mask();
-            exec(&program, plan)
-        }
-        Err(e) => e,
-    }
-}
-
-fn child_setup(plan: &Plan, staging: &Path, parent: Pid) -> Result<PathBuf> {
-    build_root(plan, staging, parent)?;
-    prepare_exec(plan)
-}
-
-/// In a new mount namespace, build the container root in the staging tmpfs and pivot into it.
-fn build_root(plan: &Plan, staging: &Path, parent: Pid) -> Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-    if nix::unistd::getppid() != parent {
-        bail!("the launcher exited during start-up");
-    }
-    unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS) for the container")?;
+/// In the child, whose mount namespace is its own: build the container root in the staging
+/// tmpfs and pivot into it.
+fn build_root(plan: &Plan, staging: &Path) -> Result<()> {
     let host_sys = Real {
         proc_dir: "/proc".into(),
     };
@@ -496,7 +524,12 @@ fn build_root(plan: &Plan, staging: &Path, parent: Pid) -> Result<()> {
     let sys = Real {
         proc_dir: layout.oldroot.join("proc"),
     };
-    debug::step("child: in its mount namespace, staging is /");
+    debug::step("child: staging is /");
+    if let Some(program) = &plan.program {
+        // The kernel learns the program's inode now, so the server can push its pages into
+        // the page cache as the read-ahead decompresses them, before the exec faults them in.
+        crate::syscalls::look_up_in_root(&layout.image, Path::new(program));
+    }
     rootfs::assemble(&sys, plan, &layout)?;
     debug::step("child: container root assembled");
     rootfs::enter(&sys, &layout)
@@ -515,11 +548,11 @@ fn prepare_exec(plan: &Plan) -> Result<PathBuf> {
             )
         })?;
     if cwd != &plan.cwd {
-        eprintln!(
+        debug::line(format_args!(
             "launcher: warning: '{}' does not exist in the container; starting in '{}'",
             plan.cwd.display(),
             cwd.display()
-        );
+        ));
     }
     drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;

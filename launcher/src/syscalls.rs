@@ -199,6 +199,14 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
 
 const MAX_LINK_HOPS: usize = 40;
 
+/// Look `path` up under `root` as if `root` were `/` (symlinks cannot lead out), for the side
+/// effect alone: the kernel then holds the file's inode. Best effort.
+pub fn look_up_in_root(root: &Path, path: &Path) {
+    if let Ok(root_fd) = open_dir(root) {
+        let _ = openat2_in_root(&root_fd, path);
+    }
+}
+
 fn openat2_in_root(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
     // SAFETY: open_how is plain data; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };

@@ -242,8 +242,10 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Processes of the test user that hold /dev/fuse open (the FUSE servers), each with its user
-/// namespace (`user:[INODE]`): one per node and job step when ranks share an instance.
+/// Processes of the test user that hold /dev/fuse open (the FUSE servers), each with the user
+/// namespace it serves (`user:[INODE]`): one per node and job step when ranks share an instance.
+/// The server itself stays in the host's namespaces; the namespace is its children's (the
+/// command of a private launch, the keeper of a shared one).
 pub fn fuse_servers() -> std::collections::BTreeSet<(String, u32)> {
     let uid = setup().uid.to_string();
     let mut servers = std::collections::BTreeSet::new();
@@ -267,12 +269,28 @@ pub fn fuse_servers() -> std::collections::BTreeSet<(String, u32)> {
                     .map(|t| t == Path::new("/dev/fuse"))
                     .unwrap_or(false)
             }) {
-                let ns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap_or_default();
-                servers.insert((ns.to_string_lossy().into_owned(), pid));
+                servers.insert((served_namespace(pid), pid));
             }
         }
     }
     servers
+}
+
+/// The user namespace of `server`'s children that differs from its own (its own if none does).
+fn served_namespace(server: u32) -> String {
+    let ns_of = |pid: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/user"))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let own = ns_of(&server.to_string());
+    let children = std::fs::read_to_string(format!("/proc/{server}/task/{server}/children"))
+        .unwrap_or_default();
+    children
+        .split_whitespace()
+        .map(ns_of)
+        .find(|ns| !ns.is_empty() && *ns != own)
+        .unwrap_or(own)
 }
 
 /// The shared instances' rendezvous directory of the test user (launcher/src/share.rs).

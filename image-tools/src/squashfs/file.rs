@@ -214,6 +214,38 @@ impl Archive {
         Ok(())
     }
 
+    /// Decompresses block `index` of `file` (the fragment tail when `index` is the number of
+    /// full blocks) into the cache, unless it is cached or another reader is loading it:
+    /// read-ahead threads never wait for work someone else is doing, they move on.
+    pub fn warm_block(&self, file: &Inode, index: u64) -> Result<()> {
+        let layout = Self::file_layout(file)?;
+        if index >= layout.block_count {
+            if index == layout.block_count && layout.fragment != NO_FRAGMENT {
+                self.fragment_block(layout.fragment)?;
+            }
+            return Ok(());
+        }
+        let [b] = self.block_range(file.inode_ref, &layout, index, index)?[..] else {
+            return Err(corrupt(format!(
+                "block {index}: no entry in the block list"
+            )));
+        };
+        if b.disk_size() == 0 {
+            return Ok(());
+        }
+        if let Claim::Mine(ticket) = self.data_cache.claim((b.pos, b.raw)) {
+            let data = self.disk.with_bytes(
+                b.pos,
+                b.disk_size() as usize,
+                &format_args!("data block {index}"),
+                |stored| self.decode(b, stored),
+            )?;
+            let weight = data.len() + 64;
+            ticket.complete(data, weight);
+        }
+        Ok(())
+    }
+
     /// Reads and decompresses one block without sharing (after another reader's load failed).
     fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
         self.disk.with_bytes(
@@ -375,5 +407,52 @@ impl Archive {
             pos = self.advance(pos, raw, i)?;
         }
         Ok(BlockMarks { stride, marks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// warm_block loads each block once into the cache, the fragment tail too, and reads
+    /// afterwards return the file's bytes; past the end it does nothing.
+    #[test]
+    fn warm_block_fills_the_cache_block_by_block() {
+        let dir = std::env::temp_dir().join(format!("sqfs-warm-{}", std::process::id()));
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        // 3 full 4 KiB blocks and a 1000-byte tail, not compressible to nothing.
+        let data: Vec<u8> = (0..3 * 4096 + 1000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(src.join("f"), &data).unwrap();
+        let img = dir.join("img");
+        let built = std::process::Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&img)
+            .args(["-noappend", "-no-progress", "-quiet", "-b", "4096"])
+            .status();
+        assert!(
+            built.is_ok_and(|s| s.success()),
+            "mksquashfs failed or is missing (tests/setup.sh installs squashfs-tools)"
+        );
+        let a = Archive::open_path(&img, 0).unwrap();
+        let f = a.resolve(b"/f").unwrap().unwrap();
+        let mut cached = a.data_cache.bytes();
+        for i in 0..4 {
+            a.warm_block(&f, i).unwrap();
+            let now = a.data_cache.bytes();
+            assert!(now > cached, "block {i} was not cached");
+            a.warm_block(&f, i).unwrap();
+            assert_eq!(a.data_cache.bytes(), now, "block {i} loaded twice");
+            cached = now;
+        }
+        a.warm_block(&f, 4).unwrap();
+        a.warm_block(&f, 99).unwrap();
+        assert_eq!(a.data_cache.bytes(), cached);
+        let mut back = vec![0u8; data.len()];
+        assert_eq!(a.read_at(&f, 0, &mut back).unwrap(), data.len());
+        assert_eq!(back, data);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
