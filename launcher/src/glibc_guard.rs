@@ -79,7 +79,7 @@ pub fn needs_of_file(path: &Path) -> Result<GlibcNeeds> {
 
 /// The glibc versions an ELF image needs (none for a static or non-glibc file).
 pub fn needs_of(bytes: &[u8]) -> Result<GlibcNeeds> {
-    let elf = Elf::parse(bytes).context("not an ELF file")?;
+    let elf = crate::elf_dyn::parse(bytes).context("not an ELF file")?;
     Ok(needs_of_elf(&elf))
 }
 
@@ -105,7 +105,7 @@ pub fn needs_of_elf(elf: &Elf) -> GlibcNeeds {
 
 /// The versions a libc.so.6 defines.
 pub fn defined_by(bytes: &[u8]) -> Result<(Option<GlibcVersion>, Vec<String>)> {
-    let elf = Elf::parse(bytes).context("not an ELF file")?;
+    let elf = crate::elf_dyn::parse(bytes).context("not an ELF file")?;
     let mut newest = None;
     let mut named = Vec::new();
     if let Some(verdef) = &elf.verdef {

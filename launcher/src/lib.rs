@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod cdi;
 pub mod debug;
+pub mod elf_dyn;
 pub mod environment;
 pub mod etc_files;
 pub mod fuse_fs;

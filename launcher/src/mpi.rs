@@ -579,8 +579,13 @@ impl ElfInfo {
         // SAFETY: read-only private map of a host library; goblin bounds-checks what it reads.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", path.display()))?;
-        let elf =
-            Elf::parse(&map).with_context(|| format!("{}: not an ELF file", path.display()))?;
+        // The symbols are read only for the family; the rest needs no symbol table.
+        let parsed = if with_family {
+            Elf::parse(&map)
+        } else {
+            crate::elf_dyn::parse(&map)
+        };
+        let elf = parsed.with_context(|| format!("{}: not an ELF file", path.display()))?;
         let origin = path.parent().unwrap_or(Path::new("/"));
         let paths = if elf.runpaths.is_empty() {
             &elf.rpaths
