@@ -64,12 +64,15 @@ pub const ROCM_LIBRARIES: &[&str] = &[
     "libdrm.so",
 ];
 pub const ROCM_BINARIES: &[&str] = &["rocm-smi", "rocminfo"];
+/// Where programs are looked for, before the caller's PATH. `/usr/local/nvidia/bin` is where
+/// driver containers and cloud GPU nodes put nvidia-smi (seen on an H200 node, driver 580).
 const DEFAULT_BINARY_PATHS: &[&str] = &[
     "/usr/bin",
     "/usr/sbin",
     "/bin",
     "/sbin",
     "/usr/local/bin",
+    "/usr/local/nvidia/bin",
     "/opt/rocm/bin",
 ];
 /// NVIDIA nodes every GPU needs besides its own /dev/nvidiaN.
@@ -209,10 +212,11 @@ fn add_vendor(
             missing.join(" ")
         ));
     }
+    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let bin_dirs = cfg
         .binary_paths
         .clone()
-        .unwrap_or_else(|| DEFAULT_BINARY_PATHS.iter().map(PathBuf::from).collect());
+        .unwrap_or_else(|| default_binary_dirs(lookup("PATH")));
     let missing = inj.add_binaries(v.name(), &bins, &bin_dirs)?;
     if !missing.is_empty() {
         inj.notes.push(format!(
@@ -221,7 +225,6 @@ fn add_vendor(
             missing.join(" ")
         ));
     }
-    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let nodes = match v {
         Vendor::Nvidia => {
             let visible = if contain {
@@ -249,6 +252,19 @@ fn add_vendor(
         });
     }
     Ok(true)
+}
+
+/// The built-in program directories, then the absolute directories of the caller's PATH (as
+/// `which nvidia-smi` would find it), each once.
+fn default_binary_dirs(path: Option<&str>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = DEFAULT_BINARY_PATHS.iter().map(PathBuf::from).collect();
+    for d in path.unwrap_or("").split(':') {
+        let d = PathBuf::from(d);
+        if d.is_absolute() && !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
 }
 
 /// GPU indices from a *_VISIBLE_DEVICES value; None means all (unset, `all`, UUIDs).
@@ -320,6 +336,21 @@ fn amd_nodes(dev_dir: &Path, visible: Option<&[u32]>) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_dirs_add_the_callers_path() {
+        let dirs = default_binary_dirs(Some("/opt/x/bin:relative:/usr/bin::/home/u/bin"));
+        assert_eq!(
+            dirs[..DEFAULT_BINARY_PATHS.len()],
+            default_binary_dirs(None)[..]
+        );
+        assert!(dirs.contains(&PathBuf::from("/usr/local/nvidia/bin")));
+        let extra: Vec<_> = dirs[DEFAULT_BINARY_PATHS.len()..].to_vec();
+        assert_eq!(
+            extra,
+            [PathBuf::from("/opt/x/bin"), PathBuf::from("/home/u/bin")]
+        );
+    }
 
     #[test]
     fn visible_values() {
