@@ -197,6 +197,12 @@ impl ImageView for TinyImage {
     fn read_file(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
         Ok(TINY_FILES.contains(&path).then(Vec::new))
     }
+    fn file_size(&self, path: &str) -> anyhow::Result<Option<u64>> {
+        Ok(TINY_FILES.contains(&path).then_some(0))
+    }
+    fn read_at(&self, _path: &str, _offset: u64, _buf: &mut [u8]) -> anyhow::Result<usize> {
+        Ok(0)
+    }
     fn kind(&self, path: &str) -> anyhow::Result<Option<EntryKind>> {
         Ok(match path {
             "/" | "/bin" => Some(EntryKind::Dir),

@@ -8,7 +8,6 @@
 
 use crate::image_view::ImageView;
 use anyhow::{Context, Result};
-use goblin::elf::Elf;
 use std::fmt;
 use std::path::Path;
 
@@ -80,24 +79,17 @@ pub fn needs_of_file(path: &Path) -> Result<GlibcNeeds> {
 /// The glibc versions an ELF image needs (none for a static or non-glibc file).
 pub fn needs_of(bytes: &[u8]) -> Result<GlibcNeeds> {
     let elf = crate::elf_dyn::parse(bytes).context("not an ELF file")?;
-    Ok(needs_of_elf(&elf))
+    Ok(needs_of_names(&elf.version_needs))
 }
 
-/// The same, from an ELF already parsed (the MPI closure walk parses each file once).
-pub fn needs_of_elf(elf: &Elf) -> GlibcNeeds {
+/// The same, from the version names an ELF file needs (`elf_dyn::DynInfo::version_needs`).
+pub fn needs_of_names(names: &[&str]) -> GlibcNeeds {
     let mut out = GlibcNeeds::default();
-    if let Some(verneed) = &elf.verneed {
-        for need in verneed.iter() {
-            for aux in need.iter() {
-                let Some(name) = elf.dynstrtab.get_at(aux.vna_name) else {
-                    continue;
-                };
-                if let Some(v) = GlibcVersion::parse_tag(name) {
-                    out.newest = out.newest.max(Some(v));
-                } else if name.starts_with("GLIBC_ABI_") && !out.named.iter().any(|n| n == name) {
-                    out.named.push(name.to_string());
-                }
-            }
+    for name in names {
+        if let Some(v) = GlibcVersion::parse_tag(name) {
+            out.newest = out.newest.max(Some(v));
+        } else if name.starts_with("GLIBC_ABI_") && !out.named.iter().any(|n| n == name) {
+            out.named.push(name.to_string());
         }
     }
     out
@@ -108,18 +100,11 @@ pub fn defined_by(bytes: &[u8]) -> Result<(Option<GlibcVersion>, Vec<String>)> {
     let elf = crate::elf_dyn::parse(bytes).context("not an ELF file")?;
     let mut newest = None;
     let mut named = Vec::new();
-    if let Some(verdef) = &elf.verdef {
-        for def in verdef.iter() {
-            for aux in def.iter() {
-                let Some(name) = elf.dynstrtab.get_at(aux.vda_name) else {
-                    continue;
-                };
-                if let Some(v) = GlibcVersion::parse_tag(name) {
-                    newest = newest.max(Some(v));
-                } else if name.starts_with("GLIBC_") {
-                    named.push(name.to_string());
-                }
-            }
+    for name in elf.version_defs {
+        if let Some(v) = GlibcVersion::parse_tag(name) {
+            newest = newest.max(Some(v));
+        } else if name.starts_with("GLIBC_") {
+            named.push(name.to_string());
         }
     }
     Ok((newest, named))
@@ -149,9 +134,13 @@ fn libc_candidates() -> Vec<String> {
 /// The image's glibc, or None when it has none (musl, static busybox).
 pub fn image_glibc(image: &dyn ImageView) -> Result<Option<ImageGlibc>> {
     for path in libc_candidates() {
-        let Some(bytes) = image.read_file(&path)? else {
+        let Some(size) = image.file_size(&path)? else {
             continue;
         };
+        // Only its headers and version sections: 2 or 3 of a 2 MB libc's blocks.
+        let bytes =
+            crate::elf_dyn::sparse_copy(size, &mut |off, buf| image.read_at(&path, off, buf))
+                .with_context(|| format!("reading the image's {path}"))?;
         let (newest, named) =
             defined_by(&bytes).with_context(|| format!("reading the image's {path}"))?;
         if let Some(newest) = newest {

@@ -117,6 +117,23 @@ impl ImageView for Image {
             .map_err(|e| anyhow!("'{}': reading {path}: {e}", self.desc.path.display()))
     }
 
+    fn file_size(&self, path: &str) -> Result<Option<u64>> {
+        Ok(self
+            .resolve(path)?
+            .filter(|i| i.kind == FileType::File)
+            .map(|i| i.size))
+    }
+
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let shown = || self.desc.path.display().to_string();
+        let Some(inode) = self.resolve(path)?.filter(|i| i.kind == FileType::File) else {
+            bail!("'{}': {path} is not a regular file", shown());
+        };
+        self.archive
+            .read_at(&inode, offset, buf)
+            .map_err(|e| anyhow!("'{}': reading {path}: {e}", shown()))
+    }
+
     fn kind(&self, path: &str) -> Result<Option<EntryKind>> {
         Ok(self.resolve(path)?.map(|i| match i.kind {
             FileType::Dir => EntryKind::Dir,

@@ -73,6 +73,11 @@ pub trait ImageView {
     fn desc(&self) -> &ImageDesc;
     /// Contents of a regular file (symlinks followed inside the image), None when absent.
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>>;
+    /// Size of the regular file at `path` (symlinks followed), None when absent or not one.
+    fn file_size(&self, path: &str) -> Result<Option<u64>>;
+    /// Reads from `offset` of the regular file at `path` into `buf`: the bytes read, short
+    /// only at the end of the file. For a file needed in part (the ELF headers of a libc).
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize>;
     /// Kind of the entry at `path` (symlinks followed inside the image), None when absent.
     fn kind(&self, path: &str) -> Result<Option<EntryKind>>;
     /// The entry at `path`, whose parent directories are already resolved (no symlinks).
@@ -122,6 +127,16 @@ pub mod fake {
         }
         fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
             Ok(self.files.get(path).cloned())
+        }
+        fn file_size(&self, path: &str) -> Result<Option<u64>> {
+            Ok(self.files.get(path).map(|f| f.len() as u64))
+        }
+        fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+            let file = self.files.get(path).map(Vec::as_slice).unwrap_or_default();
+            let from = file.len().min(offset as usize);
+            let n = buf.len().min(file.len() - from);
+            buf[..n].copy_from_slice(&file[from..from + n]);
+            Ok(n)
         }
         fn kind(&self, path: &str) -> Result<Option<EntryKind>> {
             if self.files.contains_key(path) {

@@ -579,13 +579,14 @@ impl ElfInfo {
         // SAFETY: read-only private map of a host library; goblin bounds-checks what it reads.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", path.display()))?;
-        // The symbols are read only for the family; the rest needs no symbol table.
-        let parsed = if with_family {
-            Elf::parse(&map)
+        let not_elf = || format!("{}: not an ELF file", path.display());
+        let elf = crate::elf_dyn::parse(&map).with_context(not_elf)?;
+        // Only the family needs the symbol table (goblin's full parse).
+        let family = if with_family {
+            family_by_symbols(&Elf::parse(&map).with_context(not_elf)?)
         } else {
-            crate::elf_dyn::parse(&map)
+            None
         };
-        let elf = parsed.with_context(|| format!("{}: not an ELF file", path.display()))?;
         let origin = path.parent().unwrap_or(Path::new("/"));
         let paths = if elf.runpaths.is_empty() {
             &elf.rpaths
@@ -603,14 +604,10 @@ impl ElfInfo {
             .collect();
         Ok(ElfInfo {
             soname: elf.soname.map(str::to_string),
-            needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
+            needed: elf.needed.iter().map(|s| s.to_string()).collect(),
             runpath,
-            family: if with_family {
-                family_by_symbols(&elf)
-            } else {
-                None
-            },
-            glibc: crate::glibc_guard::needs_of_elf(&elf),
+            family,
+            glibc: crate::glibc_guard::needs_of_names(&elf.version_needs),
         })
     }
 }
