@@ -14,7 +14,9 @@
 # cuda-check inside the container, --contain with CUDA_VISIBLE_DEVICES, and --no-gpu as a negative
 # control. If the driver is outside /etc/ld.so.cache or nvidia-smi outside the default program
 # paths, it writes the user's site config (library_paths, binary_paths) as an admin would, and
-# says so. Ends with "N passed, M failed"; exit 0 only when none failed.
+# says so. Then the cost of --nv: one launch from a cold page cache (root drops the caches)
+# and paired warm launches, beside an older build when GPU_NODE_BASELINE names one.
+# Ends with "N passed, M failed"; exit 0 only when none failed.
 set -uo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -113,13 +115,19 @@ run_checks() {
     install -m 0644 "$image" "$dir/image.sqfs"
     [[ -n $cuda_check ]] && install -m 0755 "$cuda_check" "$dir/cuda-check"
     install -m 0755 "$HERE/benches/paired.py" "$dir/paired.py"
+    # GPU_NODE_BASELINE: another launcher build, measured beside this one.
+    local B=""
+    if [[ -n ${GPU_NODE_BASELINE:-} ]]; then
+        B=$dir/launcher-baseline
+        install -m 0755 "$GPU_NODE_BASELINE" "$B"
+    fi
     # The site config an admin would write for a driver outside the defaults.
     local cfg=$home/.config/launcher/launcher.yaml extra_lib="" extra_bin=""
     if [[ -n $libcuda ]] && ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
         extra_lib=$(dirname "$(readlink -f "$libcuda")")
     fi
     case $(dirname "${smi:-/usr/bin/x}") in
-        /usr/bin | /usr/sbin | /bin | /sbin | /usr/local/bin) ;;
+        /usr/bin | /usr/sbin | /bin | /sbin | /usr/local/bin | /usr/local/nvidia/bin) ;;
         *) extra_bin=$(dirname "$smi") ;;
     esac
     if [[ -n $extra_lib$extra_bin ]]; then
@@ -159,11 +167,21 @@ run_checks() {
     if [[ -n $cuda_check ]]; then
         check "cuda-check natively (baseline)" "GPU 0: .*: ok" "$dir/cuda-check"
     fi
+    if [[ -w /proc/sys/vm/drop_caches ]]; then
+        echo "== --nv from a cold page cache (caches dropped before each; 'host facts' reads the driver)"
+        local bin
+        for bin in "$L" ${B:+"$B"}; do
+            sync
+            echo 3 >/proc/sys/vm/drop_caches
+            as_user "$bin" --debug exec --nv "$I" true 2>&1 | grep -E 'debug: .*(host facts|plan built|command exited)' |
+                sed "s|^launcher: debug: |    $(basename "$bin"): |"
+        done
+    fi
     if [[ -x $dir/paired.py ]] && command -v python3 >/dev/null; then
         echo "== cost of --nv (paired, ${GPU_NODE_ROUNDS:-20} rounds; ratios are to the first command)"
         as_user python3 "$dir/paired.py" "${GPU_NODE_ROUNDS:-20}" \
-            "$L" exec "$I" true :: "$L" exec --nv "$I" true :: "$L" exec --nv "$I" cuda-check \
-            ${cuda_check:+:: "$dir/cuda-check"} 2>&1
+            "$L" exec "$I" true :: "$L" exec --nv "$I" true ${B:+:: "$B" exec --nv "$I" true} \
+            :: "$L" exec --nv "$I" cuda-check ${cuda_check:+:: "$dir/cuda-check"} 2>&1 | grep -v '^cuda-check: '
     fi
     echo "$PASS passed, $FAIL failed"
     ((FAIL == 0))
