@@ -11,8 +11,8 @@
 # `run` needs only the launcher binary and that image on the node. As root it prints the node's
 # facts, creates an unprivileged user (LAUNCHER_TEST_USER, default launcher-gpu, uid 4343), makes
 # /dev/fuse usable, and runs every check as that user: plain exec, the --nv plan, nvidia-smi and
-# cuda-check inside the container, --contain with CUDA_VISIBLE_DEVICES, and --no-gpu as a negative
-# control. If the driver is outside /etc/ld.so.cache or nvidia-smi outside the default program
+# cuda-check inside the container, --contain with CUDA_VISIBLE_DEVICES, GPU_NODE_RANKS (8) ranks
+# of one job step sharing one instance, and --no-gpu as a negative control. If the driver is outside /etc/ld.so.cache or nvidia-smi outside the default program
 # paths, it writes the user's site config (library_paths, binary_paths) as an admin would, and
 # says so. Then the cost of --nv: one launch from a cold page cache (root drops the caches)
 # and paired warm launches, beside an older build when GPU_NODE_BASELINE names one.
@@ -163,6 +163,24 @@ run_checks() {
     CUDA_VISIBLE_DEVICES=0 check "--contain with CUDA_VISIBLE_DEVICES=0: device nodes" "nvidia0" \
         "$L" exec --nv --contain "$I" sh -c 'ls /dev; ls /dev/nvidia-caps 2>/dev/null; true'
     CUDA_VISIBLE_DEVICES=0 check "--contain cuda-check" "GPU 0: .*: ok" "$L" exec --nv --contain "$I" cuda-check
+    # Ranks of one job step (as srun starts them) share one instance: one mount, one FUSE
+    # server; each rank runs its own CUDA context on the GPU.
+    local ranks=${GPU_NODE_RANKS:-8}
+    check "$ranks ranks of one job step share one instance, each runs the kernel" \
+        "^$ranks ranks ok, 1 mount namespace" sh -c '
+        L=$1 I=$2 n=$3
+        out=$(mktemp -d)
+        for r in $(seq 0 $((n - 1))); do
+            SLURM_JOB_ID=4343 SLURM_STEP_ID=0 SLURM_PROCID=$r "$L" exec --nv "$I" \
+                sh -c "readlink /proc/self/ns/mnt; cuda-check" >"$out/$r" 2>&1 &
+        done
+        wait
+        cat "$out"/*
+        ok=$(cat "$out"/* | grep -c "kernel over .*: ok")
+        ns=$(cat "$out"/* | grep "^mnt:" | sort -u | wc -l)
+        rm -rf "$out"
+        echo "$ok ranks ok, $ns mount namespace(s)"
+        [ "$ok" = "$n" ] && [ "$ns" = 1 ]' sh "$L" "$I" "$ranks"
     check "--no-gpu: no driver inside (negative control)" "!libcuda\.so\.1" "$L" exec --no-gpu "$I" cuda-check
     if [[ -n $cuda_check ]]; then
         check "cuda-check natively (baseline)" "GPU 0: .*: ok" "$dir/cuda-check"
