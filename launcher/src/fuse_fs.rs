@@ -479,16 +479,13 @@ impl Filesystem for ImageFs {
             }
             off = 2;
         }
-        let mut small: crate::push::Batch = Vec::new();
-        let mut small_bytes = 0;
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            // Virtual nodes have no image inode (and nothing to push).
-            let (attr, inode) = match e.target {
+            let attr = match e.target {
                 Target::Image { inode_ref, .. } => match self.archive.inode(inode_ref) {
-                    Ok(i) => (self.attr(&i), Some(i)),
+                    Ok(i) => self.attr(&i),
                     Err(err) => return reply.error(self.fail(err)),
                 },
-                Target::Virtual(idx) => (self.virtual_attr(idx), None),
+                Target::Virtual(idx) => self.virtual_attr(idx),
             };
             if reply.add(
                 attr.ino,
@@ -500,20 +497,8 @@ impl Filesystem for ImageFs {
             ) {
                 break;
             }
-            let Some(inode) = inode else { continue };
-            if inode.kind == squashfs::FileType::File
-                && inode.size > 0
-                && inode.size <= crate::push::SMALL_FILE
-                && small_bytes + inode.size <= crate::push::BATCH_BYTES
-            {
-                small_bytes += inode.size;
-                small.push((attr.ino, inode));
-            }
         }
         reply.ok();
-        if let (Some(p), false) = (&self.pusher, small.is_empty()) {
-            p.offer(small);
-        }
     }
 
     fn releasedir(

@@ -132,7 +132,7 @@ fn serve(
         // The child said why on stderr.
         return finish_failed_start(child);
     };
-    let server = match start_server(plan, archive, settings, fuse_fd, pusher, push_rx) {
+    let server = match start_server(plan, archive, settings, fuse_fd, pusher.clone(), push_rx) {
         Ok(s) => s,
         Err(e) => {
             // A child that failed after the mount (and took the mount with it) says why itself.
@@ -144,12 +144,13 @@ fn serve(
         }
     };
     let Some(leader) = leader else {
+        end_stores_on_request(ours, pusher);
         let code = supervise(child, &forwarded)?;
         kill_leftovers(None);
         drop(server);
         return Ok(code);
     };
-    let code = lead(plan, child, &ours, leader, &forwarded, &old_mask);
+    let code = lead(plan, child, &ours, &pusher, leader, &forwarded, &old_mask);
     drop(server);
     code
 }
@@ -167,6 +168,7 @@ fn create_instance(plan: &Plan, parent: Pid, sock: OwnedFd, then: Then) -> anyho
     match then {
         Then::Exec(old_mask) => match prepare_exec(plan) {
             Ok(program) => {
+                end_stores(&sock);
                 let _ = old_mask.thread_set_mask();
                 exec(&program, plan)
             }
@@ -174,6 +176,31 @@ fn create_instance(plan: &Plan, parent: Pid, sock: OwnedFd, then: Then) -> anyho
         },
         Then::Keep => keep(sock),
     }
+}
+
+/// In the child, right before the exec: tells the launcher, and waits until it has stopped
+/// storing pages into the page cache (no store may wait on a READ of the command's: push.rs).
+fn end_stores(sock: &OwnedFd) {
+    if nix::unistd::write(sock, b"x").is_ok() {
+        let mut ack = [0u8; 1];
+        let _ = nix::unistd::read(sock, &mut ack);
+    }
+    debug::step("child: page pushes ended");
+}
+
+/// In the parent of a private instance: ends the pushes when the child says it is about to
+/// exec (or is gone), and says so.
+fn end_stores_on_request(sock: OwnedFd, pusher: Pusher) {
+    let _ = std::thread::Builder::new()
+        .name("end-stores".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            let asked = matches!(nix::unistd::read(&sock, &mut byte), Ok(1));
+            pusher.close();
+            if asked {
+                let _ = nix::unistd::write(&sock, b"k");
+            }
+        });
 }
 
 /// In the child: new user and mount namespaces, the staging tmpfs, the image mounted with
@@ -353,12 +380,16 @@ fn lead(
     plan: &Plan,
     keeper: Pid,
     sock: &OwnedFd,
+    pusher: &Pusher,
     mut leader: share::Leader,
     forwarded: &SigSet,
     old_mask: &SigSet,
 ) -> Result<i32> {
     let mut byte = [0u8; 1];
-    if !matches!(nix::unistd::read(sock, &mut byte), Ok(1)) {
+    let ready = matches!(nix::unistd::read(sock, &mut byte), Ok(1));
+    // Before any rank's command can read a file (push.rs).
+    pusher.close();
+    if !ready {
         // The keeper said why.
         return finish_failed_start(keeper);
     }
