@@ -132,8 +132,7 @@ impl Injection {
     ) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         for name in names {
-            let hit = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
-            let Some(path) = hit else {
+            let Some(path) = find_program(name, dirs) else {
                 missing.push(name.clone());
                 continue;
             };
@@ -149,6 +148,24 @@ impl Injection {
         }
         Ok(missing)
     }
+}
+
+/// The first `name` in `dirs` that is not a `#!` script, else the first script. A host's wrapper
+/// script (an H200 node's `/usr/bin/nvidia-smi` runs `exec /usr/local/nvidia/bin/nvidia-smi`)
+/// names host paths that do not exist in the container; the program it wraps works there.
+fn find_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    let mut script = None;
+    for path in dirs.iter().map(|d| d.join(name)).filter(|p| p.is_file()) {
+        let mut magic = [0u8; 2];
+        let is_script = std::fs::File::open(&path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| &magic == b"#!");
+        if !is_script {
+            return Some(path);
+        }
+        script.get_or_insert(path);
+    }
+    script
 }
 
 /// Every file named `base` or `base.*` in the search directories (first directory wins for a
@@ -404,6 +421,26 @@ fn join(first: Option<&str>, second: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_skip_wrapper_scripts() {
+        let dir = std::env::temp_dir().join(format!("inj-prog-{}", std::process::id()));
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        for d in [&a, &b, &c] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(a.join("smi"), "#!/bin/sh\nexec /opt/drv/smi \"$@\"\n").unwrap();
+        std::fs::write(b.join("smi"), b"\x7fELF...").unwrap();
+        std::fs::write(c.join("only-script"), "#!/bin/sh\n").unwrap();
+        let dirs = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(find_program("smi", &dirs), Some(b.join("smi")));
+        assert_eq!(
+            find_program("only-script", &dirs),
+            Some(c.join("only-script"))
+        );
+        assert_eq!(find_program("absent", &dirs), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn joins() {
