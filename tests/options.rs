@@ -254,6 +254,22 @@ fn home_options() {
 }
 
 #[test]
+fn home_the_user_cannot_enter_is_no_error() {
+    // HOME still naming root's home (0700), as after `sudo -u` or a bare setpriv: the user
+    // config there cannot be the user's, so it is as if absent.
+    let root_home = std::fs::metadata("/root").unwrap();
+    assert_eq!(
+        root_home.permissions().mode() & 0o077,
+        0,
+        "/root must be 0700 here"
+    );
+    let out = launcher(&["exec", &gzip(), "id", "-u"])
+        .env("HOME", "/root")
+        .run();
+    assert_eq!(out.ok().stdout.trim(), setup().uid.to_string());
+}
+
+#[test]
 fn run_and_shell() {
     assert_eq!(
         launcher(&["run", &gzip(), "a", "b c"]).run().ok().stdout,

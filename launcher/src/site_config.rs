@@ -122,6 +122,15 @@ impl SiteConfig {
                     }
                     continue;
                 }
+                // A user file behind a directory this user cannot enter (HOME still naming
+                // root's home after sudo or setpriv, say) is not theirs: as if absent.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::PermissionDenied
+                        && path == &user
+                        && std::fs::metadata(path).is_err() =>
+                {
+                    continue;
+                }
                 Err(e) => {
                     return Err(e).with_context(|| format!("reading {}", path.display()));
                 }
