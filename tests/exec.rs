@@ -55,8 +55,8 @@ fn every_compressor_reads_the_same_bytes() {
 
 #[test]
 fn small_files_read_after_listing_are_intact() {
-    // What cat reads after a listing (readdirplus) must be exactly the image's bytes, with and
-    // without the program push (whose stores must end before the command runs).
+    // Listing a directory pushes its small files into the page cache; what cat reads then
+    // must be exactly the image's bytes, with and without the push.
     let mut names: Vec<String> = (1..=300).map(|i| format!("f{i}")).collect();
     names.sort();
     let want: String = names

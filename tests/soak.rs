@@ -78,6 +78,22 @@ fn many_launches_leave_nothing_behind() {
         child.wait().unwrap();
     }
 
+    // SIGTERM, then SIGKILL, while the command (ignoring TERM) lists and reads small files,
+    // which the launcher pushes into the page cache: the TERM ends those pushes, so the KILL
+    // finds no store waiting on a READ (launcher/src/push.rs).
+    for delay_ms in [5, 20, 50, 100, 200] {
+        let script = format!(
+            "trap '' TERM; while :; do ls -lR /data >/dev/null; cat /data/tree/f* >/dev/null; done # {marker}"
+        );
+        let mut child = launcher(&["exec", &img, "/bin/sh", "-c", &script]).spawn();
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     // A process stuck in the kernel may not show its command line: look for our copy of
     // the launcher as the executable too.
     assert!(

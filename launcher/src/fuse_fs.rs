@@ -479,13 +479,16 @@ impl Filesystem for ImageFs {
             }
             off = 2;
         }
+        let mut small: crate::push::Batch = Vec::new();
+        let mut small_bytes = 0;
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            let attr = match e.target {
+            // Virtual nodes have no image inode (and nothing to push).
+            let (attr, inode) = match e.target {
                 Target::Image { inode_ref, .. } => match self.archive.inode(inode_ref) {
-                    Ok(i) => self.attr(&i),
+                    Ok(i) => (self.attr(&i), Some(i)),
                     Err(err) => return reply.error(self.fail(err)),
                 },
-                Target::Virtual(idx) => self.virtual_attr(idx),
+                Target::Virtual(idx) => (self.virtual_attr(idx), None),
             };
             if reply.add(
                 attr.ino,
@@ -497,8 +500,20 @@ impl Filesystem for ImageFs {
             ) {
                 break;
             }
+            let Some(inode) = inode else { continue };
+            if inode.kind == squashfs::FileType::File
+                && inode.size > 0
+                && inode.size <= crate::push::SMALL_FILE
+                && small_bytes + inode.size <= crate::push::BATCH_BYTES
+            {
+                small_bytes += inode.size;
+                small.push((attr.ino, inode));
+            }
         }
         reply.ok();
+        if let (Some(p), false) = (&self.pusher, small.is_empty()) {
+            p.offer(crate::push::Kind::Listed, small);
+        }
     }
 
     fn releasedir(

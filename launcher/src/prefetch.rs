@@ -34,7 +34,7 @@ pub fn spawn(archive: Arc<Archive>, program: String, pusher: Option<Pusher>) {
             let offer = |inode: &Inode| {
                 if let Some(p) = &pusher {
                     let ino = INodeNo(node_id(inode.inode_ref, archive.superblock().root_inode));
-                    p.offer(vec![(ino, inode.clone())]);
+                    p.offer(crate::push::Kind::Program, vec![(ino, inode.clone())]);
                 }
             };
             let Some(prog) = regular_file(&archive, &program) else {

@@ -1,23 +1,29 @@
-//! Push the command's program into the kernel's page cache before the exec reads it.
+//! Push file contents into the kernel's page cache before they are read.
 //!
-//! Each FUSE READ is a round trip through the kernel and a server thread. The command's
-//! program and its ELF interpreter, decompressed ahead by `prefetch`, are stored into the page
-//! cache with FUSE_NOTIFY_STORE, so the exec's page faults mostly never reach the server.
+//! Each FUSE READ is a round trip through the kernel and a server thread. Two cases are
+//! predictable, and their contents are stored into the page cache with FUSE_NOTIFY_STORE:
+//! - the command's program and its ELF interpreter, decompressed ahead by `prefetch`: the
+//!   exec's page faults then mostly never reach the server;
+//! - small regular files of a directory just listed with readdirplus (find + cat, Python
+//!   importing a package): one round trip per file saved.
 //!
 //! The kernel accepts a store only for an inode it knows. A program pushed before the child
 //! has looked it up is marked hot, and pushed again by the lookup that introduces it.
 //!
 //! Stores run on their own thread, never a worker: a store waits for page locks that a worker
-//! may have to release by answering a READ. That wait is also why stores end before any
-//! command runs (`Pusher::close`, called when the child is about to exec or the keeper has
-//! built a shared root). A store waiting on a page whose READ a worker had taken when the
-//! launcher was killed (SIGKILL: the worker dies without answering) would wait forever, and
-//! hold the connection's superblock lock, so neither the unmount nor the closing of
-//! /dev/fuse could abort the connection: the command and the launcher would stay in D state
-//! until a reboot (seen in tests/soak.rs, which kills the launcher during start-up). Before
-//! the exec nothing reads the program, so no store can wait on a READ. For the same reason
-//! the small files of a listed directory are no longer pushed while the command runs (find +
-//! cat of 2,000 cold files: 74 ms with that push, 124 ms without; the kernel's squashfs 155 ms).
+//! may have to release by answering a READ. That wait is dangerous if the launcher is killed
+//! with SIGKILL: a READ a worker had taken is never answered, the store waiting on its page
+//! holds the connection's superblock lock, and neither the unmount nor the closing of
+//! /dev/fuse can then abort the connection: the command and the launcher stay in D state
+//! until a reboot (seen in tests/soak.rs, which kills the launcher during start-up). So:
+//! - program stores end before any command runs (`Pusher::close`: when the child is about to
+//!   exec, or the keeper has built a shared root). Nothing reads the program before, so no
+//!   program store can wait on a READ;
+//! - listed files are pushed while the command runs (that is when it lists directories), but
+//!   those stores end at the first terminating signal (`Pusher::close_listed`: TERM, INT, HUP,
+//!   QUIT, as Slurm, mpirun and a terminal send before any SIGKILL) and before the launcher
+//!   exits. What is left is a SIGKILL with no signal before it, during one small store that
+//!   waits on a READ (docs/reliability.md).
 
 use fuser::{INodeNo, Notifier};
 use image_tools::squashfs::{Archive, Inode};
@@ -33,13 +39,26 @@ const QUEUE: usize = 64;
 /// small one is page-faulted in once and reused).
 const CHUNK: usize = 256 << 10;
 
+/// Files up to this size are pushed (most are tail-packed in a fragment already decompressed).
+pub const SMALL_FILE: u64 = 64 << 10;
+/// At most this much is pushed for one readdirplus reply.
+pub const BATCH_BYTES: u64 = 2 << 20;
+
 pub type Batch = Vec<(INodeNo, Inode)>;
+
+/// What a batch holds, and so which gate its stores pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Program,
+    Listed,
+}
 
 #[derive(Clone)]
 pub struct Pusher {
-    tx: SyncSender<Batch>,
+    tx: SyncSender<(Kind, Batch)>,
     hot: Arc<Hot>,
-    gate: Arc<Gate>,
+    program: Arc<Gate>,
+    listed: Arc<Gate>,
 }
 
 /// Lets stores through until it is closed; closing waits for the store in progress.
@@ -124,35 +143,52 @@ struct Hot {
 
 impl Pusher {
     /// The sending half, and the receiving half for `run`.
-    pub fn new() -> (Pusher, Receiver<Batch>) {
+    pub fn new() -> (Pusher, Receiver<(Kind, Batch)>) {
         let (tx, rx) = sync_channel(QUEUE);
         (
             Pusher {
                 tx,
                 hot: Arc::new(Hot::default()),
-                gate: Arc::new(Gate::default()),
+                program: Arc::new(Gate::default()),
+                listed: Arc::new(Gate::default()),
             },
             rx,
         )
     }
 
-    /// Queue a batch; dropped when the queue is full (the reads then go to the server).
-    pub fn offer(&self, batch: Batch) {
-        if self.gate.lock().closed {
-            return;
-        }
-        self.gate.pending(1);
-        if self.tx.try_send(batch).is_err() {
-            self.gate.pending(-1);
+    fn gate(&self, kind: Kind) -> &Gate {
+        match kind {
+            Kind::Program => &self.program,
+            Kind::Listed => &self.listed,
         }
     }
 
-    /// No more stores: returns once the one in progress, if any, is done. Called before any
-    /// command can read a file (see the module comment).
+    /// Queue a batch; dropped when the queue is full (the reads then go to the server) or
+    /// its kind's stores have ended.
+    pub fn offer(&self, kind: Kind, batch: Batch) {
+        let gate = self.gate(kind);
+        if gate.lock().closed {
+            return;
+        }
+        gate.pending(1);
+        if self.tx.try_send((kind, batch)).is_err() {
+            gate.pending(-1);
+        }
+    }
+
+    /// No more program stores: returns once the one in progress, if any, is done. Called
+    /// before any command can read a file (see the module comment).
     pub fn close(&self) {
         // The program's pages stored now cost the exec no READ round trip, and nothing can
         // read them yet: give what is offered a little time to land.
-        self.gate.close(Instant::now() + FINISH_WAIT);
+        self.program.close(Instant::now() + FINISH_WAIT);
+    }
+
+    /// No more stores of listed files: returns once the one in progress, if any, is done.
+    /// Called at the first terminating signal and before the launcher exits, while the
+    /// workers can still answer what a store waits for.
+    pub fn close_listed(&self) {
+        self.listed.close(Instant::now());
     }
 
     /// Called by every lookup: push an inode the kernel did not know when it was offered.
@@ -167,7 +203,7 @@ impl Pusher {
             .map(|mut s| s.remove(&ino.0))
             .unwrap_or(false);
         if was_hot {
-            self.offer(vec![(ino, inode.clone())]);
+            self.offer(Kind::Program, vec![(ino, inode.clone())]);
         }
     }
 
@@ -193,11 +229,12 @@ impl Drop for Done<'_> {
 }
 
 /// The pushing thread's loop; ends when the file system is gone.
-pub fn run(rx: Receiver<Batch>, pusher: Pusher, notifier: Notifier, archive: Arc<Archive>) {
+pub fn run(rx: Receiver<(Kind, Batch)>, pusher: Pusher, notifier: Notifier, archive: Arc<Archive>) {
     let mut buf = vec![0u8; CHUNK];
-    for batch in rx {
-        let _done = Done(&pusher.gate);
-        for (ino, inode) in batch {
+    for (kind, batch) in rx {
+        let gate = pusher.gate(kind);
+        let _done = Done(gate);
+        'files: for (ino, inode) in batch {
             let mut offset = 0u64;
             while offset < inode.size {
                 let Ok(n) = archive.read_at(&inode, offset, &mut buf) else {
@@ -206,11 +243,11 @@ pub fn run(rx: Receiver<Batch>, pusher: Pusher, notifier: Notifier, archive: Arc
                 if n == 0 {
                     break;
                 }
-                let Some(_pass) = pusher.gate.pass() else {
-                    return; // closed: nothing more is stored
+                let Some(_pass) = gate.pass() else {
+                    break 'files; // this kind's stores have ended
                 };
                 if let Err(e) = notifier.store(ino, offset, &buf[..n]) {
-                    if e.raw_os_error() == Some(libc::ENOENT) {
+                    if e.raw_os_error() == Some(libc::ENOENT) && kind == Kind::Program {
                         pusher.mark_hot(ino);
                     }
                     break;

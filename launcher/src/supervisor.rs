@@ -17,7 +17,7 @@
 use crate::debug;
 use crate::fuse_fs::ImageFs;
 use crate::plan::Plan;
-use crate::push::{Batch, Pusher};
+use crate::push::{Batch, Kind, Pusher};
 use crate::rootfs::{self, Layout};
 use crate::share::{self, Role};
 use crate::syscalls::{Real, Syscalls};
@@ -144,13 +144,17 @@ fn serve(
         }
     };
     let Some(leader) = leader else {
-        end_stores_on_request(ours, pusher);
-        let code = supervise(child, &forwarded)?;
+        end_stores_on_request(ours, pusher.clone());
+        let code = supervise(child, &forwarded, Some(&pusher));
+        // No store may be left in progress when the threads die with the process (push.rs).
+        pusher.close_listed();
+        let code = code?;
         kill_leftovers(None);
         drop(server);
         return Ok(code);
     };
     let code = lead(plan, child, &ours, &pusher, leader, &forwarded, &old_mask);
+    pusher.close_listed();
     drop(server);
     code
 }
@@ -261,7 +265,7 @@ fn start_server(
     settings: &LaunchSettings,
     fuse_fd: OwnedFd,
     pusher: Pusher,
-    push_rx: Receiver<Batch>,
+    push_rx: Receiver<(Kind, Batch)>,
 ) -> Result<fuser::BackgroundSession> {
     let mut config = fuser::Config::default();
     config.n_threads = Some(settings.fuse_threads.max(1));
@@ -407,7 +411,11 @@ fn lead(
         mnt_ns: ino(&mnt_ns)?,
     })?;
     debug::step("shared instance published");
-    let code = run_in_instance(plan, &user_ns, &mnt_ns, forwarded, old_mask)?;
+    let code = run_in_instance(plan, &user_ns, &mnt_ns, forwarded, old_mask, Some(pusher));
+    // The leader no longer watches for signals while it waits for the other ranks: their
+    // listed files are not pushed from here on (push.rs).
+    pusher.close_listed();
+    let code = code?;
     kill_leftovers(Some(keeper));
     debug::step("waiting for the ranks that joined");
     let closed = leader.wait_and_close();
@@ -437,7 +445,14 @@ fn keep(sock: OwnedFd) -> anyhow::Error {
 /// A rank that joins a running shared instance: no mount at all.
 fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
     let (forwarded, old_mask) = prepare_supervision()?;
-    let code = run_in_instance(plan, &joiner.user_ns, &joiner.mnt_ns, &forwarded, &old_mask)?;
+    let code = run_in_instance(
+        plan,
+        &joiner.user_ns,
+        &joiner.mnt_ns,
+        &forwarded,
+        &old_mask,
+        None,
+    )?;
     kill_leftovers(None);
     drop(joiner);
     Ok(code)
@@ -450,6 +465,7 @@ fn run_in_instance(
     mnt_ns: &OwnedFd,
     forwarded: &SigSet,
     old_mask: &SigSet,
+    pusher: Option<&Pusher>,
 ) -> Result<i32> {
     let parent = getpid();
     // SAFETY: the child execs or exits; it takes no lock another thread may hold but
@@ -477,7 +493,7 @@ fn run_in_instance(
             };
             child_exit(err)
         }
-        ForkResult::Parent { child } => supervise(child, forwarded),
+        ForkResult::Parent { child } => supervise(child, forwarded, pusher),
     }
 }
 
@@ -677,8 +693,10 @@ fn exec(program: &Path, plan: &Plan) -> anyhow::Error {
     anyhow!("cannot execute '{}': {err}{hint}", program.display())
 }
 
-/// Wait for the child, forwarding signals, and return its exit status as a shell would.
-fn supervise(child: Pid, waited: &SigSet) -> Result<i32> {
+/// Wait for the child, forwarding signals, and return its exit status as a shell would. A
+/// terminating signal first ends the pushes of listed files (`pusher`): a SIGKILL that may
+/// follow must find no store in progress (push.rs).
+fn supervise(child: Pid, waited: &SigSet, pusher: Option<&Pusher>) -> Result<i32> {
     loop {
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: a valid signal set and siginfo buffer.
@@ -692,6 +710,11 @@ fn supervise(child: Pid, waited: &SigSet) -> Result<i32> {
                 return Ok(code);
             }
             continue;
+        }
+        if let (Some(p), libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT) =
+            (pusher, sig)
+        {
+            p.close_listed();
         }
         // Signals the terminal sent (SI_KERNEL) already reached the command, which shares our
         // process group; forward only those sent to us by a process (kill, srun, scancel).
