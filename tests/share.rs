@@ -118,7 +118,10 @@ fn the_leader_serves_until_the_last_rank_is_done() {
 #[test]
 fn a_killed_leader_does_not_hang_later_ranks() {
     let job = job_id(3);
-    let mut leader = rank(&job, "0", "echo up; sleep 30").spawn();
+    // A command line no other process has (a `sleep 300` elsewhere on the machine once
+    // matched "sleep 30"), also once sh has exec'd it.
+    let needle = format!("sleep 30.{}", std::process::id());
+    let mut leader = rank(&job, "0", &format!("echo up; {needle}")).spawn();
     let mut reader = std::io::BufReader::new(leader.stdout.take().unwrap());
     wait_for_line(&mut reader, "up");
     let _ = nix_kill(leader.id());
@@ -127,9 +130,9 @@ fn a_killed_leader_does_not_hang_later_ranks() {
     later.ok();
     assert_eq!(later.stdout.trim(), setup().uid.to_string());
     assert!(later.stderr.contains("share: leading"), "{}", later.stderr);
-    if !wait_gone("sleep 30") {
-        // Say what survived and where it waits, for a failure seen once in CI.
-        let left: Vec<String> = pids_matching("sleep 30")
+    if !wait_gone(&needle) {
+        // Say what survived and where it waits.
+        let left: Vec<String> = pids_matching(&needle)
             .iter()
             .map(|p| {
                 let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
