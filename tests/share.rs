@@ -130,18 +130,7 @@ fn a_killed_leader_does_not_hang_later_ranks() {
     later.ok();
     assert_eq!(later.stdout.trim(), setup().uid.to_string());
     assert!(later.stderr.contains("share: leading"), "{}", later.stderr);
-    if !wait_gone(&needle) {
-        // Say what survived and where it waits.
-        let left: Vec<String> = pids_matching(&needle)
-            .iter()
-            .map(|p| {
-                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                let wchan = std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
-                format!("{} wchan={wchan}", stat.trim())
-            })
-            .collect();
-        panic!("the killed leader's command survived: {left:#?}");
-    }
+    assert_gone(&needle, "the killed leader's command survived");
     assert_no_files_left();
 }
 

@@ -100,20 +100,7 @@ fn many_launches_leave_nothing_behind() {
         wait_no_exe(&s.bin),
         "launcher processes left behind (stuck in the kernel?)"
     );
-    if !wait_gone(&marker) {
-        let left: Vec<String> = pids_matching(&marker)
-            .iter()
-            .map(|p| {
-                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                format!(
-                    "{stat} | {}",
-                    String::from_utf8_lossy(&cmd).replace('\0', " ")
-                )
-            })
-            .collect();
-        panic!("processes left behind: {left:#?}");
-    }
+    assert_gone(&marker, "processes left behind");
     assert_eq!(
         std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
         mounts,

@@ -223,6 +223,28 @@ pub fn wait_gone(needle: &str) -> bool {
     false
 }
 
+/// Waits for every process whose command line contains `needle` to be gone; else panics
+/// with `what` and each survivor's state, wait channel and command line.
+pub fn assert_gone(needle: &str, what: &str) {
+    if wait_gone(needle) {
+        return;
+    }
+    let left: Vec<String> = pids_matching(needle)
+        .iter()
+        .map(|p| {
+            let read = |f: &str| std::fs::read(format!("/proc/{p}/{f}")).unwrap_or_default();
+            let text = |b: Vec<u8>| String::from_utf8_lossy(&b).replace('\0', " ");
+            format!(
+                "{} wchan={} | {}",
+                text(read("stat")).trim(),
+                text(read("wchan")),
+                text(read("cmdline"))
+            )
+        })
+        .collect();
+    panic!("{what}: {left:#?}");
+}
+
 pub fn pids_matching(needle: &str) -> Vec<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc")
