@@ -94,7 +94,7 @@ impl Gate {
         Some(Pass(self))
     }
 
-    /// Counts `n` more batches (negative: done), unless closed.
+    /// Counts `n` more batches offered (negative: done).
     fn pending(&self, n: i32) {
         let mut st = self.lock();
         st.pending = st.pending.saturating_add_signed(n);
@@ -255,5 +255,53 @@ pub fn run(rx: Receiver<(Kind, Batch)>, pusher: Pusher, notifier: Notifier, arch
                 offset += n as u64;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_lets_stores_through_until_closed() {
+        let gate = Gate::default();
+        assert!(gate.pass().is_some());
+        gate.close(Instant::now());
+        assert!(gate.pass().is_none(), "closed: no store starts");
+    }
+
+    #[test]
+    fn closing_waits_for_the_store_in_progress_and_pending_batches() {
+        let gate = Arc::new(Gate::default());
+        gate.pending(1);
+        let (started, done) = (Instant::now(), Arc::new(AtomicBool::new(false)));
+        let worker = {
+            let (gate, done) = (gate.clone(), done.clone());
+            std::thread::spawn(move || {
+                let pass = gate.pass().expect("open");
+                std::thread::sleep(Duration::from_millis(50));
+                done.store(true, Ordering::SeqCst);
+                drop(pass);
+                gate.pending(-1);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(10)); // the store has started
+        gate.close(Instant::now() + Duration::from_secs(5));
+        assert!(done.load(Ordering::SeqCst), "close returned during a store");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited past the batch"
+        );
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn pending_batches_are_waited_for_only_until_the_deadline() {
+        let gate = Gate::default();
+        gate.pending(1); // never done
+        let t = Instant::now();
+        gate.close(t + Duration::from_millis(30));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert!(gate.pass().is_none());
     }
 }
