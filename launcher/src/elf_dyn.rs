@@ -7,8 +7,10 @@
 //! (270 ms from a cold page cache) on an H200 node with driver 580, for facts that sit in a few
 //! pages of each file. Here only the strings asked for are looked up.
 
+use anyhow::Context;
 use goblin::container::Ctx;
-use goblin::elf::program_header::PT_INTERP;
+use goblin::elf::program_header::{PT_DYNAMIC, PT_INTERP};
+use goblin::elf::section_header::{SHT_GNU_VERDEF, SHT_GNU_VERNEED};
 use goblin::elf::symver::{VerdefSection, VerneedSection};
 use goblin::elf::{dynamic, Dynamic, Elf, ProgramHeader, SectionHeader};
 use goblin::error::Result;
@@ -102,7 +104,6 @@ pub fn sparse_copy(
     size: u64,
     read_at: &mut dyn FnMut(u64, &mut [u8]) -> anyhow::Result<usize>,
 ) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context;
     anyhow::ensure!(
         size <= SPARSE_MAX,
         "{size} bytes: too large for an ELF library"
@@ -137,7 +138,7 @@ pub fn sparse_copy(
     fill(&mut buf, shoff, shsize.saturating_mul(shnum))?;
     let phdrs = ProgramHeader::parse(&buf, phoff as usize, header.e_phnum as usize, ctx)?;
     for ph in &phdrs {
-        if ph.p_type == PT_INTERP || ph.p_type == goblin::elf::program_header::PT_DYNAMIC {
+        if ph.p_type == PT_INTERP || ph.p_type == PT_DYNAMIC {
             fill(&mut buf, ph.p_offset, ph.p_filesz)?;
         }
     }
@@ -148,7 +149,6 @@ pub fn sparse_copy(
             dynamic.info.strsz as u64,
         )?;
     }
-    use goblin::elf::section_header::{SHT_GNU_VERDEF, SHT_GNU_VERNEED};
     let shdrs = SectionHeader::parse(&buf, shoff as usize, header.e_shnum as usize, ctx)?;
     for sh in shdrs {
         if sh.sh_type == SHT_GNU_VERDEF || sh.sh_type == SHT_GNU_VERNEED {

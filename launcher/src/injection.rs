@@ -132,7 +132,7 @@ impl Injection {
     ) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         for name in names {
-            let Some(path) = find_program(name, dirs) else {
+            let Some(path) = host_program(name, dirs) else {
                 missing.push(name.clone());
                 continue;
             };
@@ -153,7 +153,7 @@ impl Injection {
 /// The first `name` in `dirs` that is not a `#!` script, else the first script. A host's wrapper
 /// script (an H200 node's `/usr/bin/nvidia-smi` runs `exec /usr/local/nvidia/bin/nvidia-smi`)
 /// names host paths that do not exist in the container; the program it wraps works there.
-fn find_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+fn host_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     let mut script = None;
     for path in dirs.iter().map(|d| d.join(name)).filter(|p| p.is_file()) {
         let mut magic = [0u8; 2];
@@ -433,12 +433,12 @@ mod tests {
         std::fs::write(b.join("smi"), b"\x7fELF...").unwrap();
         std::fs::write(c.join("only-script"), "#!/bin/sh\n").unwrap();
         let dirs = [a.clone(), b.clone(), c.clone()];
-        assert_eq!(find_program("smi", &dirs), Some(b.join("smi")));
+        assert_eq!(host_program("smi", &dirs), Some(b.join("smi")));
         assert_eq!(
-            find_program("only-script", &dirs),
+            host_program("only-script", &dirs),
             Some(c.join("only-script"))
         );
-        assert_eq!(find_program("absent", &dirs), None);
+        assert_eq!(host_program("absent", &dirs), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
