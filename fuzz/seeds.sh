@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Makes the seed corpora of the fuzz targets in fuzz/seeds/TARGET (small files, made at run
 # time, never committed): SquashFS images from mksquashfs with every compressor and layout
-# option, the SIF files of shared/testdata/sif, docker/OCI archives from umoci + skopeo, and
+# option, the SIF files of tests/data/sif, docker/OCI archives from umoci + skopeo, and
 # layer tars with links and whiteouts, the site configs of docs/admin.md and the config and
 # CDI specs of the modules' tests. Needs squashfs-tools, attr, umoci, skopeo, zstd (run.sh
 # installs them as root when missing).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEEDS=${1:-$HERE/seeds}
-SIF_DIR=${SIF_TESTDATA:-$HERE/../../shared/testdata/sif}
-[ -d "$SIF_DIR" ] || SIF_DIR=/work/shared/testdata/sif
+SIF_DIR=$HERE/../tests/data/sif
 rm -rf "$SEEDS"
 mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi}
 work=$(mktemp -d)

@@ -276,15 +276,11 @@ fn huge_counts_sizes_and_offsets_fail_cleanly() {
 }
 
 fn sif_testdata(name: &str) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        repo.join("../shared/testdata/sif"),
-        PathBuf::from("/work/shared/testdata/sif"),
-    ]
-    .into_iter()
-    .map(|d| d.join(name))
-    .find(|p| p.exists())
-    .unwrap_or_else(|| panic!("shared/testdata/sif/{name} not found"))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/sif")
+        .join(name);
+    assert!(path.exists(), "{} not found", path.display());
+    path
 }
 
 /// Finds `name` in an uncompressed directory table and returns the position of its entry

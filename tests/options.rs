@@ -324,16 +324,17 @@ fn bad_images_fail_with_one_clear_line() {
     bad_magic[..4].copy_from_slice(b"nope");
     let wrong = s.scratch.join("wrong-magic.sqfs");
     std::fs::write(&wrong, &bad_magic).unwrap();
-    let no_squash = "/work/shared/testdata/sif/one-object-generic-json.sif".to_string();
-    let no_squash = if std::path::Path::new(&no_squash).exists() {
-        no_squash
-    } else {
-        format!(
-            "{}/../shared/testdata/sif/one-object-generic-json.sif",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    };
-    for p in [&truncated, &wrong] {
+    // Copied into the scratch directory: the test user may not be able to enter the checkout.
+    let no_squash = s.scratch.join("one-object-generic-json.sif");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/sif/one-object-generic-json.sif"
+        ),
+        &no_squash,
+    )
+    .unwrap();
+    for p in [&truncated, &wrong, &no_squash] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let cases: Vec<(String, &str)> = vec![
@@ -342,7 +343,7 @@ fn bad_images_fail_with_one_clear_line() {
             wrong.display().to_string(),
             "neither a SIF file nor a SquashFS image",
         ),
-        (no_squash, "no primary partition"),
+        (no_squash.display().to_string(), "no primary partition"),
         ("/no/such/image.sif".into(), "not found"),
         (s.scratch.display().to_string(), "directory"),
     ];

@@ -47,7 +47,7 @@ LAUNCHER_FIXTURES=$FIXTURES bash "$HERE/setup-mpi.sh"
 # start together); a rebuild goes to a new directory that replaces the old one at the end.
 exec 9>"$FIXTURES.lock"
 flock 9
-stamp_name=".setup-$(cat "$0" "$HERE"/setup-*.sh "$HERE"/fixtures/*/* 2>/dev/null | sha256sum | cut -c1-16)"
+stamp_name=".setup-$(cat "$0" "$HERE"/setup-*.sh "$HERE"/fixtures/*/* "$HERE"/data/sif/singularityce-busybox-amd64.sif 2>/dev/null | sha256sum | cut -c1-16)"
 if [ -e "$FIXTURES/$stamp_name" ]; then
     echo "tests/setup.sh: fixtures up to date in $FIXTURES"
     exit 0
@@ -146,9 +146,8 @@ chown -R "$TEST_USER:" "$FIXTURES/rootfs"
 
 sha256sum "$root/data/big" | cut -d' ' -f1 >"$FIXTURES/big.sha256"
 unsquashfs -l -d '' "$FIXTURES/busybox-gzip.sqfs" | grep '^/' | sort >"$FIXTURES/busybox.list"
-cp "$HERE/../../shared/testdata/sif/singularityce-busybox-amd64.sif" "$FIXTURES/" 2>/dev/null ||
-    cp /work/shared/testdata/sif/singularityce-busybox-amd64.sif "$FIXTURES/" 2>/dev/null ||
-    echo "tests/setup.sh: note: shared/testdata/sif not found; the SingularityCE image test will fail" >&2
+# A real SingularityCE image (tests/data/sif), copied where the test user can read it.
+cp "$HERE/data/sif/singularityce-busybox-amd64.sif" "$FIXTURES/"
 
 bash "$HERE/setup-gpu.sh" "$FIXTURES/gpu" "$final/gpu" "$BUSYBOX"
 bash "$HERE/setup-fakempi.sh" "$FIXTURES/fakempi" "$BUSYBOX"

@@ -280,12 +280,11 @@ mod tests {
 
     #[test]
     fn nothing_to_verify_is_an_error() {
-        let p =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/sif/one-group.sif");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/sif/one-group.sif");
         let err = verify(&p).unwrap_err().to_string();
         assert!(err.contains("records no digests"), "{err}");
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/testdata/sif/one-object-oci-blob.sif");
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/sif/one-object-oci-blob.sif");
         assert_eq!(verify(&p).unwrap().len(), 1);
     }
 }

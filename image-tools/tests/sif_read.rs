@@ -1,4 +1,4 @@
-//! Every real fixture parses and matches shared/testdata/sif/README.md.
+//! Every real fixture parses and matches tests/data/sif/README.md.
 
 mod sif_common;
 

@@ -1,6 +1,6 @@
 //! SIF (Singularity Image Format) reader and writer.
 //!
-//! Layout notes: `shared/docs/sif-format.md`. A SIF file is a 128-byte
+//! Layout notes: `docs/sif-format.md`. A SIF file is a 128-byte
 //! header, a table of fixed 585-byte descriptor slots, and data objects at
 //! absolute offsets named by the descriptors. The container's root file
 //! system is the Partition object of type PrimSys, usually SquashFS, which

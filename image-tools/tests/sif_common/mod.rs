@@ -7,15 +7,10 @@ use std::path::PathBuf;
 
 use image_tools::sif::{Descriptor, SifFile, DESCRIPTOR_SIZE};
 
-/// Real SIF fixtures: `shared/testdata/sif` beside the repository root
-/// (override with SIF_TESTDATA). Missing fixtures fail loudly rather than
-/// skipping, so a broken checkout cannot pass silently.
+/// Real SIF fixtures: the repository's `tests/data/sif`. Missing fixtures
+/// fail loudly rather than skipping, so a broken checkout cannot pass silently.
 pub fn testdata() -> PathBuf {
-    let dir = std::env::var_os("SIF_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/sif")
-        });
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/sif");
     assert!(
         dir.join("README.md").is_file(),
         "SIF fixtures not found at {}",
