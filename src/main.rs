@@ -4,9 +4,9 @@ mod build_cmd;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use launcher_runtime::bind::{parse_bind_list, BindSpec};
-use launcher_runtime::environment;
 use launcher_runtime::launch::{self, Tuning};
+use launcher_runtime::options::bind::{parse_bind_list, BindSpec};
+use launcher_runtime::options::env_args;
 use launcher_runtime::options::{Action, GpuVendor, LaunchOptions, MpiMode};
 use std::path::PathBuf;
 
@@ -165,7 +165,7 @@ impl RunOpts {
         };
         o.no_gpu = self.no_gpu;
         for d in &self.device {
-            launcher_runtime::cdi::parse_device_name(d)?;
+            launcher_runtime::gather::cdi::parse_device_name(d)?;
         }
         o.devices = self.device;
         o.mpi = self.mpi.as_deref().map(|m| match m {
@@ -175,10 +175,10 @@ impl RunOpts {
         o.no_mpi = self.no_mpi;
         o.share = !self.no_share;
         for f in &self.env_file {
-            o.env.extend(environment::read_env_file(f)?);
+            o.env.extend(env_args::read_env_file(f)?);
         }
         for e in &self.env {
-            o.env.push(environment::parse_assignment(e)?);
+            o.env.push(env_args::parse_assignment(e)?);
         }
         Ok((
             o,
@@ -291,7 +291,7 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(0);
         }
         Command::Inspect { image, json } => {
-            launcher_runtime::inspect::print(&image, json)?;
+            launcher_runtime::image::inspect::print(&image, json)?;
             return Ok(0);
         }
     };

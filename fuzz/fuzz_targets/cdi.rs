@@ -5,9 +5,9 @@
 //! built with the resulting injection (device nodes, mounts, environment).
 #![no_main]
 
-use launcher_runtime::cdi;
-use launcher_runtime::injection::Injection;
-use launcher_runtime::site_config::SiteConfig;
+use launcher_runtime::gather::cdi;
+use launcher_runtime::gather::injection::Injection;
+use launcher_runtime::gather::site_config::SiteConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,5 +30,5 @@ fuzz_target!(|data: &[u8]| {
         launcher_fuzz::walk(&img.archive);
     }
     // What `launcher inspect` shows of the same file.
-    let _ = launcher_runtime::inspect::report(&path);
+    let _ = launcher_runtime::image::inspect::report(&path);
 });

@@ -4,8 +4,8 @@
 //! built with it (site binds, devices, environment edits).
 #![no_main]
 
-use launcher_runtime::injection::Injection;
-use launcher_runtime::site_config::{SiteConfig, CONFIG_ENV};
+use launcher_runtime::gather::injection::Injection;
+use launcher_runtime::gather::site_config::{SiteConfig, CONFIG_ENV};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

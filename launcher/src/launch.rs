@@ -1,27 +1,38 @@
-//! The whole launch as one straight line: host facts → image → plan → apply.
+//! The whole launch as one straight line: options → gather (host facts, image, GPU and MPI
+//! discovery, host paths) → plan → apply.
 
+use crate::apply::share::{self, Role};
+use crate::apply::supervisor::{self, LaunchSettings};
 use crate::debug;
-use crate::host::HostInfo;
+use crate::gather::host::HostInfo;
+use crate::gather::paths::HostPaths;
+use crate::gather::site_config::SiteConfig;
+use crate::gather::{gpu, mpi, Gathered};
+use crate::image::view::ImageView;
 use crate::image::Image;
-use crate::image_view::ImageView;
 use crate::options::LaunchOptions;
 use crate::plan::{self, Plan};
-use crate::share::{self, Role};
-use crate::supervisor::{self, LaunchSettings};
 use anyhow::Result;
 
 /// Run the launch and return the exit status the launcher should leave with.
 pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32> {
     debug::enable(debug);
-    let mut host = HostInfo::gather()?;
-    host.injection = crate::gpu::gather(opts, &host)?;
+    let host = HostInfo::gather()?;
+    let site = SiteConfig::load(&host.env, &host.home)?;
+    let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
     debug::step(format_args!("image opened ({})", image.desc().format));
     // MPI is checked against the image's own MPI, so it is gathered once the image is open.
-    host.injection
-        .extend(crate::mpi::gather(opts, &host, &image)?);
-    let plan = plan::build(opts, &host, &image)?;
+    injection.extend(mpi::gather(opts, &site, &image)?);
+    let paths = HostPaths::gather(opts, &host, &site, &injection)?;
+    let facts = Gathered {
+        host,
+        site,
+        injection,
+        paths,
+    };
+    let plan = plan::build(opts, &facts, &image)?;
     debug::step("plan built");
     if debug {
         eprint!("{plan}");
@@ -29,7 +40,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     for w in &plan.warnings {
         eprintln!("launcher: warning: {w}");
     }
-    let role = share_role(opts, &host, &plan);
+    let role = share_role(opts, &facts.host, &plan);
     match &role {
         Role::Lead(_) => debug::step("share: leading this node's instance for the job step"),
         Role::Join(j) => debug::step(format_args!(

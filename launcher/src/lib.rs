@@ -1,33 +1,23 @@
-//! Launcher runtime: options → plan (pure data) → apply (syscalls).
+//! Launcher runtime: a launch is one straight line through four stages, each a folder:
 //!
-//! Read it in that order: `options`, `plan` (with `environment`, `etc_files`, `image_view`),
-//! then `launch` → `supervisor` (with `rootfs`, `syscalls`, `fuse_fs`).
-pub mod bind;
-pub mod cdi;
-pub mod debug;
-pub mod elf_dyn;
-pub mod environment;
-pub mod etc_files;
-pub mod fuse_fs;
-pub mod glibc_guard;
-pub mod gpu;
-pub mod host;
+//! 1. `options`: what the user asked for;
+//! 2. `gather`: facts read from the host (identity, site config, GPU, CDI, MPI);
+//! 3. `plan`: the launch as plain data, printed by `--debug`;
+//! 4. `apply`: the system calls that carry it out.
+//!
+//! `launch` runs them in that order. Beside them, the leaves they use: `image` (opening and
+//! reading images in-process), `linker` (ELF facts, ld.so.cache, the glibc guard), `fuse` (the
+//! image server used by `apply`), `host_file` (bounded reads of host files) and `debug`.
+//!
+//! Public: the options and `launch` (the `launcher` command), images and `inspect`, and the
+//! parsers of site config and CDI specs (the fuzz targets drive them). The rest is the crate's.
+pub(crate) mod apply;
+pub(crate) mod debug;
+pub(crate) mod fuse;
+pub mod gather;
+pub(crate) mod host_file;
 pub mod image;
-pub mod image_view;
-pub mod injection;
-pub mod inspect;
 pub mod launch;
-pub mod ld_cache;
-pub mod mount_points;
-pub mod mpi;
+pub(crate) mod linker;
 pub mod options;
-pub mod plan;
-pub mod prefetch;
-pub mod push;
-pub mod rootfs;
-pub mod scheduler;
-pub mod share;
-pub mod site_config;
-pub mod supervisor;
-pub mod syscalls;
-pub mod virtual_nodes;
+pub(crate) mod plan;

@@ -6,13 +6,14 @@
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::Mode;
+#[cfg(test)]
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-pub use crate::mount_points::NodeKind;
+pub use crate::plan::mount_points::NodeKind;
 
 /// A mount target: a path to hand to mount(2), and the fd that keeps it pinned.
 pub struct Target {
@@ -321,17 +322,20 @@ fn create_at(parent: &OwnedFd, name: &OsStr, kind: NodeKind) -> nix::Result<()> 
 }
 
 /// Writes each call down instead of making it.
+#[cfg(test)]
 #[derive(Default)]
 pub struct Recorder {
     pub calls: RefCell<Vec<String>>,
 }
 
+#[cfg(test)]
 impl Recorder {
     fn log(&self, s: String) {
         self.calls.borrow_mut().push(s);
     }
 }
 
+#[cfg(test)]
 impl Syscalls for Recorder {
     fn mount(
         &self,

@@ -1,7 +1,7 @@
 //! Open an image file — SIF or bare SquashFS, told apart by their magic bytes, not the
 //! file name — and read from it in-process, without mounting.
 
-use crate::image_view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
+use crate::image::view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use image_tools::sif::{self, DataType, SifFile};
 use image_tools::squashfs::{self, Archive, FileType};

@@ -1,7 +1,7 @@
 //! `launcher inspect`: what an image holds, read in-process without mounting it.
 
+use crate::image::view::ImageView;
 use crate::image::Image;
-use crate::image_view::ImageView;
 use anyhow::Result;
 use image_tools::sif::{Extra, Link};
 use serde_json::{json, Value};

@@ -6,12 +6,13 @@
 //! With `--contain`, only the GPUs named by CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES /
 //! ROCR_VISIBLE_DEVICES get their nodes.
 
-use crate::cdi;
-use crate::host::HostInfo;
-use crate::injection::{HostBind, Injection};
-use crate::ld_cache::LdCache;
+use crate::gather::cdi;
+use crate::gather::host::HostInfo;
+use crate::gather::injection::{HostBind, Injection};
+use crate::gather::site_config::SiteConfig;
+use crate::gather::site_config::VendorConfig;
+use crate::linker::ld_cache::LdCache;
 use crate::options::{GpuVendor, LaunchOptions};
-use crate::site_config::VendorConfig;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -108,22 +109,21 @@ impl Vendor {
 }
 
 /// Whether GPU support is on for this launch.
-pub fn requested(opts: &LaunchOptions, host: &HostInfo) -> Option<GpuVendor> {
+pub fn requested(opts: &LaunchOptions, site: &SiteConfig) -> Option<GpuVendor> {
     if opts.no_gpu {
         return None;
     }
     opts.gpu
-        .or_else(|| (host.site.gpu.default == Some(true)).then_some(GpuVendor::Any))
+        .or_else(|| (site.gpu.default == Some(true)).then_some(GpuVendor::Any))
 }
 
 /// Everything `--gpu` and `--device` bring in, read from the host.
-pub fn gather(opts: &LaunchOptions, host: &HostInfo) -> Result<Injection> {
+pub fn gather(opts: &LaunchOptions, host: &HostInfo, site: &SiteConfig) -> Result<Injection> {
     let mut inj = Injection::default();
-    let gpu = requested(opts, host);
+    let gpu = requested(opts, site);
     if gpu.is_none() && opts.devices.is_empty() {
         return Ok(inj);
     }
-    let site = &host.site;
     let specs = cdi::load_dirs(&site.cdi_dirs(), &mut inj.warnings);
     let mut names: Vec<String> = opts.devices.clone();
     let Some(gpu) = gpu else {

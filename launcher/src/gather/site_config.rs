@@ -189,11 +189,11 @@ impl SiteConfig {
         let at =
             |key: String, what: String| anyhow::anyhow!("{}: key '{key}': {what}", path.display());
         for (i, b) in self.binds.iter().enumerate() {
-            crate::bind::parse_bind_list(b)
+            crate::options::bind::parse_bind_list(b)
                 .map_err(|e| at(format!("binds[{i}]"), e.to_string()))?;
         }
         for (i, b) in self.mpi.binds.iter().enumerate() {
-            crate::bind::parse_bind_list(b)
+            crate::options::bind::parse_bind_list(b)
                 .map_err(|e| at(format!("mpi.binds[{i}]"), e.to_string()))?;
         }
         for (section, map) in [

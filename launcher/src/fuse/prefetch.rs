@@ -9,8 +9,8 @@
 //! about the file first and stores each block in the page cache as it lands. Best effort: any
 //! error just ends the prefetch.
 
-use crate::fuse_fs::node_id;
-use crate::push::Pusher;
+use crate::fuse::push::Pusher;
+use crate::fuse::server::node_id;
 use fuser::INodeNo;
 use goblin::elf::program_header::PT_INTERP;
 use goblin::elf::{Elf, Header, ProgramHeader};
@@ -34,7 +34,7 @@ pub fn spawn(archive: Arc<Archive>, program: String, pusher: Option<Pusher>) {
             let offer = |inode: &Inode| {
                 if let Some(p) = &pusher {
                     let ino = INodeNo(node_id(inode.inode_ref, archive.superblock().root_inode));
-                    p.offer(crate::push::Kind::Program, vec![(ino, inode.clone())]);
+                    p.offer(crate::fuse::push::Kind::Program, vec![(ino, inode.clone())]);
                 }
             };
             let Some(prog) = regular_file(&archive, &program) else {

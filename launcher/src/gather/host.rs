@@ -4,6 +4,7 @@
 //! and can be unit-tested with a hand-made `HostInfo`. The user database is read once
 //! (getpwuid/getgrgid), never per file: thousands of ranks must not storm LDAP/SSSD.
 
+use crate::options::clean_abs;
 use anyhow::{Context, Result};
 use nix::unistd::{Gid, Group, Uid, User};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,6 @@ use std::path::{Path, PathBuf};
 pub struct HostInfo {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups of the caller (for /etc/group; the kernel shows them as unmapped).
-    pub groups: Vec<u32>,
     pub user: String,
     /// The passwd entry's home, or $HOME when set.
     pub home: PathBuf,
@@ -27,10 +26,8 @@ pub struct HostInfo {
     /// Host files given to the container by default when they exist, with their content when
     /// it could be read (then the FUSE server serves a copy; otherwise they are bound).
     pub existing_etc: Vec<(PathBuf, Option<Vec<u8>>)>,
-    /// The site configuration (system file, then the user's).
-    pub site: crate::site_config::SiteConfig,
-    /// Host files to bring in (GPU, MPI), gathered once the options are known.
-    pub injection: crate::injection::Injection,
+    /// The PMIx server directories a job step's environment names (see `plan::scheduler`).
+    pub pmix_dirs: Vec<PathBuf>,
 }
 
 impl HostInfo {
@@ -81,13 +78,10 @@ impl HostInfo {
                 (p, content)
             })
             .collect();
-        let site = crate::site_config::SiteConfig::load(&env, &home)?;
         Ok(HostInfo {
-            site,
-            injection: Default::default(),
+            pmix_dirs: pmix_dirs(&env),
             uid: uid.as_raw(),
             gid: gid.as_raw(),
-            groups,
             user: name,
             home,
             shell: user
@@ -113,35 +107,26 @@ impl HostInfo {
     }
 }
 
-/// Read a host file the launcher parses (ld.so.cache, CDI specs): a regular file of at most
-/// `limit` bytes. Opened non-blocking so a FIFO cannot hang the launch, and never read past the
-/// limit, so `/dev/zero` named by a config cannot exhaust memory.
-pub fn read_host_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("stat {}", path.display()))?;
-    if !meta.is_file() {
-        anyhow::bail!("{}: not a regular file", path.display());
-    }
-    if meta.len() > limit {
-        anyhow::bail!(
-            "{}: {} bytes, more than the {limit} this file may have",
-            path.display(),
-            meta.len()
-        );
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(bytes)
+/// Variables naming PMIx server directories a client maps files from.
+fn is_pmix_dir_var(name: &str) -> bool {
+    name == "PMIX_SERVER_TMPDIR"
+        || (name.starts_with("PMIX_DSTORE_") && name.ends_with("_BASE_PATH"))
+}
+
+/// The PMIx server directories named in the environment, lexically cleaned, without those
+/// that lie inside another one of them.
+pub fn pmix_dirs(env: &[(String, String)]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env
+        .iter()
+        .filter(|(k, _)| is_pmix_dir_var(k))
+        .filter_map(|(_, v)| clean_abs(Path::new(v)).ok())
+        .filter(|p| p != Path::new("/"))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let all = dirs.clone();
+    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    dirs
 }
 
 /// A host configuration file's content, if it is small enough to be served as a copy.
@@ -158,4 +143,51 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
 pub fn canonical_host_path(path: &Path, what: &str) -> Result<PathBuf> {
     std::fs::canonicalize(path)
         .with_context(|| format!("{what} '{}' does not exist on the host", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn slurm_pmix_step_dirs_collapse_to_the_server_tmpdir() {
+        let e = env(&[
+            ("PMIX_SERVER_TMPDIR", "/var/spool/slurmd/pmix.7.0/"),
+            (
+                "PMIX_DSTORE_21_BASE_PATH",
+                "/var/spool/slurmd/pmix.7.0//pmix_dstor_ds21_5904",
+            ),
+            (
+                "PMIX_DSTORE_ESH_BASE_PATH",
+                "/var/spool/slurmd/pmix.7.0//pmix_dstor_ds12_5904",
+            ),
+            ("PMIX_SYSTEM_TMPDIR", "/tmp"),
+            (
+                "PMIX_SERVER_URI4",
+                "pmix-server.5904;tcp4://127.0.0.1:59333",
+            ),
+            ("SLURM_JOB_ID", "7"),
+        ]);
+        assert_eq!(
+            pmix_dirs(&e),
+            vec![PathBuf::from("/var/spool/slurmd/pmix.7.0")]
+        );
+    }
+
+    #[test]
+    fn relative_root_and_unrelated_values_are_ignored() {
+        let e = env(&[
+            ("PMIX_SERVER_TMPDIR", "relative/dir"),
+            ("PMIX_DSTORE_21_BASE_PATH", "/"),
+            ("PMIX_DSTORE_X", "/somewhere"),
+        ]);
+        assert!(pmix_dirs(&e).is_empty());
+    }
 }

@@ -5,9 +5,9 @@
 //! overlay (image below, tmpfs above) so that bind destinations absent from the image can be
 //! created; it is made read-only afterwards unless `--writable-tmpfs`.
 
-use crate::mount_points::NodeKind;
+use crate::apply::syscalls::Syscalls;
+use crate::plan::mount_points::NodeKind;
 use crate::plan::{MountStep, Plan};
-use crate::syscalls::Syscalls;
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
@@ -155,8 +155,8 @@ pub fn enter(sys: &dyn Syscalls, layout: &Layout) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image_view::ImageDesc;
-    use crate::syscalls::Recorder;
+    use crate::apply::syscalls::Recorder;
+    use crate::image::view::ImageDesc;
 
     fn plan(mounts: Vec<MountStep>, writable: bool) -> Plan {
         Plan {
@@ -170,7 +170,7 @@ mod tests {
             gid: 1,
             writable_root: writable,
             mounts,
-            upper: vec![crate::mount_points::UpperNode {
+            upper: vec![crate::plan::mount_points::UpperNode {
                 path: "/data".into(),
                 kind: NodeKind::Dir,
                 mode: 0o755,

@@ -6,7 +6,7 @@
 //! `vendor/class=name` (`nvidia.com/gpu=0`). Hooks run as root in the container's
 //! namespaces, which an unprivileged launch cannot do: they are skipped with a warning.
 
-use crate::injection::{HostBind, Injection};
+use crate::gather::injection::{HostBind, Injection};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,7 @@ pub fn load_dirs(dirs: &[PathBuf], warnings: &mut Vec<String>) -> Vec<Spec> {
 }
 
 pub fn load_file(path: &Path) -> Result<Spec> {
-    let bytes = crate::host::read_host_file(path, 16 << 20)?;
+    let bytes = crate::host_file::read_host_file(path, 16 << 20)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
     let mut spec: Spec = if path.extension().is_some_and(|e| e == "json") {

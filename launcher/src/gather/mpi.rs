@@ -9,11 +9,11 @@
 //! Cray MPICH, MVAPICH), Open MPI's (libmpi.so.40), or the MPI-5 standard ABI (libmpi_abi.so).
 //! docs/mpi.md explains the models, the table and what is bound.
 
-use crate::glibc_guard::GlibcNeeds;
-use crate::host::HostInfo;
-use crate::image_view::ImageView;
-use crate::injection::{HostBind, HostFile, Injection};
-use crate::ld_cache::LdCache;
+use crate::gather::injection::{HostBind, HostFile, Injection};
+use crate::gather::site_config::SiteConfig;
+use crate::image::view::ImageView;
+use crate::linker::glibc_guard::GlibcNeeds;
+use crate::linker::ld_cache::LdCache;
 use crate::options::{LaunchOptions, MpiMode};
 use anyhow::{bail, Context, Result};
 use goblin::elf::Elf;
@@ -231,23 +231,22 @@ pub fn decide(host: &[MpiLib], image: &[MpiLib], force: bool) -> Decision {
 
 /// Whether `--mpi` is on, and whether the user asked for it (an explicit `--mpi` makes a
 /// missing or incompatible host MPI an error; the site's default only warns).
-pub fn requested(opts: &LaunchOptions, host: &HostInfo) -> Option<(MpiMode, bool)> {
+pub fn requested(opts: &LaunchOptions, site: &SiteConfig) -> Option<(MpiMode, bool)> {
     if opts.no_mpi {
         return None;
     }
     match opts.mpi {
         Some(m) => Some((m, true)),
-        None => (host.site.mpi.default == Some(true)).then_some((MpiMode::On, false)),
+        None => (site.mpi.default == Some(true)).then_some((MpiMode::On, false)),
     }
 }
 
 /// Everything `--mpi` brings in, read from the host and checked against the image.
-pub fn gather(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Result<Injection> {
+pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) -> Result<Injection> {
     let mut inj = Injection::default();
-    let Some((mode, explicit)) = requested(opts, host) else {
+    let Some((mode, explicit)) = requested(opts, site) else {
         return Ok(inj);
     };
-    let site = &host.site;
     let cache_path = site.ld_so_cache();
     let cache = match LdCache::read(&cache_path) {
         Ok(c) => c,
@@ -401,7 +400,7 @@ pub fn gather(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> R
     for (name, path) in &closure.libs {
         let glibc = match closure.glibc.get(path) {
             Some(g) => g.clone(),
-            None => crate::glibc_guard::needs_of_file(path)?,
+            None => crate::linker::glibc_guard::needs_of_file(path)?,
         };
         inj.libs.push(HostFile {
             name: name.clone(),
@@ -419,7 +418,7 @@ pub fn gather(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> R
         });
     }
     for spec in &site.mpi.binds {
-        for b in crate::bind::parse_bind_list(spec)? {
+        for b in crate::options::bind::parse_bind_list(spec)? {
             inj.mounts.push(HostBind {
                 host: b.src,
                 dst: b.dst,
@@ -459,7 +458,7 @@ fn host_libraries(listed: &[String], search: &[PathBuf], cache: &LdCache) -> Res
     let mut out = HostLibraries::default();
     let mut seen: Vec<PathBuf> = Vec::new();
     for base in &bases {
-        let found = crate::injection::find_library(base, search, cache);
+        let found = crate::gather::injection::find_library(base, search, cache);
         for (name, path) in found {
             let Ok(real) = std::fs::canonicalize(&path) else {
                 continue;
@@ -515,7 +514,7 @@ impl ImageLibs {
         if let Some(bytes) = image.read_file("/etc/ld.so.cache")? {
             // A broken cache in the image only loses its extra directories.
             if let Ok(cache) = LdCache::parse(&bytes) {
-                for e in cache.for_abi(crate::ld_cache::host_abi()) {
+                for e in cache.for_abi(crate::linker::ld_cache::host_abi()) {
                     out.names.insert(e.name.clone());
                     if family_of_soname(&e.name).is_some() {
                         if let Some(parent) = e.path.parent().and_then(|p| p.to_str()) {
@@ -580,7 +579,7 @@ impl ElfInfo {
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", path.display()))?;
         let not_elf = || format!("{}: not an ELF file", path.display());
-        let elf = crate::elf_dyn::parse(&map).with_context(not_elf)?;
+        let elf = crate::linker::elf_dyn::parse(&map).with_context(not_elf)?;
         // Only the family needs the symbol table (goblin's full parse).
         let family = if with_family {
             family_by_symbols(&Elf::parse(&map).with_context(not_elf)?)
@@ -607,7 +606,7 @@ impl ElfInfo {
             needed: elf.needed.iter().map(|s| s.to_string()).collect(),
             runpath,
             family,
-            glibc: crate::glibc_guard::needs_of_names(&elf.version_needs),
+            glibc: crate::linker::glibc_guard::needs_of_names(&elf.version_needs),
         })
     }
 }
@@ -891,7 +890,7 @@ fn interconnect_nodes(dev_dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image_view::fake::FakeImage;
+    use crate::image::view::fake::FakeImage;
     use std::process::Command;
 
     fn lib(soname: &str, family: Family) -> MpiLib {

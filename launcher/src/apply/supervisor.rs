@@ -14,13 +14,13 @@
 //!    exits with its status. The server stays in the host's namespaces: pivot_root cannot
 //!    move it, and the child's mount namespace is the only one.
 
+use crate::apply::rootfs::{self, Layout};
+use crate::apply::share::{self, Role};
+use crate::apply::syscalls::{Real, Syscalls};
 use crate::debug;
-use crate::fuse_fs::ImageFs;
+use crate::fuse::push::{Batch, Kind, Pusher};
+use crate::fuse::server::ImageFs;
 use crate::plan::Plan;
-use crate::push::{Batch, Kind, Pusher};
-use crate::rootfs::{self, Layout};
-use crate::share::{self, Role};
-use crate::syscalls::{Real, Syscalls};
 use anyhow::{anyhow, bail, Context, Result};
 use image_tools::squashfs::Archive;
 use nix::fcntl::OFlag;
@@ -100,7 +100,7 @@ fn serve(
     let (forwarded, old_mask) = prepare_supervision()?;
     let (pusher, push_rx) = Pusher::new();
     if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
-        crate::prefetch::spawn(
+        crate::fuse::prefetch::spawn(
             archive.clone(),
             program.clone(),
             settings.fuse_push.then(|| pusher.clone()),
@@ -279,11 +279,12 @@ fn start_server(
         fs = fs.with_pusher(pusher.clone());
     }
     if !plan.needs_overlay() {
-        let virt =
-            crate::virtual_nodes::VirtualNodes::build(&archive, &plan.upper, &plan.served_files())
-                .map_err(|e| {
-                    anyhow!("'{}': placing mount points: {e}", plan.image.path.display())
-                })?;
+        let virt = crate::fuse::virtual_nodes::VirtualNodes::build(
+            &archive,
+            &plan.upper,
+            &plan.served_files(),
+        )
+        .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
@@ -296,7 +297,7 @@ fn start_server(
     // The push thread lives as long as the launcher (it holds a sender itself).
     let _ = std::thread::Builder::new()
         .name("push".into())
-        .spawn(move || crate::push::run(push_rx, pusher, notifier, archive));
+        .spawn(move || crate::fuse::push::run(push_rx, pusher, notifier, archive));
     Ok(server)
 }
 
@@ -575,7 +576,7 @@ fn build_root(plan: &Plan, staging: &Path) -> Result<()> {
     if let Some(program) = &plan.program {
         // The kernel learns the program's inode now, so the server can push its pages into
         // the page cache as the read-ahead decompresses them, before the exec faults them in.
-        crate::syscalls::look_up_in_root(&layout.image, Path::new(program));
+        crate::apply::syscalls::look_up_in_root(&layout.image, Path::new(program));
     }
     rootfs::assemble(&sys, plan, &layout)?;
     debug::step("child: container root assembled");
@@ -649,20 +650,19 @@ fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    let path = plan
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let candidate = Path::new(dir).join(name);
+    for candidate in crate::plan::path_search::candidates(name, &plan.env) {
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
             && !candidate.is_dir()
         {
             return Ok(candidate);
         }
     }
+    let path = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
     bail!("command '{name}' not found in the container (PATH={path})")
 }
 

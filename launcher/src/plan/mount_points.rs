@@ -5,7 +5,7 @@
 //! missing mount points are made in the overlay's upper layer before it is mounted: this walk
 //! finds them, following the image's own symlinks as the kernel would inside the container.
 
-use crate::image_view::{Entry, ImageView};
+use crate::image::view::{Entry, ImageView};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -174,7 +174,7 @@ fn normal_components(p: &Path) -> VecDeque<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image_view::fake::FakeImage;
+    use crate::image::view::fake::FakeImage;
 
     fn paths(v: &[UpperNode]) -> Vec<(String, NodeKind)> {
         v.iter()

@@ -1,68 +1,16 @@
-//! The launch plan: everything a launch will do, as plain data.
-//!
-//! `build` is pure: it takes the options, the host facts and a read-only view of the image and
-//! decides the mount table, generated files, environment, working directory and argv. `apply`
-//! only carries the plan out. `--debug` prints it.
+//! `build`: the plan from the options, the gathered facts and a read-only view of the image, in
+//! a few named steps. Nothing here reads the host: every host path it asks about was resolved
+//! by `gather::paths` (an unanswered question is an error, not a guess).
 
-use crate::environment::{self, EnvInputs};
-use crate::etc_files;
-use crate::host::HostInfo;
-use crate::image_view::{EntryKind, ImageDesc, ImageView};
-use crate::mount_points::{self, NodeKind, UpperNode};
-use crate::options::{Action, LaunchOptions};
+use crate::gather::paths::{HostPaths, DEV_DIRS, KERNEL_DIRS, MINIMAL_DEV, SCRATCH_DIRS};
+use crate::gather::Gathered;
+use crate::image::view::{EntryKind, ImageView};
+use crate::options::{clean_abs, Action, LaunchOptions};
+use crate::plan::environment::{self, EnvInputs};
+use crate::plan::mount_points::{self, NodeKind, UpperNode};
+use crate::plan::{etc_files, integration, path_search, scheduler, MountStep, Plan};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
-use std::fmt;
-use std::path::{Component, Path, PathBuf};
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum MountStep {
-    /// Bind a host path (canonical) onto a path inside the container.
-    Bind {
-        src: PathBuf,
-        dst: PathBuf,
-        readonly: bool,
-        /// rbind: carry submounts along (/proc, /sys, /dev, user trees).
-        recursive: bool,
-    },
-    /// A fresh tmpfs owned by the caller.
-    Tmpfs { dst: PathBuf, mode: u32 },
-    /// A file the launcher provides: generated (passwd, group) or a copy of a host file (hosts,
-    /// resolv.conf, localtime). With a read-only root the FUSE server shows it at `served_at`
-    /// (the path `dst` resolves to in the image), which costs no mount; otherwise it is
-    /// written to the staging tmpfs and bound read-only.
-    File {
-        dst: PathBuf,
-        content: Vec<u8>,
-        served_at: Option<PathBuf>,
-    },
-    /// A symbolic link created inside a tmpfs the plan mounted earlier (minimal /dev).
-    Symlink { dst: PathBuf, target: PathBuf },
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Plan {
-    pub image: ImageDesc,
-    pub uid: u32,
-    pub gid: u32,
-    /// `--writable-tmpfs`: the root stays writable (changes vanish at exit).
-    pub writable_root: bool,
-    pub mounts: Vec<MountStep>,
-    /// Mount points the image lacks. A read-only root: the FUSE server shows them as virtual
-    /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
-    /// the overlay's upper layer before it is mounted.
-    pub upper: Vec<UpperNode>,
-    pub env: Vec<(String, String)>,
-    pub cwd: PathBuf,
-    /// Working directories to try if `cwd` turns out not to exist (home, then /).
-    pub cwd_fallbacks: Vec<PathBuf>,
-    pub argv: Vec<String>,
-    /// The program inside the image that argv[0] names (PATH searched), read ahead at start-up.
-    pub program: Option<String>,
-    /// Site config and host integration (GPU, CDI): what was brought in, for --debug.
-    pub injected: Vec<String>,
-    pub warnings: Vec<String>,
-}
+use std::path::{Path, PathBuf};
 
 /// Host directories whose binding as the working directory would shadow the image itself.
 const SYSTEM_DIRS: &[&str] = &[
@@ -70,134 +18,203 @@ const SYSTEM_DIRS: &[&str] = &[
     "/sbin", "/sys", "/usr", "/var",
 ];
 
-/// Device nodes bound into a minimal /dev (`--contain`).
-const MINIMAL_DEV: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The mount table as it grows, with the host paths its binds make visible inside.
+#[derive(Default)]
+struct Table {
+    mounts: Vec<MountStep>,
+    /// (host source, container destination) of the binds that show host trees inside: where
+    /// the working directory and the PMIx directories may already be visible.
+    covered: Vec<(PathBuf, PathBuf)>,
+    warnings: Vec<String>,
+}
 
-pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Result<Plan> {
-    let mut mounts = Vec::new();
-    let mut warnings = Vec::new();
-    let mut covered: Vec<(PathBuf, PathBuf)> = Vec::new(); // (host src, container dst) visible inside
+pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> Result<Plan> {
+    let (host, paths) = (&facts.host, &facts.paths);
+    let mut table = Table::default();
+    kernel_and_dev(opts, paths, &mut table)?;
+    scratch_dirs(opts, paths, &mut table)?;
+    let home_dst = home(opts, facts, &mut table)?;
+    let user_mounts = user_binds(opts, facts, &mut table)?;
+    let (cwd, cwd_fallbacks) = working_dir(opts, facts, image, &home_dst, &mut table)?;
+    let shell = choose_shell(facts, image)?;
+    user_database(facts, image, &home_dst, &shell, &mut table)?;
+    let mut injected = Vec::new();
+    integration::add_mounts(
+        opts,
+        facts,
+        image,
+        &mut table.mounts,
+        &mut injected,
+        &mut table.warnings,
+    )?;
+    let pmix = scheduler::binds(&host.pmix_dirs, paths, &table.covered)?;
+    table.mounts.extend(pmix);
+    table.mounts.extend(user_mounts);
 
-    // Kernel file systems: the host's, since we share its PID and network namespaces
-    // (MPI and PMIx need them).
-    for p in ["/proc", "/sys"] {
-        mounts.push(bind(p, p, false, true));
+    let env = environment(opts, facts, image, &home_dst)?;
+    let upper = upper_nodes(&mut table.mounts, image, paths, !opts.writable_tmpfs)?;
+    let argv = argv(opts, image, &shell)?;
+    let program = program_in_image(image, &argv[0], &env)?;
+
+    Ok(Plan {
+        image: image.desc().clone(),
+        uid: host.uid,
+        gid: host.gid,
+        writable_root: opts.writable_tmpfs,
+        mounts: table.mounts,
+        upper,
+        env,
+        cwd,
+        cwd_fallbacks,
+        argv,
+        program,
+        injected,
+        warnings: table.warnings,
+    })
+}
+
+/// Kernel file systems: the host's, since we share its PID and network namespaces (MPI and
+/// PMIx need them). /dev: the host's, or with `--contain` a tmpfs with the minimal nodes.
+fn kernel_and_dev(opts: &LaunchOptions, paths: &HostPaths, t: &mut Table) -> Result<()> {
+    for p in KERNEL_DIRS {
+        t.mounts.push(bind(p, p, false, true));
     }
-    if opts.contain {
-        mounts.push(MountStep::Tmpfs {
-            dst: "/dev".into(),
-            mode: 0o755,
+    if !opts.contain {
+        t.mounts.push(bind("/dev", "/dev", false, true));
+        return Ok(());
+    }
+    t.mounts.push(MountStep::Tmpfs {
+        dst: "/dev".into(),
+        mode: 0o755,
+    });
+    for d in MINIMAL_DEV {
+        let p = format!("/dev/{d}");
+        if paths.get(Path::new(&p))?.is_some() {
+            t.mounts.push(bind(&p, &p, false, false));
+        }
+    }
+    for d in DEV_DIRS {
+        if paths.get(Path::new(d))?.is_some_and(|f| f.is_dir) {
+            t.mounts.push(bind(d, d, false, true));
+        }
+    }
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        t.mounts.push(MountStep::Symlink {
+            dst: link.into(),
+            target: target.into(),
         });
-        for d in MINIMAL_DEV {
-            let p = format!("/dev/{d}");
-            if Path::new(&p).exists() {
-                mounts.push(bind(&p, &p, false, false));
-            }
-        }
-        for d in ["/dev/pts", "/dev/shm", "/dev/mqueue"] {
-            if Path::new(d).is_dir() {
-                mounts.push(bind(d, d, false, true));
-            }
-        }
-        for (link, target) in [
-            ("/dev/ptmx", "pts/ptmx"),
-            ("/dev/fd", "/proc/self/fd"),
-            ("/dev/stdin", "/proc/self/fd/0"),
-            ("/dev/stdout", "/proc/self/fd/1"),
-            ("/dev/stderr", "/proc/self/fd/2"),
-        ] {
-            mounts.push(MountStep::Symlink {
-                dst: link.into(),
-                target: target.into(),
-            });
-        }
-    } else {
-        mounts.push(bind("/dev", "/dev", false, true));
     }
+    Ok(())
+}
 
-    // Scratch directories.
-    for t in ["/tmp", "/var/tmp"] {
+/// /tmp and /var/tmp: the host's, or a fresh tmpfs each with `--contain`.
+fn scratch_dirs(opts: &LaunchOptions, paths: &HostPaths, t: &mut Table) -> Result<()> {
+    for d in SCRATCH_DIRS {
         if opts.contain {
-            mounts.push(MountStep::Tmpfs {
-                dst: t.into(),
+            t.mounts.push(MountStep::Tmpfs {
+                dst: d.into(),
                 mode: 0o1777,
             });
-        } else if Path::new(t).is_dir() {
-            mounts.push(bind(t, t, false, true));
-            covered.push((t.into(), t.into()));
+        } else if paths.get(Path::new(d))?.is_some_and(|f| f.is_dir) {
+            t.mounts.push(bind(d, d, false, true));
+            t.covered.push((d.into(), d.into()));
         }
     }
+    Ok(())
+}
 
-    // Home.
+/// Home: `--home SRC:DST`, else the caller's home (a private tmpfs with `--contain`, nothing
+/// with `--no-home`). Returns home's path inside.
+fn home(opts: &LaunchOptions, facts: &Gathered, t: &mut Table) -> Result<PathBuf> {
+    let host = &facts.host;
     let home_dst = match &opts.home {
         Some((_, dst)) => clean_abs(dst)?,
         None => host.home.clone(),
     };
     if let Some((src, _)) = &opts.home {
-        let src = crate::host::canonical_host_path(src, "--home source")?;
-        covered.push((src.clone(), home_dst.clone()));
-        mounts.push(MountStep::Bind {
+        let src = existing(&facts.paths, src, "--home source")?;
+        t.covered.push((src.clone(), home_dst.clone()));
+        t.mounts.push(MountStep::Bind {
             src,
             dst: home_dst.clone(),
             readonly: false,
             recursive: true,
         });
     } else if opts.contain {
-        mounts.push(MountStep::Tmpfs {
+        t.mounts.push(MountStep::Tmpfs {
             dst: home_dst.clone(),
             mode: 0o700,
         });
     } else if !opts.no_home {
-        match std::fs::canonicalize(&host.home) {
-            Ok(src) if src != Path::new("/") => {
-                covered.push((src.clone(), home_dst.clone()));
-                covered.push((host.home.clone(), home_dst.clone()));
-                mounts.push(MountStep::Bind {
+        match facts.paths.get(&host.home)? {
+            Some(found) if found.canonical != Path::new("/") => {
+                let src = found.canonical.clone();
+                t.covered.push((src.clone(), home_dst.clone()));
+                t.covered.push((host.home.clone(), home_dst.clone()));
+                t.mounts.push(MountStep::Bind {
                     src,
                     dst: home_dst.clone(),
                     readonly: false,
                     recursive: true,
                 });
             }
-            _ => warnings.push(format!(
+            _ => t.warnings.push(format!(
                 "home '{}' not found on the host: not bound",
                 host.home.display()
             )),
         }
     }
+    Ok(home_dst)
+}
 
-    // User binds, canonical sources, destinations cleaned (resolved inside the root at apply).
-    let mut user_mounts = Vec::new();
+/// `--bind`: canonical sources, destinations cleaned (resolved inside the root at apply). They
+/// go last in the table, so they win over everything else.
+fn user_binds(opts: &LaunchOptions, facts: &Gathered, t: &mut Table) -> Result<Vec<MountStep>> {
+    let mut out = Vec::new();
     for b in &opts.binds {
-        let src_abs = if b.src.is_absolute() {
-            b.src.clone()
-        } else {
-            host.cwd.join(&b.src)
-        };
-        let src = crate::host::canonical_host_path(&src_abs, "bind source")?;
+        let src_abs = facts.host.cwd.join(&b.src);
+        let src = existing(&facts.paths, &src_abs, "bind source")?;
         let dst =
             clean_abs(&b.dst).with_context(|| format!("bind destination '{}'", b.dst.display()))?;
-        covered.push((src.clone(), dst.clone()));
-        covered.push((src_abs, dst.clone()));
-        user_mounts.push(MountStep::Bind {
+        t.covered.push((src.clone(), dst.clone()));
+        t.covered.push((src_abs, dst.clone()));
+        out.push(MountStep::Bind {
             src,
             dst,
             readonly: b.readonly,
             recursive: true,
         });
     }
+    Ok(out)
+}
 
-    // Working directory: where the user is, if it can be seen inside.
-    let mut cwd_fallbacks = vec![home_dst.clone(), PathBuf::from("/")];
-    let cwd = if let Some(pwd) = &opts.pwd {
-        cwd_fallbacks.clear();
-        clean_abs(pwd)?
-    } else if let Some(inside) = map_into(&covered, &host.cwd) {
+/// The working directory: `--pwd`, else where the user is if it can be seen inside (bound
+/// when it is not a system directory), else the image's OCI WorkingDir. Returns it with the
+/// directories to fall back to if it turns out not to exist (home, then /).
+fn working_dir(
+    opts: &LaunchOptions,
+    facts: &Gathered,
+    image: &dyn ImageView,
+    home_dst: &Path,
+    t: &mut Table,
+) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let host = &facts.host;
+    if let Some(pwd) = &opts.pwd {
+        return Ok((clean_abs(pwd)?, Vec::new()));
+    }
+    let fallbacks = vec![home_dst.to_path_buf(), PathBuf::from("/")];
+    let cwd = if let Some(inside) = map_into(&t.covered, &host.cwd) {
         inside
     } else if !opts.contain && !is_system_dir(&host.cwd) {
-        if let Ok(src) = std::fs::canonicalize(&host.cwd) {
-            mounts.push(MountStep::Bind {
-                src,
+        if let Some(found) = facts.paths.get(&host.cwd)? {
+            t.mounts.push(MountStep::Bind {
+                src: found.canonical.clone(),
                 dst: host.cwd.clone(),
                 readonly: false,
                 recursive: true,
@@ -209,10 +226,21 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     } else {
         host.cwd.clone()
     };
+    Ok((cwd, fallbacks))
+}
 
-    // Host configuration files, then the generated user database.
+/// Host configuration files (hosts, resolv.conf, localtime), then the generated passwd and
+/// group: the image's entries plus the caller's.
+fn user_database(
+    facts: &Gathered,
+    image: &dyn ImageView,
+    home_dst: &Path,
+    shell: &str,
+    t: &mut Table,
+) -> Result<()> {
+    let host = &facts.host;
     for (f, content) in &host.existing_etc {
-        mounts.push(match content {
+        t.mounts.push(match content {
             Some(content) => MountStep::File {
                 dst: f.clone(),
                 content: content.clone(),
@@ -228,23 +256,27 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     }
     let image_passwd = read_text(image, "/etc/passwd")?;
     let image_group = read_text(image, "/etc/group")?;
-    let shell = choose_shell(host, image)?;
-    mounts.push(MountStep::File {
+    t.mounts.push(MountStep::File {
         dst: "/etc/passwd".into(),
-        content: etc_files::passwd(image_passwd.as_deref(), host, &home_dst, &shell).into_bytes(),
+        content: etc_files::passwd(image_passwd.as_deref(), host, home_dst, shell).into_bytes(),
         served_at: None,
     });
-    mounts.push(MountStep::File {
+    t.mounts.push(MountStep::File {
         dst: "/etc/group".into(),
         content: etc_files::group(image_group.as_deref(), host).into_bytes(),
         served_at: None,
     });
-    let mut injected = Vec::new();
-    crate::injection::add_mounts(opts, host, image, &mut mounts, &mut injected, &mut warnings)?;
-    mounts.extend(crate::scheduler::binds(&host.env, &covered));
-    mounts.extend(user_mounts);
+    Ok(())
+}
 
-    // Environment.
+/// The command's environment: host → image (OCI config, then /.singularity.d/env/*.sh) →
+/// the launcher's own variables → user, then the site's and the injection's edits.
+fn environment(
+    opts: &LaunchOptions,
+    facts: &Gathered,
+    image: &dyn ImageView,
+    home_dst: &Path,
+) -> Result<Vec<(String, String)>> {
     let oci_env = image
         .oci_config()
         .map(|c| c.env.clone())
@@ -261,7 +293,7 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
     let image_path = image.desc().path.display().to_string();
     let mut launcher_vars = vec![
         ("HOME".to_string(), home_dst.display().to_string()),
-        ("LAUNCHER_CONTAINER".to_string(), image_path.clone()),
+        ("LAUNCHER_CONTAINER".to_string(), image_path),
         (
             "LAUNCHER_NAME".to_string(),
             image
@@ -276,44 +308,28 @@ pub fn build(opts: &LaunchOptions, host: &HostInfo, image: &dyn ImageView) -> Re
         launcher_vars.push(("PS1".to_string(), "Launcher> ".to_string()));
     }
     let mut env = environment::compute(&EnvInputs {
-        host: &host.env,
+        host: &facts.host.env,
         cleanenv: opts.cleanenv,
         image_oci_env: &oci_env,
         image_env_scripts: &scripts,
         user: &opts.env,
         launcher: &launcher_vars,
     });
-    crate::injection::edit_env(&mut env, opts, host);
+    integration::edit_env(&mut env, opts, facts);
+    Ok(env)
+}
 
-    let upper = upper_nodes(&mut mounts, image, !opts.writable_tmpfs)?;
-
-    let argv = match &opts.action {
+/// The command line: `exec`'s, the shell, or `run`'s runscript or OCI entrypoint and cmd.
+fn argv(opts: &LaunchOptions, image: &dyn ImageView, shell: &str) -> Result<Vec<String>> {
+    Ok(match &opts.action {
         Action::Exec(argv) => {
             if argv.is_empty() {
                 bail!("no command given: usage `launcher exec IMAGE COMMAND [ARGS...]`");
             }
             argv.clone()
         }
-        Action::Shell => vec![shell.clone()],
+        Action::Shell => vec![shell.to_string()],
         Action::Run(args) => run_argv(image, args)?,
-    };
-
-    let program = program_in_image(image, &argv[0], &env)?;
-
-    Ok(Plan {
-        image: image.desc().clone(),
-        uid: host.uid,
-        gid: host.gid,
-        writable_root: opts.writable_tmpfs,
-        mounts,
-        upper,
-        env,
-        cwd,
-        cwd_fallbacks,
-        argv,
-        program,
-        injected,
-        warnings,
     })
 }
 
@@ -326,39 +342,13 @@ fn program_in_image(
     if name.contains('/') {
         return Ok(Some(name.to_string()));
     }
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    for dir in path.split(':').filter(|d| d.starts_with('/')) {
-        let candidate = format!("{}/{name}", dir.trim_end_matches('/'));
+    for candidate in path_search::candidates(name, env).filter(|c| c.is_absolute()) {
+        let candidate = candidate.display().to_string();
         if image.kind(&candidate)? == Some(EntryKind::File) {
             return Ok(Some(candidate));
         }
     }
     Ok(None)
-}
-
-impl Plan {
-    pub fn needs_overlay(&self) -> bool {
-        self.writable_root
-    }
-
-    /// Files the FUSE server shows in place of (or in addition to) the image's.
-    pub fn served_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        self.mounts
-            .iter()
-            .filter_map(|m| match m {
-                MountStep::File {
-                    content,
-                    served_at: Some(at),
-                    ..
-                } => Some((at.clone(), content.clone())),
-                _ => None,
-            })
-            .collect()
-    }
 }
 
 /// Mount points to create, for destinations in the image itself (not inside an earlier
@@ -367,6 +357,7 @@ impl Plan {
 fn upper_nodes(
     mounts: &mut [MountStep],
     image: &dyn ImageView,
+    paths: &HostPaths,
     serve_files: bool,
 ) -> Result<Vec<UpperNode>> {
     let mut out: Vec<UpperNode> = Vec::new();
@@ -382,7 +373,7 @@ fn upper_nodes(
         let (dst, kind) = match m {
             MountStep::Bind { src, dst, .. } => (
                 dst.clone(),
-                if src.is_dir() {
+                if paths.get(src)?.is_some_and(|f| f.is_dir) {
                     NodeKind::Dir
                 } else {
                     NodeKind::File
@@ -411,6 +402,14 @@ fn upper_nodes(
     Ok(out)
 }
 
+/// The canonical form of a host path the user named, or an error that names it.
+fn existing(paths: &HostPaths, path: &Path, what: &str) -> Result<PathBuf> {
+    match paths.get(path)? {
+        Some(found) => Ok(found.canonical.clone()),
+        None => bail!("{what} '{}' does not exist on the host", path.display()),
+    }
+}
+
 fn bind(src: &str, dst: &str, readonly: bool, recursive: bool) -> MountStep {
     MountStep::Bind {
         src: src.into(),
@@ -427,7 +426,8 @@ fn read_text(image: &dyn ImageView, path: &str) -> Result<Option<String>> {
 }
 
 /// The user's login shell if the image has it, else /bin/sh.
-fn choose_shell(host: &HostInfo, image: &dyn ImageView) -> Result<String> {
+fn choose_shell(facts: &Gathered, image: &dyn ImageView) -> Result<String> {
+    let host = &facts.host;
     let wanted = host.env_var("SHELL").unwrap_or(&host.shell);
     if wanted.starts_with('/') && image.kind(wanted)? == Some(EntryKind::File) {
         return Ok(wanted.to_string());
@@ -488,141 +488,39 @@ fn is_system_dir(p: &Path) -> bool {
         .any(|d| p.to_string_lossy().starts_with(d))
 }
 
-/// Lexically clean an absolute container path: no `.`, `..` clamped at `/`.
-pub fn clean_abs(p: &Path) -> Result<PathBuf> {
-    if !p.is_absolute() {
-        bail!("'{}' is not an absolute path", p.display());
-    }
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-impl fmt::Display for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "plan:")?;
-        writeln!(
-            f,
-            "  image: {} ({}, SquashFS at offset {}, {} bytes)",
-            self.image.path.display(),
-            self.image.format,
-            self.image.squashfs_offset,
-            self.image.file_size
-        )?;
-        writeln!(
-            f,
-            "  identity: uid {} gid {} (mapped to themselves)",
-            self.uid, self.gid
-        )?;
-        writeln!(
-            f,
-            "  root: image via FUSE{}, {}",
-            if self.needs_overlay() {
-                " + overlay on tmpfs"
-            } else {
-                ""
-            },
-            if self.writable_root {
-                "writable (--writable-tmpfs, discarded at exit)"
-            } else {
-                "read-only"
-            }
-        )?;
-        for n in &self.upper {
-            writeln!(
-                f,
-                "    create {:?} {} (mode {:o})",
-                n.kind,
-                n.path.display(),
-                n.mode
-            )?;
-        }
-        writeln!(f, "  mounts:")?;
-        for m in &self.mounts {
-            match m {
-                MountStep::Bind {
-                    src,
-                    dst,
-                    readonly,
-                    recursive,
-                } => writeln!(
-                    f,
-                    "    {:<6} {} -> {}{}",
-                    if *recursive { "rbind" } else { "bind" },
-                    src.display(),
-                    dst.display(),
-                    if *readonly { " (ro)" } else { "" }
-                )?,
-                MountStep::Tmpfs { dst, mode } => {
-                    writeln!(f, "    tmpfs  {} (mode {:o})", dst.display(), mode)?
-                }
-                MountStep::File {
-                    dst,
-                    content,
-                    served_at,
-                } => writeln!(
-                    f,
-                    "    file   {} ({} bytes, ro, {})",
-                    dst.display(),
-                    content.len(),
-                    match served_at {
-                        Some(p) => format!("served by the image server at {}", p.display()),
-                        None => "bound".to_string(),
-                    }
-                )?,
-                MountStep::Symlink { dst, target } => {
-                    writeln!(f, "    link   {} -> {}", dst.display(), target.display())?
-                }
-            }
-        }
-        writeln!(f, "  cwd: {}", self.cwd.display())?;
-        writeln!(f, "  argv: {:?}", self.argv)?;
-        if let Some(p) = &self.program {
-            writeln!(
-                f,
-                "  program in the image: {p} (read ahead while the root is built)"
-            )?;
-        }
-        if !self.injected.is_empty() {
-            writeln!(f, "  host integration:")?;
-            for line in &self.injected {
-                writeln!(f, "    {line}")?;
-            }
-        }
-        writeln!(f, "  env:")?;
-        for (k, v) in &self.env {
-            writeln!(f, "    {k}={v}")?;
-        }
-        for w in &self.warnings {
-            writeln!(f, "  warning: {w}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bind::BindSpec;
-    use crate::image_view::fake::FakeImage;
-    use crate::image_view::OciConfig;
+    use crate::gather::host::HostInfo;
+    use crate::image::view::fake::FakeImage;
+    use crate::image::view::OciConfig;
+    use crate::options::bind::BindSpec;
+
+    /// A host described as data: the usual kernel, /dev and scratch paths, alice's home, and
+    /// the data directory /data/alice (with `sub` in it).
+    fn facts(host: HostInfo) -> Gathered {
+        let dir = |p: &'static str| (p, Some((p, true)));
+        let paths = crate::gather::paths::typical_host(&[
+            dir("/usr/share"),
+            dir("/data/alice"),
+            dir("/data/alice/sub"),
+            ("/etc/hosts", Some(("/etc/hosts", false))),
+            ("/does/not/exist", None),
+        ]);
+        Gathered {
+            host,
+            site: Default::default(),
+            injection: Default::default(),
+            paths,
+        }
+    }
 
     fn host() -> HostInfo {
-        let tmp = std::env::temp_dir();
         HostInfo {
             uid: 4242,
             gid: 4242,
-            groups: vec![],
             user: "alice".into(),
-            home: tmp.clone(),
+            home: "/home/alice".into(),
             shell: "/bin/bash".into(),
             gecos: String::new(),
             cwd: "/usr/share".into(),
@@ -631,8 +529,7 @@ mod tests {
                 ("FOO".into(), "1".into()),
             ],
             group_names: vec![(4242, "alice".into())],
-            site: Default::default(),
-            injection: Default::default(),
+            pmix_dirs: vec![],
             existing_etc: vec![("/etc/hosts".into(), None)],
         }
     }
@@ -670,7 +567,12 @@ mod tests {
     #[test]
     fn default_plan() {
         let h = host();
-        let p = build(&opts(Action::Exec(vec!["id".into()])), &h, &image()).unwrap();
+        let p = build(
+            &opts(Action::Exec(vec!["id".into()])),
+            &facts(h.clone()),
+            &image(),
+        )
+        .unwrap();
         let d = dsts(&p);
         let home = h.home.display().to_string();
         for want in [
@@ -710,7 +612,7 @@ mod tests {
     fn contain_drops_host_dirs() {
         let mut o = opts(Action::Shell);
         o.contain = true;
-        let p = build(&o, &host(), &image()).unwrap();
+        let p = build(&o, &facts(host()), &image()).unwrap();
         let tmpfs: Vec<_> = p
             .mounts
             .iter()
@@ -739,11 +641,11 @@ mod tests {
             dst: "/data/../scratch/".into(),
             readonly: true,
         }];
-        let p = build(&o, &host(), &image()).unwrap();
+        let p = build(&o, &facts(host()), &image()).unwrap();
         assert_eq!(
             p.mounts.last().unwrap(),
             &MountStep::Bind {
-                src: std::fs::canonicalize("/tmp").unwrap(),
+                src: "/tmp".into(),
                 dst: "/scratch".into(),
                 readonly: true,
                 recursive: true
@@ -754,7 +656,7 @@ mod tests {
             dst: "/x".into(),
             readonly: false,
         }];
-        let err = build(&o, &host(), &image()).unwrap_err().to_string();
+        let err = build(&o, &facts(host()), &image()).unwrap_err().to_string();
         assert!(
             err.contains("/does/not/exist") && err.contains("does not exist"),
             "{err}"
@@ -764,10 +666,10 @@ mod tests {
     #[test]
     fn cwd_under_a_bind_maps_inside() {
         let mut h = host();
-        h.cwd = std::env::temp_dir().join("sub");
+        h.cwd = "/data/alice/sub".into();
         let mut o = opts(Action::Exec(vec!["pwd".into()]));
-        o.home = Some((std::env::temp_dir(), "/home/inside".into()));
-        let p = build(&o, &h, &image()).unwrap();
+        o.home = Some(("/data/alice".into(), "/home/inside".into()));
+        let p = build(&o, &facts(h), &image()).unwrap();
         assert_eq!(p.cwd, PathBuf::from("/home/inside/sub"));
         assert!(p.env.contains(&("HOME".into(), "/home/inside".into())));
     }
@@ -775,33 +677,20 @@ mod tests {
     #[test]
     fn run_uses_runscript_then_oci() {
         let mut img = image();
-        let p = build(&opts(Action::Run(vec!["a".into()])), &host(), &img);
+        let p = build(&opts(Action::Run(vec!["a".into()])), &facts(host()), &img);
         assert!(p.unwrap_err().to_string().contains("no runscript"));
         img.oci = Some(OciConfig {
             entrypoint: vec!["/app".into()],
             cmd: vec!["--help".into()],
             ..Default::default()
         });
-        let p = build(&opts(Action::Run(vec![])), &host(), &img).unwrap();
+        let p = build(&opts(Action::Run(vec![])), &facts(host()), &img).unwrap();
         assert_eq!(p.argv, vec!["/app", "--help"]);
-        let p = build(&opts(Action::Run(vec!["x".into()])), &host(), &img).unwrap();
+        let p = build(&opts(Action::Run(vec!["x".into()])), &facts(host()), &img).unwrap();
         assert_eq!(p.argv, vec!["/app", "x"]);
         img.files
             .insert("/.singularity.d/runscript".into(), b"#!/bin/sh\n".to_vec());
-        let p = build(&opts(Action::Run(vec!["x".into()])), &host(), &img).unwrap();
+        let p = build(&opts(Action::Run(vec!["x".into()])), &facts(host()), &img).unwrap();
         assert_eq!(p.argv, vec!["/.singularity.d/runscript", "x"]);
-    }
-
-    #[test]
-    fn clean_paths() {
-        assert_eq!(
-            clean_abs(Path::new("/a/./b/../c/")).unwrap(),
-            PathBuf::from("/a/c")
-        );
-        assert_eq!(
-            clean_abs(Path::new("/../../etc")).unwrap(),
-            PathBuf::from("/etc")
-        );
-        assert!(clean_abs(Path::new("rel")).is_err());
     }
 }

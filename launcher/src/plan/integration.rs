@@ -1,222 +1,35 @@
-//! Host files brought into the container: GPU (and MPI) libraries, programs, device nodes,
-//! CDI mounts and environment, plus the site config's binds, devices and environment edits.
-//!
-//! Gathering (`gpu::gather`, later `mpi`) reads the host and fills an `Injection`; this module
-//! turns it into plan entries, purely. Libraries are bound read-only one by one into
-//! `LIB_DIR`, which goes first on LD_LIBRARY_PATH; programs into `BIN_DIR`, first on PATH.
-//! The image is never modified: missing mount points are virtual nodes of the FUSE server.
+//! Host integration in the plan: the site config's binds, devices and environment edits, and
+//! the gathered injection (GPU, CDI, MPI) as mount steps and environment edits, after the
+//! glibc guard has accepted every injected file.
 
-use crate::glibc_guard::{self, GlibcNeeds};
-use crate::host::HostInfo;
-use crate::image_view::ImageView;
+use crate::gather::injection::{HostBind, HostFile, Injection, BIN_DIR, LIB_DIR};
+use crate::gather::Gathered;
+use crate::image::view::ImageView;
+use crate::linker::glibc_guard::{self, GlibcNeeds};
+use crate::options::clean_abs;
 use crate::options::LaunchOptions;
-use crate::plan::{clean_abs, MountStep};
+use crate::plan::MountStep;
 use anyhow::{bail, Result};
-use serde::Serialize;
-use std::path::{Path, PathBuf};
-
-/// Where injected libraries appear inside the container.
-pub const LIB_DIR: &str = "/.launcher.d/libs";
-/// Where injected programs appear inside the container.
-pub const BIN_DIR: &str = "/.launcher.d/bin";
-
-/// One host file to bind into `LIB_DIR` or `BIN_DIR` under `name`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HostFile {
-    /// The name inside (a soname such as `libcuda.so.1`, or a program name).
-    pub name: String,
-    /// The host file, symlinks resolved.
-    pub host: PathBuf,
-    /// Who asked for it ("nvidia", "rocm", "mpi"): shown by --debug and in errors.
-    pub origin: String,
-    #[serde(skip)]
-    pub glibc: GlibcNeeds,
-}
-
-/// A host path bound at a container path (device nodes, CDI mounts).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HostBind {
-    pub host: PathBuf,
-    pub dst: PathBuf,
-    pub readonly: bool,
-    pub origin: String,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Injection {
-    pub libs: Vec<HostFile>,
-    pub bins: Vec<HostFile>,
-    pub devices: Vec<HostBind>,
-    pub mounts: Vec<HostBind>,
-    /// Variables to set (CDI `env`), after the site's edits and before `--env`.
-    pub env: Vec<(String, String)>,
-    /// Lines for --debug: what was looked for and where it was found (or not).
-    pub notes: Vec<String>,
-    pub warnings: Vec<String>,
-}
-
-impl Injection {
-    pub fn is_empty(&self) -> bool {
-        self.libs.is_empty()
-            && self.bins.is_empty()
-            && self.devices.is_empty()
-            && self.mounts.is_empty()
-            && self.env.is_empty()
-    }
-
-    pub fn extend(&mut self, other: Injection) {
-        for l in other.libs {
-            if !self.libs.iter().any(|x| x.name == l.name) {
-                self.libs.push(l);
-            }
-        }
-        for b in other.bins {
-            if !self.bins.iter().any(|x| x.name == b.name) {
-                self.bins.push(b);
-            }
-        }
-        for d in other.devices {
-            if !self.devices.iter().any(|x| x.dst == d.dst) {
-                self.devices.push(d);
-            }
-        }
-        self.mounts.extend(other.mounts);
-        self.env.extend(other.env);
-        self.notes.extend(other.notes);
-        self.warnings.extend(other.warnings);
-    }
-
-    /// Resolve library base names through the search directories, then the ld.so cache;
-    /// each found name becomes one `HostFile` (glibc needs read). Returns the names not found.
-    pub fn add_libraries(
-        &mut self,
-        origin: &str,
-        bases: &[String],
-        search: &[PathBuf],
-        cache: &crate::ld_cache::LdCache,
-    ) -> Result<Vec<String>> {
-        let mut missing = Vec::new();
-        for base in bases {
-            let found = find_library(base, search, cache);
-            if found.is_empty() {
-                missing.push(base.clone());
-                continue;
-            }
-            for (name, path) in found {
-                let Ok(real) = std::fs::canonicalize(&path) else {
-                    self.notes
-                        .push(format!("{origin}: {name}: {} is dangling", path.display()));
-                    continue;
-                };
-                if self.libs.iter().any(|l| l.name == name) {
-                    continue;
-                }
-                let glibc = glibc_guard::needs_of_file(&real)?;
-                self.libs.push(HostFile {
-                    name,
-                    host: real,
-                    origin: origin.to_string(),
-                    glibc,
-                });
-            }
-        }
-        Ok(missing)
-    }
-
-    /// Find programs in `dirs` (first hit wins); returns the names not found.
-    pub fn add_binaries(
-        &mut self,
-        origin: &str,
-        names: &[String],
-        dirs: &[PathBuf],
-    ) -> Result<Vec<String>> {
-        let mut missing = Vec::new();
-        for name in names {
-            let Some(path) = host_program(name, dirs) else {
-                missing.push(name.clone());
-                continue;
-            };
-            let real = crate::host::canonical_host_path(&path, "GPU program")?;
-            // Static programs have no glibc needs; scripts are no ELF at all.
-            let glibc = glibc_guard::needs_of_file(&real).unwrap_or_default();
-            self.bins.push(HostFile {
-                name: name.clone(),
-                host: real,
-                origin: origin.to_string(),
-                glibc,
-            });
-        }
-        Ok(missing)
-    }
-}
-
-/// The first `name` in `dirs` that is not a `#!` script, else the first script. A host's wrapper
-/// script (an H200 node's `/usr/bin/nvidia-smi` runs `exec /usr/local/nvidia/bin/nvidia-smi`)
-/// names host paths that do not exist in the container; the program it wraps works there.
-fn host_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
-    let mut script = None;
-    for path in dirs.iter().map(|d| d.join(name)).filter(|p| p.is_file()) {
-        let mut magic = [0u8; 2];
-        let is_script = std::fs::File::open(&path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .is_ok_and(|()| &magic == b"#!");
-        if !is_script {
-            return Some(path);
-        }
-        script.get_or_insert(path);
-    }
-    script
-}
-
-/// Every file named `base` or `base.*` in the search directories (first directory wins for a
-/// name), else in the ld.so cache: (name, path as found).
-pub fn find_library(
-    base: &str,
-    search: &[PathBuf],
-    cache: &crate::ld_cache::LdCache,
-) -> Vec<(String, PathBuf)> {
-    let mut found: Vec<(String, PathBuf)> = Vec::new();
-    for dir in search {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut names: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| crate::ld_cache::name_matches(n, base))
-            .collect();
-        names.sort();
-        for n in names {
-            if !found.iter().any(|(f, _)| *f == n) {
-                found.push((n.clone(), dir.join(&n)));
-            }
-        }
-    }
-    if found.is_empty() {
-        for e in cache.matching(base) {
-            found.push((e.name.clone(), e.path.clone()));
-        }
-    }
-    found
-}
+use std::path::Path;
 
 /// Plan entries for the site config and the injection, placed before the user's binds.
 /// `notes` receives the lines --debug shows under "host integration".
 pub fn add_mounts(
     opts: &LaunchOptions,
-    host: &HostInfo,
+    facts: &Gathered,
     image: &dyn ImageView,
     mounts: &mut Vec<MountStep>,
     notes: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    notes.extend(host.injection.notes.iter().cloned());
-    warnings.extend(host.injection.warnings.iter().cloned());
+    let (site, inj, paths) = (&facts.site, &facts.injection, &facts.paths);
+    notes.extend(inj.notes.iter().cloned());
+    warnings.extend(inj.warnings.iter().cloned());
     // Site binds: a source missing on this node is skipped, not fatal (a login node may
     // lack /scratch).
-    for spec in &host.site.binds {
-        for b in crate::bind::parse_bind_list(spec)? {
-            let Ok(src) = std::fs::canonicalize(&b.src) else {
+    for spec in &site.binds {
+        for b in crate::options::bind::parse_bind_list(spec)? {
+            let Some(src) = paths.get(&b.src)?.map(|f| f.canonical.clone()) else {
                 warnings.push(format!(
                     "site config bind '{}': '{}' does not exist on this host: skipped",
                     spec,
@@ -237,23 +50,22 @@ pub fn add_mounts(
             });
         }
     }
-    let site_devices = host.site.devices.iter().map(|d| HostBind {
+    let site_devices = site.devices.iter().map(|d| HostBind {
         host: d.clone(),
         dst: d.clone(),
         readonly: false,
         origin: "site config".into(),
     });
-    let inj = &host.injection;
     let mut unbound: Vec<String> = Vec::new();
     for d in site_devices.chain(inj.devices.iter().cloned()) {
-        if !d.host.exists() {
+        let Some(found) = paths.get(&d.host)? else {
             warnings.push(format!(
                 "device {} ({}): not found on this host: skipped",
                 d.host.display(),
                 d.origin
             ));
             continue;
-        }
+        };
         let dst = clean_abs(&d.dst)?;
         // Without --contain /dev is the host's own (rbind): its nodes are there already, and a
         // node it lacks cannot be added (that would create a file in the host's /dev).
@@ -262,14 +74,14 @@ pub fn add_mounts(
                 notes.push(format!("device {} (host /dev)", dst.display()));
                 continue;
             }
-            if !dst.exists() {
+            if paths.get(&dst)?.is_none() {
                 unbound.push(dst.display().to_string());
                 continue;
             }
         }
         notes.push(format!("device {} -> {}", d.host.display(), dst.display()));
         mounts.push(MountStep::Bind {
-            recursive: d.host.is_dir(),
+            recursive: found.is_dir,
             src: d.host,
             dst,
             readonly: false,
@@ -303,7 +115,7 @@ pub fn add_mounts(
         }
     }
     for m in &inj.mounts {
-        let Ok(src) = std::fs::canonicalize(&m.host) else {
+        let Some(found) = paths.get(&m.host)? else {
             warnings.push(format!(
                 "mount {} ({}): not found on this host: skipped",
                 m.host.display(),
@@ -311,6 +123,7 @@ pub fn add_mounts(
             ));
             continue;
         };
+        let src = found.canonical.clone();
         let dst = clean_abs(&m.dst)?;
         notes.push(format!(
             "{} mount {} -> {}",
@@ -319,7 +132,7 @@ pub fn add_mounts(
             dst.display()
         ));
         mounts.push(MountStep::Bind {
-            recursive: src.is_dir(),
+            recursive: found.is_dir,
             src,
             dst,
             readonly: m.readonly,
@@ -365,8 +178,8 @@ fn check_glibc(inj: &Injection, image: &dyn ImageView, warnings: &mut Vec<String
 /// Environment edits after the image's: the site's edits, the injection's variables, the
 /// user's `--env` again (the user has the last word), then the injected directories first on
 /// LD_LIBRARY_PATH and PATH.
-pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, host: &HostInfo) {
-    let site = &host.site.env;
+pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, facts: &Gathered) {
+    let site = &facts.site.env;
     env.retain(|(k, _)| !site.unset.contains(k));
     for (k, v) in &site.set {
         set(env, k, v);
@@ -379,7 +192,7 @@ pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, host: &Ho
         let new = join(get(env, k), Some(v));
         set(env, k, &new);
     }
-    let inj = &host.injection;
+    let inj = &facts.injection;
     for (k, v) in &inj.env {
         set(env, k, v);
     }
@@ -423,26 +236,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn programs_skip_wrapper_scripts() {
-        let dir = std::env::temp_dir().join(format!("inj-prog-{}", std::process::id()));
-        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
-        for d in [&a, &b, &c] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(a.join("smi"), "#!/bin/sh\nexec /opt/drv/smi \"$@\"\n").unwrap();
-        std::fs::write(b.join("smi"), b"\x7fELF...").unwrap();
-        std::fs::write(c.join("only-script"), "#!/bin/sh\n").unwrap();
-        let dirs = [a.clone(), b.clone(), c.clone()];
-        assert_eq!(host_program("smi", &dirs), Some(b.join("smi")));
-        assert_eq!(
-            host_program("only-script", &dirs),
-            Some(c.join("only-script"))
-        );
-        assert_eq!(host_program("absent", &dirs), None);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
     fn joins() {
         assert_eq!(join(Some("/a"), Some("/b")), "/a:/b");
         assert_eq!(join(Some("/a"), None), "/a");
@@ -453,33 +246,47 @@ mod tests {
 #[cfg(test)]
 mod plan_tests {
     use super::*;
-    use crate::glibc_guard::GlibcVersion;
-    use crate::image_view::fake::FakeImage;
+    use crate::gather::host::HostInfo;
+    use crate::gather::site_config::SiteConfig;
+    use crate::image::view::fake::FakeImage;
+    use crate::linker::glibc_guard::GlibcVersion;
     use crate::options::Action;
     use crate::plan::{self, Plan};
 
     const HOST_LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
-    fn host(inj: Injection) -> HostInfo {
-        let tmp = std::env::temp_dir();
-        HostInfo {
+    fn facts(inj: Injection) -> Gathered {
+        let host = HostInfo {
             uid: 4242,
             gid: 4242,
-            groups: vec![],
             user: "alice".into(),
-            home: tmp.clone(),
+            home: "/home/alice".into(),
             shell: "/bin/sh".into(),
             gecos: String::new(),
-            cwd: tmp,
+            cwd: "/home/alice".into(),
             env: vec![("LD_LIBRARY_PATH".into(), "/host/lib".into())],
             group_names: vec![],
             existing_etc: vec![],
-            site: crate::site_config::SiteConfig::parse(
-                "env:\n  set: {SITE: 'yes'}\n  prepend: {LD_LIBRARY_PATH: /site/lib}\n  unset: [LD_PRELOAD]\n",
-                Path::new("site.yaml"),
-            )
-            .unwrap(),
+            pmix_dirs: vec![],
+        };
+        let site = SiteConfig::parse(
+            "env:\n  set: {SITE: 'yes'}\n  prepend: {LD_LIBRARY_PATH: /site/lib}\n  unset: [LD_PRELOAD]\n",
+            Path::new("site.yaml"),
+        )
+        .unwrap();
+        let paths = crate::gather::paths::typical_host(&[
+            (
+                "/etc/hostname-not-needed",
+                Some(("/etc/hostname-not-needed", false)),
+            ),
+            ("/bin/ls", Some(("/bin/ls", false))),
+            ("/dev/nvidia0", None),
+        ]);
+        Gathered {
+            host,
+            site,
             injection: inj,
+            paths,
         }
     }
 
@@ -526,7 +333,7 @@ mod plan_tests {
         let mut o = LaunchOptions::new("/images/t.sif".into(), Action::Exec(vec!["app".into()]));
         o.contain = contain;
         o.env = vec![("SITE".into(), "user-wins".into())];
-        plan::build(&o, &host(inj), img)
+        plan::build(&o, &facts(inj), img)
     }
 
     #[test]
@@ -554,7 +361,7 @@ mod plan_tests {
             .upper
             .iter()
             .any(|n| n.path == Path::new("/.launcher.d/libs/libcuda.so.1")
-                && n.kind == crate::mount_points::NodeKind::File));
+                && n.kind == crate::plan::mount_points::NodeKind::File));
         let env: std::collections::HashMap<_, _> = p.env.iter().cloned().collect();
         assert_eq!(
             env["LD_LIBRARY_PATH"],

@@ -5,7 +5,7 @@
 //! the server lists them as if the image had them: empty directories and files owned by the
 //! caller, under the image directories the plan found them missing from.
 
-use crate::mount_points::{NodeKind, UpperNode};
+use crate::plan::mount_points::{NodeKind, UpperNode};
 use image_tools::squashfs::{Archive, FileType};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -122,12 +122,9 @@ impl VirtualNodes {
         self.nodes.get(idx)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 }
 

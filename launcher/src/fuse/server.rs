@@ -6,7 +6,7 @@
 //! the image lacks are served as virtual nodes (`virtual_nodes`), with ids above any inode
 //! reference.
 
-use crate::virtual_nodes::{Parent, VirtualNodes};
+use crate::fuse::virtual_nodes::{Parent, VirtualNodes};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
@@ -67,7 +67,7 @@ pub struct ImageFs {
     readahead: u32,
     has_xattrs: bool,
     /// Where small files of listed directories are sent to be pushed into the page cache.
-    pusher: Option<crate::push::Pusher>,
+    pusher: Option<crate::fuse::push::Pusher>,
     virt: VirtualNodes,
     /// Owner of the virtual nodes: the caller.
     caller: (u32, u32),
@@ -190,7 +190,7 @@ impl ImageFs {
     }
 
     /// Push small files of listed directories into the page cache (see `push`).
-    pub fn with_pusher(mut self, pusher: crate::push::Pusher) -> ImageFs {
+    pub fn with_pusher(mut self, pusher: crate::fuse::push::Pusher) -> ImageFs {
         self.pusher = Some(pusher);
         self
     }
@@ -479,7 +479,7 @@ impl Filesystem for ImageFs {
             }
             off = 2;
         }
-        let mut small: crate::push::Batch = Vec::new();
+        let mut small: crate::fuse::push::Batch = Vec::new();
         let mut small_bytes = 0;
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             // Virtual nodes have no image inode (and nothing to push).
@@ -503,8 +503,8 @@ impl Filesystem for ImageFs {
             let Some(inode) = inode else { continue };
             if inode.kind == squashfs::FileType::File
                 && inode.size > 0
-                && inode.size <= crate::push::SMALL_FILE
-                && small_bytes + inode.size <= crate::push::BATCH_BYTES
+                && inode.size <= crate::fuse::push::SMALL_FILE
+                && small_bytes + inode.size <= crate::fuse::push::BATCH_BYTES
             {
                 small_bytes += inode.size;
                 small.push((attr.ino, inode));
@@ -512,7 +512,7 @@ impl Filesystem for ImageFs {
         }
         reply.ok();
         if let (Some(p), false) = (&self.pusher, small.is_empty()) {
-            p.offer(crate::push::Kind::Listed, small);
+            p.offer(crate::fuse::push::Kind::Listed, small);
         }
     }
 

@@ -1,6 +1,6 @@
 //! Generated /etc/passwd and /etc/group: the image's entries plus the caller's.
 
-use crate::host::HostInfo;
+use crate::gather::host::HostInfo;
 use std::path::Path;
 
 /// The image's passwd with the caller's entry added (replacing an entry with the same name or uid).
@@ -59,7 +59,6 @@ mod tests {
         HostInfo {
             uid: 4242,
             gid: 4242,
-            groups: vec![100],
             user: "alice".into(),
             home: "/home/alice".into(),
             shell: "/bin/bash".into(),
@@ -67,8 +66,7 @@ mod tests {
             cwd: "/home/alice".into(),
             env: vec![],
             group_names: vec![(4242, "alice".into()), (100, "users".into())],
-            site: Default::default(),
-            injection: Default::default(),
+            pmix_dirs: vec![],
             existing_etc: vec![],
         }
     }

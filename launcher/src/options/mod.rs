@@ -1,7 +1,12 @@
-//! What the user asked for, after command-line parsing and before anything is resolved.
+//! Stage 1, options: what the user asked for, after command-line parsing and before anything
+//! is resolved (bind specs are parsed here; their sources are looked up by `gather`).
 
-use crate::bind::BindSpec;
-use std::path::PathBuf;
+pub mod bind;
+pub mod env_args;
+
+use anyhow::{bail, Result};
+use bind::BindSpec;
+use std::path::{Component, Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -81,5 +86,41 @@ impl LaunchOptions {
             no_mpi: false,
             share: true,
         }
+    }
+}
+
+/// Lexically clean an absolute container path: no `.`, `..` clamped at `/`.
+pub fn clean_abs(p: &Path) -> Result<PathBuf> {
+    if !p.is_absolute() {
+        bail!("'{}' is not an absolute path", p.display());
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_paths() {
+        assert_eq!(
+            clean_abs(Path::new("/a/./b/../c/")).unwrap(),
+            PathBuf::from("/a/c")
+        );
+        assert_eq!(
+            clean_abs(Path::new("/../../etc")).unwrap(),
+            PathBuf::from("/etc")
+        );
+        assert!(clean_abs(Path::new("rel")).is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! versions the image's `libc.so.6` defines (`.gnu.version_d`) and refuse up front, naming
 //! both.
 
-use crate::image_view::ImageView;
+use crate::image::view::ImageView;
 use anyhow::{Context, Result};
 use std::fmt;
 use std::path::Path;
@@ -78,7 +78,7 @@ pub fn needs_of_file(path: &Path) -> Result<GlibcNeeds> {
 
 /// The glibc versions an ELF image needs (none for a static or non-glibc file).
 pub fn needs_of(bytes: &[u8]) -> Result<GlibcNeeds> {
-    let elf = crate::elf_dyn::parse(bytes).context("not an ELF file")?;
+    let elf = crate::linker::elf_dyn::parse(bytes).context("not an ELF file")?;
     Ok(needs_of_names(&elf.version_needs))
 }
 
@@ -97,7 +97,7 @@ pub fn needs_of_names(names: &[&str]) -> GlibcNeeds {
 
 /// The versions a libc.so.6 defines.
 pub fn defined_by(bytes: &[u8]) -> Result<(Option<GlibcVersion>, Vec<String>)> {
-    let elf = crate::elf_dyn::parse(bytes).context("not an ELF file")?;
+    let elf = crate::linker::elf_dyn::parse(bytes).context("not an ELF file")?;
     let mut newest = None;
     let mut named = Vec::new();
     for name in elf.version_defs {
@@ -138,9 +138,10 @@ pub fn image_glibc(image: &dyn ImageView) -> Result<Option<ImageGlibc>> {
             continue;
         };
         // Only its headers and version sections: 2 or 3 of a 2 MB libc's blocks.
-        let bytes =
-            crate::elf_dyn::sparse_copy(size, &mut |off, buf| image.read_at(&path, off, buf))
-                .with_context(|| format!("reading the image's {path}"))?;
+        let bytes = crate::linker::elf_dyn::sparse_copy(size, &mut |off, buf| {
+            image.read_at(&path, off, buf)
+        })
+        .with_context(|| format!("reading the image's {path}"))?;
         let (newest, named) =
             defined_by(&bytes).with_context(|| format!("reading the image's {path}"))?;
         if let Some(newest) = newest {

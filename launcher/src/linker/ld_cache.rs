@@ -53,7 +53,7 @@ pub struct LdCache {
 impl LdCache {
     pub fn read(path: &Path) -> Result<LdCache> {
         // Real caches are a few hundred KiB.
-        let bytes = crate::host::read_host_file(path, 64 << 20)
+        let bytes = crate::host_file::read_host_file(path, 64 << 20)
             .with_context(|| format!("reading the ld.so cache {}", path.display()))?;
         LdCache::parse(&bytes).with_context(|| format!("ld.so cache {}", path.display()))
     }

@@ -1,0 +1,172 @@
+//! Stage 3, plan: everything a launch will do, as plain data (mounts, generated files,
+//! environment, argv), decided from the options, the gathered facts and the image; `--debug`
+//! prints it.
+//!
+//! `build` is pure: it takes the options, the host facts and a read-only view of the image and
+//! decides the mount table, generated files, environment, working directory and argv. `apply`
+//! only carries the plan out. `--debug` prints it.
+
+mod build;
+pub mod environment;
+pub mod etc_files;
+pub mod integration;
+pub mod mount_points;
+pub mod path_search;
+pub mod scheduler;
+pub mod step;
+
+pub use build::build;
+pub use step::MountStep;
+
+use crate::image::view::ImageDesc;
+use crate::plan::mount_points::UpperNode;
+use serde::Serialize;
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub image: ImageDesc,
+    pub uid: u32,
+    pub gid: u32,
+    /// `--writable-tmpfs`: the root stays writable (changes vanish at exit).
+    pub writable_root: bool,
+    pub mounts: Vec<MountStep>,
+    /// Mount points the image lacks. A read-only root: the FUSE server shows them as virtual
+    /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
+    /// the overlay's upper layer before it is mounted.
+    pub upper: Vec<UpperNode>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// Working directories to try if `cwd` turns out not to exist (home, then /).
+    pub cwd_fallbacks: Vec<PathBuf>,
+    pub argv: Vec<String>,
+    /// The program inside the image that argv[0] names (PATH searched), read ahead at start-up.
+    pub program: Option<String>,
+    /// Site config and host integration (GPU, CDI): what was brought in, for --debug.
+    pub injected: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn needs_overlay(&self) -> bool {
+        self.writable_root
+    }
+
+    /// Files the FUSE server shows in place of (or in addition to) the image's.
+    pub fn served_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        self.mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountStep::File {
+                    content,
+                    served_at: Some(at),
+                    ..
+                } => Some((at.clone(), content.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan:")?;
+        writeln!(
+            f,
+            "  image: {} ({}, SquashFS at offset {}, {} bytes)",
+            self.image.path.display(),
+            self.image.format,
+            self.image.squashfs_offset,
+            self.image.file_size
+        )?;
+        writeln!(
+            f,
+            "  identity: uid {} gid {} (mapped to themselves)",
+            self.uid, self.gid
+        )?;
+        writeln!(
+            f,
+            "  root: image via FUSE{}, {}",
+            if self.needs_overlay() {
+                " + overlay on tmpfs"
+            } else {
+                ""
+            },
+            if self.writable_root {
+                "writable (--writable-tmpfs, discarded at exit)"
+            } else {
+                "read-only"
+            }
+        )?;
+        for n in &self.upper {
+            writeln!(
+                f,
+                "    create {:?} {} (mode {:o})",
+                n.kind,
+                n.path.display(),
+                n.mode
+            )?;
+        }
+        writeln!(f, "  mounts:")?;
+        for m in &self.mounts {
+            match m {
+                MountStep::Bind {
+                    src,
+                    dst,
+                    readonly,
+                    recursive,
+                } => writeln!(
+                    f,
+                    "    {:<6} {} -> {}{}",
+                    if *recursive { "rbind" } else { "bind" },
+                    src.display(),
+                    dst.display(),
+                    if *readonly { " (ro)" } else { "" }
+                )?,
+                MountStep::Tmpfs { dst, mode } => {
+                    writeln!(f, "    tmpfs  {} (mode {:o})", dst.display(), mode)?
+                }
+                MountStep::File {
+                    dst,
+                    content,
+                    served_at,
+                } => writeln!(
+                    f,
+                    "    file   {} ({} bytes, ro, {})",
+                    dst.display(),
+                    content.len(),
+                    match served_at {
+                        Some(p) => format!("served by the image server at {}", p.display()),
+                        None => "bound".to_string(),
+                    }
+                )?,
+                MountStep::Symlink { dst, target } => {
+                    writeln!(f, "    link   {} -> {}", dst.display(), target.display())?
+                }
+            }
+        }
+        writeln!(f, "  cwd: {}", self.cwd.display())?;
+        writeln!(f, "  argv: {:?}", self.argv)?;
+        if let Some(p) = &self.program {
+            writeln!(
+                f,
+                "  program in the image: {p} (read ahead while the root is built)"
+            )?;
+        }
+        if !self.injected.is_empty() {
+            writeln!(f, "  host integration:")?;
+            for line in &self.injected {
+                writeln!(f, "    {line}")?;
+            }
+        }
+        writeln!(f, "  env:")?;
+        for (k, v) in &self.env {
+            writeln!(f, "    {k}={v}")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        Ok(())
+    }
+}
