@@ -1,8 +1,18 @@
 //! Image formats used by the launcher: SIF containers and SquashFS file systems.
+//!
+//! Reading (`sif`, `squashfs`, `oci_config`, `sif_image`'s verify) needs only the decompressors;
+//! making images (`build`, `oci` staging, `registry` pulls, `tree`, `squashfs::write`) is the
+//! `build` feature, on by default, which brings the HTTP client, TLS, tar and the tree walker.
+//! The launcher's runtime turns it off: a launch compiles and links no HTTP stack.
+#[cfg(feature = "build")]
 pub mod build;
+#[cfg(feature = "build")]
 pub mod oci;
+pub mod oci_config;
+#[cfg(feature = "build")]
 pub mod registry;
 pub mod sif;
 pub mod sif_image;
 pub mod squashfs;
+#[cfg(feature = "build")]
 pub mod tree;

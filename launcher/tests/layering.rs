@@ -9,14 +9,23 @@ use std::path::{Path, PathBuf};
 /// What each top-level module of the crate may import (besides itself).
 fn allowed(module: &str) -> &'static [&'static str] {
     match module {
-        "debug" | "host_file" | "options" | "image" => &[],
+        "debug" | "host_file" | "env_list" | "options" | "image" => &[],
         "linker" => &["image", "host_file"],
-        "gather" => &["options", "image", "linker", "host_file", "debug"],
-        "plan" => &["options", "gather", "image", "linker", "debug"],
+        "gather" => &[
+            "options",
+            "image",
+            "linker",
+            "host_file",
+            "env_list",
+            "debug",
+        ],
+        "plan" => &["options", "gather", "image", "linker", "env_list", "debug"],
         "fuse" => &["plan", "image", "debug"],
-        "apply" => &["options", "plan", "fuse", "image", "linker", "debug"],
+        "apply" => &[
+            "options", "plan", "fuse", "image", "linker", "env_list", "debug",
+        ],
         "launch" => &[
-            "options", "gather", "plan", "apply", "image", "fuse", "linker", "debug",
+            "options", "gather", "plan", "apply", "image", "fuse", "linker", "env_list", "debug",
         ],
         "lib" => &[
             "options",
@@ -28,6 +37,7 @@ fn allowed(module: &str) -> &'static [&'static str] {
             "linker",
             "debug",
             "host_file",
+            "env_list",
             "launch",
         ],
         other => panic!(

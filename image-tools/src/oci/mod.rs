@@ -22,15 +22,13 @@ mod error;
 mod image;
 mod unpack;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
+pub use crate::oci_config::ImageConfig;
 pub use error::{Error, Result};
 pub(crate) use image::Descriptor;
 pub use image::Platform;
@@ -106,59 +104,6 @@ impl fmt::Display for Source {
                 dir,
                 reference: Some(r),
             } => write!(f, "oci:{}:{r}", dir.display()),
-        }
-    }
-}
-
-/// The parts of the image config the launcher uses, plus the whole document.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ImageConfig {
-    pub env: Vec<String>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub working_dir: Option<String>,
-    pub user: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub architecture: String,
-    pub os: String,
-    /// The whole config JSON.
-    pub raw: Value,
-}
-
-impl ImageConfig {
-    /// Reads an OCI / Docker image config (the run settings live under "config").
-    pub fn from_json(raw: Value) -> ImageConfig {
-        let c = raw.get("config").cloned().unwrap_or(Value::Null);
-        let list = |k: &str| match c.get(k) {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect(),
-            Some(Value::String(s)) => vec![s.clone()],
-            _ => Vec::new(),
-        };
-        let string = |v: Option<&Value>| {
-            v.and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-        };
-        let labels = match c.get("Labels") {
-            Some(Value::Object(m)) => m
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
-        ImageConfig {
-            env: list("Env"),
-            entrypoint: list("Entrypoint"),
-            cmd: list("Cmd"),
-            working_dir: string(c.get("WorkingDir")),
-            user: string(c.get("User")),
-            labels,
-            architecture: string(raw.get("architecture")).unwrap_or_default(),
-            os: string(raw.get("os")).unwrap_or_default(),
-            raw,
         }
     }
 }

@@ -14,6 +14,7 @@ mod file;
 mod inode;
 mod metadata;
 mod superblock;
+#[cfg(feature = "build")]
 pub mod write;
 mod xattr;
 

@@ -34,12 +34,7 @@ use std::path::{Path, PathBuf};
 /// The job step that ranks of one launch share, from the variables their launcher sets.
 /// None: not under a parallel launcher, so nothing to share. `parent`: our parent process.
 pub fn job_step(env: &[(String, String)], parent: i32) -> Option<String> {
-    let get = |key: &str| {
-        env.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |key: &str| crate::env_list::get_nonempty(env, key);
     // Slurm's pmix plugin and Open MPI's mpirun both name the job in PMIX_NAMESPACE, unique
     // per step (a batch script's own environment has SLURM_JOB_ID but no step).
     if let Some(ns) = get("PMIX_NAMESPACE") {

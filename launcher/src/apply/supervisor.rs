@@ -657,12 +657,7 @@ fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    let path = plan
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
+    let path = crate::env_list::get(&plan.env, "PATH").unwrap_or("");
     bail!("command '{name}' not found in the container (PATH={path})")
 }
 

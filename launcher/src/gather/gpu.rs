@@ -212,7 +212,7 @@ fn add_vendor(
             missing.join(" ")
         ));
     }
-    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let lookup = |k: &str| crate::env_list::get(env, k);
     let bin_dirs = cfg
         .binary_paths
         .clone()

@@ -38,11 +38,8 @@ impl HostInfo {
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        let env_home = env
-            .iter()
-            .find(|(k, _)| k == "HOME")
-            .map(|(_, v)| v.clone());
-        let home = match (&env_home, &user) {
+        let env_home = crate::env_list::get(&env, "HOME");
+        let home = match (env_home, &user) {
             (Some(h), _) if h.starts_with('/') => PathBuf::from(h),
             (_, Some(u)) => u.dir.clone(),
             _ => PathBuf::from("/"),
@@ -50,11 +47,7 @@ impl HostInfo {
         let name = user
             .as_ref()
             .map(|u| u.name.clone())
-            .or_else(|| {
-                env.iter()
-                    .find(|(k, _)| k == "USER")
-                    .map(|(_, v)| v.clone())
-            })
+            .or_else(|| crate::env_list::get(&env, "USER").map(str::to_string))
             .unwrap_or_else(|| format!("uid{}", uid.as_raw()));
         let groups: Vec<u32> = nix::unistd::getgroups()
             .context("reading the caller's supplementary groups")?
@@ -100,10 +93,7 @@ impl HostInfo {
     }
 
     pub fn env_var(&self, key: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        crate::env_list::get(&self.env, key)
     }
 }
 

@@ -101,7 +101,7 @@ pub struct HostPaths {
 impl SiteConfig {
     /// Load the system file then the user's file; a missing file is no error.
     pub fn load(env: &[(String, String)], home: &Path) -> Result<SiteConfig> {
-        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| crate::env_list::get(env, k);
         let system = match get(CONFIG_ENV) {
             Some("") => None,
             Some(p) => Some(PathBuf::from(p)),

@@ -63,7 +63,12 @@ pub fn report(path: &Path) -> Result<Value> {
         r["runscript"] = json!(String::from_utf8_lossy(&text));
     }
     if let Some(oci) = image.oci_config() {
-        r["oci_config"] = serde_json::to_value(oci)?;
+        r["oci_config"] = json!({
+            "env": oci.env,
+            "entrypoint": oci.entrypoint,
+            "cmd": oci.cmd,
+            "working_dir": oci.working_dir,
+        });
     }
     Ok(r)
 }

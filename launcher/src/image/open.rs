@@ -91,7 +91,7 @@ fn sif_oci_config(s: &SifFile, file: &File) -> Option<OciConfig> {
     if d.size > 16 << 20 {
         return None;
     }
-    OciConfig::from_json(&s.read_object(file, d).ok()?)
+    OciConfig::from_slice(&s.read_object(file, d).ok()?)
 }
 
 impl ImageView for Image {

@@ -22,42 +22,8 @@ pub enum Entry {
     Other,
 }
 
-/// The parts of an OCI image config that a launch uses.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct OciConfig {
-    pub env: Vec<String>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub working_dir: Option<String>,
-}
-
-impl OciConfig {
-    /// Parse the `config` part of an OCI image config (or the bare object Apptainer stores).
-    pub fn from_json(bytes: &[u8]) -> Option<OciConfig> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        let c = v.get("config").unwrap_or(&v);
-        let strings = |key: &str| -> Vec<String> {
-            c.get(key)
-                .and_then(|x| x.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Some(OciConfig {
-            env: strings("Env"),
-            entrypoint: strings("Entrypoint"),
-            cmd: strings("Cmd"),
-            working_dir: c
-                .get("WorkingDir")
-                .and_then(|s| s.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-        })
-    }
-}
+/// The image's OCI config (entrypoint, cmd, env, working directory): image-tools' parser.
+pub use image_tools::oci_config::ImageConfig as OciConfig;
 
 /// Identity of the image file and where its SquashFS starts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -175,24 +141,5 @@ pub mod fake {
         fn oci_config(&self) -> Option<&OciConfig> {
             self.oci.as_ref()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oci_config_forms() {
-        let bare = br#"{"Env":["PATH=/bin"],"Cmd":["sh"]}"#;
-        let c = OciConfig::from_json(bare).unwrap();
-        assert_eq!(c.env, vec!["PATH=/bin"]);
-        assert_eq!(c.cmd, vec!["sh"]);
-        let full =
-            br#"{"architecture":"amd64","config":{"Entrypoint":["/app"],"WorkingDir":"/w"}}"#;
-        let c = OciConfig::from_json(full).unwrap();
-        assert_eq!(c.entrypoint, vec!["/app"]);
-        assert_eq!(c.working_dir.as_deref(), Some("/w"));
-        assert!(OciConfig::from_json(b"not json").is_none());
     }
 }

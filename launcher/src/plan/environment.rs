@@ -2,6 +2,7 @@
 //!
 //! docs/environment.md describes the rules; the unit tests below pin them.
 
+use crate::env_list;
 use crate::options::env_args::{unquote, valid_name};
 
 /// PATH used when neither the image nor the user sets one: the host's PATH names host
@@ -37,16 +38,10 @@ struct Env(Vec<(String, String)>);
 
 impl Env {
     fn set(&mut self, k: &str, v: &str) {
-        match self.0.iter_mut().find(|(key, _)| key == k) {
-            Some(slot) => slot.1 = v.to_string(),
-            None => self.0.push((k.to_string(), v.to_string())),
-        }
+        env_list::set(&mut self.0, k, v);
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
+        env_list::get(&self.0, k)
     }
 }
 
@@ -186,11 +181,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
-    fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
-        env.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    }
+    use crate::env_list::get;
 
     #[test]
     fn precedence_host_image_user() {

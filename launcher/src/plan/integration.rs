@@ -2,6 +2,7 @@
 //! the gathered injection (GPU, CDI, MPI) as mount steps and environment edits, after the
 //! glibc guard has accepted every injected file.
 
+use crate::env_list::{get_nonempty as get, set};
 use crate::gather::injection::{HostBind, HostFile, Injection, BIN_DIR, LIB_DIR};
 use crate::gather::Gathered;
 use crate::image::view::ImageView;
@@ -206,20 +207,6 @@ pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, facts: &G
     if !inj.bins.is_empty() {
         let new = join(Some(BIN_DIR), get(env, "PATH"));
         set(env, "PATH", &new);
-    }
-}
-
-fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    env.iter()
-        .find(|(n, _)| n == k)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.is_empty())
-}
-
-fn set(env: &mut Vec<(String, String)>, k: &str, v: &str) {
-    match env.iter_mut().find(|(n, _)| n == k) {
-        Some(slot) => slot.1 = v.to_string(),
-        None => env.push((k.to_string(), v.to_string())),
     }
 }
 

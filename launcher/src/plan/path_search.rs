@@ -9,12 +9,9 @@ pub fn candidates<'a>(
     name: &'a str,
     env: &'a [(String, String)],
 ) -> impl Iterator<Item = PathBuf> + 'a {
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    path.split(':')
+    crate::env_list::get(env, "PATH")
+        .unwrap_or("")
+        .split(':')
         .filter(|d| !d.is_empty())
         .map(move |d| PathBuf::from(d).join(name))
 }

@@ -1,0 +1,37 @@
+//! The one environment type: `NAME=VALUE` pairs in order, a name at most once, as the host gave
+//! them and as the command will get them. Every look-up and assignment goes through here.
+
+/// The value of `key`, if set (possibly empty).
+pub fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The value of `key` when set and not empty: how PATH-like and scheduler variables are read.
+pub fn get_nonempty<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    get(env, key).filter(|v| !v.is_empty())
+}
+
+/// Set `key` to `value`, in place if it is set already, else at the end.
+pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_replaces_in_place() {
+        let mut env = vec![("A".to_string(), "1".to_string())];
+        set(&mut env, "B", "");
+        set(&mut env, "A", "2");
+        assert_eq!(get(&env, "A"), Some("2"));
+        assert_eq!(env[0].0, "A", "order kept");
+        assert_eq!(get(&env, "B"), Some(""));
+        assert_eq!(get_nonempty(&env, "B"), None);
+        assert_eq!(get(&env, "C"), None);
+    }
+}
