@@ -155,7 +155,7 @@ pub fn enter(sys: &dyn Syscalls, layout: &Layout) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::syscalls::Recorder;
+    use crate::apply::syscalls::{assert_in_order, mount_call, Call, Recorder};
     use crate::image::view::ImageDesc;
 
     fn plan(mounts: Vec<MountStep>, writable: bool) -> Plan {
@@ -221,32 +221,52 @@ mod tests {
         assemble(&rec, &p, &Layout::in_staging()).unwrap();
         enter(&rec, &Layout::in_staging()).unwrap();
         let calls = rec.calls.into_inner();
-        let text = calls.join("\n");
-        let expect = [
-            // Read-only: the image itself is the root; missing mount points are virtual nodes.
-            "mount /image /newroot - MsFlags(MS_BIND) -",
-            "mount /oldroot/proc /newroot/proc - MsFlags(MS_BIND | MS_REC) -",
-            "mount /oldroot/srv/data /newroot/data - MsFlags(MS_BIND | MS_REC) -",
-            "readonly /newroot/data recursive=true",
-            "mount tmpfs /newroot/tmp tmpfs MsFlags(MS_NOSUID | MS_NODEV) mode=1777",
-            "write /files/3 (2 bytes)",
-            "mount /files/3 /newroot/etc/passwd - MsFlags(MS_BIND) -",
-            "readonly /newroot/etc/passwd recursive=false",
-            "symlink /newroot/dev/fd -> /proc/self/fd",
-            "readonly /newroot recursive=false",
-            "pivot_root . .",
-            "umount .",
-            "chdir /",
-        ];
-        let mut pos = 0;
-        for e in expect {
-            let found = calls[pos..].iter().position(|c| c == e);
-            assert!(
-                found.is_some(),
-                "expected '{e}' after call {pos} in:\n{text}"
-            );
-            pos += found.unwrap() + 1;
-        }
+        let bind = MsFlags::MS_BIND;
+        let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        let readonly = |target: &str, recursive| Call::MakeReadonly {
+            target: target.into(),
+            recursive,
+        };
+        assert_in_order(
+            &calls,
+            &[
+                // Read-only: the image itself is the root; missing mount points are virtual nodes.
+                mount_call(Some("/image"), "/newroot", None, bind, None),
+                mount_call(Some("/oldroot/proc"), "/newroot/proc", None, rbind, None),
+                mount_call(
+                    Some("/oldroot/srv/data"),
+                    "/newroot/data",
+                    None,
+                    rbind,
+                    None,
+                ),
+                readonly("/newroot/data", true),
+                mount_call(
+                    Some("tmpfs"),
+                    "/newroot/tmp",
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=1777"),
+                ),
+                Call::WriteFile {
+                    path: "/files/3".into(),
+                    len: 2,
+                },
+                mount_call(Some("/files/3"), "/newroot/etc/passwd", None, bind, None),
+                readonly("/newroot/etc/passwd", false),
+                Call::Symlink {
+                    target: "/proc/self/fd".into(),
+                    link: "/newroot/dev/fd".into(),
+                },
+                readonly("/newroot", false),
+                Call::PivotRoot {
+                    new_root: ".".into(),
+                    put_old: ".".into(),
+                },
+                Call::UmountDetach(".".into()),
+                Call::Chdir("/".into()),
+            ],
+        );
     }
 
     #[test]
@@ -254,15 +274,25 @@ mod tests {
         let rec = Recorder::default();
         assemble(&rec, &plan(vec![], true), &Layout::in_staging()).unwrap();
         let calls = rec.calls.borrow();
-        assert!(!calls.iter().any(|c| c.starts_with("readonly /newroot")));
+        assert!(!calls.iter().any(
+            |c| matches!(c, Call::MakeReadonly { target, .. } if target.starts_with("/newroot"))
+        ));
         // The overlay's upper layer gets the missing mount points first.
         let mkdir = calls
             .iter()
-            .position(|c| c == "mkdir /rw/upper/data 755")
+            .position(|c| {
+                *c == Call::Mkdir {
+                    path: "/rw/upper/data".into(),
+                    mode: 0o755,
+                }
+            })
             .unwrap();
         let overlay = calls
             .iter()
-            .position(|c| c.starts_with("mount overlay /newroot overlay"))
+            .position(|c| {
+                matches!(c, Call::Mount { src: Some(s), target, fstype: Some(t), .. }
+                    if s == Path::new("overlay") && target == Path::new("/newroot") && t == "overlay")
+            })
             .unwrap();
         assert!(mkdir < overlay, "{calls:?}");
     }

@@ -1,5 +1,6 @@
 //! Apply a plan: the child that creates the namespaces, mounts the image and becomes the
-//! command, and the parent that serves the image and supervises the child until it exits.
+//! command (`child`), and the launcher that serves the image and supervises the child until it
+//! exits (`supervise`); or, for a rank of a shared instance, leading or joining it.
 //!
 //! Order matters and is dictated by the kernel:
 //! 1. the parent blocks the signals it forwards and starts reading the command's program
@@ -14,50 +15,26 @@
 //!    exits with its status. The server stays in the host's namespaces: pivot_root cannot
 //!    move it, and the child's mount namespace is the only one.
 
-use crate::apply::rootfs::{self, Layout};
+use crate::apply::channel::{Channel, Message};
+use crate::apply::child::{self, Then};
 use crate::apply::share::{self, Role};
-use crate::apply::syscalls::{Real, Syscalls};
+use crate::apply::supervise::{
+    failed_child_status, finish_failed_start, kill_leftovers, prepare_supervision, supervise,
+};
+use crate::apply::syscalls::Real;
 use crate::debug;
 use crate::fuse::push::{Batch, Kind, Pusher};
 use crate::fuse::server::ImageFs;
 use crate::plan::Plan;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use image_tools::squashfs::Archive;
 use nix::fcntl::OFlag;
-use nix::mount::MsFlags;
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::waitpid;
 use nix::unistd::{fork, getpid, ForkResult, Pid};
-use std::ffi::CString;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-
-/// Signals passed on to the command.
-const FORWARDED: &[Signal] = &[
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGCONT,
-    Signal::SIGTSTP,
-    Signal::SIGWINCH,
-    Signal::SIGALRM,
-];
-
-/// Where the staging tmpfs may be mounted in the child's mount namespace. The child pivots
-/// into it, which uncovers the host's directory again under /oldroot.
-const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt"];
 
 pub struct LaunchSettings {
     pub fuse_threads: usize,
@@ -81,14 +58,6 @@ pub fn launch(
     }
 }
 
-/// What the child that creates the instance does once the root is built.
-enum Then<'a> {
-    /// Become the command (a private instance).
-    Exec(&'a SigSet),
-    /// Stay in the root, holding the namespaces for the ranks of a shared instance.
-    Keep,
-}
-
 /// A private instance, or the leader of a shared one.
 fn serve(
     plan: &Plan,
@@ -106,13 +75,7 @@ fn serve(
             settings.fuse_push.then(|| pusher.clone()),
         );
     }
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .context("socketpair")?;
+    let (ours, theirs) = Channel::pair()?;
     let parent = getpid();
     let then = match leader {
         None => Then::Exec(&old_mask),
@@ -123,12 +86,18 @@ fn serve(
     let child = match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             drop(ours);
-            child_exit(create_instance(plan, parent, theirs, then))
+            child::exit(child::create_instance(
+                &Real::new(),
+                plan,
+                parent,
+                theirs,
+                then,
+            ))
         }
         ForkResult::Parent { child } => child,
     };
     drop(theirs);
-    let Some(fuse_fd) = receive_fd(&ours)? else {
+    let Some(fuse_fd) = ours.recv_fd()? else {
         // The child said why on stderr.
         return finish_failed_start(child);
     };
@@ -159,102 +128,18 @@ fn serve(
     code
 }
 
-/// The child's half of the start: namespaces, the image mounted, the descriptor handed over,
-/// then the root. Returns only on error.
-fn create_instance(plan: &Plan, parent: Pid, sock: OwnedFd, then: Then) -> anyhow::Error {
-    let staging = match mount_image(plan, parent, &sock) {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
-    if let Err(e) = build_root(plan, &staging) {
-        return e;
-    }
-    match then {
-        Then::Exec(old_mask) => match prepare_exec(plan) {
-            Ok(program) => {
-                end_stores(&sock);
-                let _ = old_mask.thread_set_mask();
-                exec(&program, plan)
-            }
-            Err(e) => e,
-        },
-        Then::Keep => keep(sock),
-    }
-}
-
-/// In the child, right before the exec: tells the launcher, and waits until it has stopped
-/// storing pages into the page cache (no store may wait on a READ of the command's: push.rs).
-fn end_stores(sock: &OwnedFd) {
-    if nix::unistd::write(sock, b"x").is_ok() {
-        let mut ack = [0u8; 1];
-        let _ = nix::unistd::read(sock, &mut ack);
-    }
-    debug::step("child: page pushes ended");
-}
-
 /// In the parent of a private instance: ends the pushes when the child says it is about to
 /// exec (or is gone), and says so.
-fn end_stores_on_request(sock: OwnedFd, pusher: Pusher) {
+fn end_stores_on_request(chan: Channel, pusher: Pusher) {
     let _ = std::thread::Builder::new()
         .name("end-stores".into())
         .spawn(move || {
-            let mut byte = [0u8; 1];
-            let asked = matches!(nix::unistd::read(&sock, &mut byte), Ok(1));
+            let asked = chan.recv_is(Message::AboutToExec);
             pusher.close();
             if asked {
-                let _ = nix::unistd::write(&sock, b"k");
+                let _ = chan.send(Message::StoresEnded);
             }
         });
-}
-
-/// In the child: new user and mount namespaces, the staging tmpfs, the image mounted with
-/// FUSE, and the /dev/fuse descriptor sent to the parent. Returns the staging directory.
-fn mount_image(plan: &Plan, parent: Pid, sock: &OwnedFd) -> Result<PathBuf> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-    if nix::unistd::getppid() != parent {
-        bail!("the launcher exited during start-up");
-    }
-    enter_user_namespace(plan.uid, plan.gid)?;
-    debug::step("child: user and mount namespaces entered");
-    let sys = Real {
-        proc_dir: "/proc".into(),
-    };
-    sys.mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )
-    .context("making the mount namespace private")?;
-    let staging = mount_staging(&sys)?;
-    for d in ["image", "oldroot"] {
-        sys.mkdir(&staging.join(d), 0o755)?;
-    }
-    let fuse_fd = open_dev_fuse()?;
-    let data = format!(
-        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
-        fuse_fd.as_raw_fd(),
-        plan.uid,
-        plan.gid
-    );
-    sys.mount(
-        Some(&plan.image.path),
-        &staging.join("image"),
-        Some("fuse.launcher"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&data),
-    )
-    .context("mounting the image with FUSE")?;
-    send_fd(sock, fuse_fd.as_raw_fd()).context("handing the FUSE connection to the launcher")?;
-    // Our copy goes at once: a child that kept one and waited on a FUSE request when the
-    // launcher was killed would stay in D state forever, holding the connection it waits on.
-    drop(fuse_fd);
-    debug::step(format_args!(
-        "child: image mounted with FUSE (staging at {})",
-        staging.display()
-    ));
-    Ok(staging)
 }
 
 /// In the parent: the FUSE handshake on the child's descriptor, then worker threads, the
@@ -301,97 +186,18 @@ fn start_server(
     Ok(server)
 }
 
-fn send_fd(sock: &OwnedFd, fd: RawFd) -> Result<()> {
-    let fds = [fd];
-    let iov = [IoSlice::new(b"f")];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )?;
-    Ok(())
-}
-
-/// The descriptor the child sent, or None when it closed the socket without one (it failed).
-fn receive_fd(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(RawFd);
-    let msg = loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other.context("receiving the FUSE connection from the child")?,
-        }
-    };
-    for cmsg in msg.cmsgs().context("reading the child's message")? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor for us; nobody else owns it.
-                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The child failed before the image was served and printed why: reap it and leave with its
-/// status (255 for the launcher's own errors).
-fn finish_failed_start(child: Pid) -> Result<i32> {
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
-            Err(e) => return Err(anyhow!("waitpid: {e}")),
-        }
-    }
-}
-
-/// The status of a child that has already failed, if it has.
-fn failed_child_status(child: Pid) -> Option<i32> {
-    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::Exited(_, code)) if code != 0 => Some(code),
-        Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
-        _ => None,
-    }
-}
-
-/// Block the signals we forward (and SIGCHLD) and become the subreaper of the command's
-/// orphans, so none outlives the launcher. Returns the set waited for and the old mask.
-fn prepare_supervision() -> Result<(SigSet, SigSet)> {
-    let mut forwarded = SigSet::empty();
-    for s in FORWARDED {
-        forwarded.add(*s);
-    }
-    forwarded.add(Signal::SIGCHLD);
-    let old_mask = forwarded
-        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-        .context("blocking signals")?;
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    Ok((forwarded, old_mask))
-}
-
 /// The leader of a shared instance: its child (the keeper) built the root and stays in it, so
 /// the namespaces outlive any one rank; this rank's command enters them like any other rank's.
 fn lead(
     plan: &Plan,
     keeper: Pid,
-    sock: &OwnedFd,
+    chan: &Channel,
     pusher: &Pusher,
     mut leader: share::Leader,
     forwarded: &SigSet,
     old_mask: &SigSet,
 ) -> Result<i32> {
-    let mut byte = [0u8; 1];
-    let ready = matches!(nix::unistd::read(sock, &mut byte), Ok(1));
+    let ready = chan.recv_is(Message::RootReady);
     // Before any rank's command can read a file (push.rs).
     pusher.close();
     if !ready {
@@ -428,21 +234,6 @@ fn lead(
     Ok(code)
 }
 
-/// The keeper: says the root is ready, then waits to be killed.
-fn keep(sock: OwnedFd) -> anyhow::Error {
-    let _ = nix::sys::prctl::set_name(c"launcher-keep");
-    if let Err(e) = nix::unistd::write(&sock, b"r") {
-        return anyhow!("telling the launcher the root is ready: {e}");
-    }
-    // Keep nothing of the launcher's open files.
-    // SAFETY: no fd is used after this point.
-    unsafe { libc::close_range(3, u32::MAX, 0) };
-    loop {
-        // SAFETY: pause has no preconditions; SIGKILL ends it.
-        unsafe { libc::pause() };
-    }
-}
-
 /// A rank that joins a running shared instance: no mount at all.
 fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
     let (forwarded, old_mask) = prepare_supervision()?;
@@ -472,28 +263,14 @@ fn run_in_instance(
     // SAFETY: the child execs or exits; it takes no lock another thread may hold but
     // malloc's, which glibc makes safe across fork.
     match unsafe { fork() }.context("fork")? {
-        ForkResult::Child => {
-            let setup = || -> Result<PathBuf> {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-                if nix::unistd::getppid() != parent {
-                    bail!("the launcher exited during start-up");
-                }
-                nix::sched::setns(user_ns, CloneFlags::CLONE_NEWUSER)
-                    .context("entering the shared user namespace")?;
-                nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
-                    .context("entering the shared mount namespace")?;
-                debug::step("child: entered the shared instance");
-                prepare_exec(plan)
-            };
-            let err = match setup() {
-                Ok(program) => {
-                    let _ = old_mask.thread_set_mask();
-                    exec(&program, plan)
-                }
-                Err(e) => e,
-            };
-            child_exit(err)
-        }
+        ForkResult::Child => child::exit(child::enter_instance(
+            &Real::new(),
+            plan,
+            parent,
+            user_ns,
+            mnt_ns,
+            old_mask,
+        )),
         ForkResult::Parent { child } => supervise(child, forwarded, pusher),
     }
 }
@@ -505,282 +282,4 @@ fn open_ns(path: &str) -> Result<OwnedFd> {
         nix::sys::stat::Mode::empty(),
     )
     .with_context(|| format!("opening {path}"))
-}
-
-/// Print the child's error and leave without running the parent's destructors.
-fn child_exit(err: anyhow::Error) -> ! {
-    debug::line(format_args!("launcher: error: {err:#}"));
-    // SAFETY: _exit has no preconditions.
-    unsafe { libc::_exit(255) }
-}
-
-fn enter_user_namespace(uid: u32, gid: u32) -> Result<()> {
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
-        let hint = match e {
-            nix::errno::Errno::EINVAL => "the launcher was multi-threaded (a bug)",
-            _ => "user namespaces may be disabled on this host: `sysctl user.max_user_namespaces` must be > 0 (and on Ubuntu, `kernel.apparmor_restrict_unprivileged_userns` = 0)",
-        };
-        bail!("cannot create a user namespace: {e} (hint: {hint})");
-    }
-    // setgroups must be denied before an unprivileged process may write gid_map.
-    std::fs::write("/proc/self/setgroups", "deny").context("writing /proc/self/setgroups")?;
-    std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))
-        .context("writing /proc/self/uid_map")?;
-    std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
-        .context("writing /proc/self/gid_map")?;
-    Ok(())
-}
-
-fn mount_staging(sys: &Real) -> Result<PathBuf> {
-    let mut last_err = anyhow!("none of {STAGING_CANDIDATES:?} exists");
-    for c in STAGING_CANDIDATES {
-        let p = Path::new(c);
-        if !p.is_dir() {
-            continue;
-        }
-        match sys.mount(
-            Some(Path::new("tmpfs")),
-            p,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        ) {
-            Ok(()) => return Ok(p.to_path_buf()),
-            Err(e) => last_err = e,
-        }
-    }
-    Err(last_err.context("mounting the staging tmpfs"))
-}
-
-fn open_dev_fuse() -> Result<OwnedFd> {
-    nix::fcntl::open("/dev/fuse", nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| match e {
-            nix::errno::Errno::ENOENT => anyhow!("cannot open /dev/fuse: {e} (hint: load the fuse kernel module: `modprobe fuse`)"),
-            _ => anyhow!("cannot open /dev/fuse: {e} (hint: it should be mode 0666, as on most distributions: `chmod 0666 /dev/fuse` as root)"),
-        })
-}
-
-/// In the child, whose mount namespace is its own: build the container root in the staging
-/// tmpfs and pivot into it.
-fn build_root(plan: &Plan, staging: &Path) -> Result<()> {
-    let host_sys = Real {
-        proc_dir: "/proc".into(),
-    };
-    host_sys.pivot_root(staging, &staging.join("oldroot"))?;
-    host_sys.chdir(Path::new("/"))?;
-    let layout = Layout::in_staging();
-    let sys = Real {
-        proc_dir: layout.oldroot.join("proc"),
-    };
-    debug::step("child: staging is /");
-    if let Some(program) = &plan.program {
-        // The kernel learns the program's inode now, so the server can push its pages into
-        // the page cache as the read-ahead decompresses them, before the exec faults them in.
-        crate::apply::syscalls::look_up_in_root(&layout.image, Path::new(program));
-    }
-    rootfs::assemble(&sys, plan, &layout)?;
-    debug::step("child: container root assembled");
-    rootfs::enter(&sys, &layout)
-}
-
-/// Inside the container root: working directory, no capabilities, no new privileges, and
-/// the program to execute.
-fn prepare_exec(plan: &Plan) -> Result<PathBuf> {
-    let cwd = std::iter::once(&plan.cwd)
-        .chain(plan.cwd_fallbacks.iter())
-        .find(|d| nix::unistd::chdir(d.as_path()).is_ok())
-        .ok_or_else(|| {
-            anyhow!(
-                "working directory '{}' does not exist in the container",
-                plan.cwd.display()
-            )
-        })?;
-    if cwd != &plan.cwd {
-        debug::line(format_args!(
-            "launcher: warning: '{}' does not exist in the container; starting in '{}'",
-            plan.cwd.display(),
-            cwd.display()
-        ));
-    }
-    drop_capabilities()?;
-    nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
-    let program = find_program(&plan.argv[0], plan)?;
-    debug::step(format_args!(
-        "exec {} in {}",
-        program.display(),
-        cwd.display()
-    ));
-    Ok(program)
-}
-
-/// Empty the bounding and ambient sets, so that execve grants no capability even to a caller
-/// whose uid is 0 (other uids lose them at execve anyway).
-fn drop_capabilities() -> Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        if libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        ) != 0
-        {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                bail!("clearing ambient capabilities: {e}");
-            }
-        }
-        for cap in 0..64 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
-                let e = std::io::Error::last_os_error();
-                // EINVAL: past the last capability this kernel knows.
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    break;
-                }
-                bail!("dropping capability {cap} from the bounding set: {e}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Search the container's PATH the way execvp would, but with an error that says where we looked.
-fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
-    if name.contains('/') {
-        return Ok(PathBuf::from(name));
-    }
-    for candidate in crate::plan::path_search::candidates(name, &plan.env) {
-        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
-            && !candidate.is_dir()
-        {
-            return Ok(candidate);
-        }
-    }
-    let path = crate::env_list::get(&plan.env, "PATH").unwrap_or("");
-    bail!("command '{name}' not found in the container (PATH={path})")
-}
-
-fn exec(program: &Path, plan: &Plan) -> anyhow::Error {
-    let to_c =
-        |s: &[u8]| CString::new(s).map_err(|_| anyhow!("argument or variable contains a NUL byte"));
-    let prog = match to_c(program.as_os_str().as_bytes()) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let argv: Result<Vec<CString>> = plan.argv.iter().map(|a| to_c(a.as_bytes())).collect();
-    let envp: Result<Vec<CString>> = plan
-        .env
-        .iter()
-        .map(|(k, v)| to_c(format!("{k}={v}").as_bytes()))
-        .collect();
-    let (argv, envp) = match (argv, envp) {
-        (Ok(a), Ok(e)) => (a, e),
-        (Err(e), _) | (_, Err(e)) => return e,
-    };
-    let err = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
-    let hint = match err {
-        nix::errno::Errno::ENOENT => " (the file or its interpreter is missing in the image)",
-        nix::errno::Errno::EACCES => " (not executable, or on a noexec mount)",
-        nix::errno::Errno::ENOEXEC => " (not a program for this machine)",
-        _ => "",
-    };
-    anyhow!("cannot execute '{}': {err}{hint}", program.display())
-}
-
-/// Wait for the child, forwarding signals, and return its exit status as a shell would. A
-/// terminating signal first ends the pushes of listed files (`pusher`): a SIGKILL that may
-/// follow must find no store in progress (push.rs).
-fn supervise(child: Pid, waited: &SigSet, pusher: Option<&Pusher>) -> Result<i32> {
-    loop {
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid signal set and siginfo buffer.
-        let sig = unsafe { libc::sigwaitinfo(waited.as_ref(), &mut info) };
-        if sig < 0 {
-            continue; // EINTR
-        }
-        if sig == libc::SIGCHLD {
-            if let Some(code) = reap(child)? {
-                debug::step(format_args!("command exited with status {code}"));
-                return Ok(code);
-            }
-            continue;
-        }
-        if let (Some(p), libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT) =
-            (pusher, sig)
-        {
-            p.close_listed();
-        }
-        // Signals the terminal sent (SI_KERNEL) already reached the command, which shares our
-        // process group; forward only those sent to us by a process (kill, srun, scancel).
-        if info.si_code <= 0 {
-            if let Ok(s) = Signal::try_from(sig) {
-                let _ = kill(child, s);
-            }
-        }
-    }
-}
-
-/// Reap whatever exited; Some(status) once the command itself is gone.
-fn reap(child: Pid) -> Result<Option<i32>> {
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(Some(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                return Ok(Some(128 + sig as i32))
-            }
-            Ok(WaitStatus::Stopped(pid, _)) if pid == child => {
-                // Job control: stop with the command, and wake it when we are continued.
-                let _ = kill(getpid(), Signal::SIGSTOP);
-                let _ = kill(child, Signal::SIGCONT);
-            }
-            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(anyhow!("waitpid: {e}")),
-        }
-    }
-}
-
-/// Kill and reap processes the command left behind (they were re-parented to us).
-fn kill_leftovers(spare: Option<Pid>) {
-    // The common case: no descendants at all, known without scanning /proc.
-    if spare.is_none() {
-        if let Err(nix::errno::Errno::ECHILD) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            return;
-        }
-    }
-    let me = getpid().as_raw();
-    for _ in 0..100 {
-        let mut orphans = children_of(me);
-        orphans.retain(|p| Some(Pid::from_raw(*p)) != spare);
-        if orphans.is_empty() {
-            return;
-        }
-        for pid in &orphans {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
-        for pid in orphans {
-            let _ = waitpid(Pid::from_raw(pid), None);
-        }
-    }
-}
-
-fn children_of(ppid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
-                })
-                .flatten()
-                .and_then(|p| p.parse::<i32>().ok())
-                == Some(ppid)
-        })
-        .collect()
 }

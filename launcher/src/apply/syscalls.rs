@@ -1,14 +1,18 @@
-//! The system calls that build a container root, behind a trait.
+//! The system calls of the child that becomes the container, behind a trait: namespaces, the
+//! image's FUSE mount, the root's mounts, the privilege drop and the exec.
 //!
-//! `Real` performs them; `Recorder` writes them down, so the order of mounts a plan produces
-//! can be unit-tested without privileges (youki's `Syscall` trait is the model).
+//! `Real` performs them; `Recorder` writes each down as a typed `Call`, so the child's whole
+//! sequence and the mounts a plan produces can be unit-tested in order without privileges
+//! (youki's `Syscall` trait is the model).
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
-#[cfg(test)]
+use nix::unistd::Pid;
 use std::cell::RefCell;
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -25,6 +29,20 @@ pub struct Target {
 }
 
 pub trait Syscalls {
+    /// Die with the launcher (PR_SET_PDEATHSIG); an error if it is already gone.
+    fn die_with_parent(&self, parent: Pid) -> Result<()>;
+    /// New user and mount namespaces, with the caller's uid and gid mapped to themselves.
+    fn enter_user_namespace(&self, uid: u32, gid: u32) -> Result<()>;
+    /// Enter a shared instance's user, then mount namespace.
+    fn join_namespaces(&self, user_ns: &OwnedFd, mnt_ns: &OwnedFd) -> Result<()>;
+    fn open_dev_fuse(&self) -> Result<OwnedFd>;
+    /// Where /proc is visible from now on (the host's /proc under the old root, once pivoted).
+    fn use_proc(&self, proc_dir: &Path);
+    /// Empty the bounding and ambient capability sets.
+    fn drop_capabilities(&self) -> Result<()>;
+    fn set_no_new_privs(&self) -> Result<()>;
+    /// Become `program`; returns only on failure, with the error.
+    fn exec(&self, program: &Path, argv: &[String], env: &[(String, String)]) -> anyhow::Error;
     fn mount(
         &self,
         src: Option<&Path>,
@@ -51,10 +69,125 @@ pub trait Syscalls {
 
 pub struct Real {
     /// Where /proc is visible while the root is built (the host's /proc under the old root).
-    pub proc_dir: PathBuf,
+    proc_dir: RefCell<PathBuf>,
+}
+
+impl Real {
+    pub fn new() -> Real {
+        Real {
+            proc_dir: RefCell::new("/proc".into()),
+        }
+    }
 }
 
 impl Syscalls for Real {
+    fn die_with_parent(&self, parent: Pid) -> Result<()> {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+        if nix::unistd::getppid() != parent {
+            bail!("the launcher exited during start-up");
+        }
+        Ok(())
+    }
+
+    fn enter_user_namespace(&self, uid: u32, gid: u32) -> Result<()> {
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
+            let hint = match e {
+                nix::errno::Errno::EINVAL => "the launcher was multi-threaded (a bug)",
+                _ => "user namespaces may be disabled on this host: `sysctl user.max_user_namespaces` must be > 0 (and on Ubuntu, `kernel.apparmor_restrict_unprivileged_userns` = 0)",
+            };
+            bail!("cannot create a user namespace: {e} (hint: {hint})");
+        }
+        // setgroups must be denied before an unprivileged process may write gid_map.
+        std::fs::write("/proc/self/setgroups", "deny").context("writing /proc/self/setgroups")?;
+        std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))
+            .context("writing /proc/self/uid_map")?;
+        std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
+            .context("writing /proc/self/gid_map")?;
+        Ok(())
+    }
+
+    fn join_namespaces(&self, user_ns: &OwnedFd, mnt_ns: &OwnedFd) -> Result<()> {
+        nix::sched::setns(user_ns, CloneFlags::CLONE_NEWUSER)
+            .context("entering the shared user namespace")?;
+        nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
+            .context("entering the shared mount namespace")
+    }
+
+    fn open_dev_fuse(&self) -> Result<OwnedFd> {
+        nix::fcntl::open("/dev/fuse", nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| match e {
+                nix::errno::Errno::ENOENT => anyhow!("cannot open /dev/fuse: {e} (hint: load the fuse kernel module: `modprobe fuse`)"),
+                _ => anyhow!("cannot open /dev/fuse: {e} (hint: it should be mode 0666, as on most distributions: `chmod 0666 /dev/fuse` as root)"),
+            })
+    }
+
+    fn use_proc(&self, proc_dir: &Path) {
+        *self.proc_dir.borrow_mut() = proc_dir.to_path_buf();
+    }
+
+    /// So that execve grants no capability even to a caller whose uid is 0 (other uids lose
+    /// them at execve anyway).
+    fn drop_capabilities(&self) -> Result<()> {
+        // SAFETY: prctl with integer arguments only.
+        unsafe {
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    bail!("clearing ambient capabilities: {e}");
+                }
+            }
+            for cap in 0..64 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                    let e = std::io::Error::last_os_error();
+                    // EINVAL: past the last capability this kernel knows.
+                    if e.raw_os_error() == Some(libc::EINVAL) {
+                        break;
+                    }
+                    bail!("dropping capability {cap} from the bounding set: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_no_new_privs(&self) -> Result<()> {
+        nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")
+    }
+
+    fn exec(&self, program: &Path, argv: &[String], env: &[(String, String)]) -> anyhow::Error {
+        let to_c = |s: &[u8]| {
+            CString::new(s).map_err(|_| anyhow!("argument or variable contains a NUL byte"))
+        };
+        let prog = match to_c(program.as_os_str().as_bytes()) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let argv: Result<Vec<CString>> = argv.iter().map(|a| to_c(a.as_bytes())).collect();
+        let envp: Result<Vec<CString>> = env
+            .iter()
+            .map(|(k, v)| to_c(format!("{k}={v}").as_bytes()))
+            .collect();
+        let (argv, envp) = match (argv, envp) {
+            (Ok(a), Ok(e)) => (a, e),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
+        let Err(err) = nix::unistd::execve(&prog, &argv, &envp);
+        let hint = match err {
+            nix::errno::Errno::ENOENT => " (the file or its interpreter is missing in the image)",
+            nix::errno::Errno::EACCES => " (not executable, or on a noexec mount)",
+            nix::errno::Errno::ENOEXEC => " (not a program for this machine)",
+            _ => "",
+        };
+        anyhow!("cannot execute '{}': {err}{hint}", program.display())
+    }
+
     fn mount(
         &self,
         src: Option<&Path>,
@@ -178,7 +311,10 @@ impl Syscalls for Real {
 
 impl Real {
     fn target(&self, fd: OwnedFd) -> Result<Target> {
-        let path = self.proc_dir.join(format!("self/fd/{}", fd.as_raw_fd()));
+        let path = self
+            .proc_dir
+            .borrow()
+            .join(format!("self/fd/{}", fd.as_raw_fd()));
         let real =
             std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Target {
@@ -321,22 +457,139 @@ fn create_at(parent: &OwnedFd, name: &OsStr, kind: NodeKind) -> nix::Result<()> 
     }
 }
 
+/// One call as the `Recorder` writes it down.
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    DieWithParent,
+    EnterUserNamespace {
+        uid: u32,
+        gid: u32,
+    },
+    JoinNamespaces,
+    OpenDevFuse,
+    UseProc(PathBuf),
+    DropCapabilities,
+    SetNoNewPrivs,
+    Exec {
+        program: PathBuf,
+        argv: Vec<String>,
+    },
+    Mount {
+        src: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    MakeReadonly {
+        target: PathBuf,
+        recursive: bool,
+    },
+    UmountDetach(PathBuf),
+    PivotRoot {
+        new_root: PathBuf,
+        put_old: PathBuf,
+    },
+    Chdir(PathBuf),
+    Mkdir {
+        path: PathBuf,
+        mode: u32,
+    },
+    WriteFile {
+        path: PathBuf,
+        len: usize,
+    },
+    Symlink {
+        target: PathBuf,
+        link: PathBuf,
+    },
+    MountPoint {
+        path: PathBuf,
+        kind: NodeKind,
+    },
+}
+
+/// Asserts that `want` appear in `calls` in that order (other calls may come between).
+#[cfg(test)]
+pub fn assert_in_order(calls: &[Call], want: &[Call]) {
+    let mut from = 0;
+    for w in want {
+        let Some(at) = calls[from..].iter().position(|c| c == w) else {
+            panic!("expected {w:?} after call {from} in:\n{calls:#?}");
+        };
+        from += at + 1;
+    }
+}
+
+/// A recorded mount, for tests.
+#[cfg(test)]
+pub fn mount_call(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Call {
+    Call::Mount {
+        src: src.map(PathBuf::from),
+        target: target.into(),
+        fstype: fstype.map(str::to_string),
+        flags,
+        data: data.map(str::to_string),
+    }
+}
+
 /// Writes each call down instead of making it.
 #[cfg(test)]
 #[derive(Default)]
 pub struct Recorder {
-    pub calls: RefCell<Vec<String>>,
+    pub calls: RefCell<Vec<Call>>,
 }
 
 #[cfg(test)]
 impl Recorder {
-    fn log(&self, s: String) {
-        self.calls.borrow_mut().push(s);
+    fn log(&self, c: Call) {
+        self.calls.borrow_mut().push(c);
     }
 }
 
 #[cfg(test)]
 impl Syscalls for Recorder {
+    fn die_with_parent(&self, _parent: Pid) -> Result<()> {
+        self.log(Call::DieWithParent);
+        Ok(())
+    }
+    fn enter_user_namespace(&self, uid: u32, gid: u32) -> Result<()> {
+        self.log(Call::EnterUserNamespace { uid, gid });
+        Ok(())
+    }
+    fn join_namespaces(&self, _user_ns: &OwnedFd, _mnt_ns: &OwnedFd) -> Result<()> {
+        self.log(Call::JoinNamespaces);
+        Ok(())
+    }
+    fn open_dev_fuse(&self) -> Result<OwnedFd> {
+        self.log(Call::OpenDevFuse);
+        Ok(std::fs::File::open("/dev/null")?.into())
+    }
+    fn use_proc(&self, proc_dir: &Path) {
+        self.log(Call::UseProc(proc_dir.to_path_buf()));
+    }
+    fn drop_capabilities(&self) -> Result<()> {
+        self.log(Call::DropCapabilities);
+        Ok(())
+    }
+    fn set_no_new_privs(&self) -> Result<()> {
+        self.log(Call::SetNoNewPrivs);
+        Ok(())
+    }
+    fn exec(&self, program: &Path, argv: &[String], _env: &[(String, String)]) -> anyhow::Error {
+        self.log(Call::Exec {
+            program: program.to_path_buf(),
+            argv: argv.to_vec(),
+        });
+        anyhow!("recorded exec")
+    }
     fn mount(
         &self,
         src: Option<&Path>,
@@ -345,59 +598,64 @@ impl Syscalls for Recorder {
         flags: MsFlags,
         data: Option<&str>,
     ) -> Result<()> {
-        self.log(format!(
-            "mount {} {} {} {:?} {}",
-            src.map(|s| s.display().to_string())
-                .unwrap_or_else(|| "-".into()),
-            target.display(),
-            fstype.unwrap_or("-"),
+        self.log(Call::Mount {
+            src: src.map(Path::to_path_buf),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
             flags,
-            data.unwrap_or("-")
-        ));
+            data: data.map(str::to_string),
+        });
         Ok(())
     }
     fn make_readonly(&self, target: &Path, recursive: bool) -> Result<()> {
-        self.log(format!(
-            "readonly {} recursive={recursive}",
-            target.display()
-        ));
+        self.log(Call::MakeReadonly {
+            target: target.to_path_buf(),
+            recursive,
+        });
         Ok(())
     }
     fn umount_detach(&self, target: &Path) -> Result<()> {
-        self.log(format!("umount {}", target.display()));
+        self.log(Call::UmountDetach(target.to_path_buf()));
         Ok(())
     }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
-        self.log(format!(
-            "pivot_root {} {}",
-            new_root.display(),
-            put_old.display()
-        ));
+        self.log(Call::PivotRoot {
+            new_root: new_root.to_path_buf(),
+            put_old: put_old.to_path_buf(),
+        });
         Ok(())
     }
     fn chdir(&self, path: &Path) -> Result<()> {
-        self.log(format!("chdir {}", path.display()));
+        self.log(Call::Chdir(path.to_path_buf()));
         Ok(())
     }
     fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
-        self.log(format!("mkdir {} {mode:o}", path.display()));
+        self.log(Call::Mkdir {
+            path: path.to_path_buf(),
+            mode,
+        });
         Ok(())
     }
     fn write_file(&self, path: &Path, data: &[u8]) -> Result<()> {
-        self.log(format!("write {} ({} bytes)", path.display(), data.len()));
+        self.log(Call::WriteFile {
+            path: path.to_path_buf(),
+            len: data.len(),
+        });
         Ok(())
     }
     fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
-        self.log(format!(
-            "symlink {} -> {}",
-            link.display(),
-            target.display()
-        ));
+        self.log(Call::Symlink {
+            target: target.to_path_buf(),
+            link: link.to_path_buf(),
+        });
         Ok(())
     }
     fn mount_point(&self, root: &Path, dst: &Path, kind: NodeKind) -> Result<Target> {
         let path = root.join(dst.strip_prefix("/").unwrap_or(dst));
-        self.log(format!("mountpoint {} {kind:?}", path.display()));
+        self.log(Call::MountPoint {
+            path: path.clone(),
+            kind,
+        });
         Ok(Target {
             real: path.clone(),
             path,

@@ -1,0 +1,394 @@
+//! The child's half of a launch, in order: die with the launcher, new user and mount
+//! namespaces, the staging tmpfs, the image mounted with FUSE and its descriptor handed to the
+//! launcher, the root assembled and entered, the working directory, privileges dropped, exec.
+//! A rank that joins a shared instance enters its namespaces instead of making them.
+//!
+//! Every step goes through `Syscalls`, so the sequence is unit-tested in order (`Recorder`).
+
+use crate::apply::channel::{Channel, Message};
+use crate::apply::rootfs::{self, Layout};
+use crate::apply::syscalls::Syscalls;
+use crate::debug;
+use crate::plan::Plan;
+use anyhow::{anyhow, bail, Context, Result};
+use nix::mount::MsFlags;
+use nix::sys::signal::SigSet;
+use nix::unistd::Pid;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Where the staging tmpfs may be mounted in the child's mount namespace. The child pivots
+/// into it, which uncovers the host's directory again under /oldroot.
+const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt"];
+
+/// What the child that creates the instance does once the root is built.
+pub enum Then<'a> {
+    /// Become the command (a private instance), with this signal mask.
+    Exec(&'a SigSet),
+    /// Stay in the root, holding the namespaces for the ranks of a shared instance.
+    Keep,
+}
+
+/// The child that creates an instance. Returns only on error.
+pub fn create_instance(
+    sys: &dyn Syscalls,
+    plan: &Plan,
+    parent: Pid,
+    chan: Channel,
+    then: Then,
+) -> anyhow::Error {
+    let staging = match mount_image(sys, plan, parent, &chan) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    if let Err(e) = build_root(sys, plan, &staging) {
+        return e;
+    }
+    match then {
+        Then::Exec(old_mask) => match prepare_exec(sys, plan) {
+            Ok(program) => {
+                end_stores(&chan);
+                let _ = old_mask.thread_set_mask();
+                sys.exec(&program, &plan.argv, &plan.env)
+            }
+            Err(e) => e,
+        },
+        Then::Keep => keep(chan),
+    }
+}
+
+/// The child of a rank that joins a shared instance: two setns calls, then the command.
+/// Returns only on error.
+pub fn enter_instance(
+    sys: &dyn Syscalls,
+    plan: &Plan,
+    parent: Pid,
+    user_ns: &OwnedFd,
+    mnt_ns: &OwnedFd,
+    old_mask: &SigSet,
+) -> anyhow::Error {
+    let setup = || -> Result<PathBuf> {
+        sys.die_with_parent(parent)?;
+        sys.join_namespaces(user_ns, mnt_ns)?;
+        debug::step("child: entered the shared instance");
+        prepare_exec(sys, plan)
+    };
+    match setup() {
+        Ok(program) => {
+            let _ = old_mask.thread_set_mask();
+            sys.exec(&program, &plan.argv, &plan.env)
+        }
+        Err(e) => e,
+    }
+}
+
+/// Print the child's error and leave without running the parent's destructors.
+pub fn exit(err: anyhow::Error) -> ! {
+    debug::line(format_args!("launcher: error: {err:#}"));
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(255) }
+}
+
+/// Right before the exec: tells the launcher, and waits until it has stopped storing pages
+/// into the page cache (no store may wait on a READ of the command's: fuse/push.rs).
+fn end_stores(chan: &Channel) {
+    if chan.send(Message::AboutToExec).is_ok() {
+        let _ = chan.recv();
+    }
+    debug::step("child: page pushes ended");
+}
+
+/// New user and mount namespaces, the staging tmpfs, the image mounted with FUSE, and the
+/// /dev/fuse descriptor sent to the launcher. Returns the staging directory.
+fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> Result<PathBuf> {
+    sys.die_with_parent(parent)?;
+    sys.enter_user_namespace(plan.uid, plan.gid)?;
+    debug::step("child: user and mount namespaces entered");
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
+    .context("making the mount namespace private")?;
+    let staging = mount_staging(sys)?;
+    for d in ["image", "oldroot"] {
+        sys.mkdir(&staging.join(d), 0o755)?;
+    }
+    let fuse_fd = sys.open_dev_fuse()?;
+    let data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        fuse_fd.as_raw_fd(),
+        plan.uid,
+        plan.gid
+    );
+    sys.mount(
+        Some(&plan.image.path),
+        &staging.join("image"),
+        Some("fuse.launcher"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&data),
+    )
+    .context("mounting the image with FUSE")?;
+    chan.send_fd(fuse_fd.as_raw_fd())
+        .context("handing the FUSE connection to the launcher")?;
+    // Our copy goes at once: a child that kept one and waited on a FUSE request when the
+    // launcher was killed would stay in D state forever, holding the connection it waits on.
+    drop(fuse_fd);
+    debug::step(format_args!(
+        "child: image mounted with FUSE (staging at {})",
+        staging.display()
+    ));
+    Ok(staging)
+}
+
+fn mount_staging(sys: &dyn Syscalls) -> Result<PathBuf> {
+    let mut last_err = anyhow!("none of {STAGING_CANDIDATES:?} exists");
+    for c in STAGING_CANDIDATES {
+        let p = Path::new(c);
+        if !p.is_dir() {
+            continue;
+        }
+        match sys.mount(
+            Some(Path::new("tmpfs")),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ) {
+            Ok(()) => return Ok(p.to_path_buf()),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err.context("mounting the staging tmpfs"))
+}
+
+/// In the child's own mount namespace: pivot into the staging tmpfs, build the container root
+/// there and enter it.
+fn build_root(sys: &dyn Syscalls, plan: &Plan, staging: &Path) -> Result<()> {
+    sys.pivot_root(staging, &staging.join("oldroot"))?;
+    sys.chdir(Path::new("/"))?;
+    let layout = Layout::in_staging();
+    sys.use_proc(&layout.oldroot.join("proc"));
+    debug::step("child: staging is /");
+    if let Some(program) = &plan.program {
+        // The kernel learns the program's inode now, so the server can push its pages into
+        // the page cache as the read-ahead decompresses them, before the exec faults them in.
+        crate::apply::syscalls::look_up_in_root(&layout.image, Path::new(program));
+    }
+    rootfs::assemble(sys, plan, &layout)?;
+    debug::step("child: container root assembled");
+    rootfs::enter(sys, &layout)
+}
+
+/// Inside the container root: working directory, no capabilities, no new privileges, and
+/// the program to execute.
+fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<PathBuf> {
+    let cwd = std::iter::once(&plan.cwd)
+        .chain(plan.cwd_fallbacks.iter())
+        .find(|d| sys.chdir(d).is_ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "working directory '{}' does not exist in the container",
+                plan.cwd.display()
+            )
+        })?;
+    if cwd != &plan.cwd {
+        debug::line(format_args!(
+            "launcher: warning: '{}' does not exist in the container; starting in '{}'",
+            plan.cwd.display(),
+            cwd.display()
+        ));
+    }
+    sys.drop_capabilities()?;
+    sys.set_no_new_privs()?;
+    let program = find_program(&plan.argv[0], plan)?;
+    debug::step(format_args!(
+        "exec {} in {}",
+        program.display(),
+        cwd.display()
+    ));
+    Ok(program)
+}
+
+/// Search the container's PATH the way execvp would, but with an error that says where we looked.
+fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    for candidate in crate::plan::path_search::candidates(name, &plan.env) {
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && !candidate.is_dir()
+        {
+            return Ok(candidate);
+        }
+    }
+    let path = crate::env_list::get(&plan.env, "PATH").unwrap_or("");
+    bail!("command '{name}' not found in the container (PATH={path})")
+}
+
+/// The keeper of a shared instance: says the root is ready, then waits to be killed.
+fn keep(chan: Channel) -> anyhow::Error {
+    let _ = nix::sys::prctl::set_name(c"launcher-keep");
+    if let Err(e) = chan.send(Message::RootReady) {
+        return anyhow!("telling the launcher the root is ready: {e:#}");
+    }
+    // Keep nothing of the launcher's open files.
+    // SAFETY: no fd is used after this point.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
+    loop {
+        // SAFETY: pause has no preconditions; SIGKILL ends it.
+        unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::syscalls::{assert_in_order, mount_call, Call, Recorder};
+    use crate::image::view::ImageDesc;
+    use crate::plan::MountStep;
+
+    fn plan() -> Plan {
+        Plan {
+            image: ImageDesc {
+                path: "/i.sqfs".into(),
+                format: "SquashFS",
+                squashfs_offset: 0,
+                file_size: 1,
+            },
+            uid: 4242,
+            gid: 4243,
+            writable_root: false,
+            mounts: vec![MountStep::Bind {
+                src: "/proc".into(),
+                dst: "/proc".into(),
+                readonly: false,
+                recursive: true,
+            }],
+            upper: vec![],
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: "/work".into(),
+            cwd_fallbacks: vec!["/".into()],
+            argv: vec!["/bin/true".into(), "x".into()],
+            program: None,
+            injected: vec![],
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn a_private_instance_builds_the_root_drops_privileges_then_execs() {
+        let rec = Recorder::default();
+        let (launcher, child) = Channel::pair().unwrap();
+        // The launcher's side: it takes the descriptor, then answers the exec notice.
+        let answer = std::thread::spawn(move || {
+            assert!(launcher.recv_fd().unwrap().is_some());
+            assert_eq!(launcher.recv().unwrap(), Some(Message::AboutToExec));
+            launcher.send(Message::StoresEnded).unwrap();
+        });
+        let mask = SigSet::thread_get_mask().unwrap();
+        let p = plan();
+        let err = create_instance(&rec, &p, Pid::this(), child, Then::Exec(&mask));
+        assert_eq!(err.to_string(), "recorded exec");
+        answer.join().unwrap();
+        let calls = rec.calls.into_inner();
+        let staging = PathBuf::from(STAGING_CANDIDATES[0]);
+        let fuse_mount = calls
+            .iter()
+            .find(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "fuse.launcher"))
+            .unwrap();
+        let Call::Mount {
+            src, target, data, ..
+        } = fuse_mount
+        else {
+            unreachable!()
+        };
+        assert_eq!(src.as_deref(), Some(Path::new("/i.sqfs")));
+        assert_eq!(target, &staging.join("image"));
+        assert!(
+            data.as_deref()
+                .is_some_and(|d| d.contains("user_id=4242,group_id=4243")),
+            "{data:?}"
+        );
+        assert_in_order(
+            &calls,
+            &[
+                Call::DieWithParent,
+                Call::EnterUserNamespace {
+                    uid: 4242,
+                    gid: 4243,
+                },
+                mount_call(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+                Call::Mkdir {
+                    path: staging.join("oldroot"),
+                    mode: 0o755,
+                },
+                Call::OpenDevFuse,
+                fuse_mount.clone(),
+                Call::PivotRoot {
+                    new_root: staging.clone(),
+                    put_old: staging.join("oldroot"),
+                },
+                Call::UseProc("/oldroot/proc".into()),
+                mount_call(Some("/image"), "/newroot", None, MsFlags::MS_BIND, None),
+                mount_call(
+                    Some("/oldroot/proc"),
+                    "/newroot/proc",
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                ),
+                Call::MakeReadonly {
+                    target: "/newroot".into(),
+                    recursive: false,
+                },
+                Call::PivotRoot {
+                    new_root: ".".into(),
+                    put_old: ".".into(),
+                },
+                Call::UmountDetach(".".into()),
+                Call::Chdir("/work".into()),
+                Call::DropCapabilities,
+                Call::SetNoNewPrivs,
+                Call::Exec {
+                    program: "/bin/true".into(),
+                    argv: vec!["/bin/true".into(), "x".into()],
+                },
+            ],
+        );
+        let caps = calls.iter().position(|c| *c == Call::DropCapabilities);
+        let last_mount = calls.iter().rposition(|c| matches!(c, Call::Mount { .. }));
+        assert!(last_mount < caps, "every mount before the privilege drop");
+    }
+
+    #[test]
+    fn a_joining_rank_makes_no_mount() {
+        let rec = Recorder::default();
+        let ns = |_| -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
+        let mask = SigSet::thread_get_mask().unwrap();
+        let p = plan();
+        let err = enter_instance(&rec, &p, Pid::this(), &ns(()), &ns(()), &mask);
+        assert_eq!(err.to_string(), "recorded exec");
+        let calls = rec.calls.into_inner();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::Mount { .. })),
+            "{calls:#?}"
+        );
+        assert_in_order(
+            &calls,
+            &[
+                Call::DieWithParent,
+                Call::JoinNamespaces,
+                Call::Chdir("/work".into()),
+                Call::DropCapabilities,
+                Call::SetNoNewPrivs,
+                Call::Exec {
+                    program: "/bin/true".into(),
+                    argv: vec!["/bin/true".into(), "x".into()],
+                },
+            ],
+        );
+    }
+}
