@@ -31,6 +31,26 @@ impl FileType {
         })
     }
 
+    /// The on-disk inode type: basic (1..=7), or extended (8..=14: with an xattr index, and
+    /// for files and directories wider fields). `from_disk` reads it back.
+    #[cfg(any(feature = "build", test))]
+    pub(crate) fn to_disk(self, extended: bool) -> u16 {
+        let basic = match self {
+            FileType::Dir => 1,
+            FileType::File => 2,
+            FileType::Symlink => 3,
+            FileType::BlockDev => 4,
+            FileType::CharDev => 5,
+            FileType::Fifo => 6,
+            FileType::Socket => 7,
+        };
+        if extended {
+            basic + 7
+        } else {
+            basic
+        }
+    }
+
     /// The `S_IF*` bits for this kind.
     pub fn mode_bits(self) -> u32 {
         match self {
@@ -273,6 +293,15 @@ pub(crate) fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_types_round_trip() {
+        for t in 1..=14u16 {
+            let k = FileType::from_disk(t).unwrap();
+            assert_eq!(k.to_disk(t >= 8), t);
+        }
+        assert!(FileType::from_disk(0).is_none() && FileType::from_disk(15).is_none());
+    }
 
     #[test]
     fn device_numbers_decode() {

@@ -9,6 +9,7 @@ use super::data::{Data, FileLayout};
 use super::meta::{table_blocks, MetaWriter, METADATA_SIZE};
 use super::scan::{Kind, Tree};
 use crate::squashfs::error::{Error, Result};
+use crate::squashfs::FileType;
 
 const NO_XATTR: u32 = u32::MAX;
 const NO_FRAGMENT: u32 = u32::MAX;
@@ -137,17 +138,18 @@ fn split_prefix(name: &[u8]) -> (u16, &[u8]) {
     (0, name)
 }
 
-/// Basic inode type (1..=7) of a kind; extended types add 7.
-fn basic_type(k: &Kind) -> u16 {
-    match k {
-        Kind::Dir => 1,
-        Kind::File => 2,
-        Kind::Symlink(_) => 3,
-        Kind::BlockDev(_) => 4,
-        Kind::CharDev(_) => 5,
-        Kind::Fifo => 6,
-        Kind::Socket => 7,
-    }
+/// The on-disk inode type of a kind, basic or extended.
+fn disk_type(k: &Kind, extended: bool) -> u16 {
+    let t = match k {
+        Kind::Dir => FileType::Dir,
+        Kind::File => FileType::File,
+        Kind::Symlink(_) => FileType::Symlink,
+        Kind::BlockDev(_) => FileType::BlockDev,
+        Kind::CharDev(_) => FileType::CharDev,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Socket => FileType::Socket,
+    };
+    t.to_disk(extended)
 }
 
 /// The finished inode and directory tables.
@@ -243,11 +245,14 @@ pub(crate) fn build<'a>(
                             name: &tree.entries[c].name,
                             inode_ref: refs[ci],
                             number: numbers[ci],
-                            ty: basic_type(&tree.inodes[ci].kind),
+                            ty: disk_type(&tree.inodes[ci].kind, false),
                         }
                     })
                     .collect();
-                let subdirs = children.iter().filter(|c| c.ty == 1).count() as u32;
+                let subdirs = children
+                    .iter()
+                    .filter(|c| c.ty == FileType::Dir.to_disk(false))
+                    .count() as u32;
                 let (listing, index) = listing(&children);
                 let at = dirs.pos();
                 dirs.write(enc, &listing).map_err(meta_err)?;
@@ -257,7 +262,7 @@ pub(crate) fn build<'a>(
                 let nlink = 2 + subdirs;
                 let parent = parent_number[e];
                 if !ext && index.is_empty() && size <= 0xffff {
-                    header(&mut buf, 1);
+                    header(&mut buf, disk_type(&info.kind, false));
                     buf.extend(block.to_le_bytes());
                     buf.extend(nlink.to_le_bytes());
                     buf.extend((size as u16).to_le_bytes());
@@ -267,7 +272,7 @@ pub(crate) fn build<'a>(
                     let size = u32::try_from(size).map_err(|_| too_many("directory entries"))?;
                     let count =
                         u16::try_from(index.len()).map_err(|_| too_many("directory entries"))?;
-                    header(&mut buf, 8);
+                    header(&mut buf, disk_type(&info.kind, true));
                     buf.extend(nlink.to_le_bytes());
                     buf.extend(size.to_le_bytes());
                     buf.extend(block.to_le_bytes());
@@ -293,13 +298,13 @@ pub(crate) fn build<'a>(
                     && l.blocks_start <= u64::from(u32::MAX)
                     && l.sparse == 0
                 {
-                    header(&mut buf, 2);
+                    header(&mut buf, disk_type(&info.kind, false));
                     buf.extend((l.blocks_start as u32).to_le_bytes());
                     buf.extend(frag.to_le_bytes());
                     buf.extend(frag_off.to_le_bytes());
                     buf.extend((info.size as u32).to_le_bytes());
                 } else {
-                    header(&mut buf, 9);
+                    header(&mut buf, disk_type(&info.kind, true));
                     buf.extend(l.blocks_start.to_le_bytes());
                     buf.extend(info.size.to_le_bytes());
                     buf.extend(l.sparse.to_le_bytes());
@@ -321,7 +326,7 @@ pub(crate) fn build<'a>(
                 }
             }
             Kind::Symlink(target) => {
-                header(&mut buf, if ext { 10 } else { 3 });
+                header(&mut buf, disk_type(&info.kind, ext));
                 buf.extend(info.links.to_le_bytes());
                 buf.extend((target.len() as u32).to_le_bytes());
                 buf.extend(target);
@@ -330,7 +335,7 @@ pub(crate) fn build<'a>(
                 }
             }
             Kind::BlockDev(dev) | Kind::CharDev(dev) => {
-                header(&mut buf, basic_type(&info.kind) + if ext { 7 } else { 0 });
+                header(&mut buf, disk_type(&info.kind, ext));
                 buf.extend(info.links.to_le_bytes());
                 buf.extend(dev.to_le_bytes());
                 if ext {
@@ -338,7 +343,7 @@ pub(crate) fn build<'a>(
                 }
             }
             Kind::Fifo | Kind::Socket => {
-                header(&mut buf, basic_type(&info.kind) + if ext { 7 } else { 0 });
+                header(&mut buf, disk_type(&info.kind, ext));
                 buf.extend(info.links.to_le_bytes());
                 if ext {
                     buf.extend(xattr.to_le_bytes());
