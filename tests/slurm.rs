@@ -3,7 +3,7 @@
 //! `srun`, `sbatch`, `scancel` and host `mpirun` as the unprivileged test user, each task a
 //! `launcher exec`.
 //!
-//! The ranks of a step on the node share one instance (launcher/src/share.rs): one user
+//! The ranks of a step on the node share one instance (launcher/src/apply/share.rs): one user
 //! namespace and one FUSE server. The tests check both, and run MPI with its defaults, so the
 //! single-copy transfers between ranks (Open MPI's CMA, UCX's cma and /proc/PID/fd links), which
 //! the kernel refuses across user namespaces, are on. One test shows that `--no-share` (a

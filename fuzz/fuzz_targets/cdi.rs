@@ -40,5 +40,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = cdi::apply(&specs, &["fuzz.example/none=0".to_string()], &mut inj);
-    launcher_fuzz::plan_both(&launcher_fuzz::host_with(SiteConfig::default(), inj));
+    launcher_fuzz::plan_both(SiteConfig::default(), inj);
 });

@@ -25,5 +25,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = (site.cdi_dirs(), site.ld_so_cache(), site.dev_dir());
-    launcher_fuzz::plan_both(&launcher_fuzz::host_with(site, Injection::default()));
+    launcher_fuzz::plan_both(site, Injection::default());
 });

@@ -1,14 +1,13 @@
 //! What the fuzz targets share: a scratch file per process for the input (the launcher
 //! opens images by path), a walk of an opened image through the same `Archive`
-//! calls the FUSE server (`launcher/src/fuse_fs.rs`) and the planner make, and a plan
+//! calls the FUSE server (`launcher/src/fuse/server.rs`) and the planner make, and a plan
 //! built from a fuzzed site config or injection (`plan_both`).
 
 use image_tools::squashfs::{Archive, FileType, Inode};
-use launcher_runtime::host::HostInfo;
-use launcher_runtime::image_view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
-use launcher_runtime::injection::Injection;
+use launcher_runtime::image::view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
+use launcher_runtime::gather::injection::Injection;
 use launcher_runtime::options::{Action, LaunchOptions};
-use launcher_runtime::site_config::SiteConfig;
+use launcher_runtime::gather::site_config::SiteConfig;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -229,35 +228,13 @@ impl ImageView for TinyImage {
     }
 }
 
-/// A caller with this site config and injection; home is the scratch directory.
-pub fn host_with(site: SiteConfig, injection: Injection) -> HostInfo {
-    let home = scratch();
-    HostInfo {
-        uid: 4242,
-        gid: 4242,
-        groups: vec![],
-        user: "fuzz".into(),
-        home: home.clone(),
-        shell: "/bin/sh".into(),
-        gecos: String::new(),
-        cwd: home,
-        env: vec![
-            ("PATH".into(), "/usr/bin:/bin".into()),
-            ("LD_LIBRARY_PATH".into(), "/host/lib".into()),
-        ],
-        group_names: vec![],
-        existing_etc: vec![],
-        site,
-        injection,
-    }
-}
-
-/// Builds the launch plan of `exec /bin/true` on `TinyImage`, without and with --contain
-/// (the device rules differ), and prints it as --debug does: the site's binds, devices
-/// and environment edits and the injection's nodes, mounts and variables all go through
-/// `injection::add_mounts`, `injection::edit_env` and the mount-point planning. Errors
-/// are fine (a bind destination that is not absolute, a missing source).
-pub fn plan_both(host: &HostInfo) {
+/// Builds the launch plan of `exec /bin/true` on `TinyImage` for a caller with this site
+/// config and injection (home: the scratch directory), without and with --contain (the
+/// device rules differ), and prints it as --debug does: the site's binds, devices and
+/// environment edits and the injection's nodes, mounts and variables all go through the
+/// planner's host-integration steps and the mount-point planning. Errors are fine (a bind
+/// destination that is not absolute, a missing source).
+pub fn plan_both(site: SiteConfig, injection: Injection) {
     let image = TinyImage::default();
     for contain in [false, true] {
         let mut o = LaunchOptions::new(
@@ -265,8 +242,12 @@ pub fn plan_both(host: &HostInfo) {
             Action::Exec(vec!["/bin/true".into()]),
         );
         o.contain = contain;
-        if let Ok(plan) = launcher_runtime::plan::build(&o, host, &image) {
-            let _ = plan.to_string();
-        }
+        let _ = launcher_runtime::fuzzing::plan_text(
+            &o,
+            &scratch(),
+            site.clone(),
+            injection.clone(),
+            &image,
+        );
     }
 }

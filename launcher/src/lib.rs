@@ -22,3 +22,52 @@ pub mod launch;
 pub(crate) mod linker;
 pub mod options;
 pub(crate) mod plan;
+
+/// For the fuzz targets (fuzz/), which drive the planner with fuzzed site configs and
+/// injections; not an interface for anything else.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::gather::host::HostInfo;
+    use crate::gather::injection::Injection;
+    use crate::gather::paths::HostPaths;
+    use crate::gather::site_config::SiteConfig;
+    use crate::gather::Gathered;
+    use crate::image::view::ImageView;
+    use crate::options::LaunchOptions;
+    use std::path::Path;
+
+    /// The `--debug` text of the plan for a made-up caller (uid and gid 4242, home and working
+    /// directory `home`) with this site config and injection, host paths resolved here.
+    pub fn plan_text(
+        opts: &LaunchOptions,
+        home: &Path,
+        site: SiteConfig,
+        injection: Injection,
+        image: &dyn ImageView,
+    ) -> anyhow::Result<String> {
+        let host = HostInfo {
+            uid: 4242,
+            gid: 4242,
+            user: "fuzz".into(),
+            home: home.to_path_buf(),
+            shell: "/bin/sh".into(),
+            gecos: String::new(),
+            cwd: home.to_path_buf(),
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("LD_LIBRARY_PATH".into(), "/host/lib".into()),
+            ],
+            group_names: vec![],
+            existing_etc: vec![],
+            pmix_dirs: vec![],
+        };
+        let paths = HostPaths::gather(opts, &host, &site, &injection)?;
+        let facts = Gathered {
+            host,
+            site,
+            injection,
+            paths,
+        };
+        Ok(crate::plan::build(opts, &facts, image)?.to_string())
+    }
+}

@@ -315,7 +315,7 @@ fn served_namespace(server: u32) -> String {
         .unwrap_or(own)
 }
 
-/// The shared instances' rendezvous directory of the test user (launcher/src/share.rs).
+/// The shared instances' rendezvous directory of the test user (launcher/src/apply/share.rs).
 pub fn share_dir() -> PathBuf {
     format!("/tmp/launcher-{}", setup().uid).into()
 }
