@@ -260,21 +260,7 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
     let search = &site.mpi.library_paths;
     let found = host_libraries(&site.mpi.libraries, search, &cache)?;
     if found.mpis.is_empty() {
-        let mut looked = Vec::new();
-        if !search.is_empty() {
-            let dirs: Vec<String> = search.iter().map(|d| d.display().to_string()).collect();
-            looked.push(format!("mpi.library_paths {}", dirs.join(" ")));
-        }
-        looked.push(format!("the ld.so cache {}", cache_path.display()));
-        let names = if site.mpi.libraries.is_empty() {
-            "libmpi.so.*, libmpich.so.*, libmpi_abi.so.*".to_string()
-        } else {
-            format!("site config mpi.libraries {}", site.mpi.libraries.join(" "))
-        };
-        let msg = format!(
-            "--mpi: no MPI library on this host (looked for {names} in {})",
-            looked.join(" and ")
-        );
+        let msg = no_host_mpi(site, &cache_path);
         if explicit {
             bail!("{msg}");
         }
@@ -304,7 +290,60 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
         };
     let hmpi = &found.mpis[host_i];
     let impi = image_i.map(|i| &image_libs.mpis[i]);
-    inj.notes.push(match (impi, forced) {
+    inj.notes.push(decision_note(hmpi, impi, forced));
+    if forced {
+        inj.warnings.push(format!(
+            "--mpi=force: injecting the host's {} over the image's {}: they are not ABI-compatible",
+            hmpi.soname,
+            impi.map(|i| i.soname.as_str()).unwrap_or("-")
+        ));
+    }
+    let keep_image =
+        |n: &str| COMPILER_RUNTIME.iter().any(|p| n.starts_with(p)) && image_libs.names.contains(n);
+    let mut closure = roots(hmpi, impi, forced, &found, &image_libs, search, &cache);
+    closure.walk(search, &cache, &keep_image);
+    let (plugin_dirs, config) = add_plugins(&mut closure, search, &cache, &keep_image);
+    crate::debug::step(format_args!(
+        "mpi: closure walked ({} libraries, {} plugin directories)",
+        closure.libs.len(),
+        plugin_dirs.len()
+    ));
+    add_closure(&mut inj, &closure)?;
+    for dir in plugin_dirs.iter().chain(config.iter()) {
+        inj.mounts.push(HostBind {
+            host: dir.clone(),
+            dst: dir.clone(),
+            readonly: true,
+            origin: "mpi".into(),
+        });
+    }
+    add_site_binds_and_devices(&mut inj, site)?;
+    Ok(inj)
+}
+
+/// The error (or warning) when the host has no MPI library: what was looked for, where.
+fn no_host_mpi(site: &SiteConfig, cache_path: &Path) -> String {
+    let search = &site.mpi.library_paths;
+    let mut looked = Vec::new();
+    if !search.is_empty() {
+        let dirs: Vec<String> = search.iter().map(|d| d.display().to_string()).collect();
+        looked.push(format!("mpi.library_paths {}", dirs.join(" ")));
+    }
+    looked.push(format!("the ld.so cache {}", cache_path.display()));
+    let names = if site.mpi.libraries.is_empty() {
+        "libmpi.so.*, libmpich.so.*, libmpi_abi.so.*".to_string()
+    } else {
+        format!("site config mpi.libraries {}", site.mpi.libraries.join(" "))
+    };
+    format!(
+        "--mpi: no MPI library on this host (looked for {names} in {})",
+        looked.join(" and ")
+    )
+}
+
+/// The --debug line that says which MPI replaces which, and why.
+fn decision_note(hmpi: &MpiLib, impi: Option<&MpiLib>, forced: bool) -> String {
+    match (impi, forced) {
         (None, _) => format!(
             "mpi: the image has no MPI library (looked in {} and its ld.so.cache); host's {} injected",
             image_lib_dirs().join(" "),
@@ -320,17 +359,21 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
             i.describe("in"),
             hmpi.describe("at")
         ),
-    });
-    if forced {
-        inj.warnings.push(format!(
-            "--mpi=force: injecting the host's {} over the image's {}: they are not ABI-compatible",
-            hmpi.soname,
-            impi.map(|i| i.soname.as_str()).unwrap_or("-")
-        ));
     }
+}
 
-    // The host library under its own soname, and under the image's when that differs
-    // (Debian's MPICH is libmpich.so.12, Cray's and Intel's libmpi.so.12).
+/// The closure's starting points: the host library under its own soname, and under the
+/// image's when that differs (Debian's MPICH is libmpich.so.12, Cray's and Intel's
+/// libmpi.so.12); the companion libraries the image has (unless forced); the site's extras.
+fn roots(
+    hmpi: &MpiLib,
+    impi: Option<&MpiLib>,
+    forced: bool,
+    found: &HostLibraries,
+    image_libs: &ImageLibs,
+    search: &[PathBuf],
+    cache: &LdCache,
+) -> Closure {
     let mut closure = Closure::default();
     closure.add_root(&hmpi.soname, &hmpi.path);
     if let Some(i) = impi {
@@ -343,7 +386,7 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
             if !image_libs.names.contains(*c) {
                 continue;
             }
-            if let Some(p) = resolve(c, &[], search, &cache) {
+            if let Some(p) = resolve(c, &[], search, cache) {
                 closure.add_root(c, &p);
             }
         }
@@ -351,11 +394,18 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
     for (name, path) in &found.extras {
         closure.add_root(name, path);
     }
-    let keep_image =
-        |n: &str| COMPILER_RUNTIME.iter().any(|p| n.starts_with(p)) && image_libs.names.contains(n);
-    closure.walk(search, &cache, &keep_image);
-    // Plugins are found through the libraries they belong to; their own dependencies join
-    // the closure, which may bring in more plugin directories.
+    closure
+}
+
+/// Plugins are found through the libraries they belong to; their own dependencies join the
+/// closure, which may bring in more plugin directories: repeated until nothing new comes.
+/// Returns the plugin directories and the configuration files they need.
+fn add_plugins(
+    closure: &mut Closure,
+    search: &[PathBuf],
+    cache: &LdCache,
+    keep_image: &dyn Fn(&str) -> bool,
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut plugin_dirs: Vec<PathBuf> = Vec::new();
     let mut config: Vec<PathBuf> = Vec::new();
     loop {
@@ -375,18 +425,18 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
             }
         }
         if new_roots.is_empty() {
-            break;
+            return (plugin_dirs, config);
         }
         for m in new_roots {
             closure.add_plugin(&m);
         }
-        closure.walk(search, &cache, &keep_image);
+        closure.walk(search, cache, keep_image);
     }
-    crate::debug::step(format_args!(
-        "mpi: closure walked ({} libraries, {} plugin directories)",
-        closure.libs.len(),
-        plugin_dirs.len()
-    ));
+}
+
+/// The closure's libraries as injected files (with their glibc needs), and notes for what
+/// stays the image's.
+fn add_closure(inj: &mut Injection, closure: &Closure) -> Result<()> {
     for n in &closure.kept {
         inj.notes
             .push(format!("mpi: {n}: the image's copy is kept"));
@@ -409,14 +459,11 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
             glibc,
         });
     }
-    for dir in plugin_dirs.iter().chain(config.iter()) {
-        inj.mounts.push(HostBind {
-            host: dir.clone(),
-            dst: dir.clone(),
-            readonly: true,
-            origin: "mpi".into(),
-        });
-    }
+    Ok(())
+}
+
+/// The site config's MPI binds, and the interconnect's device nodes.
+fn add_site_binds_and_devices(inj: &mut Injection, site: &SiteConfig) -> Result<()> {
     for spec in &site.mpi.binds {
         for b in crate::options::bind::parse_bind_list(spec)? {
             inj.mounts.push(HostBind {
@@ -436,7 +483,7 @@ pub fn gather(opts: &LaunchOptions, site: &SiteConfig, image: &dyn ImageView) ->
             origin: "mpi".into(),
         });
     }
-    Ok(inj)
+    Ok(())
 }
 
 /// What the host has: MPI libraries, and the other libraries the site config names.
@@ -727,98 +774,137 @@ fn plugins_of(name: &str, path: &Path) -> Vec<Plugins> {
         .find(|a| a.file_name().is_some_and(|n| n == "lib" || n == "lib64"))
         .and_then(Path::parent)
         .unwrap_or(libdir);
-    let existing =
-        |c: Vec<PathBuf>| -> Vec<PathBuf> { c.into_iter().filter(|p| p.exists()).collect() };
-    let mut out = Vec::new();
-    let mut add = |dir: PathBuf, modules: Vec<PathBuf>, config: Vec<PathBuf>| {
-        if let Ok(dir) = std::fs::canonicalize(&dir) {
-            out.push(Plugins {
-                dir,
-                modules,
-                config,
-            });
-        }
+    let lib = Lib {
+        path,
+        libdir,
+        prefix,
     };
     let base = name.split(".so").next().unwrap_or(name);
-    match base {
-        "libopen-pal" | "libmpi" => {
-            let mut candidates = vec![
-                libdir.join("openmpi/lib/openmpi3"),
-                libdir.join("openmpi/lib/openmpi"),
-                libdir.join("openmpi"),
+    PLUGIN_STACKS
+        .iter()
+        .filter(|(bases, _)| bases.contains(&base))
+        .flat_map(|(_, find)| find(&lib))
+        .filter_map(|(dir, modules, config)| {
+            Some(Plugins {
+                dir: std::fs::canonicalize(&dir).ok()?,
+                modules,
+                config: config.into_iter().filter(|p| p.exists()).collect(),
+            })
+        })
+        .collect()
+}
+
+/// A library of the closure, where it is installed.
+struct Lib<'a> {
+    path: &'a Path,
+    libdir: &'a Path,
+    prefix: &'a Path,
+}
+
+/// A plugin directory found for a library: the directory, its modules, and the configuration
+/// files and directories it may read (kept when they exist).
+type Found = (PathBuf, Vec<PathBuf>, Vec<PathBuf>);
+
+/// Where one stack keeps its plugins.
+type PluginFinder = fn(&Lib) -> Vec<Found>;
+
+/// Which libraries (soname bases) have plugins, and where each stack keeps them.
+const PLUGIN_STACKS: &[(&[&str], PluginFinder)] = &[
+    (&["libopen-pal", "libmpi"], open_mpi_plugins),
+    (&["libpmix"], pmix_plugins),
+    (&["libfabric"], libfabric_plugins),
+    (&["libucp", "libucs", "libuct"], ucx_plugins),
+    (&["libibverbs"], verbs_plugins),
+];
+
+/// Open MPI's MCA components: beside the library, or under its run path.
+fn open_mpi_plugins(lib: &Lib) -> Vec<Found> {
+    let mut candidates = vec![
+        lib.libdir.join("openmpi/lib/openmpi3"),
+        lib.libdir.join("openmpi/lib/openmpi"),
+        lib.libdir.join("openmpi"),
+    ];
+    if let Ok(info) = ElfInfo::read(lib.path) {
+        for r in info.runpath {
+            candidates.push(r.join("openmpi3"));
+            candidates.push(r.join("openmpi"));
+        }
+    }
+    let Some(dir) = candidates.into_iter().find(|d| has_file(d, "mca_", ".so")) else {
+        return Vec::new();
+    };
+    let mut config = vec![
+        lib.prefix.join("etc/openmpi-mca-params.conf"),
+        lib.prefix.join("share/openmpi"),
+    ];
+    if lib.prefix == Path::new("/usr") {
+        config.push("/etc/openmpi".into());
+    }
+    let modules = files(&dir, "mca_", ".so");
+    vec![(dir, modules, config)]
+}
+
+/// PMIx components. Debian's pmix2/ is a prefix (lib/pmix, share/pmix); elsewhere the
+/// components sit right in pmix/. Help texts and defaults: share/ on Debian (pmix2/share),
+/// etc/ otherwise.
+fn pmix_plugins(lib: &Lib) -> Vec<Found> {
+    let mut out = Vec::new();
+    for sub in ["pmix", "pmix2", "pmix3", "pmix4", "pmix5"] {
+        let dir = lib.libdir.join(sub);
+        let modules: Vec<PathBuf> = files(&dir, "", ".so")
+            .into_iter()
+            .chain(files(&dir.join("lib/pmix"), "", ".so"))
+            .collect();
+        if !modules.is_empty() {
+            let config = vec![
+                lib.prefix.join("share/pmix"),
+                lib.prefix.join("share/pmix-mca-params.conf"),
+                lib.prefix.join("etc/pmix-mca-params.conf"),
             ];
-            if let Ok(info) = ElfInfo::read(path) {
-                for r in info.runpath {
-                    candidates.push(r.join("openmpi3"));
-                    candidates.push(r.join("openmpi"));
-                }
-            }
-            if let Some(dir) = candidates.into_iter().find(|d| has_file(d, "mca_", ".so")) {
-                let mut config = vec![
-                    prefix.join("etc/openmpi-mca-params.conf"),
-                    prefix.join("share/openmpi"),
-                ];
-                if prefix == Path::new("/usr") {
-                    config.push("/etc/openmpi".into());
-                }
-                let modules = files(&dir, "mca_", ".so");
-                add(dir, modules, existing(config));
-            }
+            out.push((dir, modules, config));
         }
-        "libpmix" => {
-            for sub in ["pmix", "pmix2", "pmix3", "pmix4", "pmix5"] {
-                let dir = libdir.join(sub);
-                // Debian's pmix2/ is a prefix (lib/pmix, share/pmix); elsewhere the
-                // components sit right in pmix/.
-                let modules: Vec<PathBuf> = files(&dir, "", ".so")
-                    .into_iter()
-                    .chain(files(&dir.join("lib/pmix"), "", ".so"))
-                    .collect();
-                if !modules.is_empty() {
-                    // Help texts and defaults: share/ on Debian (pmix2/share), etc/ otherwise.
-                    let config = vec![
-                        prefix.join("share/pmix"),
-                        prefix.join("share/pmix-mca-params.conf"),
-                        prefix.join("etc/pmix-mca-params.conf"),
-                    ];
-                    add(dir, modules, existing(config));
-                }
-            }
-        }
-        "libfabric" => {
-            let dir = libdir.join("libfabric");
-            let modules = files(&dir, "", ".so");
-            if !modules.is_empty() {
-                add(dir, modules, Vec::new());
-            }
-        }
-        "libucp" | "libucs" | "libuct" => {
-            let dir = libdir.join("ucx");
-            let modules = files(&dir, "lib", ".so.0");
-            if !modules.is_empty() {
-                add(dir, modules, existing(vec![prefix.join("etc/ucx")]));
-            }
-        }
-        "libibverbs" => {
-            let dir = libdir.join("libibverbs");
-            let conf = PathBuf::from("/etc/libibverbs.d");
-            let drivers = verbs_drivers(&conf);
-            let modules: Vec<PathBuf> = files(&dir, "lib", ".so")
-                .into_iter()
-                .filter(|m| {
-                    let n = m.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    drivers
-                        .iter()
-                        .any(|d| n.starts_with(&format!("lib{d}-rdmav")))
-                })
-                .collect();
-            if dir.is_dir() {
-                add(dir, modules, existing(vec![conf]));
-            }
-        }
-        _ => {}
     }
     out
+}
+
+/// libfabric's providers.
+fn libfabric_plugins(lib: &Lib) -> Vec<Found> {
+    let dir = lib.libdir.join("libfabric");
+    let modules = files(&dir, "", ".so");
+    if modules.is_empty() {
+        return Vec::new();
+    }
+    vec![(dir, modules, Vec::new())]
+}
+
+/// UCX's transport modules and its configuration.
+fn ucx_plugins(lib: &Lib) -> Vec<Found> {
+    let dir = lib.libdir.join("ucx");
+    let modules = files(&dir, "lib", ".so.0");
+    if modules.is_empty() {
+        return Vec::new();
+    }
+    vec![(dir, modules, vec![lib.prefix.join("etc/ucx")])]
+}
+
+/// The verbs providers that /etc/libibverbs.d names.
+fn verbs_plugins(lib: &Lib) -> Vec<Found> {
+    let dir = lib.libdir.join("libibverbs");
+    let conf = PathBuf::from("/etc/libibverbs.d");
+    let drivers = verbs_drivers(&conf);
+    let modules: Vec<PathBuf> = files(&dir, "lib", ".so")
+        .into_iter()
+        .filter(|m| {
+            let n = m.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            drivers
+                .iter()
+                .any(|d| n.starts_with(&format!("lib{d}-rdmav")))
+        })
+        .collect();
+    if !dir.is_dir() {
+        return Vec::new();
+    }
+    vec![(dir, modules, vec![conf])]
 }
 
 /// Provider names from `driver NAME` lines of /etc/libibverbs.d/*.driver.
