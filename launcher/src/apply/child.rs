@@ -1,7 +1,8 @@
 //! The child's half of a launch, in order: die with the launcher, new user and mount
 //! namespaces, the staging tmpfs, the image mounted with FUSE and its descriptor handed to the
-//! launcher, the root assembled and entered, the working directory, privileges dropped, exec.
-//! A rank that joins a shared instance enters its namespaces instead of making them.
+//! launcher, the root assembled and entered, the working directory, privileges dropped, then a
+//! fork: this process stays as the command's reaper, the new one execs the command. A rank
+//! that joins a shared instance enters its namespaces instead of making them.
 //!
 //! Every step goes through `Syscalls`, so the sequence is unit-tested in order (`Recorder`).
 
@@ -48,8 +49,8 @@ pub fn create_instance(
         Then::Exec(old_mask) => match prepare_exec(sys, plan) {
             Ok(program) => {
                 end_stores(&chan);
-                let _ = old_mask.thread_set_mask();
-                sys.exec(&program, &plan.argv, &plan.env)
+                drop(chan);
+                run_command(sys, plan, &program, old_mask, parent)
             }
             Err(e) => e,
         },
@@ -74,11 +75,36 @@ pub fn enter_instance(
         prepare_exec(sys, plan)
     };
     match setup() {
-        Ok(program) => {
-            let _ = old_mask.thread_set_mask();
-            sys.exec(&program, &plan.argv, &plan.env)
-        }
+        Ok(program) => run_command(sys, plan, &program, old_mask, parent),
         Err(e) => e,
+    }
+}
+
+/// Become the command under a reaper: fork; this process stays as the command's parent and
+/// subreaper (`supervise::reaper`: it ends whatever the command leaves, even after a `kill -9`
+/// of the launcher), the new one execs. Returns only on error.
+fn run_command(
+    sys: &dyn Syscalls,
+    plan: &Plan,
+    program: &Path,
+    old_mask: &SigSet,
+    launcher: Pid,
+) -> anyhow::Error {
+    if let Err(e) = sys.become_reaper(launcher) {
+        return e;
+    }
+    match sys.fork_command() {
+        Err(e) => e,
+        Ok(Some(command)) => {
+            // The reaper needs none of the descriptors it inherited; the command keeps its own.
+            // SAFETY: no descriptor above 2 is used by this process from here on.
+            unsafe { libc::close_range(3, u32::MAX, 0) };
+            crate::apply::supervise::reaper(command, launcher)
+        }
+        Ok(None) => {
+            let _ = old_mask.thread_set_mask();
+            sys.exec(program, &plan.argv, &plan.env)
+        }
     }
 }
 
@@ -352,6 +378,8 @@ mod tests {
                 Call::Chdir("/work".into()),
                 Call::DropCapabilities,
                 Call::SetNoNewPrivs,
+                Call::BecomeReaper,
+                Call::ForkCommand,
                 Call::Exec {
                     program: "/bin/true".into(),
                     argv: vec!["/bin/true".into(), "x".into()],
@@ -384,6 +412,8 @@ mod tests {
                 Call::Chdir("/work".into()),
                 Call::DropCapabilities,
                 Call::SetNoNewPrivs,
+                Call::BecomeReaper,
+                Call::ForkCommand,
                 Call::Exec {
                     program: "/bin/true".into(),
                     argv: vec!["/bin/true".into(), "x".into()],

@@ -48,11 +48,7 @@ pub fn failed_child_status(child: Pid) -> Option<i32> {
 /// Block the signals we forward (and SIGCHLD) and become the subreaper of the command's
 /// orphans, so none outlives the launcher. Returns the set waited for and the old mask.
 pub fn prepare_supervision() -> Result<(SigSet, SigSet)> {
-    let mut forwarded = SigSet::empty();
-    for s in FORWARDED {
-        forwarded.add(*s);
-    }
-    forwarded.add(Signal::SIGCHLD);
+    let forwarded = waited_set();
     let old_mask = forwarded
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .context("blocking signals")?;
@@ -65,6 +61,57 @@ pub fn prepare_supervision() -> Result<(SigSet, SigSet)> {
 /// terminating signal first ends the pushes of listed files (`pusher`): a SIGKILL that may
 /// follow must find no store in progress (push.rs).
 pub fn supervise(child: Pid, waited: &SigSet, pusher: Option<&Pusher>) -> Result<i32> {
+    match wait_forwarding(child, waited, pusher, None)? {
+        Ended::Status(code) | Ended::LauncherGone(code) => Ok(code),
+    }
+}
+
+/// How a wait for the command ended.
+enum Ended {
+    /// The command's exit status, as a shell shows it.
+    Status(i32),
+    /// The launcher died first (the reaper's parent-death signal): this status goes nowhere.
+    LauncherGone(i32),
+}
+
+/// The reaper: the child that built the container stays as the command's parent and as the
+/// subreaper of everything the command starts (`setsid` daemons, double forks), so that a
+/// `kill -9` of the launcher, which no code of the launcher's can answer, still ends them all:
+/// the kernel sends the reaper its parent-death signal (TERM), and the reaper kills what it has
+/// adopted. Otherwise it forwards the launcher's signals to the command, and leaves with the
+/// command's status once the command and its leftovers are gone. Never returns.
+pub fn reaper(command: Pid, launcher: Pid) -> ! {
+    let code = match wait_forwarding(command, &waited_set(), None, Some(launcher)) {
+        Ok(Ended::Status(code)) => code,
+        Ok(Ended::LauncherGone(_)) => 128 + libc::SIGKILL,
+        Err(e) => {
+            debug::line(format_args!("launcher: error: {e:#}"));
+            255
+        }
+    };
+    kill_leftovers(None);
+    // SAFETY: _exit has no preconditions; nothing of the launcher's may run in this process.
+    unsafe { libc::_exit(code) }
+}
+
+/// The signals the launcher and the reaper wait for: those they forward, and SIGCHLD.
+fn waited_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// `launcher`: we are the reaper, whose parent is the launcher; a signal that comes when our
+/// parent is someone else means the launcher died.
+fn wait_forwarding(
+    child: Pid,
+    waited: &SigSet,
+    pusher: Option<&Pusher>,
+    launcher: Option<Pid>,
+) -> Result<Ended> {
     loop {
         // SAFETY: siginfo_t is plain data; all-zero is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -76,9 +123,12 @@ pub fn supervise(child: Pid, waited: &SigSet, pusher: Option<&Pusher>) -> Result
         if sig == libc::SIGCHLD {
             if let Some(code) = reap(child)? {
                 debug::step(format_args!("command exited with status {code}"));
-                return Ok(code);
+                return Ok(Ended::Status(code));
             }
             continue;
+        }
+        if launcher.is_some_and(|l| nix::unistd::getppid() != l) {
+            return Ok(Ended::LauncherGone(128 + sig));
         }
         if let (Some(p), libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT) =
             (pusher, sig)

@@ -38,6 +38,11 @@ pub trait Syscalls {
     fn open_dev_fuse(&self) -> Result<OwnedFd>;
     /// Where /proc is visible from now on (the host's /proc under the old root, once pivoted).
     fn use_proc(&self, proc_dir: &Path);
+    /// Adopt the orphans of everything started from here (PR_SET_CHILD_SUBREAPER), and learn
+    /// of the launcher's death by a TERM instead of dying at once; an error if it is gone.
+    fn become_reaper(&self, launcher: Pid) -> Result<()>;
+    /// Fork the process that becomes the command: its pid here, None in it (it dies with us).
+    fn fork_command(&self) -> Result<Option<Pid>>;
     /// Empty the bounding and ambient capability sets.
     fn drop_capabilities(&self) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
@@ -123,6 +128,36 @@ impl Syscalls for Real {
 
     fn use_proc(&self, proc_dir: &Path) {
         *self.proc_dir.borrow_mut() = proc_dir.to_path_buf();
+    }
+
+    fn become_reaper(&self, launcher: Pid) -> Result<()> {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            bail!(
+                "PR_SET_CHILD_SUBREAPER: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).context("PR_SET_PDEATHSIG")?;
+        if nix::unistd::getppid() != launcher {
+            bail!("the launcher exited during start-up");
+        }
+        Ok(())
+    }
+
+    fn fork_command(&self) -> Result<Option<Pid>> {
+        let reaper = nix::unistd::getpid();
+        // SAFETY: this process is single-threaded.
+        match unsafe { nix::unistd::fork() }.context("fork")? {
+            nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+            nix::unistd::ForkResult::Child => {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+                if nix::unistd::getppid() != reaper {
+                    bail!("the launcher exited during start-up");
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// So that execve grants no capability even to a caller whose uid is 0 (other uids lose
@@ -469,6 +504,8 @@ pub enum Call {
     JoinNamespaces,
     OpenDevFuse,
     UseProc(PathBuf),
+    BecomeReaper,
+    ForkCommand,
     DropCapabilities,
     SetNoNewPrivs,
     Exec {
@@ -574,6 +611,15 @@ impl Syscalls for Recorder {
     }
     fn use_proc(&self, proc_dir: &Path) {
         self.log(Call::UseProc(proc_dir.to_path_buf()));
+    }
+    fn become_reaper(&self, _launcher: Pid) -> Result<()> {
+        self.log(Call::BecomeReaper);
+        Ok(())
+    }
+    /// As the command's side of the fork.
+    fn fork_command(&self) -> Result<Option<Pid>> {
+        self.log(Call::ForkCommand);
+        Ok(None)
     }
     fn drop_capabilities(&self) -> Result<()> {
         self.log(Call::DropCapabilities);
