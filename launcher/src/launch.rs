@@ -42,7 +42,10 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     }
     let role = share_role(opts, &facts.host, &plan);
     match &role {
-        Role::Lead(_) => debug::step("share: leading this node's instance for the job step"),
+        Role::Lead(l) => debug::step(format_args!(
+            "share: leading this node's instance for the job step (rendezvous in {})",
+            l.path.display()
+        )),
         Role::Join(j) => debug::step(format_args!(
             "share: joining the instance of launcher {}",
             j.state.leader_pid
@@ -82,7 +85,9 @@ fn default_fuse_threads() -> usize {
         .clamp(2, 8)
 }
 
-/// Whether this launch leads, joins or stays out of a per-node shared instance.
+/// Whether this launch leads, joins or stays out of a per-node shared instance. A rank of a
+/// job step that cannot share says why on stderr: its ranks lose single-copy transfers (CMA)
+/// between them, which only --debug would otherwise show.
 fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     if !opts.share {
         return Role::Private("--no-share".into());
@@ -93,15 +98,20 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {
         return Role::Private("not a rank of a job step".into());
     };
-    let key = match share::key(
+    let role = share::key(
         plan.uid,
         &step,
         &plan.image.path,
         &(&plan.mounts, &plan.upper),
-    ) {
-        Ok(k) => k,
-        Err(e) => return Role::Private(format!("{e:#}")),
+    )
+    .and_then(|key| share::rendezvous(&share::candidate_dirs(&host.env, plan.uid), plan.uid, &key));
+    let why = match role {
+        Ok(Role::Private(why)) => why,
+        Ok(role) => return role,
+        Err(e) => format!("{e:#}"),
     };
-    share::rendezvous(&share::default_dir(plan.uid), plan.uid, &key)
-        .unwrap_or_else(|e| Role::Private(format!("{e:#}")))
+    eprintln!(
+        "launcher: warning: this rank does not share the node's instance with the other ranks of its job step (no single-copy MPI transfers between them): {why}"
+    );
+    Role::Private(why)
 }

@@ -94,6 +94,8 @@ pub enum Role {
 
 pub struct Leader {
     dir: OwnedFd,
+    /// Where `dir` is: removed by the last rank out when empty.
+    pub path: PathBuf,
     key: String,
     /// Held until the state is published.
     lock: Option<File>,
@@ -109,35 +111,63 @@ pub struct Joiner {
     _user: File,
 }
 
-/// Where the rendezvous files live: node-local and private to the user.
-pub fn default_dir(uid: u32) -> PathBuf {
-    match std::env::var_os("LAUNCHER_SHARE_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(format!("/tmp/launcher-{uid}")),
+/// Where the rendezvous files may live, in the order the ranks of a step try them (they all
+/// take the first one usable, so they meet): `$LAUNCHER_SHARE_DIR` alone when set (a site may
+/// create one per job in a prolog); else a directory in `$XDG_RUNTIME_DIR` (created by logind,
+/// private to the user, so nobody else can take the name first), then `/tmp/launcher-UID` and
+/// `/dev/shm/launcher-UID`, node-local, which another user could create first.
+pub fn candidate_dirs(env: &[(String, String)], uid: u32) -> Vec<PathBuf> {
+    if let Some(d) = crate::env_list::get_nonempty(env, "LAUNCHER_SHARE_DIR") {
+        return vec![PathBuf::from(d)];
     }
+    let mut dirs = Vec::new();
+    if let Some(run) = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR") {
+        let run = Path::new(run);
+        // Only the user's own runtime directory: one inherited from another node or user
+        // (srun passes the environment on) is passed over.
+        let private = std::fs::metadata(run)
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+        if run.is_absolute() && private {
+            dirs.push(run.join("launcher"));
+        }
+    }
+    dirs.push(PathBuf::from(format!("/tmp/launcher-{uid}")));
+    dirs.push(PathBuf::from(format!("/dev/shm/launcher-{uid}")));
+    dirs
 }
 
-/// Decide whether to lead, join or launch alone. Blocks while another rank is setting up.
-pub fn rendezvous(dir: &Path, uid: u32, key: &str) -> Result<Role> {
-    // The directory may vanish between open and use when the last rank of an earlier
-    // instance removes it: start over a few times.
-    let mut last = anyhow!("no attempt");
-    for _ in 0..5 {
-        let dir_fd = match open_private_dir(dir, uid) {
-            Ok(fd) => fd,
-            Err(e) => return Ok(Role::Private(format!("{e:#}"))),
-        };
-        sweep_stale(dir, &dir_fd, key);
-        match try_rendezvous(dir_fd, key) {
-            Ok(role) => return Ok(role),
-            Err(e) if is_enoent(&e) => last = e,
-            Err(e) => return Err(e),
+/// Decide whether to lead, join or launch alone, in the first of `dirs` that is a directory
+/// private to the user (or can be made one). Blocks while another rank is setting up.
+pub fn rendezvous(dirs: &[PathBuf], uid: u32, key: &str) -> Result<Role> {
+    let mut refused = Vec::new();
+    for dir in dirs {
+        match rendezvous_in(dir, uid, key) {
+            Ok(Some(role)) => return Ok(role),
+            Ok(None) => {}
+            Err(e) => refused.push(format!("{e:#}")),
         }
     }
     Ok(Role::Private(format!(
-        "rendezvous in '{}' kept failing: {last:#}",
-        dir.display()
+        "no usable rendezvous directory: {}",
+        refused.join("; ")
     )))
+}
+
+/// The rendezvous in one directory; an error when the directory is not usable (someone
+/// else's, or open to others), None when it kept vanishing.
+fn rendezvous_in(dir: &Path, uid: u32, key: &str) -> Result<Option<Role>> {
+    // The directory may vanish between open and use when the last rank of an earlier
+    // instance removes it: start over a few times.
+    for _ in 0..5 {
+        let dir_fd = open_private_dir(dir, uid)?;
+        sweep_stale(dir, &dir_fd, key);
+        match try_rendezvous(dir_fd, dir, key) {
+            Ok(role) => return Ok(Some(role)),
+            Err(e) if is_enoent(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Remove the files of instances whose leader is gone and that nobody is setting up: a
@@ -181,7 +211,7 @@ fn is_enoent(e: &anyhow::Error) -> bool {
         .any(|c| c.downcast_ref::<Errno>() == Some(&Errno::ENOENT))
 }
 
-fn try_rendezvous(dir: OwnedFd, key: &str) -> Result<Role> {
+fn try_rendezvous(dir: OwnedFd, path: &Path, key: &str) -> Result<Role> {
     let lock = lock_file(&dir, &format!("{key}.lock"))?;
     if let Some(state) = read_state(&dir, key)? {
         if leader_alive(&dir, key)? {
@@ -207,6 +237,7 @@ fn try_rendezvous(dir: OwnedFd, key: &str) -> Result<Role> {
     }
     Ok(Role::Lead(Leader {
         dir,
+        path: path.to_path_buf(),
         key: key.to_string(),
         lock: Some(lock),
         _alive: alive,
@@ -303,6 +334,10 @@ fn open_private_dir(dir: &Path, uid: u32) -> Result<OwnedFd> {
             dir.display()
         ),
     }
+    // Looked at before opening, so that a directory we may not even open is refused with its
+    // owner named; checked again on the open descriptor, which is what is used.
+    let st = nix::sys::stat::lstat(dir).with_context(|| format!("stat '{}'", dir.display()))?;
+    refuse_unless_private(dir, uid, &st)?;
     let fd = nix::fcntl::open(
         dir,
         OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -315,15 +350,27 @@ fn open_private_dir(dir: &Path, uid: u32) -> Result<OwnedFd> {
         )
     })?;
     let st = fstat(&fd).with_context(|| format!("stat '{}'", dir.display()))?;
-    if st.st_uid != uid || st.st_mode & 0o077 != 0 {
-        bail!(
-            "'{}' is not a directory private to uid {uid} (owner {}, mode {:o}): not sharing",
-            dir.display(),
-            st.st_uid,
-            st.st_mode & 0o7777
-        );
-    }
+    refuse_unless_private(dir, uid, &st)?;
     Ok(fd)
+}
+
+/// An error naming the owner unless `st` is a directory of `uid`'s that nobody else may use.
+fn refuse_unless_private(dir: &Path, uid: u32, st: &nix::sys::stat::FileStat) -> Result<()> {
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if is_dir && st.st_uid == uid && st.st_mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(st.st_uid))
+        .ok()
+        .flatten()
+        .map(|u| format!(" ({})", u.name))
+        .unwrap_or_default();
+    bail!(
+        "'{}' is not a directory private to uid {uid} (owner {}{owner}, mode {:o}): not sharing",
+        dir.display(),
+        st.st_uid,
+        st.st_mode & 0o7777
+    )
 }
 
 fn open_at(dir: &OwnedFd, name: &str) -> Result<File> {
@@ -469,7 +516,8 @@ mod tests {
     fn first_leads_then_others_see_a_live_leader_and_the_last_removes_files() {
         let dir = scratch("lead");
         let uid = my_uid();
-        let Role::Lead(mut leader) = rendezvous(&dir, uid, "k").unwrap() else {
+        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap()
+        else {
             panic!("the first rank must lead")
         };
         let me = std::process::id() as i32;
@@ -489,7 +537,7 @@ mod tests {
             })
             .unwrap();
         // A second rank joins (here: the namespaces of this very process).
-        match rendezvous(&dir, uid, "k").unwrap() {
+        match rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap() {
             Role::Join(j) => {
                 assert_eq!(j.state.keeper_pid, me);
                 drop(j);
@@ -506,7 +554,8 @@ mod tests {
     fn a_dead_leader_is_replaced() {
         let dir = scratch("dead");
         let uid = my_uid();
-        let Role::Lead(mut leader) = rendezvous(&dir, uid, "k").unwrap() else {
+        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap()
+        else {
             panic!("the first rank must lead")
         };
         leader
@@ -520,7 +569,7 @@ mod tests {
         // The leader "crashes": its locks go away with it, the state file stays.
         drop(leader);
         assert!(dir.join("k.state").exists());
-        match rendezvous(&dir, uid, "k").unwrap() {
+        match rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap() {
             Role::Lead(l) => l.wait_and_close().unwrap(),
             _ => panic!("a stale state must lead to a new leader"),
         }
@@ -531,7 +580,8 @@ mod tests {
     fn files_of_dead_instances_are_swept() {
         let dir = scratch("sweep");
         let uid = my_uid();
-        let Role::Lead(mut dead) = rendezvous(&dir, uid, "old").unwrap() else {
+        let Role::Lead(mut dead) = rendezvous(std::slice::from_ref(&dir), uid, "old").unwrap()
+        else {
             panic!("must lead")
         };
         dead.publish(&State {
@@ -541,12 +591,12 @@ mod tests {
             mnt_ns: 1,
         })
         .unwrap();
-        let Role::Lead(live) = rendezvous(&dir, uid, "live").unwrap() else {
+        let Role::Lead(live) = rendezvous(std::slice::from_ref(&dir), uid, "live").unwrap() else {
             panic!("must lead")
         };
         drop(dead); // killed: its files stay
         assert!(dir.join("old.state").exists());
-        let Role::Lead(third) = rendezvous(&dir, uid, "new").unwrap() else {
+        let Role::Lead(third) = rendezvous(std::slice::from_ref(&dir), uid, "new").unwrap() else {
             panic!("must lead")
         };
         assert!(!dir.join("old.state").exists() && !dir.join("old.lock").exists());
@@ -566,10 +616,66 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        match rendezvous(&dir, my_uid(), "k").unwrap() {
+        match rendezvous(std::slice::from_ref(&dir), my_uid(), "k").unwrap() {
             Role::Private(why) => assert!(why.contains("not a directory private"), "{why}"),
             _ => panic!("must not share through a directory others can write"),
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_directory_someone_else_made_first_is_passed_over() {
+        let theirs = scratch("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(my_uid() + 1), None).unwrap();
+        let ours = scratch("ours");
+        let dirs = [theirs.clone(), ours.clone()];
+        let Role::Lead(leader) = rendezvous(&dirs, my_uid(), "k").unwrap() else {
+            panic!("the second directory was not used");
+        };
+        assert_eq!(leader.path, ours);
+        leader.wait_and_close().unwrap();
+        match rendezvous(std::slice::from_ref(&theirs), my_uid(), "k").unwrap() {
+            Role::Private(why) => assert!(
+                why.contains(&format!("owner {}", my_uid() + 1)),
+                "the refusal names the owner: {why}"
+            ),
+            _ => panic!("shared through someone else's directory"),
+        }
+        for d in [theirs, ours] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn candidates_start_with_the_users_runtime_dir() {
+        let uid = my_uid();
+        let run = scratch("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let env = |pairs: &[(&str, &Path)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.display().to_string()))
+                .collect()
+        };
+        let dirs = candidate_dirs(&env(&[("XDG_RUNTIME_DIR", &run)]), uid);
+        assert_eq!(
+            dirs,
+            [
+                run.join("launcher"),
+                PathBuf::from(format!("/tmp/launcher-{uid}")),
+                PathBuf::from(format!("/dev/shm/launcher-{uid}")),
+            ]
+        );
+        // Someone else's runtime directory (srun passes the environment on) is passed over.
+        std::os::unix::fs::chown(&run, Some(uid + 1), None).unwrap();
+        let dirs = candidate_dirs(&env(&[("XDG_RUNTIME_DIR", &run)]), uid);
+        assert_eq!(dirs[0], PathBuf::from(format!("/tmp/launcher-{uid}")));
+        // An explicit directory is the only one.
+        let dirs = candidate_dirs(&env(&[("LAUNCHER_SHARE_DIR", Path::new("/x"))]), uid);
+        assert_eq!(dirs, [PathBuf::from("/x")]);
+        let _ = std::fs::remove_dir_all(&run);
     }
 }

@@ -225,11 +225,12 @@ fn lead(
     let code = code?;
     kill_leftovers(Some(keeper));
     debug::step("waiting for the ranks that joined");
+    let dir = leader.path.clone();
     let closed = leader.wait_and_close();
     let _ = kill(keeper, Signal::SIGKILL);
     let _ = waitpid(keeper, None);
     kill_leftovers(None);
-    share::remove_dir_if_empty(&share::default_dir(plan.uid));
+    share::remove_dir_if_empty(&dir);
     closed?;
     Ok(code)
 }
