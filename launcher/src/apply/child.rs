@@ -1,7 +1,7 @@
 //! The child's half of a launch, in order: die with the launcher, new user and mount
 //! namespaces, the staging tmpfs, the image mounted with FUSE and its descriptor handed to the
 //! launcher, the root assembled and entered, the working directory, privileges dropped, then a
-//! fork: this process stays as the command's reaper, the new one execs the command. A rank
+//! spawn of the command, whose reaper this process stays. A rank
 //! that joins a shared instance enters its namespaces instead of making them.
 //!
 //! Every step goes through `Syscalls`, so the sequence is unit-tested in order (`Recorder`).
@@ -80,9 +80,8 @@ pub fn enter_instance(
     }
 }
 
-/// Become the command under a reaper: fork; this process stays as the command's parent and
-/// subreaper (`supervise::reaper`: it ends whatever the command leaves, even after a `kill -9`
-/// of the launcher), the new one execs. Returns only on error.
+/// Start the command and stay as its reaper (`supervise::reaper`: it ends whatever the command
+/// leaves, even after a `kill -9` of the launcher). Returns only on error.
 fn run_command(
     sys: &dyn Syscalls,
     plan: &Plan,
@@ -93,17 +92,13 @@ fn run_command(
     if let Err(e) = sys.become_reaper(launcher) {
         return e;
     }
-    match sys.fork_command() {
+    match sys.spawn_command(program, &plan.argv, &plan.env, old_mask) {
         Err(e) => e,
-        Ok(Some(command)) => {
+        Ok(command) => {
             // The reaper needs none of the descriptors it inherited; the command keeps its own.
             // SAFETY: no descriptor above 2 is used by this process from here on.
             unsafe { libc::close_range(3, u32::MAX, 0) };
             crate::apply::supervise::reaper(command, launcher)
-        }
-        Ok(None) => {
-            let _ = old_mask.thread_set_mask();
-            sys.exec(program, &plan.argv, &plan.env)
         }
     }
 }
@@ -317,7 +312,7 @@ mod tests {
         let mask = SigSet::thread_get_mask().unwrap();
         let p = plan();
         let err = create_instance(&rec, &p, Pid::this(), child, Then::Exec(&mask));
-        assert_eq!(err.to_string(), "recorded exec");
+        assert_eq!(err.to_string(), "recorded spawn");
         answer.join().unwrap();
         let calls = rec.calls.into_inner();
         let staging = PathBuf::from(STAGING_CANDIDATES[0]);
@@ -379,8 +374,7 @@ mod tests {
                 Call::DropCapabilities,
                 Call::SetNoNewPrivs,
                 Call::BecomeReaper,
-                Call::ForkCommand,
-                Call::Exec {
+                Call::SpawnCommand {
                     program: "/bin/true".into(),
                     argv: vec!["/bin/true".into(), "x".into()],
                 },
@@ -398,7 +392,7 @@ mod tests {
         let mask = SigSet::thread_get_mask().unwrap();
         let p = plan();
         let err = enter_instance(&rec, &p, Pid::this(), &ns(()), &ns(()), &mask);
-        assert_eq!(err.to_string(), "recorded exec");
+        assert_eq!(err.to_string(), "recorded spawn");
         let calls = rec.calls.into_inner();
         assert!(
             !calls.iter().any(|c| matches!(c, Call::Mount { .. })),
@@ -413,8 +407,7 @@ mod tests {
                 Call::DropCapabilities,
                 Call::SetNoNewPrivs,
                 Call::BecomeReaper,
-                Call::ForkCommand,
-                Call::Exec {
+                Call::SpawnCommand {
                     program: "/bin/true".into(),
                     argv: vec!["/bin/true".into(), "x".into()],
                 },

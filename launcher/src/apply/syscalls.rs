@@ -8,7 +8,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use std::cell::RefCell;
@@ -41,13 +41,17 @@ pub trait Syscalls {
     /// Adopt the orphans of everything started from here (PR_SET_CHILD_SUBREAPER), and learn
     /// of the launcher's death by a TERM instead of dying at once; an error if it is gone.
     fn become_reaper(&self, launcher: Pid) -> Result<()>;
-    /// Fork the process that becomes the command: its pid here, None in it (it dies with us).
-    fn fork_command(&self) -> Result<Option<Pid>>;
+    /// Start `program` as a new process with this signal mask: its pid.
+    fn spawn_command(
+        &self,
+        program: &Path,
+        argv: &[String],
+        env: &[(String, String)],
+        mask: &SigSet,
+    ) -> Result<Pid>;
     /// Empty the bounding and ambient capability sets.
     fn drop_capabilities(&self) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
-    /// Become `program`; returns only on failure, with the error.
-    fn exec(&self, program: &Path, argv: &[String], env: &[(String, String)]) -> anyhow::Error;
     fn mount(
         &self,
         src: Option<&Path>,
@@ -145,23 +149,74 @@ impl Syscalls for Real {
         Ok(())
     }
 
-    fn fork_command(&self) -> Result<Option<Pid>> {
-        let reaper = nix::unistd::getpid();
-        // SAFETY: this process is single-threaded.
-        match unsafe { nix::unistd::fork() }.context("fork")? {
-            nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
-            nix::unistd::ForkResult::Child => {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-                if nix::unistd::getppid() != reaper {
-                    bail!("the launcher exited during start-up");
+    fn spawn_command(
+        &self,
+        program: &Path,
+        argv: &[String],
+        env: &[(String, String)],
+        mask: &SigSet,
+    ) -> Result<Pid> {
+        let to_c = |s: &[u8]| {
+            CString::new(s).map_err(|_| anyhow!("argument or variable contains a NUL byte"))
+        };
+        let prog = to_c(program.as_os_str().as_bytes())?;
+        let argv = argv
+            .iter()
+            .map(|a| to_c(a.as_bytes()))
+            .collect::<Result<Vec<CString>>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| to_c(format!("{k}={v}").as_bytes()))
+            .collect::<Result<Vec<CString>>>()?;
+        let ptrs = |v: &[CString]| -> Vec<*mut libc::c_char> {
+            v.iter()
+                .map(|c| c.as_ptr().cast_mut())
+                .chain(std::iter::once(std::ptr::null_mut()))
+                .collect()
+        };
+        let (argv_p, envp_p) = (ptrs(&argv), ptrs(&envp));
+        // posix_spawn: glibc's clone(CLONE_VM | CLONE_VFORK) shares this process's memory until
+        // the exec, so no page table of the launcher-sized address space is copied, and a
+        // failed exec is reported here. The mask is the one from before the launcher blocked
+        // the signals it forwards.
+        // SAFETY: attr is initialised before use and destroyed after; every pointer handed to
+        // posix_spawn points into CStrings and vectors that outlive the call, and both arrays
+        // end with a null pointer.
+        let (rc, pid) = unsafe {
+            let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+            libc::posix_spawnattr_init(&mut attr);
+            libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+            );
+            libc::posix_spawnattr_setsigmask(&mut attr, mask.as_ref());
+            let mut pid: libc::pid_t = 0;
+            let rc = libc::posix_spawn(
+                &mut pid,
+                prog.as_ptr(),
+                std::ptr::null(),
+                &attr,
+                argv_p.as_ptr(),
+                envp_p.as_ptr(),
+            );
+            libc::posix_spawnattr_destroy(&mut attr);
+            (rc, pid)
+        };
+        if rc != 0 {
+            let err = nix::errno::Errno::from_raw(rc);
+            let hint = match err {
+                nix::errno::Errno::ENOENT => {
+                    " (the file or its interpreter is missing in the image)"
                 }
-                Ok(None)
-            }
+                nix::errno::Errno::EACCES => " (not executable, or on a noexec mount)",
+                nix::errno::Errno::ENOEXEC => " (not a program for this machine)",
+                _ => "",
+            };
+            bail!("cannot execute '{}': {err}{hint}", program.display());
         }
+        Ok(Pid::from_raw(pid))
     }
 
-    /// So that execve grants no capability even to a caller whose uid is 0 (other uids lose
-    /// them at execve anyway).
     fn drop_capabilities(&self) -> Result<()> {
         // SAFETY: prctl with integer arguments only.
         unsafe {
@@ -194,33 +249,6 @@ impl Syscalls for Real {
 
     fn set_no_new_privs(&self) -> Result<()> {
         nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")
-    }
-
-    fn exec(&self, program: &Path, argv: &[String], env: &[(String, String)]) -> anyhow::Error {
-        let to_c = |s: &[u8]| {
-            CString::new(s).map_err(|_| anyhow!("argument or variable contains a NUL byte"))
-        };
-        let prog = match to_c(program.as_os_str().as_bytes()) {
-            Ok(p) => p,
-            Err(e) => return e,
-        };
-        let argv: Result<Vec<CString>> = argv.iter().map(|a| to_c(a.as_bytes())).collect();
-        let envp: Result<Vec<CString>> = env
-            .iter()
-            .map(|(k, v)| to_c(format!("{k}={v}").as_bytes()))
-            .collect();
-        let (argv, envp) = match (argv, envp) {
-            (Ok(a), Ok(e)) => (a, e),
-            (Err(e), _) | (_, Err(e)) => return e,
-        };
-        let Err(err) = nix::unistd::execve(&prog, &argv, &envp);
-        let hint = match err {
-            nix::errno::Errno::ENOENT => " (the file or its interpreter is missing in the image)",
-            nix::errno::Errno::EACCES => " (not executable, or on a noexec mount)",
-            nix::errno::Errno::ENOEXEC => " (not a program for this machine)",
-            _ => "",
-        };
-        anyhow!("cannot execute '{}': {err}{hint}", program.display())
     }
 
     fn mount(
@@ -505,10 +533,9 @@ pub enum Call {
     OpenDevFuse,
     UseProc(PathBuf),
     BecomeReaper,
-    ForkCommand,
     DropCapabilities,
     SetNoNewPrivs,
-    Exec {
+    SpawnCommand {
         program: PathBuf,
         argv: Vec<String>,
     },
@@ -616,10 +643,19 @@ impl Syscalls for Recorder {
         self.log(Call::BecomeReaper);
         Ok(())
     }
-    /// As the command's side of the fork.
-    fn fork_command(&self) -> Result<Option<Pid>> {
-        self.log(Call::ForkCommand);
-        Ok(None)
+    /// Records the command and fails: the caller would otherwise become its reaper for good.
+    fn spawn_command(
+        &self,
+        program: &Path,
+        argv: &[String],
+        _env: &[(String, String)],
+        _mask: &SigSet,
+    ) -> Result<Pid> {
+        self.log(Call::SpawnCommand {
+            program: program.to_path_buf(),
+            argv: argv.to_vec(),
+        });
+        bail!("recorded spawn")
     }
     fn drop_capabilities(&self) -> Result<()> {
         self.log(Call::DropCapabilities);
@@ -628,13 +664,6 @@ impl Syscalls for Recorder {
     fn set_no_new_privs(&self) -> Result<()> {
         self.log(Call::SetNoNewPrivs);
         Ok(())
-    }
-    fn exec(&self, program: &Path, argv: &[String], _env: &[(String, String)]) -> anyhow::Error {
-        self.log(Call::Exec {
-            program: program.to_path_buf(),
-            argv: argv.to_vec(),
-        });
-        anyhow!("recorded exec")
     }
     fn mount(
         &self,
