@@ -308,7 +308,7 @@ bench() {
         names+=("$name")
         cmds+=("$cmd")
     done
-    rm -f "$RES/$id".r*.json
+    rm -f "$RES/$id".r*.json "$RES/$id".failed-r*.json
     if ((${#names[@]} == 0)); then
         md "" "_No command of this table ran._" ""
         return 0
@@ -328,16 +328,22 @@ bench() {
                 "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
             break
         elif ((rc != 0)); then
-            fail "hyperfine $id round $r (a run failed; retried with --ignore-failure, see the Runs column)" \
-                "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
-            local a hf2=()
+            # A round in which a run failed is left out of every median, ratio and verdict
+            # (its json is not kept under the name the tables read). It is rerun with
+            # --ignore-failure only to record how many runs fail, in a json set aside.
+            local a hf2=() aside="$RES/$id.failed-r$r.json" nfail
             for a in "${hf[@]}"; do
+                [[ $a == "$json" ]] && a=$aside
                 hf2+=("$a")
                 [[ $a == -N ]] && hf2+=(-i)
             done
-            hf=("${hf2[@]}")
-            rm -f "$json"
-            timeout -k 10 "$HF_TIMEOUT" "${hf[@]}" >/dev/null 2>&1
+            rm -f "$json" "$aside"
+            timeout -k 10 "$HF_TIMEOUT" "${hf2[@]}" >/dev/null 2>&1
+            nfail=$(jq '[.results[] | "\(.command): \([.exit_codes[] | select(. != 0)] | length) of \(.exit_codes | length)"] | join(", ")' \
+                "$aside" 2>/dev/null || echo '"no result"')
+            fail "hyperfine $id round $r: a run failed; the round is left out of the results (failed runs on a rerun with --ignore-failure: $nfail)" \
+                "$(fmt_cmd "${hf[@]}")" "$rc" "$(tail -n 15 <<<"$out")"
+            md "- round $r of this table is left out: a run failed (see Failures)"
         fi
     done
     if ! compgen -G "$RES/$id.r*.json" >/dev/null; then

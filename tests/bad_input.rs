@@ -8,6 +8,7 @@
 
 mod common;
 use common::*;
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -135,16 +136,31 @@ fn busybox_tree(name: &str) -> PathBuf {
     t
 }
 
-fn host_mounts() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count()
+/// The test user's entries in the host's temporary directories, but for the test processes'
+/// scratch directories and the shared instances' rendezvous directory. (A refused launch
+/// mounts nothing, and could not touch the host's mount table anyway: what it could leave
+/// is its processes, checked per case, and files.)
+fn user_temp_files() -> BTreeSet<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = setup().uid;
+    ["/tmp", "/var/tmp", "/dev/shm"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+        .map(|e| e.path())
+        .filter(|p| {
+            *p != share_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("launcher-e2e-"))
+        })
+        .collect()
 }
 
 #[test]
 fn truncated_images_fail_cleanly() {
-    let mounts = host_mounts();
+    let files = user_temp_files();
     let good = std::fs::read(fixture("busybox-gzip.sqfs")).unwrap();
     let sb_end = 96;
     // The file is padded to 4 KiB: the image proper ends at bytes_used.
@@ -160,7 +176,8 @@ fn truncated_images_fail_cleanly() {
         let out = exec(&img, &["/bin/true"]);
         assert_clean_failure(&out, &img, &[&img], &img);
     }
-    assert_eq!(host_mounts(), mounts, "host mount table changed");
+    let new: Vec<_> = user_temp_files().difference(&files).cloned().collect();
+    assert!(new.is_empty(), "files left by refused launches: {new:?}");
 }
 
 /// Bit flips all over the superblock and through the metadata tables of a small image:

@@ -337,9 +337,59 @@ fn interrupted_build_leaves_nothing_behind() {
     ])
     .env("TMPDIR", &tmpdir.display().to_string())
     .spawn();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Interrupt it mid-way, known to be so: once the SquashFS it writes in its staging
+    // directory appears (TMPDIR/STAGING/.rootfs.squashfs.PID.N.tmp, wrapped in the SIF at the
+    // end), stop it (SIGSTOP), check that most of the input is still to be written, and only
+    // then send SIGINT and let it go on (SIGCONT).
+    let pid = child.id() as i32; // setpriv exec'd the launcher: the same pid
+    let temporary = || {
+        std::fs::read_dir(&tmpdir)
+            .unwrap()
+            .flatten()
+            .filter_map(|staging| std::fs::read_dir(staging.path()).ok())
+            .flat_map(|d| d.flatten())
+            .find(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(".rootfs.squashfs.") && n.contains(&format!(".{pid}."))
+            })
+            .map(|e| e.path())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let tmp_out = loop {
+        if let Some(p) = temporary() {
+            break p;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before writing its temporary output"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary output after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    {
+        std::thread::yield_now();
+    }
+    let written = std::fs::metadata(&tmp_out)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .expect("the build finished before it was stopped: make the input bigger");
+    assert!(
+        written < 100_000_000,
+        "{written} of 200 MB already written when stopped: make the input bigger"
+    );
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+        libc::kill(pid, libc::SIGCONT);
+    }
     let status = child.wait().unwrap();
     assert_eq!(
         status.code(),

@@ -279,14 +279,10 @@ fn contain_binds_interconnect_devices_and_site_binds() {
     );
 }
 
-/// The images of tests/setup-mpi.sh (Debian's Open MPI and MPICH unpacked with dpkg -x), when
-/// that script is part of this tree; it builds them (once) into $LAUNCHER_MPI_FIXTURES.
-fn real_mpi_image(name: &str) -> Option<String> {
+/// The images of tests/setup-mpi.sh (Debian's Open MPI and MPICH unpacked with dpkg -x); it
+/// builds them (once) into $LAUNCHER_MPI_FIXTURES. A failed set-up fails the test.
+fn real_mpi_image(name: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/setup-mpi.sh");
-    if !script.exists() {
-        eprintln!("tests/setup-mpi.sh is not in this tree: real MPI bind test skipped");
-        return None;
-    }
     let s = setup();
     let st = Command::new("bash")
         .arg(&script)
@@ -295,7 +291,12 @@ fn real_mpi_image(name: &str) -> Option<String> {
     assert!(st.success(), "tests/setup-mpi.sh failed");
     let dir = std::env::var("LAUNCHER_MPI_FIXTURES")
         .unwrap_or_else(|_| format!("{}-mpi", s.fixtures.display()));
-    Some(format!("{dir}/{name}"))
+    let img = format!("{dir}/{name}");
+    assert!(
+        Path::new(&img).is_file(),
+        "tests/setup-mpi.sh made no {img}"
+    );
+    img
 }
 
 /// The host's `PROGRAM ARGS` (mpirun.openmpi, mpiexec.mpich) as the test user, no site config
@@ -332,9 +333,7 @@ fn host_mpirun(program: &str, args: &[&str]) -> Out {
 /// host's mpirun: hello world with 2 ranks and a small ping-pong.
 #[test]
 fn real_host_open_mpi_bound_into_the_open_mpi_image() {
-    let Some(img) = real_mpi_image("openmpi.sqfs") else {
-        return;
-    };
+    let img = real_mpi_image("openmpi.sqfs");
     if Command::new("mpirun.openmpi")
         .arg("--version")
         .output()
@@ -348,12 +347,25 @@ fn real_host_open_mpi_bound_into_the_open_mpi_image() {
         args.extend(cmd);
         host_mpirun("mpirun.openmpi", &args)
     };
+    // Host and image carry the same Open MPI: only the dynamic loader tells whose is used.
     let out = launch(&[
         "/bin/sh",
         "-c",
-        "ls /.launcher.d/libs | grep -c . ; exec hello --check-size 2",
+        "LD_DEBUG=libs hello --check-size 2 2>&1 | grep -E 'calling init: .*libmpi\\.so|^hello'",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
+    let from_host = out
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("calling init: /.launcher.d/libs/libmpi.so.40"))
+        .count();
+    assert_eq!(from_host, 2, "both ranks load the host's Open MPI: {out:?}");
+    assert!(
+        !out.stdout.lines().any(|l| l.contains("calling init: ")
+            && l.contains("libmpi.so")
+            && !l.contains("/.launcher.d/libs/")),
+        "a rank loaded the image's own libmpi: {out:?}"
+    );
     let ranks: Vec<&str> = out
         .stdout
         .lines()
@@ -400,9 +412,7 @@ fn assert_one_user_namespace(out: &Out) {
 /// The same with Debian's MPICH (libmpich.so.12, over UCX) and its Hydra launcher.
 #[test]
 fn real_host_mpich_bound_into_the_mpich_image() {
-    let Some(img) = real_mpi_image("mpich.sqfs") else {
-        return;
-    };
+    let img = real_mpi_image("mpich.sqfs");
     let bin = setup().bin.display().to_string();
     let script =
         "LD_DEBUG=libs hello --check-size 2 2>&1 | grep -E 'calling init: .*libmpich|^hello'";
@@ -426,9 +436,7 @@ fn real_host_mpich_bound_into_the_mpich_image() {
 /// The incompatible pair with real libraries: the host's Open MPI against the MPICH image.
 #[test]
 fn real_host_open_mpi_is_refused_for_the_mpich_image() {
-    let Some(img) = real_mpi_image("mpich.sqfs") else {
-        return;
-    };
+    let img = real_mpi_image("mpich.sqfs");
     let cfg = setup().scratch.join("mpi-real-ompi.yaml");
     std::fs::write(&cfg, "mpi:\n  libraries: [libmpi.so]\n").unwrap();
     let out = launcher(&["exec", "--mpi", &img, "hello"])

@@ -246,11 +246,38 @@ fn home_options() {
         sh_with(&["--home", &spec], "echo $HOME; cat ~/hello.txt"),
         "/home/other\nhello from the host\n"
     );
-    let out = sh_with(
-        &["--no-home"],
-        &format!("ls {} 2>/dev/null | wc -l", setup().home.display()),
+    // --no-home: nothing of the host's home inside. A file of the test's own in the home
+    // (dotfiles count: `ls -A`) is seen without the option, so the check can fail. Run from
+    // `/` (a system directory, never bound): the current directory is bound like any other,
+    // also when it is the home (as Apptainer does).
+    let s = setup();
+    let marker = s
+        .home
+        .join(format!("no-home-marker-{}", std::process::id()));
+    std::fs::write(&marker, "host home\n").unwrap();
+    std::os::unix::fs::chown(&marker, Some(s.uid), Some(s.gid)).unwrap();
+    let probe = format!(
+        "test -e {} && echo bound; ls -A {} 2>/dev/null | wc -l",
+        marker.display(),
+        s.home.display()
     );
-    assert_eq!(out.trim(), "0");
+    let run = |flags: &[&str]| {
+        let img = gzip();
+        let mut args: Vec<&str> = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&img, "/bin/sh", "-c", &probe]);
+        let out = launcher(&args).cwd("/").run();
+        out.ok();
+        out.stdout
+    };
+    let with_home = run(&[]);
+    let without = run(&["--no-home"]);
+    std::fs::remove_file(&marker).unwrap();
+    assert!(
+        with_home.starts_with("bound\n"),
+        "home not bound by default: {with_home}"
+    );
+    assert_eq!(without.trim(), "0", "--no-home: the host's home is visible");
 }
 
 #[test]

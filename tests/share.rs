@@ -5,8 +5,10 @@
 mod common;
 use common::*;
 use std::collections::BTreeSet;
-use std::process::Child;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 fn gzip() -> String {
     fixture("busybox-gzip.sqfs")
@@ -23,13 +25,109 @@ fn rank(job: &str, step: &str, script: &str) -> L {
         .env("SLURM_STEP_ID", step)
 }
 
-fn finish(child: Child) -> Out {
-    let out = child.wait_with_output().expect("waiting for a rank");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+/// A rank whose script waits for the end of its input (`cat >/dev/null`) where the test
+/// decides: the test orders ranks by what they print, never by time.
+struct Live {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
+    stdout: Vec<String>,
+    err: Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Live {
+    fn start(l: L) -> Live {
+        let mut child = l
+            .command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning setpriv");
+        let (tx, err) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Live {
+            stdin: child.stdin.take(),
+            out: BufReader::new(child.stdout.take().unwrap()),
+            child,
+            stdout: Vec::new(),
+            err,
+            stderr: Vec::new(),
+        }
     }
+
+    /// Reads stdout until the line `want`.
+    fn until_stdout(&mut self, want: &str) {
+        let seen = wait_for_line(&mut self.out, want);
+        self.stdout.extend(seen);
+    }
+
+    /// Reads stderr until a line containing `needle`.
+    fn until_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(e) => panic!("no '{needle}' on stderr ({e}); saw {:?}", self.stderr),
+            }
+        }
+    }
+
+    /// Ends the command's input: its script goes on past `cat`.
+    fn release(&mut self) {
+        self.stdin = None;
+    }
+
+    fn finish(mut self) -> Out {
+        self.release();
+        let mut rest = String::new();
+        self.out
+            .read_to_string(&mut rest)
+            .expect("reading a rank's stdout");
+        let status = self.child.wait().expect("waiting for a rank");
+        self.stderr.extend(self.err.iter());
+        let mut stdout: String = self.stdout.iter().map(|l| format!("{l}\n")).collect();
+        stdout.push_str(&rest);
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.stderr.iter().map(|l| format!("{l}\n")).collect(),
+        }
+    }
+}
+
+/// The keepers of `job`'s instances: the leader's child that holds the instance's namespaces,
+/// named `launcher-keep` (prctl: /proc/PID/comm, not the command line) and forked without
+/// exec, so its environment is the launcher's, with the job id.
+fn keepers(job: &str) -> Vec<u32> {
+    let var = format!("SLURM_JOB_ID={job}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "launcher-keep")
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
+        })
+        .collect()
 }
 
 /// No rendezvous file of this job is left (other tests may have their own).
@@ -41,11 +139,21 @@ fn assert_no_files_left() {
 fn ranks_of_a_step_share_one_server_and_user_namespace() {
     let s = setup();
     let job = job_id(1);
-    let script = "readlink /proc/self/ns/user; id -u; sleep 2";
-    let ranks: Vec<Child> = (0..4).map(|_| rank(&job, "0", script).spawn()).collect();
-    std::thread::sleep(Duration::from_millis(1200));
+    let script = "readlink /proc/self/ns/user; id -u; echo ready; cat >/dev/null";
+    let mut ranks: Vec<Live> = (0..4)
+        .map(|_| Live::start(rank(&job, "0", script)))
+        .collect();
+    // Every rank's command is running: look at the servers and keepers now.
+    for r in &mut ranks {
+        r.until_stdout("ready");
+    }
     let servers = fuse_servers();
-    let outs: Vec<Out> = ranks.into_iter().map(finish).collect();
+    let running_keepers = keepers(&job);
+    // All at once: the leader's output ends only when the last rank is done.
+    for r in &mut ranks {
+        r.release();
+    }
+    let outs: Vec<Out> = ranks.into_iter().map(Live::finish).collect();
     let mut namespaces = BTreeSet::new();
     for o in &outs {
         o.ok();
@@ -87,28 +195,57 @@ fn ranks_of_a_step_share_one_server_and_user_namespace() {
         1,
         "FUSE servers in the ranks' namespace: {ours:?} (all: {servers:?})"
     );
-    assert!(wait_gone(&job) || pids_matching("launcher-keep").is_empty());
+    // One keeper held the instance while the ranks ran, in their namespace; it is gone.
+    assert_eq!(
+        running_keepers.len(),
+        1,
+        "keepers of the job: {running_keepers:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !keepers(&job).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the keeper outlived the ranks: {:?}",
+            keepers(&job)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_no_files_left();
 }
 
 #[test]
 fn the_leader_serves_until_the_last_rank_is_done() {
     let job = job_id(2);
-    let first = rank(&job, "0", "echo first; exit 3").spawn();
-    std::thread::sleep(Duration::from_millis(50));
-    // Joins while the leader's own command is already over, then reads files for a while.
-    let second = rank(
+    let mut first = Live::start(rank(&job, "0", "echo first; cat >/dev/null; exit 3"));
+    first.until_stdout("first");
+    first.until_stderr("share: leading");
+    let mut second = Live::start(rank(
         &job,
         "0",
-        "sleep 1; cat /etc/os-release >/dev/null 2>&1; ls /bin | wc -l; exit 5",
-    )
-    .spawn();
-    let a = finish(first);
-    let b = finish(second);
+        "echo joined; cat >/dev/null; cat /etc/os-release >/dev/null 2>&1; ls /bin | wc -l; exit 5",
+    ));
+    second.until_stdout("joined");
+    second.until_stderr("share: joining");
+    // The leader's own command ends while the second rank's still runs; the leader stays.
+    first.release();
+    first.until_stderr("waiting for the ranks that joined");
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the leader exited with a rank still in its instance"
+    );
+    // Then the second rank reads files, through the leader's server.
+    second.release();
+    let b = second.finish();
+    let a = first.finish();
     assert_eq!(a.code, 3, "leader's status: {}", a.stderr);
     assert_eq!(b.code, 5, "second rank's status: {}", b.stderr);
     assert!(
-        b.stdout.trim().parse::<u32>().unwrap_or(0) > 10,
+        b.stdout
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+            > 10,
         "listing through the shared server: {}",
         b.stdout
     );
@@ -137,19 +274,30 @@ fn a_killed_leader_does_not_hang_later_ranks() {
 #[test]
 fn other_steps_and_no_share_stay_private() {
     let job = job_id(4);
-    let script = "readlink /proc/self/ns/user; sleep 1";
-    let a = rank(&job, "0", script).spawn();
-    let b = rank(&job, "1", script).spawn();
-    let c = launcher(&["exec", "--no-share", &gzip(), "/bin/sh", "-c", script])
-        .env("SLURM_JOB_ID", &job)
-        .env("SLURM_STEP_ID", "0")
-        .spawn();
-    let outs: Vec<Out> = [a, b, c].into_iter().map(finish).collect();
+    // All three run at once (each waits for its input to end), so no namespace number is
+    // reused between them.
+    let script = "readlink /proc/self/ns/user; echo ready; cat >/dev/null";
+    let mut all = [
+        Live::start(rank(&job, "0", script)),
+        Live::start(rank(&job, "1", script)),
+        Live::start(
+            launcher(&["exec", "--no-share", &gzip(), "/bin/sh", "-c", script])
+                .env("SLURM_JOB_ID", &job)
+                .env("SLURM_STEP_ID", "0"),
+        ),
+    ];
+    for r in &mut all {
+        r.until_stdout("ready");
+    }
+    for r in &mut all {
+        r.release();
+    }
+    let outs: Vec<Out> = all.into_iter().map(Live::finish).collect();
     let ns: BTreeSet<String> = outs
         .iter()
         .map(|o| {
             o.ok();
-            o.stdout.trim().to_string()
+            o.stdout.lines().next().unwrap_or_default().to_string()
         })
         .collect();
     assert_eq!(

@@ -553,17 +553,12 @@ fn owned_entries(dirs: &[&str], uid: u32) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-fn host_mounts() -> String {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
-}
-
 #[test]
 fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
     let _g = serial();
     let s = setup();
     let scratch_dirs = ["/tmp", "/var/tmp", "/dev/shm"];
     let before = owned_entries(&scratch_dirs, s.uid);
-    let mounts_before = host_mounts();
     let marker = s.scratch.join("scancel-term");
     let markers: Vec<PathBuf> = (0..2)
         .map(|t| PathBuf::from(format!("{}.{t}", marker.display())))
@@ -627,6 +622,11 @@ fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert!(rendezvous > 0, "no rendezvous files in {:?}", share_dir());
+    // The step's FUSE connection, from a rank's own mount table (the host's cannot show it:
+    // the ranks mount in their own namespace).
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", sleeps[0])).unwrap();
+    let conns = fuse_connections(&mountinfo);
+    assert_eq!(conns.len(), 1, "the step's FUSE connection: {mountinfo}");
 
     let out = run("scancel", &["--name=launcher-scancel-test"], &[]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -647,10 +647,9 @@ fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
             m.display()
         );
     }
-    // Nothing left on the node: no new mount in the host's namespace, no new file of the user
-    // in the scratch directories, and the last rank out removed the rendezvous files.
-    assert_eq!(host_mounts().lines().count(), mounts_before.lines().count());
-    assert!(!host_mounts().contains("fuse.launcher"));
+    // Nothing left on the node: the step's FUSE connection ended, no new file of the user in
+    // the scratch directories, and the last rank out removed the rendezvous files.
+    assert_fuse_connections_end(&conns, "scancel of the step");
     let new: Vec<PathBuf> = owned_entries(&scratch_dirs, s.uid)
         .difference(&before)
         .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p) && **p != share_dir())

@@ -45,10 +45,24 @@ fi
 
 mkdir -p "$DIR"
 # One start at a time (test processes may start together). The daemons must not inherit the
-# lock's descriptor (8>&- below), or it would stay locked as long as they run; nor the
-# caller's stdout/stderr, which may be pipes a test reads to the end.
+# lock's descriptor, or it would stay locked as long as they run; nor the caller's
+# stdout/stderr, which may be pipes a test reads to the end; nor any other descriptor of the
+# caller (a lock that `flock LOCK cargo test` passes down would be held by the daemons for
+# good): they start through `detached`, with only the three standard ones.
 exec 8>"$DIR.lock"
 flock 8
+
+# detached CMD ARGS...: exec CMD with every descriptor above 2 closed.
+detached() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ]; then
+            eval "exec $fd>&-" 2>/dev/null || true
+        fi
+    done
+    exec "$@"
+}
 
 mkdir -p "$DIR"/{etc,run,log,state} "$DIR/munge" "$SPOOL"
 chmod 0755 "$DIR" "$DIR/etc" "$DIR/run" "$SPOOL"
@@ -116,15 +130,15 @@ fi
 chown munge:munge "$key"
 chmod 0400 "$key"
 # --force: run despite the socket living under a world-writable (sticky) ancestor like /var/tmp.
-setpriv --reuid=munge --regid=munge --init-groups \
+(detached setpriv --reuid=munge --regid=munge --init-groups \
     munged --force --socket="$DIR/munge/munge.socket" --key-file="$key" \
     --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" \
-    --seed-file="$DIR/munge/munged.seed" </dev/null >/dev/null 2>"$DIR/log/munged.err" 8>&- ||
+    --seed-file="$DIR/munge/munged.seed") </dev/null >/dev/null 2>"$DIR/log/munged.err" ||
     die "munged did not start: $(cat "$DIR/log/munged.err" "$DIR/munge/munged.log" 2>/dev/null | tail -5)"
 cp "$DIR/munge/munged.pid" "$DIR/run/munged.pid"
 
-slurmctld -i -f "$conf" </dev/null >>"$DIR/log/slurmctld.out" 2>&1 8>&- || die "slurmctld did not start; see $DIR/log/slurmctld.log"
-slurmd -f "$conf" </dev/null >>"$DIR/log/slurmd.out" 2>&1 8>&- || die "slurmd did not start; see $DIR/log/slurmd.log"
+(detached slurmctld -i -f "$conf") </dev/null >>"$DIR/log/slurmctld.out" 2>&1 || die "slurmctld did not start; see $DIR/log/slurmctld.log"
+(detached slurmd -f "$conf") </dev/null >>"$DIR/log/slurmd.out" 2>&1 || die "slurmd did not start; see $DIR/log/slurmd.log"
 
 for _ in $(seq 1 100); do
     if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)$'; then

@@ -363,3 +363,92 @@ pub fn ldconfig_cache(name: &str, lib_dir: &Path) -> PathBuf {
     assert!(st.success(), "ldconfig -C failed");
     cache
 }
+
+/// fusectl's view of the FUSE connections (`/sys/fs/fuse/connections`). These machines do
+/// not mount it; a root process of ours mounts it in a mount namespace of its own, held for
+/// the life of the test process (its input is our pipe), and we read it through /proc/PID/root.
+/// Nothing changes on the host.
+fn fusectl() -> &'static Path {
+    static DIR: OnceLock<(Child, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount -t fusectl fusectl /sys/fs/fuse/connections && echo mounted && exec cat >/dev/null",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning unshare (util-linux)");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "mounted\n", "mounting fusectl failed");
+        let dir = PathBuf::from(format!("/proc/{}/root/sys/fs/fuse/connections", holder.id()));
+        (holder, dir)
+    })
+    .1
+}
+
+/// A FUSE connection: its fusectl directory's name (the device number, which the kernel
+/// reuses) and inode number (which it does not while fusectl stays mounted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FuseConn {
+    pub name: String,
+    pub ino: u64,
+}
+
+/// The connections of the FUSE mounts in `mountinfo` (a launched command's own mount table,
+/// read while the command runs), each checked to be the test user's.
+pub fn fuse_connections(mountinfo: &str) -> Vec<FuseConn> {
+    use std::os::unix::fs::MetadataExt;
+    let mut conns = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !right.starts_with("fuse") {
+            continue;
+        }
+        let dev = left.split_whitespace().nth(2).unwrap_or_default();
+        let (major, minor) = dev.split_once(':').expect("major:minor in mountinfo");
+        let name =
+            ((major.parse::<u64>().unwrap() << 20) | minor.parse::<u64>().unwrap()).to_string();
+        let meta = std::fs::metadata(fusectl().join(&name))
+            .unwrap_or_else(|e| panic!("no FUSE connection {name} for mount '{line}': {e}"));
+        assert_eq!(
+            meta.uid(),
+            setup().uid,
+            "connection {name} is not the test user's"
+        );
+        let conn = FuseConn {
+            name,
+            ino: meta.ino(),
+        };
+        if !conns.contains(&conn) {
+            conns.push(conn);
+        }
+    }
+    conns
+}
+
+/// Waits (10 s at most) for every connection in `conns` to end; else panics with `what`.
+pub fn assert_fuse_connections_end(conns: &[FuseConn], what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let alive = || -> Vec<&FuseConn> {
+        conns
+            .iter()
+            .filter(|c| std::fs::metadata(fusectl().join(&c.name)).is_ok_and(|m| m.ino() == c.ino))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !alive().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: FUSE connections left: {:?}",
+            alive()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -271,28 +271,65 @@ mod tests {
     }
 
     #[test]
-    fn closing_waits_for_the_store_in_progress_and_pending_batches() {
+    fn closing_waits_for_the_store_in_progress() {
         let gate = Arc::new(Gate::default());
-        gate.pending(1);
-        let (started, done) = (Instant::now(), Arc::new(AtomicBool::new(false)));
+        let done = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) = std::sync::mpsc::channel();
         let worker = {
             let (gate, done) = (gate.clone(), done.clone());
             std::thread::spawn(move || {
                 let pass = gate.pass().expect("open");
-                std::thread::sleep(Duration::from_millis(50));
+                started_tx.send(()).unwrap();
+                // Hold the store until close has begun (it marks the gate closed first),
+                // so close is known to be called while a store is in progress.
+                while !gate.lock().closed {
+                    std::thread::yield_now();
+                }
                 done.store(true, Ordering::SeqCst);
                 drop(pass);
-                gate.pending(-1);
             })
         };
-        std::thread::sleep(Duration::from_millis(10)); // the store has started
-        gate.close(Instant::now() + Duration::from_secs(5));
+        started.recv().unwrap();
+        gate.close(Instant::now() + Duration::from_secs(600));
         assert!(done.load(Ordering::SeqCst), "close returned during a store");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "waited past the batch"
-        );
         worker.join().unwrap();
+    }
+
+    /// Whether thread `tid` of this process is asleep (in the kernel: a futex wait here).
+    fn asleep(tid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+            .expect("the closing thread ended: close returned with a batch pending");
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("S")
+    }
+
+    #[test]
+    fn closing_waits_for_pending_batches_then_closes() {
+        let gate = Arc::new(Gate::default());
+        gate.pending(1);
+        let (tid_tx, tid) = std::sync::mpsc::channel();
+        let closer = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                gate.close(Instant::now() + Duration::from_secs(600));
+            })
+        };
+        // The closer's only wait after sending its id is close's wait for the batch.
+        let tid = tid.recv().unwrap();
+        while !asleep(tid) {
+            std::thread::yield_now();
+        }
+        assert!(
+            gate.pass().is_some(),
+            "closed while a batch offered before was pending"
+        );
+        gate.pending(-1);
+        closer.join().unwrap();
+        assert!(gate.pass().is_none(), "not closed once the batch was done");
     }
 
     #[test]

@@ -202,7 +202,9 @@ mod tests {
     use std::process::Command;
 
     /// A cache made by the real ldconfig from a directory holding one small library.
-    fn real_cache(tag: &str, format: Option<&str>) -> Option<(PathBuf, LdCache)> {
+    /// A cache made by ldconfig with a library built by gcc (tests/setup.sh installs it:
+    /// without it the test fails, never skips).
+    fn real_cache(tag: &str, format: Option<&str>) -> (PathBuf, LdCache) {
         let dir =
             std::env::temp_dir().join(format!("launcher-ldcache-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -213,11 +215,9 @@ mod tests {
             .args(["-shared", "-fPIC", "-Wl,-soname,libfakecuda.so.1", "-o"])
             .arg(&lib)
             .arg(dir.join("f.c"))
-            .status();
-        if !gcc.is_ok_and(|s| s.success()) {
-            eprintln!("gcc not available: skipping");
-            return None;
-        }
+            .status()
+            .expect("running gcc (tests/setup.sh installs it)");
+        assert!(gcc.success(), "gcc failed to build the test library: {gcc}");
         std::fs::write(
             dir.join("ld.so.conf"),
             format!("{}\n", dir.join("lib").display()),
@@ -234,14 +234,12 @@ mod tests {
         let st = cmd.status().expect("running ldconfig");
         assert!(st.success());
         let cache = LdCache::read(&dir.join("ld.so.cache")).unwrap();
-        Some((dir, cache))
+        (dir, cache)
     }
 
     #[test]
     fn reads_a_cache_made_by_ldconfig() {
-        let Some((dir, cache)) = real_cache("new", None) else {
-            return;
-        };
+        let (dir, cache) = real_cache("new", None);
         assert_eq!(
             cache.lookup("libfakecuda.so.1"),
             Some(dir.join("lib/libfakecuda.so.1").as_path())
@@ -257,9 +255,7 @@ mod tests {
     #[test]
     fn reads_the_compat_format() {
         // glibc 2.36's ldconfig still writes old+new with `-c compat`.
-        let Some((dir, cache)) = real_cache("compat", Some("compat")) else {
-            return;
-        };
+        let (dir, cache) = real_cache("compat", Some("compat"));
         assert!(cache.lookup("libfakecuda.so.1").is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
