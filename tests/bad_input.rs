@@ -507,9 +507,8 @@ fn huge_text_files_in_the_image_are_refused() {
 fn in_private_mount_ns(setup_script: &str, img: &str) -> Out {
     let s = setup();
     let script = format!(
-        "set -e; {setup_script}; exec setpriv --reuid={} --regid={} --clear-groups {} exec {img} /bin/true",
-        s.uid,
-        s.gid,
+        "set -e; {setup_script}; exec {} {} exec {img} /bin/true",
+        as_test_user_prefix(),
         s.bin.display()
     );
     let mut c = Command::new("unshare");
@@ -562,9 +561,8 @@ fn user_namespaces_disabled() {
     let script = format!(
         "while [ \"$(id -u)\" != 0 ]; do sleep 0.01; done; \
          exec sh -c 'echo 0 >/proc/sys/user/max_user_namespaces && \
-         exec setpriv --reuid={} --regid={} --clear-groups {} exec {img} /bin/true'",
-        s.uid,
-        s.gid,
+         exec {} {} exec {img} /bin/true'",
+        as_test_user_prefix().replace('\'', ""),
         s.bin.display()
     );
     let mut c = Command::new("unshare");

@@ -410,13 +410,7 @@ fn refuses_to_run_setuid_or_with_file_capabilities() {
     std::fs::copy(&s.bin, &copy).unwrap();
     let img = gzip();
     let run = || {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                format!("--reuid={}", s.uid),
-                format!("--regid={}", s.gid),
-                "--clear-groups".into(),
-            ])
-            .arg(&copy)
+        let out = as_test_user(&copy, None)
             .args(["exec", &img, "/bin/true"])
             .output()
             .unwrap();

@@ -303,17 +303,8 @@ fn real_mpi_image(name: &str) -> String {
 /// (the host's real ld.so.cache).
 fn host_mpirun(program: &str, args: &[&str]) -> Out {
     let s = setup();
-    let out = Command::new("timeout")
-        .args(["-k", "10", "180", "setpriv"])
-        .arg(format!("--reuid={}", s.uid))
-        .arg(format!("--regid={}", s.gid))
-        .arg("--clear-groups")
-        .arg(program)
+    let out = as_test_user(program, Some(180))
         .args(args)
-        .env_clear()
-        .env("HOME", &s.home)
-        .env("USER", &s.user)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LAUNCHER_CONFIG", "")
         // MPI's defaults, single copy between ranks included: the ranks of one mpirun share
         // one user namespace on the node (launcher/src/share.rs).

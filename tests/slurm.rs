@@ -66,18 +66,8 @@ fn no_share_env() -> Vec<(&'static str, &'static str)> {
 /// A command run as the test user, with the test cluster's SLURM_CONF, in the scratch dir.
 fn as_user(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     let s = setup();
-    let mut c = Command::new("timeout");
-    c.args(["-k", "10", "180", "setpriv"])
-        .arg(format!("--reuid={}", s.uid))
-        .arg(format!("--regid={}", s.gid))
-        .arg("--clear-groups")
-        .arg(program)
-        .args(args)
-        .env_clear()
-        .env("HOME", &s.home)
-        .env("USER", &s.user)
-        .env("LOGNAME", &s.user)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+    let mut c = as_test_user(program, Some(180));
+    c.args(args)
         .env("SLURM_CONF", slurm_conf())
         .current_dir(&s.scratch)
         .stdin(Stdio::null());

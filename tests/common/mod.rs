@@ -132,6 +132,63 @@ impl std::fmt::Debug for Out {
     }
 }
 
+/// The environment a login of the test user has: all the tests give the user.
+fn test_user_env() -> Vec<(&'static str, String)> {
+    let s = setup();
+    vec![
+        ("HOME", s.home.display().to_string()),
+        ("USER", s.user.clone()),
+        ("LOGNAME", s.user.clone()),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
+        ("SHELL", "/bin/sh".into()),
+    ]
+}
+
+/// `setpriv` and its arguments that switch to the test user (uid, gid, no other groups).
+fn setpriv_args() -> Vec<String> {
+    let s = setup();
+    vec![
+        "setpriv".into(),
+        format!("--reuid={}", s.uid),
+        format!("--regid={}", s.gid),
+        "--clear-groups".into(),
+    ]
+}
+
+/// `program` as the test user, with only a login's environment and home as the working
+/// directory: the one way the tests start anything as that user. `limit`: a wall-clock bound
+/// in seconds (`timeout -k 10 LIMIT`), for commands that could hang on a broken cluster.
+pub fn as_test_user(program: impl AsRef<std::ffi::OsStr>, limit: Option<u32>) -> Command {
+    let setpriv = setpriv_args();
+    let mut c = match limit {
+        Some(secs) => {
+            let mut c = Command::new("timeout");
+            c.args(["-k", "10", &secs.to_string()]).args(&setpriv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&setpriv[0]);
+            c.args(&setpriv[1..]);
+            c
+        }
+    };
+    c.arg(program)
+        .env_clear()
+        .envs(test_user_env())
+        .current_dir(&setup().home);
+    c
+}
+
+/// The same as shell words, for scripts that must first do something as root (`sh -c
+/// 'SETUP; exec PREFIX launcher ...'`).
+pub fn as_test_user_prefix() -> String {
+    let env: Vec<String> = test_user_env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}='{v}'"))
+        .collect();
+    format!("env -i {} {}", env.join(" "), setpriv_args().join(" "))
+}
+
 impl L {
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
@@ -144,19 +201,11 @@ impl L {
 
     pub fn command(&self) -> Command {
         let s = setup();
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", s.uid))
-            .arg(format!("--regid={}", s.gid))
-            .arg("--clear-groups")
-            .arg(&s.bin)
-            .args(&self.args)
-            .env_clear()
-            .env("HOME", &s.home)
-            .env("USER", &s.user)
-            .env("LOGNAME", &s.user)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("SHELL", "/bin/sh")
-            .current_dir(self.cwd.clone().unwrap_or_else(|| s.home.clone()));
+        let mut c = as_test_user(&s.bin, None);
+        c.args(&self.args);
+        if let Some(cwd) = &self.cwd {
+            c.current_dir(cwd);
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
