@@ -751,28 +751,21 @@ impl Syscalls for Recorder {
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("launcher-sys-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn resolve_creates_missing_and_stays_inside() {
-        let root = tmpdir("inside");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         std::fs::create_dir_all(root.join("etc")).unwrap();
         // An absolute symlink to the host's /etc must resolve to the root's own etc.
         std::os::unix::fs::symlink("/etc", root.join("hostetc")).unwrap();
-        resolve_in_root(&root, Path::new("/hostetc/new-dir/leaf"), NodeKind::File).unwrap();
+        resolve_in_root(root, Path::new("/hostetc/new-dir/leaf"), NodeKind::File).unwrap();
         assert!(root.join("etc/new-dir/leaf").is_file());
         // A dangling symlink is followed and its target created inside the root.
         std::os::unix::fs::symlink("/../../nowhere/x", root.join("dangling")).unwrap();
-        resolve_in_root(&root, Path::new("/dangling/y"), NodeKind::Dir).unwrap();
+        resolve_in_root(root, Path::new("/dangling/y"), NodeKind::Dir).unwrap();
         assert!(root.join("nowhere/x/y").is_dir());
         // Loops end with an error.
         std::os::unix::fs::symlink("/loop", root.join("loop")).unwrap();
-        assert!(resolve_in_root(&root, Path::new("/loop/z"), NodeKind::Dir).is_err());
-        std::fs::remove_dir_all(&root).unwrap();
+        assert!(resolve_in_root(root, Path::new("/loop/z"), NodeKind::Dir).is_err());
     }
 }

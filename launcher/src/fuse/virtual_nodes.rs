@@ -135,8 +135,8 @@ mod tests {
 
     #[test]
     fn only_missing_nodes_under_their_parents() {
-        let dir = std::env::temp_dir().join(format!("vnodes-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("root/home")).unwrap();
         std::fs::create_dir_all(dir.join("root/etc")).unwrap();
         let img = dir.join("img.sqfs");
@@ -181,6 +181,5 @@ mod tests {
         assert!(!v.get(hosts).unwrap().dir);
         assert_eq!(v.children(Parent::Image(etc)), &[hosts]);
         assert!(v.child(Parent::Image(etc), b"passwd").is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

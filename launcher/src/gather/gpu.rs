@@ -363,8 +363,8 @@ mod tests {
 
     #[test]
     fn device_node_selection() {
-        let d = std::env::temp_dir().join(format!("launcher-gpudev-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         std::fs::create_dir_all(d.join("dri")).unwrap();
         std::fs::create_dir_all(d.join("nvidia-caps")).unwrap();
         for n in [
@@ -405,6 +405,5 @@ mod tests {
             names(amd_nodes(&d, Some(&[1]))),
             vec!["kfd", "dri/renderD129"]
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

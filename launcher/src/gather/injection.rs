@@ -202,7 +202,8 @@ mod tests {
 
     #[test]
     fn programs_skip_wrapper_scripts() {
-        let dir = std::env::temp_dir().join(format!("inj-prog-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
         for d in [&a, &b, &c] {
             std::fs::create_dir_all(d).unwrap();
@@ -217,6 +218,5 @@ mod tests {
             Some(c.join("only-script"))
         );
         assert_eq!(host_program("absent", &dirs), None);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

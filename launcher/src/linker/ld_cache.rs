@@ -188,14 +188,11 @@ mod tests {
     fn a_device_or_fifo_as_the_cache_is_refused_not_read() {
         let e = LdCache::read(Path::new("/dev/zero")).unwrap_err();
         assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
-        let dir = std::env::temp_dir().join(format!("ldc-fifo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("cache");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cache");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = LdCache::read(&fifo).unwrap_err();
         assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     use super::*;
