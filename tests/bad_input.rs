@@ -292,6 +292,26 @@ fn huge_counts_sizes_and_offsets_fail_cleanly() {
     }
 }
 
+/// A SIF whose primary partition is smaller than the SquashFS inside it would have reads go
+/// past the partition, into objects a partition digest does not cover: refused.
+#[test]
+fn a_squashfs_larger_than_its_partition_is_refused() {
+    let sif = std::fs::read(sif_testdata("one-group.sif")).unwrap();
+    let descr = u64_at(&sif, 96) as usize;
+    // The second descriptor (the SquashFS PrimSys partition, 4096 bytes holding 249 used).
+    let size_at = descr + 585 + 25;
+    assert_eq!(u64_at(&sif, size_at), 4096, "the fixture changed");
+    let mut bad = sif.clone();
+    bad[size_at..size_at + 8].copy_from_slice(&100i64.to_le_bytes());
+    let img = scratch_file("short-partition.sif", &bad);
+    let out = exec(&img, &["/bin/true"]);
+    assert_clean_failure(&out, "short partition", &[&img, "past its partition"], &img);
+    // The untouched file passes this check (it then has no /bin/true to run).
+    let good = scratch_file("one-group.sif", &sif);
+    let out = exec(&good, &["/bin/true"]);
+    assert!(!out.stderr.contains("past its partition"), "{out:?}");
+}
+
 fn sif_testdata(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/sif")

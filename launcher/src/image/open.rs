@@ -36,21 +36,30 @@ impl Image {
         let mut magic = [0u8; 64];
         let n = read_prefix(&file, &mut magic).with_context(|| format!("reading '{shown}'"))?;
         let magic = &magic[..n];
-        let (format, offset, sif, oci) = if sif::is_sif(magic) {
+        // The SquashFS's place in the file, and in a SIF the size of the partition holding it.
+        let (format, offset, partition, sif, oci) = if sif::is_sif(magic) {
             let s = SifFile::read_from(&file).map_err(|e| anyhow!("'{shown}': {e}"))?;
             let part = s
                 .primary_squashfs()
                 .map_err(|e| anyhow!("'{shown}': {e}"))?;
-            let offset = part.offset;
+            let (offset, size) = (part.offset, part.size);
             let oci = sif_oci_config(&s, &file);
-            ("SIF", offset, Some(s), oci)
+            ("SIF", offset, Some(size), Some(s), oci)
         } else if squashfs::is_squashfs(magic) {
-            ("SquashFS", 0, None, None)
+            ("SquashFS", 0, None, None, None)
         } else {
             bail!("'{shown}' is neither a SIF file nor a SquashFS image (unknown magic bytes {:02x?})", &magic[..magic.len().min(8)]);
         };
         let archive = Archive::open(file, offset)
             .map_err(|e| anyhow!("'{shown}': SquashFS at offset {offset}: {e}"))?;
+        let used = archive.superblock().bytes_used;
+        if let Some(size) = partition.filter(|size| used > *size) {
+            // Reads would go past the partition, into the SIF's other objects (signatures, a
+            // second partition): what a verified partition digest would not cover.
+            bail!(
+                "'{shown}': the SquashFS at offset {offset} uses {used} bytes but its SIF partition holds only {size}: refusing an image that reads past its partition"
+            );
+        }
         Ok(Image {
             desc: ImageDesc {
                 path,
