@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use launcher_runtime::launch::{self, Tuning};
 use launcher_runtime::options::bind::{parse_bind_list, BindSpec};
-use launcher_runtime::options::env_args;
+use launcher_runtime::options::{apptainer, env_args};
 use launcher_runtime::options::{Action, GpuVendor, LaunchOptions, MpiMode};
 use std::path::PathBuf;
 
@@ -23,6 +23,15 @@ struct Cli {
     /// Print the launch plan and each step to stderr.
     #[arg(short = 'd', long, global = true)]
     debug: bool,
+    /// No warnings, only errors (as Apptainer's -q, before the verb).
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// No warnings, only errors (as Apptainer's -s, before the verb).
+    #[arg(short = 's', long)]
+    silent: bool,
+    /// Accepted for Apptainer's -v; --debug prints what a launch does.
+    #[arg(short = 'v', long)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,7 +78,8 @@ enum Command {
     },
 }
 
-/// Options shared by exec, run and shell; spelled as in Apptainer.
+/// Options shared by exec, run and shell; spelled as in Apptainer. Each also reads Apptainer's
+/// environment variable (`APPTAINER_BIND`, `SINGULARITY_CONTAIN`, ...: docs/usage.md).
 #[derive(Args)]
 struct RunOpts {
     /// Bind a host path: SRC[:DST[:ro|rw]], repeatable, comma-separated lists allowed.
@@ -78,22 +88,31 @@ struct RunOpts {
     /// Do not bind home, cwd or /tmp; use a fresh /tmp and a minimal /dev.
     #[arg(short = 'c', long)]
     contain: bool,
+    /// --contain and --cleanenv together.
+    #[arg(short = 'C', long)]
+    containall: bool,
     /// Do not bind the home directory.
     #[arg(long)]
     no_home: bool,
+    /// Do not mount these (comma-separated): home, tmp, cwd, hostfs.
+    #[arg(long, value_name = "LIST")]
+    no_mount: Vec<String>,
     /// Home directory to bind: SRC[:DST].
-    #[arg(long, value_name = "SRC[:DST]")]
+    #[arg(short = 'H', long, value_name = "SRC[:DST]")]
     home: Option<String>,
     /// Working directory inside the container.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, visible_alias = "cwd", value_name = "DIR")]
     pwd: Option<PathBuf>,
+    /// Accepted for Apptainer's -u: the launcher always runs in a user namespace.
+    #[arg(short = 'u', long)]
+    userns: bool,
     /// A writable overlay on tmpfs over the image; changes vanish at exit.
     #[arg(long)]
     writable_tmpfs: bool,
     /// Start from a minimal environment instead of the host's.
     #[arg(short = 'e', long)]
     cleanenv: bool,
-    /// Set a variable inside the container: NAME=VALUE (repeatable).
+    /// Set variables inside the container: NAME=VALUE[,NAME=VALUE...] (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
     /// Read NAME=VALUE lines from a file.
@@ -106,6 +125,9 @@ struct RunOpts {
     /// --gpu for NVIDIA only.
     #[arg(long)]
     nv: bool,
+    /// Taken as --nv (the driver is found without nvidia-container-cli).
+    #[arg(long)]
+    nvccli: bool,
     /// --gpu for AMD ROCm only.
     #[arg(long)]
     rocm: bool,
@@ -141,22 +163,68 @@ struct RunOpts {
 }
 
 impl RunOpts {
-    fn into_options(self, image: PathBuf, action: Action) -> Result<(LaunchOptions, Tuning)> {
+    /// The options, with what the command line leaves unset taken from Apptainer's
+    /// environment variables in `env` (see `options::apptainer`).
+    fn into_options(
+        mut self,
+        image: PathBuf,
+        action: Action,
+        env: &[(String, String)],
+    ) -> Result<(LaunchOptions, Tuning)> {
+        let flag = |keys: &[&str]| apptainer::flag(env, keys);
+        self.contain |= flag(&["CONTAIN"])?;
+        self.containall |= flag(&["CONTAINALL"])?;
+        self.cleanenv |= flag(&["CLEANENV"])?;
+        self.no_home |= flag(&["NO_HOME"])?;
+        self.writable_tmpfs |= flag(&["WRITABLE_TMPFS"])?;
+        self.nv |= flag(&["NV"])? | flag(&["NVCCLI"])? | self.nvccli;
+        self.rocm |= flag(&["ROCM"])?;
+        flag(&["USERNS", "UNSHARE_USERNS"])?;
+        if self.home.is_none() {
+            self.home = apptainer::value(env, "HOME").map(|(_, v)| v.to_string());
+        }
+        if self.pwd.is_none() {
+            self.pwd = apptainer::first(env, &["CWD", "TARGET_CWD"]).map(|(_, v)| v.into());
+        }
+        if self.env_file.is_empty() {
+            self.env_file
+                .extend(apptainer::value(env, "ENV_FILE").map(|(_, v)| PathBuf::from(v)));
+        }
+        if self.no_mount.is_empty() {
+            self.no_mount
+                .extend(apptainer::value(env, "NO_MOUNT").map(|(_, v)| v.to_string()));
+        }
         let mut o = LaunchOptions::new(image, action);
+        // A site module's APPTAINER_BINDPATH and the user's -B add up, the environment's first.
         let mut binds: Vec<BindSpec> = Vec::new();
+        for (name, list) in apptainer::all(env, &["BIND", "BINDPATH"]) {
+            binds.extend(parse_bind_list(list).map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?);
+        }
         for b in &self.bind {
             binds.extend(parse_bind_list(b)?);
         }
         o.binds = binds;
-        o.contain = self.contain;
+        o.contain = self.contain || self.containall;
         o.no_home = self.no_home;
+        for what in self.no_mount.iter().flat_map(|l| l.split(',')) {
+            match what.trim() {
+                "home" => o.no_home = true,
+                "tmp" => o.no_mount_tmp = true,
+                "cwd" => o.no_mount_cwd = true,
+                // Host file systems listed in Apptainer's config: the launcher mounts none.
+                "hostfs" | "" => {}
+                other => anyhow::bail!(
+                    "--no-mount {other}: not supported (supported: home, tmp, cwd, hostfs)"
+                ),
+            }
+        }
         o.home = self.home.map(|h| match h.split_once(':') {
             Some((src, dst)) => (PathBuf::from(src), PathBuf::from(dst)),
             None => (PathBuf::from(&h), PathBuf::from(&h)),
         });
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
-        o.cleanenv = self.cleanenv;
+        o.cleanenv = self.cleanenv || self.containall;
         o.gpu = match (self.gpu || (self.nv && self.rocm), self.nv, self.rocm) {
             (true, _, _) => Some(GpuVendor::Any),
             (false, true, _) => Some(GpuVendor::Nvidia),
@@ -177,8 +245,8 @@ impl RunOpts {
         for f in &self.env_file {
             o.env.extend(env_args::read_env_file(f)?);
         }
-        for e in &self.env {
-            o.env.push(env_args::parse_assignment(e)?);
+        for e in self.env.iter().flat_map(|e| apptainer::split_env_list(e)) {
+            o.env.push(env_args::parse_assignment(&e)?);
         }
         Ok((
             o,
@@ -273,6 +341,7 @@ fn refuse_privileges() -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     refuse_privileges()?;
+    launcher_runtime::debug::set_quiet(cli.quiet || cli.silent);
     let (opts, image, action) = match cli.command {
         Command::Exec {
             opts,
@@ -295,7 +364,10 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(0);
         }
     };
-    let (options, tuning) = opts.into_options(image, action)?;
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)
 }

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static QUIET: AtomicBool = AtomicBool::new(false);
 static START: OnceLock<Instant> = OnceLock::new();
 
 /// Turn step messages on (the clock starts at the first call either way).
@@ -25,6 +26,19 @@ pub fn step(msg: impl std::fmt::Display) {
             "launcher: debug: [{:7.2} ms] {msg}",
             t.as_secs_f64() * 1000.0
         ));
+    }
+}
+
+/// `-q`/`-s`: no warnings (errors are still printed).
+pub fn set_quiet(on: bool) {
+    QUIET.store(on, Ordering::Relaxed);
+}
+
+/// A `launcher: warning: ...` line, unless `-q`/`-s` asked for none. One write, no lock, so
+/// that forked children may use it too.
+pub fn warn(msg: impl std::fmt::Display) {
+    if !QUIET.load(Ordering::Relaxed) {
+        line(format_args!("launcher: warning: {msg}"));
     }
 }
 

@@ -38,7 +38,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         eprint!("{plan}");
     }
     for w in &plan.warnings {
-        eprintln!("launcher: warning: {w}");
+        debug::warn(w);
     }
     let role = share_role(opts, &facts.host, &plan);
     match &role {
@@ -110,8 +110,8 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
         Ok(role) => return role,
         Err(e) => format!("{e:#}"),
     };
-    eprintln!(
-        "launcher: warning: this rank does not share the node's instance with the other ranks of its job step (no single-copy MPI transfers between them): {why}"
-    );
+    debug::warn(format_args!(
+        "this rank does not share the node's instance with the other ranks of its job step (no single-copy MPI transfers between them): {why}"
+    ));
     Role::Private(why)
 }

@@ -12,7 +12,7 @@
 //! Public: the options and `launch` (the `launcher` command), images and `inspect`, and the
 //! parsers of site config and CDI specs (the fuzz targets drive them). The rest is the crate's.
 pub(crate) mod apply;
-pub(crate) mod debug;
+pub mod debug;
 pub(crate) mod env_list;
 pub(crate) mod fuse;
 pub mod gather;

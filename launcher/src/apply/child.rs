@@ -216,8 +216,8 @@ fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<PathBuf> {
             )
         })?;
     if cwd != &plan.cwd {
-        debug::line(format_args!(
-            "launcher: warning: '{}' does not exist in the container; starting in '{}'",
+        debug::warn(format_args!(
+            "'{}' does not exist in the container; starting in '{}'",
             plan.cwd.display(),
             cwd.display()
         ));

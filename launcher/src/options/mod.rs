@@ -1,6 +1,7 @@
 //! Stage 1, options: what the user asked for, after command-line parsing and before anything
 //! is resolved (bind specs are parsed here; their sources are looked up by `gather`).
 
+pub mod apptainer;
 pub mod bind;
 pub mod env_args;
 
@@ -44,6 +45,10 @@ pub struct LaunchOptions {
     /// `--contain`: no home/cwd/tmp binds, fresh /tmp, minimal /dev.
     pub contain: bool,
     pub no_home: bool,
+    /// `--no-mount tmp`: the image's own /tmp and /var/tmp, not the host's.
+    pub no_mount_tmp: bool,
+    /// `--no-mount cwd`: the working directory is not bound from the host.
+    pub no_mount_cwd: bool,
     /// `--home SRC[:DST]`.
     pub home: Option<(PathBuf, PathBuf)>,
     /// `--pwd DIR`: working directory inside the container.
@@ -74,6 +79,8 @@ impl LaunchOptions {
             binds: Vec::new(),
             contain: false,
             no_home: false,
+            no_mount_tmp: false,
+            no_mount_cwd: false,
             home: None,
             pwd: None,
             writable_tmpfs: false,

@@ -121,7 +121,7 @@ fn scratch_dirs(opts: &LaunchOptions, paths: &HostPaths, t: &mut Table) -> Resul
                 dst: d.into(),
                 mode: 0o1777,
             });
-        } else if paths.get(Path::new(d))?.is_some_and(|f| f.is_dir) {
+        } else if !opts.no_mount_tmp && paths.get(Path::new(d))?.is_some_and(|f| f.is_dir) {
             t.mounts.push(bind(d, d, false, true));
             t.covered.push((d.into(), d.into()));
         }
@@ -211,7 +211,7 @@ fn working_dir(
     let fallbacks = vec![home_dst.to_path_buf(), PathBuf::from("/")];
     let cwd = if let Some(inside) = map_into(&t.covered, &host.cwd) {
         inside
-    } else if !opts.contain && !is_system_dir(&host.cwd) {
+    } else if !opts.contain && !opts.no_mount_cwd && !is_system_dir(&host.cwd) {
         if let Some(found) = facts.paths.get(&host.cwd)? {
             t.mounts.push(MountStep::Bind {
                 src: found.canonical.clone(),
@@ -291,19 +291,18 @@ fn environment(
         }
     }
     let image_path = image.desc().path.display().to_string();
-    let mut launcher_vars = vec![
-        ("HOME".to_string(), home_dst.display().to_string()),
-        ("LAUNCHER_CONTAINER".to_string(), image_path),
-        (
-            "LAUNCHER_NAME".to_string(),
-            image
-                .desc()
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        ),
-    ];
+    let mut launcher_vars = vec![("HOME".to_string(), home_dst.display().to_string())];
+    let name = image
+        .desc()
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Apptainer's and SingularityCE's names for the same, which runscripts test.
+    for prefix in ["LAUNCHER", "APPTAINER", "SINGULARITY"] {
+        launcher_vars.push((format!("{prefix}_CONTAINER"), image_path.clone()));
+        launcher_vars.push((format!("{prefix}_NAME"), name.clone()));
+    }
     if opts.action == Action::Shell {
         launcher_vars.push(("PS1".to_string(), "Launcher> ".to_string()));
     }

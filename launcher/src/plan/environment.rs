@@ -9,9 +9,15 @@ use crate::options::env_args::{unquote, valid_name};
 /// directories (modules, spack) that rarely mean anything inside an image.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Host variables with this prefix are passed in without it (`LAUNCHERENV_FOO=1` → `FOO=1`),
-/// overriding the image, like Apptainer's `APPTAINERENV_`.
-pub const FORWARD_PREFIX: &str = "LAUNCHERENV_";
+/// Host variables with these prefixes are passed in without it (`LAUNCHERENV_FOO=1` →
+/// `FOO=1`), overriding the image: ours, and Apptainer's and SingularityCE's, which job scripts
+/// use. Applied in this order, so with two spellings of one name the later prefix wins.
+/// `PREPEND_PATH` and `APPEND_PATH` under any of them add to PATH instead.
+pub const FORWARD_PREFIXES: &[&str] = &["SINGULARITYENV_", "APPTAINERENV_", "LAUNCHERENV_"];
+
+fn forwarded(k: &str) -> Option<&str> {
+    FORWARD_PREFIXES.iter().find_map(|p| k.strip_prefix(p))
+}
 
 /// Variables kept by `--cleanenv`, besides the scheduler's (SLURM_*, PMI*, OMPI_*, …),
 /// which a job step cannot run without.
@@ -48,7 +54,7 @@ impl Env {
 pub fn compute(inp: &EnvInputs) -> Vec<(String, String)> {
     let mut env = Env::default();
     for (k, v) in inp.host {
-        if k.starts_with(FORWARD_PREFIX) || k == "PATH" {
+        if forwarded(k).is_some() || k == "PATH" {
             continue;
         }
         if inp.cleanenv && !keep_in_cleanenv(k) {
@@ -72,10 +78,17 @@ pub fn compute(inp: &EnvInputs) -> Vec<(String, String)> {
     for (k, v) in inp.launcher {
         env.set(k, v);
     }
-    for (k, v) in inp.host {
-        if let Some(name) = k.strip_prefix(FORWARD_PREFIX) {
-            if valid_name(name) {
-                env.set(name, v);
+    for prefix in FORWARD_PREFIXES {
+        for (k, v) in inp.host {
+            let Some(name) = k.strip_prefix(prefix) else {
+                continue;
+            };
+            let path = env.get("PATH").unwrap_or_default().to_string();
+            match name {
+                "PREPEND_PATH" => env.set("PATH", &format!("{v}:{path}")),
+                "APPEND_PATH" => env.set("PATH", &format!("{path}:{v}")),
+                _ if valid_name(name) => env.set(name, v),
+                _ => {}
             }
         }
     }
@@ -211,6 +224,36 @@ mod tests {
         assert_eq!(get(&env, "D"), Some("user"));
         assert_eq!(get(&env, "PATH"), Some(DEFAULT_PATH));
         assert_eq!(get(&env, "LAUNCHERENV_C"), None);
+    }
+
+    #[test]
+    fn apptainer_and_singularity_forwarding() {
+        let host = kv(&[
+            ("SINGULARITYENV_X", "sing"),
+            ("APPTAINERENV_X", "app"),
+            ("SINGULARITYENV_Y", "sing"),
+            ("APPTAINERENV_PREPEND_PATH", "/pre"),
+            ("SINGULARITYENV_APPEND_PATH", "/post"),
+            ("SECRET", "s"),
+        ]);
+        let oci = vec!["X=image".to_string(), "PATH=/img/bin".to_string()];
+        let env = compute(&EnvInputs {
+            host: &host,
+            cleanenv: true,
+            image_oci_env: &oci,
+            image_env_scripts: &[],
+            user: &[],
+            launcher: &[],
+        });
+        assert_eq!(
+            get(&env, "X"),
+            Some("app"),
+            "APPTAINERENV_ wins over SINGULARITYENV_"
+        );
+        assert_eq!(get(&env, "Y"), Some("sing"));
+        assert_eq!(get(&env, "PATH"), Some("/pre:/img/bin:/post"));
+        assert_eq!(get(&env, "SECRET"), None, "--cleanenv still applies");
+        assert_eq!(get(&env, "APPTAINERENV_X"), None);
     }
 
     #[test]

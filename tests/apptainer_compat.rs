@@ -1,0 +1,184 @@
+//! Apptainer's spelling works: its environment variables (`APPTAINER_<KEY>`, falling back to
+//! `SINGULARITY_<KEY>`; `APPTAINERENV_NAME`), its common flags (-C, --cwd, -H, -u, -q, -s,
+//! -v, --no-mount, --env A=1,B=2) and the variables runscripts test inside (issue 17).
+
+mod common;
+use common::*;
+
+fn img() -> String {
+    fixture("busybox-gzip.sqfs")
+}
+
+/// A directory the test user can read, holding `x` with `content`.
+fn data_dir(name: &str, content: &str) -> String {
+    let d = setup().scratch.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("x"), content).unwrap();
+    d.display().to_string()
+}
+
+#[test]
+fn bind_variables_and_flags_add_up() {
+    let a = data_dir("app-bind-a", "from A");
+    let b = data_dir("app-bind-b", "from B");
+    let c = data_dir("app-bind-c", "from C");
+    let out = launcher(&[
+        "exec",
+        "-B",
+        &format!("{c}:/opt/c"),
+        &img(),
+        "/bin/sh",
+        "-c",
+        "cat /opt/a/x /opt/b/x /opt/c/x",
+    ])
+    .env("APPTAINER_BIND", &format!("{a}:/opt/a:ro"))
+    .env("SINGULARITY_BINDPATH", &format!("{b}:/opt/b"))
+    .run();
+    out.ok();
+    assert_eq!(out.stdout, "from Afrom Bfrom C");
+    // APPTAINER_ wins over SINGULARITY_ for the same key.
+    let out = launcher(&["exec", &img(), "cat", "/opt/x/x"])
+        .env("APPTAINER_BIND", &format!("{a}:/opt/x"))
+        .env("SINGULARITY_BIND", &format!("{b}:/opt/x"))
+        .run();
+    out.ok();
+    assert_eq!(out.stdout, "from A");
+}
+
+#[test]
+fn env_prefixes_and_env_lists() {
+    let out = launcher(&[
+        "exec",
+        "--env",
+        "A=1,B=2",
+        "--env",
+        "L=x,y",
+        &img(),
+        "/bin/sh",
+        "-c",
+        "echo $FOO $BAR $A $B $L; echo $PATH; echo $APPTAINER_CONTAINER $SINGULARITY_NAME",
+    ])
+    .env("APPTAINERENV_FOO", "foo")
+    .env("SINGULARITYENV_BAR", "bar")
+    .env("APPTAINERENV_PREPEND_PATH", "/first")
+    .run();
+    out.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "foo bar 1 2 x,y");
+    assert!(lines[1].starts_with("/first:"), "{}", lines[1]);
+    assert_eq!(
+        lines[2],
+        format!("{} busybox-gzip.sqfs", img()),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn containall_by_flag_and_by_variable() {
+    let probe = "ls -A /tmp | wc -l; echo ${SECRET:-unset}";
+    // A file in the host's /tmp that a contained /tmp must not show.
+    let marker = std::path::Path::new("/tmp").join(format!("app-marker-{}", std::process::id()));
+    std::fs::write(&marker, "x").unwrap();
+    for (args, var) in [
+        (vec!["exec", "-C"], None),
+        (vec!["exec"], Some(("APPTAINER_CONTAINALL", "1"))),
+        (vec!["exec"], Some(("SINGULARITY_CONTAINALL", "yes"))),
+    ] {
+        let mut full = args.clone();
+        let image = img();
+        full.extend([image.as_str(), "/bin/sh", "-c", probe]);
+        let mut l = launcher(&full).env("SECRET", "s");
+        if let Some((k, v)) = var {
+            l = l.env(k, v);
+        }
+        let out = l.run();
+        out.ok();
+        assert_eq!(out.stdout, "0\nunset\n", "{args:?} {var:?}");
+    }
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn cwd_home_userns_and_no_mount() {
+    let s = setup();
+    let home = data_dir("app-home", "h");
+    let out = launcher(&[
+        "exec",
+        "-u",
+        "--cwd",
+        "/etc",
+        "-H",
+        &format!("{home}:/home/inside"),
+        &img(),
+        "/bin/sh",
+        "-c",
+        "pwd; echo $HOME; cat ~/x",
+    ])
+    .run();
+    out.ok();
+    assert_eq!(out.stdout, "/etc\n/home/inside\nh");
+    // --no-mount home,tmp: neither the home nor the host's /tmp is there.
+    std::fs::write(s.home.join(".app-no-mount"), "x").unwrap();
+    let marker = format!("/tmp/app-no-mount-{}", std::process::id());
+    std::fs::write(&marker, "x").unwrap();
+    let check = format!(
+        "test -e {}/.app-no-mount && echo home; test -e {marker} && echo tmp; echo done",
+        s.home.display()
+    );
+    let out = launcher(&[
+        "exec",
+        "--no-mount",
+        "home,tmp",
+        &img(),
+        "/bin/sh",
+        "-c",
+        &check,
+    ])
+    .cwd("/")
+    .run();
+    out.ok();
+    assert_eq!(out.stdout, "done\n");
+    let out = launcher(&["exec", &img(), "/bin/sh", "-c", &check])
+        .cwd("/")
+        .run();
+    out.ok();
+    assert_eq!(out.stdout, "home\ntmp\ndone\n", "the control sees both");
+    let _ = std::fs::remove_file(&marker);
+    let out = launcher(&["exec", "--no-mount", "proc", &img(), "/bin/true"]).run();
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr.contains("--no-mount proc: not supported"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn quiet_silent_and_verbose() {
+    // A warning: HOME names a directory the host does not have, so no home is bound.
+    let warns = |pre: &[&str]| {
+        let mut args: Vec<&str> = pre.to_vec();
+        let image = img();
+        args.extend(["exec", image.as_str(), "/bin/true"]);
+        let out = launcher(&args)
+            .env("HOME", "/nonexistent-home")
+            .cwd("/")
+            .run();
+        out.ok();
+        out.stderr.contains("launcher: warning:")
+    };
+    assert!(warns(&[]), "the control warns");
+    assert!(warns(&["-v"]));
+    assert!(!warns(&["-q"]));
+    assert!(!warns(&["-s"]));
+}
+
+#[test]
+fn a_bad_boolean_names_the_variable() {
+    let out = launcher(&["exec", &img(), "/bin/true"])
+        .env("APPTAINER_CONTAIN", "maybe")
+        .run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stderr.contains("APPTAINER_CONTAIN='maybe'"), "{out:?}");
+}
