@@ -72,9 +72,30 @@ enum Command {
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
         image: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
+        /// Machine-readable output (with Apptainer's `data.attributes` too).
+        #[arg(short = 'j', long)]
         json: bool,
+        /// Only the labels, as Apptainer prints them.
+        #[arg(short = 'l', long)]
+        labels: bool,
+        /// Only the runscript.
+        #[arg(short = 'r', long)]
+        runscript: bool,
+        /// Only the definition file the image was built from.
+        #[arg(long)]
+        deffile: bool,
+        /// Only the environment scripts.
+        #[arg(short = 'e', long)]
+        environment: bool,
+        /// Only the runscript's help text.
+        #[arg(short = 'H', long)]
+        helpfile: bool,
+        /// Only the test script.
+        #[arg(short = 't', long)]
+        test: bool,
+        /// Every section above.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -359,8 +380,40 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}: {} objects verified", image.display(), checked.len());
             return Ok(0);
         }
-        Command::Inspect { image, json } => {
-            launcher_runtime::image::inspect::print(&image, json)?;
+        Command::Inspect {
+            image,
+            json,
+            labels,
+            runscript,
+            deffile,
+            environment,
+            helpfile,
+            test,
+            all,
+        } => {
+            use launcher_runtime::image::inspect::{self, Section};
+            let asked = [
+                (labels, Section::Labels),
+                (deffile, Section::Deffile),
+                (runscript, Section::Runscript),
+                (test, Section::Test),
+                (environment, Section::Environment),
+                (helpfile, Section::Helpfile),
+            ];
+            let which: Vec<Section> = if all {
+                Section::ALL.to_vec()
+            } else {
+                asked
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, s)| *s)
+                    .collect()
+            };
+            if which.is_empty() {
+                inspect::print(&image, json)?;
+            } else {
+                inspect::print_sections(&image, &which, json)?;
+            }
             return Ok(0);
         }
     };

@@ -182,3 +182,38 @@ fn a_bad_boolean_names_the_variable() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
     assert!(out.stderr.contains("APPTAINER_CONTAIN='maybe'"), "{out:?}");
 }
+
+#[test]
+fn inspect_sections_as_apptainer_prints_them() {
+    let sif = fixture("singularityce-busybox-amd64.sif");
+    let out = launcher(&["inspect", "--labels", &sif]).run();
+    out.ok();
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == "org.label-schema.usage.singularity.deffile.from: busybox:1.33.1"),
+        "{out:?}"
+    );
+    let out = launcher(&["inspect", "--deffile", &sif]).run();
+    out.ok();
+    assert_eq!(out.stdout, "BootStrap: docker\nFrom: busybox:1.33.1\n");
+    let out = launcher(&["inspect", "-r", &sif]).run();
+    out.ok();
+    assert!(out.stdout.starts_with("#!/bin/sh"), "{out:?}");
+    // Apptainer's JSON shape, alone with -j and a section, and inside our own --json.
+    let out = launcher(&["inspect", "-j", "--labels", "--runscript", &sif]).run();
+    out.ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["type"], "container");
+    assert_eq!(
+        v["data"]["attributes"]["labels"]["org.label-schema.build-arch"],
+        "amd64"
+    );
+    assert!(v["data"]["attributes"]["runscript"].is_string());
+    let out = launcher(&["inspect", "--json", &sif]).run();
+    out.ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["type"], "container");
+    assert_eq!(v["format"], "SIF", "our own report is still there");
+    assert!(v["data"]["attributes"]["labels"].is_object());
+}

@@ -3,7 +3,7 @@
 use crate::image::view::ImageView;
 use crate::image::Image;
 use anyhow::Result;
-use image_tools::sif::{Extra, Link};
+use image_tools::sif::{DataType, Extra, Link};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -73,9 +73,141 @@ pub fn report(path: &Path) -> Result<Value> {
     Ok(r)
 }
 
+/// What `apptainer inspect` shows, by its flag names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Labels,
+    Runscript,
+    Deffile,
+    Environment,
+    Helpfile,
+    Test,
+}
+
+impl Section {
+    pub const ALL: [Section; 6] = [
+        Section::Labels,
+        Section::Deffile,
+        Section::Runscript,
+        Section::Test,
+        Section::Environment,
+        Section::Helpfile,
+    ];
+
+    /// The attribute name in Apptainer's JSON.
+    fn key(self) -> &'static str {
+        match self {
+            Section::Labels => "labels",
+            Section::Runscript => "runscript",
+            Section::Deffile => "deffile",
+            Section::Environment => "environment",
+            Section::Helpfile => "helpfile",
+            Section::Test => "test",
+        }
+    }
+}
+
+/// Apptainer's `data.attributes` for these sections: labels as an object, the others as text;
+/// a section the image lacks is left out.
+fn attributes(image: &Image, which: &[Section]) -> Result<serde_json::Map<String, Value>> {
+    let text = |p: &str| -> Result<Option<String>> {
+        Ok(image
+            .read_file(p)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    let mut out = serde_json::Map::new();
+    for &sec in which {
+        let value = match sec {
+            Section::Labels => text("/.singularity.d/labels.json")?
+                .map(|t| serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t))),
+            Section::Runscript => text("/.singularity.d/runscript")?.map(Value::String),
+            Section::Helpfile => text("/.singularity.d/runscript.help")?.map(Value::String),
+            Section::Test => text("/.singularity.d/test")?.map(Value::String),
+            Section::Deffile => deffile(image)?.map(Value::String),
+            Section::Environment => {
+                let mut names = image.list_dir("/.singularity.d/env")?;
+                names.sort();
+                let mut all = String::new();
+                for n in names.iter().filter(|n| n.ends_with(".sh")) {
+                    if let Some(t) = text(&format!("/.singularity.d/env/{n}"))? {
+                        all.push_str(&format!("=== /.singularity.d/env/{n} ===\n{t}"));
+                        if !t.ends_with('\n') {
+                            all.push('\n');
+                        }
+                    }
+                }
+                (!all.is_empty()).then_some(Value::String(all))
+            }
+        };
+        if let Some(v) = value {
+            out.insert(sec.key().to_string(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The definition file the image was built from: the SIF's Deffile object, else the copy
+/// Apptainer keeps in the image.
+fn deffile(image: &Image) -> Result<Option<String>> {
+    if let Some(sif) = &image.sif {
+        if let Some(d) = sif
+            .descriptors
+            .iter()
+            .find(|d| d.data_type == DataType::Deffile && d.size <= 1 << 20)
+        {
+            let file = std::fs::File::open(&image.desc().path)?;
+            let bytes = sif.read_object(&file, d)?;
+            return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    Ok(image
+        .read_file("/.singularity.d/Singularity")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// `inspect --labels`, `--runscript`, ...: those sections as Apptainer prints them, or with
+/// `json` in its shape, `{"data":{"attributes":{...}},"type":"container"}`.
+pub fn print_sections(path: &Path, which: &[Section], json: bool) -> Result<()> {
+    let image = Image::open(path)?;
+    let attrs = attributes(&image, which)?;
+    if json {
+        let doc = json!({"data": {"attributes": attrs}, "type": "container"});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    for (key, v) in &attrs {
+        match v {
+            Value::Object(labels) => {
+                for (k, v) in labels {
+                    let v = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
+                    println!("{k}: {v}");
+                }
+            }
+            Value::String(t) => {
+                if which.len() > 1 {
+                    println!("=== {key} ===");
+                }
+                print!("{t}");
+                if !t.ends_with('\n') {
+                    println!();
+                }
+            }
+            other => println!("{other}"),
+        }
+    }
+    Ok(())
+}
+
 pub fn print(path: &Path, as_json: bool) -> Result<()> {
-    let r = report(path)?;
+    let mut r = report(path)?;
     if as_json {
+        // Apptainer's shape too, for scripts that read `.data.attributes.labels`.
+        let image = Image::open(path)?;
+        r["data"] = json!({ "attributes": attributes(&image, &[Section::Labels])? });
+        r["type"] = json!("container");
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
