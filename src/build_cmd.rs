@@ -47,6 +47,71 @@ pub struct BuildArgs {
     pub force: bool,
 }
 
+/// `launcher pull [OUTPUT] docker://REF`, as Apptainer's `pull`: a build from a registry with
+/// Apptainer's default file name.
+#[derive(Args)]
+pub struct PullArgs {
+    /// The SIF file to write (default: NAME_TAG.sif, in --dir or the current directory), then
+    /// the image: docker://REF.
+    #[arg(required = true, num_args = 1..=2, value_name = "[OUTPUT] URI")]
+    pub args: Vec<String>,
+    /// Where the default-named file goes.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (a local one) instead of HTTPS.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Platform to take from a multi-arch image (default: this host's).
+    #[arg(long, default_value = host_arch())]
+    pub arch: String,
+    /// Overwrite OUTPUT if it exists.
+    #[arg(short = 'F', long)]
+    pub force: bool,
+}
+
+impl PullArgs {
+    pub fn into_build(self) -> Result<BuildArgs> {
+        let (out, uri) = match self.args.as_slice() {
+            [uri] => (None, uri.clone()),
+            [out, uri] => (Some(PathBuf::from(out)), uri.clone()),
+            _ => bail!("usage: launcher pull [OUTPUT] docker://REF"),
+        };
+        if !uri.starts_with("docker://") {
+            bail!(
+                "'{uri}': launcher pull takes docker://REF images (other sources: launcher build)"
+            );
+        }
+        let output = match out {
+            Some(o) => o,
+            None => self.dir.unwrap_or_default().join(default_pull_name(&uri)?),
+        };
+        Ok(BuildArgs {
+            output,
+            source: uri,
+            compress: Compress::Zstd,
+            level: None,
+            block_size: 131072,
+            reproducible: false,
+            arch: self.arch,
+            insecure: self.insecure,
+            force: self.force,
+        })
+    }
+}
+
+/// Apptainer's name for a pulled image: the repository's last component and the tag
+/// (`ubuntu_24.04.sif`, `img_latest.sif`), or the digest's first 12 hex digits.
+fn default_pull_name(uri: &str) -> Result<String> {
+    let r = image_tools::registry::Reference::parse(uri)?;
+    let name = r.repository.rsplit('/').next().unwrap_or(&r.repository);
+    let version = match (&r.digest, &r.tag) {
+        (Some(d), _) => d.trim_start_matches("sha256:").chars().take(12).collect(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".to_string(),
+    };
+    Ok(format!("{name}_{version}.sif"))
+}
+
 /// The host's architecture in Go's (and so SIF's and OCI's) spelling.
 fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -174,5 +239,20 @@ fn remove_temporaries(out: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulled_images_are_named_as_apptainer_names_them() {
+        let n = |u: &str| default_pull_name(u).unwrap();
+        assert_eq!(n("docker://ubuntu:24.04"), "ubuntu_24.04.sif");
+        assert_eq!(n("docker://ghcr.io/org/tool"), "tool_latest.sif");
+        assert_eq!(n("docker://localhost:5000/a/b:1"), "b_1.sif");
+        let d = format!("docker://busybox@sha256:{}", "ab".repeat(32));
+        assert_eq!(n(&d), "busybox_abababababab.sif");
     }
 }

@@ -64,6 +64,8 @@ enum Command {
     },
     /// Build a SIF or SquashFS image from a directory or a Docker/OCI image.
     Build(build_cmd::BuildArgs),
+    /// Pull docker://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
+    Pull(build_cmd::PullArgs),
     /// Recompute the SHA-256 digests a SIF file records and check them.
     Verify {
         /// Image file (.sif).
@@ -372,6 +374,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run { opts, image, args } => (opts, image, Action::Run(args)),
         Command::Shell { opts, image } => (opts, image, Action::Shell),
         Command::Build(args) => return build_cmd::run(args),
+        Command::Pull(args) => return build_cmd::run(args.into_build()?),
         Command::Verify { image } => {
             let checked = image_tools::sif_image::verify(&image)?;
             for c in &checked {

@@ -490,3 +490,42 @@ fn basic_auth_with_credentials_from_docker_config() {
     assert!(!out.stderr.contains("s3cret"), "{out:?}");
     check_image(&sif, "from-oci");
 }
+
+/// `launcher pull` as Apptainer users type it: the default name NAME_TAG.sif (in --dir), an
+/// explicit output, and the layer cache in `$APPTAINER_CACHEDIR` (issue 17).
+#[test]
+fn pull_names_the_image_and_uses_apptainers_cache_dir() {
+    let reg = Registry::start("pull", None);
+    let layout = format!("oci:{}:test", fixture("oci-layout"));
+    reg.push(&layout, "test/busybox:1", &[]);
+    let src = format!("docker://{}/test/busybox:1", reg.host());
+    let dir = setup().scratch.join("pulled");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let cache = cache_dir("apptainer");
+    let d = dir.display().to_string();
+    let out = launcher(&["pull", "--insecure", "--dir", &d, &src])
+        .env("APPTAINER_CACHEDIR", &cache.display().to_string())
+        .run();
+    out.ok();
+    let sif = dir.join("busybox_1.sif");
+    assert!(sif.is_file(), "{out:?}");
+    check_image(&sif, "from-oci");
+    assert!(
+        !cached_blobs(&cache).is_empty(),
+        "layers cached under $APPTAINER_CACHEDIR/launcher"
+    );
+    // An explicit output; an existing one needs --force.
+    let named = dir.join("mine.sif").display().to_string();
+    launcher(&["pull", "--insecure", &named, &src])
+        .env("APPTAINER_CACHEDIR", &cache.display().to_string())
+        .run()
+        .ok();
+    let again = launcher(&["pull", "--insecure", &named, &src]).run();
+    assert_eq!(again.code, 255, "{again:?}");
+    assert!(again.stderr.contains("use --force"), "{again:?}");
+    let other = launcher(&["pull", "library://x/y"]).run();
+    assert_eq!(other.code, 255);
+    assert!(other.stderr.contains("takes docker://REF"), "{other:?}");
+}

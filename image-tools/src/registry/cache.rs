@@ -27,9 +27,19 @@ pub struct Fetched {
 }
 
 impl Cache {
-    /// `$XDG_CACHE_HOME/launcher`, else `~/.cache/launcher`.
+    /// `$LAUNCHER_CACHEDIR`, else Apptainer's `$APPTAINER_CACHEDIR/launcher` (or
+    /// `$SINGULARITY_CACHEDIR/launcher`: site modules point these at scratch, away from small
+    /// home quotas), else `$XDG_CACHE_HOME/launcher`, else `~/.cache/launcher`.
     pub fn default_dir() -> Result<PathBuf> {
         let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+        if let Some(x) = std::env::var_os("LAUNCHER_CACHEDIR").and_then(abs) {
+            return Ok(x);
+        }
+        for var in ["APPTAINER_CACHEDIR", "SINGULARITY_CACHEDIR"] {
+            if let Some(x) = std::env::var_os(var).and_then(abs) {
+                return Ok(x.join("launcher"));
+            }
+        }
         if let Some(x) = std::env::var_os("XDG_CACHE_HOME").and_then(abs) {
             return Ok(x.join("launcher"));
         }
