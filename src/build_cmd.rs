@@ -99,6 +99,54 @@ impl PullArgs {
     }
 }
 
+/// `launcher cache list|clean`.
+pub enum CacheAction {
+    List,
+    Clean { days: Option<u64>, force: bool },
+}
+
+pub fn cache(action: CacheAction) -> Result<i32> {
+    use image_tools::registry::{cache_usage, clean_cache, Cache};
+    let root = Cache::default_dir()?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match action {
+        CacheAction::List => {
+            let u = cache_usage(&root)?;
+            println!("cache: {}", root.display());
+            println!(
+                "  {} blobs, {} partial downloads, {:.1} MiB",
+                u.blobs,
+                u.partial,
+                mib(u.bytes)
+            );
+        }
+        CacheAction::Clean { days, force } => {
+            let older = days.map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400)));
+            if !force {
+                let u = cache_usage(&root)?;
+                println!(
+                    "would remove up to {} blobs and {} partial downloads ({:.1} MiB) from {}{}; run with --force to remove them",
+                    u.blobs,
+                    u.partial,
+                    mib(u.bytes),
+                    root.display(),
+                    days.map(|d| format!(" (those unused for {d} days)")).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            let r = clean_cache(&root, older)?;
+            println!(
+                "removed {} blobs and {} partial downloads ({:.1} MiB) from {}",
+                r.blobs,
+                r.partial,
+                mib(r.bytes),
+                root.display()
+            );
+        }
+    }
+    Ok(0)
+}
+
 /// Apptainer's name for a pulled image: the repository's last component and the tag
 /// (`ubuntu_24.04.sif`, `img_latest.sif`), or the digest's first 12 hex digits.
 fn default_pull_name(uri: &str) -> Result<String> {

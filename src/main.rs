@@ -66,6 +66,11 @@ enum Command {
     Build(build_cmd::BuildArgs),
     /// Pull docker://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
     Pull(build_cmd::PullArgs),
+    /// The layer cache of builds and pulls: `list`, or `clean`.
+    Cache {
+        #[command(subcommand)]
+        what: CacheCommand,
+    },
     /// Recompute the SHA-256 digests a SIF file records and check them.
     Verify {
         /// Image file (.sif).
@@ -98,6 +103,21 @@ enum Command {
         /// Every section above.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Where the cache is and what it holds.
+    List,
+    /// Remove cached layers (all, or those unused for --days); needs --force.
+    Clean {
+        /// Only what has not been written for this many days.
+        #[arg(long, value_name = "N")]
+        days: Option<u64>,
+        /// Remove; without it, say what would go.
+        #[arg(short = 'f', long)]
+        force: bool,
     },
 }
 
@@ -375,6 +395,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Shell { opts, image } => (opts, image, Action::Shell),
         Command::Build(args) => return build_cmd::run(args),
         Command::Pull(args) => return build_cmd::run(args.into_build()?),
+        Command::Cache { what } => return build_cmd::cache(what_of(what)),
         Command::Verify { image } => {
             let checked = image_tools::sif_image::verify(&image)?;
             for c in &checked {
@@ -426,4 +447,11 @@ fn run(cli: Cli) -> Result<i32> {
     let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)
+}
+
+fn what_of(c: CacheCommand) -> build_cmd::CacheAction {
+    match c {
+        CacheCommand::List => build_cmd::CacheAction::List,
+        CacheCommand::Clean { days, force } => build_cmd::CacheAction::Clean { days, force },
+    }
 }

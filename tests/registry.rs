@@ -525,6 +525,31 @@ fn pull_names_the_image_and_uses_apptainers_cache_dir() {
     let again = launcher(&["pull", "--insecure", &named, &src]).run();
     assert_eq!(again.code, 255, "{again:?}");
     assert!(again.stderr.contains("use --force"), "{again:?}");
+    // The cache, as `apptainer cache list|clean` users expect.
+    let c = cache.display().to_string();
+    let list = launcher(&["cache", "list"])
+        .env("APPTAINER_CACHEDIR", &c)
+        .run();
+    list.ok();
+    assert!(
+        list.stdout.contains(&format!("cache: {c}/launcher")),
+        "{list:?}"
+    );
+    assert!(!list.stdout.contains(" 0 blobs"), "{list:?}");
+    let dry = launcher(&["cache", "clean"])
+        .env("APPTAINER_CACHEDIR", &c)
+        .run();
+    dry.ok();
+    assert!(dry.stdout.contains("run with --force"), "{dry:?}");
+    assert!(
+        !cached_blobs(&cache).is_empty(),
+        "nothing removed without --force"
+    );
+    launcher(&["cache", "clean", "--force"])
+        .env("APPTAINER_CACHEDIR", &c)
+        .run()
+        .ok();
+    assert!(cached_blobs(&cache).is_empty());
     let other = launcher(&["pull", "library://x/y"]).run();
     assert_eq!(other.code, 255);
     assert!(other.stderr.contains("takes docker://REF"), "{other:?}");

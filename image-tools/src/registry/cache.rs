@@ -126,6 +126,96 @@ fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
     Ok((format!("{:x}", h.finalize()), len))
 }
 
+/// What the cache holds, or what a clean removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Complete blobs (layers, configs, manifests).
+    pub blobs: u64,
+    /// Downloads not finished (each resumes at the next build).
+    pub partial: u64,
+    pub bytes: u64,
+}
+
+/// The cache's files, for `cache list` and `cache clean`: regular files named like blobs or
+/// partial downloads; anything else there (a symlink, a directory, a stray name) is left alone.
+fn entries(root: &Path) -> Result<Vec<(PathBuf, fs::Metadata, bool)>> {
+    let dir = root.join("blobs/sha256");
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (hex, partial) = match name.strip_suffix(".partial") {
+            Some(h) => (h, true),
+            None => (name.as_str(), false),
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_file() {
+            out.push((e.path(), meta, partial));
+        }
+    }
+    Ok(out)
+}
+
+/// What the cache at `root` holds (nothing when it does not exist).
+pub fn usage(root: &Path) -> Result<Usage> {
+    let mut u = Usage::default();
+    for (_, meta, partial) in entries(root)? {
+        if partial {
+            u.partial += 1;
+        } else {
+            u.blobs += 1;
+        }
+        u.bytes += meta.len();
+    }
+    Ok(u)
+}
+
+/// Removes the cache's blobs and partial downloads not modified for `older_than` (all when
+/// None), but never a partial download another build holds locked. Returns what went.
+pub fn clean(root: &Path, older_than: Option<std::time::Duration>) -> Result<Usage> {
+    let now = std::time::SystemTime::now();
+    let mut removed = Usage::default();
+    for (path, meta, partial) in entries(root)? {
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if older_than.is_some_and(|min| age < min) {
+            continue;
+        }
+        if partial {
+            let Ok(f) = File::open(&path) else { continue };
+            // SAFETY: flock on a valid open descriptor has no memory-safety preconditions.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                continue; // a build is downloading it right now
+            }
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if partial {
+                    removed.partial += 1;
+                } else {
+                    removed.blobs += 1;
+                }
+                removed.bytes += meta.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("removing {}", path.display()))(e)),
+        }
+    }
+    Ok(removed)
+}
+
 /// Exclusive lock on an open file, released when it is closed.
 fn lock(f: &File, what: &str) -> Result<()> {
     // SAFETY: flock on a valid open descriptor has no memory-safety preconditions.
@@ -320,4 +410,55 @@ pub(crate) fn fetch_blob(
     }
     fs::rename(&partial, &final_path).map_err(perr("renaming"))?;
     Ok(fetched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_removes_blobs_but_not_locked_downloads_or_strangers() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("blobs/sha256");
+        fs::create_dir_all(&dir).unwrap();
+        let hex = |c: char| std::iter::repeat_n(c, 64).collect::<String>();
+        fs::write(dir.join(hex('a')), b"old blob").unwrap();
+        fs::write(dir.join(hex('b')), b"new blob").unwrap();
+        fs::write(dir.join(format!("{}.partial", hex('c'))), b"free").unwrap();
+        let busy_path = dir.join(format!("{}.partial", hex('d')));
+        fs::write(&busy_path, b"downloading").unwrap();
+        let busy = File::open(&busy_path).unwrap();
+        lock(&busy, "test").unwrap();
+        fs::write(dir.join("not-a-blob"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join(hex('e'))).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86_400);
+        File::options()
+            .write(true)
+            .open(dir.join(hex('a')))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let u = usage(root.path()).unwrap();
+        assert_eq!((u.blobs, u.partial), (2, 2));
+        let day = std::time::Duration::from_secs(86_400);
+        let r = clean(root.path(), Some(day)).unwrap();
+        assert_eq!(
+            (r.blobs, r.partial),
+            (1, 0),
+            "only the old blob is past a day"
+        );
+        assert!(!dir.join(hex('a')).exists() && dir.join(hex('b')).exists());
+        // Files just written are younger than a day; with no age limit all free ones go.
+        let r = clean(root.path(), None).unwrap();
+        assert_eq!((r.blobs, r.partial), (1, 1));
+        assert!(busy_path.exists(), "a download in progress is kept");
+        assert!(dir.join("not-a-blob").exists() && dir.join(hex('e')).is_symlink());
+        assert!(std::path::Path::new("/etc/passwd").exists());
+        drop(busy);
+        assert_eq!(clean(root.path(), None).unwrap().partial, 1);
+        assert_eq!(
+            usage(&root.path().join("absent")).unwrap(),
+            Usage::default()
+        );
+    }
 }

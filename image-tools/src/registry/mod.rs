@@ -30,7 +30,7 @@ use sha2::{Digest as _, Sha256};
 pub use auth::{
     credentials_from_config, docker_config_path, parse_challenges, Challenge, Credentials,
 };
-pub use cache::{Cache, Fetched};
+pub use cache::{clean as clean_cache, usage as cache_usage, Cache, Fetched, Usage};
 pub use error::{Error, Result};
 pub use reference::{Reference, DOCKER_HUB};
 
