@@ -66,6 +66,11 @@ enum Command {
     Build(build_cmd::BuildArgs),
     /// Pull docker://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
     Pull(build_cmd::PullArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    /// (e.g. `launcher completion bash > /etc/bash_completion.d/launcher`).
+    Completion { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `launcher man | man -l -`.
+    Man,
     /// The layer cache of builds and pulls: `list`, or `clean`.
     Cache {
         #[command(subcommand)]
@@ -396,6 +401,16 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Build(args) => return build_cmd::run(args),
         Command::Pull(args) => return build_cmd::run(args.into_build()?),
         Command::Cache { what } => return build_cmd::cache(what_of(what)),
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "launcher", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(0);
+        }
         Command::Verify { image } => {
             let checked = image_tools::sif_image::verify(&image)?;
             for c in &checked {

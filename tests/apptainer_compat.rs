@@ -217,3 +217,25 @@ fn inspect_sections_as_apptainer_prints_them() {
     assert_eq!(v["format"], "SIF", "our own report is still there");
     assert!(v["data"]["attributes"]["labels"].is_object());
 }
+
+#[test]
+fn shell_completion_and_manual_page() {
+    let out = launcher(&["completion", "bash"]).run();
+    out.ok();
+    let script = setup().scratch.join("launcher.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(check.success(), "bash -n rejects the completion script");
+    assert!(out.stdout.contains("exec") && out.stdout.contains("--containall"));
+    let man = launcher(&["man"]).run();
+    man.ok();
+    assert!(
+        man.stdout.contains(".TH launcher 1"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+}
