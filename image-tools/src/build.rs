@@ -8,7 +8,7 @@
 
 use crate::oci::{self, ImageConfig};
 use crate::registry::{self, PullOptions, PullReport};
-use crate::sif_image::{self, SifContents};
+use crate::sif_image::{self, SifContents, UuidFrom};
 use crate::squashfs::write::{self as sqfs_write, WriteCompressor, WriteOptions, WriteStats};
 use crate::tree::Overrides;
 use std::path::{Path, PathBuf};
@@ -179,6 +179,7 @@ pub fn build(
         block_size: opts.block_size,
         threads: opts.threads,
         mkfs_time: opts.reproducible,
+        clamp_mtime: opts.reproducible,
         ..WriteOptions::default()
     };
     let stats = match kind {
@@ -194,7 +195,10 @@ pub fn build(
                     .unwrap_or_default(),
                 arch: opts.arch.split('/').next().unwrap_or("amd64").to_string(),
                 time: opts.reproducible.map(i64::from),
-                uuid: opts.reproducible.map(|t| reproducible_uuid(t, &root)),
+                uuid: match opts.reproducible {
+                    Some(_) => UuidFrom::Content,
+                    None => UuidFrom::Random,
+                },
             };
             sif_image::write(out, &sqfs, &contents)?;
             stats
@@ -246,20 +250,6 @@ fn oci_config_object(c: &ImageConfig) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(o)
-}
-
-/// A UUID derived from the build time and source path, so reproducible builds match.
-fn reproducible_uuid(t: u32, root: &Path) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(t.to_le_bytes());
-    h.update(root.as_os_str().as_encoded_bytes());
-    let d = h.finalize();
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&d[..16]);
-    u[6] = (u[6] & 0x0f) | 0x50; // version 5-like (name-based)
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
 }
 
 /// `/.singularity.d/{env/90-environment.sh,runscript,labels.json}`, so Apptainer runs our

@@ -42,8 +42,19 @@ pub struct SifContents {
     pub arch: String,
     /// Seconds since the epoch for the header and descriptors; None = now.
     pub time: Option<i64>,
-    /// Fixed UUID for reproducible output; None = random.
-    pub uuid: Option<[u8; 16]>,
+    pub uuid: UuidFrom,
+}
+
+/// Where the SIF's UUID comes from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum UuidFrom {
+    /// A random one, each build its own.
+    #[default]
+    Random,
+    Fixed([u8; 16]),
+    /// Derived from the time and the digests of the objects, so that identical contents give
+    /// an identical file (reproducible builds), whatever directory they were staged in.
+    Content,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -108,21 +119,37 @@ pub fn write(out: &Path, squashfs: &Path, contents: &SifContents) -> Result<()> 
         objects: entries,
     };
     let bytes = serde_json::to_vec_pretty(&digests).map_err(|e| Error::Invalid(e.to_string()))?;
+    let uuid = match contents.uuid {
+        UuidFrom::Fixed(u) => u,
+        UuidFrom::Random => sif::random_uuid()?,
+        UuidFrom::Content => name_based_uuid(contents.time.unwrap_or(0), &bytes),
+    };
     objects.push(ObjectSpec {
         name: DIGESTS_NAME.into(),
         ..ObjectSpec::new(DataType::GenericJson, ObjectData::Bytes(bytes))
     });
     let opts = WriteOptions {
         launch_script: "#!/usr/bin/env run-singularity\n".into(),
-        uuid: Some(match contents.uuid {
-            Some(u) => u,
-            None => sif::random_uuid()?,
-        }),
+        uuid: Some(uuid),
         time: Some(contents.time.unwrap_or_else(sif::now)),
         ..Default::default()
     };
     sif::write(out, &opts, objects)?;
     Ok(())
+}
+
+/// A name-based (version 5 layout) UUID from the time and the digest object's bytes, which
+/// name every other object's SHA-256.
+fn name_based_uuid(time: i64, digests: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(time.to_le_bytes());
+    h.update(digests);
+    let d = h.finalize();
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u[6] = (u[6] & 0x0f) | 0x50;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
 }
 
 /// One object checked by `verify`.
@@ -255,7 +282,7 @@ mod tests {
             labels: [("org.example".to_string(), "yes".to_string())].into(),
             arch: "amd64".into(),
             time: Some(1_700_000_000),
-            uuid: Some([7; 16]),
+            uuid: UuidFrom::Fixed([7; 16]),
         };
         write(&out, &sq, &contents).unwrap();
         let checked = verify(&out).unwrap();

@@ -48,6 +48,9 @@ pub struct WriteOptions {
     pub threads: usize,
     /// Image creation time; None = now. Pass SOURCE_DATE_EPOCH for reproducible images.
     pub mkfs_time: Option<u32>,
+    /// No stored time later than this: SOURCE_DATE_EPOCH's rule, so that files made during the
+    /// build (the metadata files of an OCI build) do not carry the time of the build.
+    pub clamp_mtime: Option<u32>,
     /// Store uid/gid 0 for everything an override does not give an owner
     /// (like mksquashfs -all-root).
     pub all_root: bool,
@@ -64,6 +67,7 @@ impl Default for WriteOptions {
             block_size: 131072,
             threads: 0,
             mkfs_time: None,
+            clamp_mtime: None,
             all_root: false,
             xattrs: true,
         }

@@ -176,6 +176,11 @@ pub(crate) fn scan(src: &Path, overrides: &Overrides, opts: &WriteOptions) -> Re
             stack.push(idx);
         }
     }
+    if let Some(latest) = opts.clamp_mtime {
+        for ino in &mut inodes {
+            ino.mtime = ino.mtime.min(latest);
+        }
+    }
     Ok(Tree { entries, inodes })
 }
 
