@@ -276,16 +276,10 @@ mod tests {
       "annotations": {"unknown": "fields are ignored"}
     }"#;
 
-    fn dir_with(files: &[(&str, &str)]) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "launcher-cdi-{}-{}",
-            files.len(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
         for (n, t) in files {
-            std::fs::write(d.join(n), t).unwrap();
+            std::fs::write(d.path().join(n), t).unwrap();
         }
         d
     }
@@ -300,7 +294,10 @@ mod tests {
             ("ignored.txt", "x"),
         ]);
         let mut warnings = Vec::new();
-        let specs = load_dirs(&[d.clone(), "/nonexistent".into()], &mut warnings);
+        let specs = load_dirs(
+            &[d.path().to_path_buf(), "/nonexistent".into()],
+            &mut warnings,
+        );
         assert_eq!(specs.len(), 2);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("broken.json"));
@@ -313,13 +310,12 @@ mod tests {
             gpu_devices(&specs, "vendor.example/gpu"),
             vec!["vendor.example/gpu=0", "vendor.example/gpu=1"]
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn applies_env_nodes_mounts_and_skips_hooks() {
         let d = dir_with(&[("a.json", JSON)]);
-        let specs = load_dirs(std::slice::from_ref(&d), &mut Vec::new());
+        let specs = load_dirs(&[d.path().to_path_buf()], &mut Vec::new());
         let mut inj = Injection::default();
         apply(
             &specs,
@@ -353,7 +349,6 @@ mod tests {
             err.contains("not found") && err.contains("vendor.example/gpu=0"),
             "{err}"
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
