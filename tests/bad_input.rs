@@ -583,6 +583,82 @@ fn huge_text_files_in_the_image_are_refused() {
     );
 }
 
+/// An image of a busybox tree with these `/.singularity.d/env` scripts.
+fn env_script_image(name: &str, scripts: &[(&str, String)]) -> String {
+    let t = busybox_tree(&format!("{name}-tree"));
+    let env = t.join(".singularity.d/env");
+    std::fs::create_dir_all(&env).unwrap();
+    for (file, text) in scripts {
+        std::fs::write(env.join(file), text).unwrap();
+    }
+    let path = setup().scratch.join(format!("{name}.sqfs"));
+    mksquashfs(&t, &path, &["-comp", "gzip"]);
+    std::fs::remove_dir_all(&t).unwrap();
+    path.display().to_string()
+}
+
+/// Issue 20, finding 3: the image's environment scripts had no bounds. A script that doubles
+/// a variable 40 times drove the launcher to gigabytes and an allocation abort; many
+/// variables or a huge script cost time and memory in proportion. Each is now refused
+/// before the command starts, with one line naming the script. (The launcher runs under a
+/// 4 GiB address-space limit here, so that a launcher without the bounds fails this test
+/// quickly instead of taking the machine's memory.)
+#[test]
+fn hostile_environment_scripts_are_refused() {
+    let doubling: String = std::iter::once("X=0123456789abcdef\n".to_string())
+        .chain((0..40).map(|_| "export X=\"$X$X\"\n".to_string()))
+        .collect();
+    let many: String = (0..5000).map(|i| format!("export V{i}=x\n")).collect();
+    let comment_line = format!("# {}\n", "x".repeat(77));
+    let big: String = comment_line.repeat(600 * 1024 / comment_line.len());
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "env-doubling",
+            vec![("90-x.sh", doubling)],
+            vec![
+                "/.singularity.d/env/90-x.sh",
+                "line 15",
+                "value of X",
+                "128 KiB",
+            ],
+        ),
+        (
+            "env-many",
+            vec![("90-many.sh", many)],
+            vec!["/.singularity.d/env/90-many.sh", "4096 variables"],
+        ),
+        (
+            "env-big",
+            vec![
+                ("10-a.sh", big.clone()),
+                ("20-b.sh", big.clone()),
+                ("30-c.sh", big),
+            ],
+            vec!["/.singularity.d/env/20-b.sh", "1 MiB"],
+        ),
+    ];
+    for (name, scripts, want) in cases {
+        let img = env_script_image(name, &scripts);
+        let mut cmd = launcher(&["exec", &img, "/bin/true"]).command();
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let lim = libc::rlimit {
+                    rlim_cur: 4 << 30,
+                    rlim_max: 4 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = run_bounded(cmd, name);
+        assert_clean_failure(&out, name, &want, &img);
+    }
+}
+
 /// The launcher as the test user, started by `sh -c SETUP; exec setpriv ...` as root in
 /// a private mount namespace (nothing changes on the host).
 fn in_private_mount_ns(setup_script: &str, img: &str) -> Out {
