@@ -19,6 +19,9 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     debug::enable(debug);
     let host = HostInfo::gather()?;
     let site = SiteConfig::load(&host.env, &host.home)?;
+    for w in &site.warnings {
+        eprintln!("launcher: warning: {w}");
+    }
     let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
