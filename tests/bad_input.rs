@@ -408,15 +408,13 @@ fn directory_cycles_and_symlink_loops_end() {
     assert!(out.code != 0, "{out:?}");
 }
 
-/// A valid image whose first data block is damaged: reading that file inside gives EIO,
-/// the launcher reports it once and goes on serving the rest.
-#[test]
-fn corrupt_data_block_reads_as_eio() {
-    let t = busybox_tree("eio-tree");
-    // First in the directory walk, so its blocks come first after the superblock.
+/// An image of a busybox tree plus the file `/NAME` (first in the directory walk, so its blocks
+/// come first after the superblock), whose first data block is then damaged.
+fn eio_image(name: &str) -> String {
+    let t = busybox_tree(&format!("{name}-tree"));
     let text: String = (0..20000).map(|i| format!("line {i}\n")).collect();
-    std::fs::write(t.join("0corrupt"), text).unwrap();
-    let path = setup().scratch.join("eio.sqfs");
+    std::fs::write(t.join(name), text).unwrap();
+    let path = setup().scratch.join(format!("{name}.sqfs"));
     mksquashfs(&t, &path, &["-comp", "gzip"]);
     std::fs::remove_dir_all(&t).unwrap();
     let mut img = std::fs::read(&path).unwrap();
@@ -428,7 +426,14 @@ fn corrupt_data_block_reads_as_eio() {
         *b = 0xff;
     }
     std::fs::write(&path, &img).unwrap();
-    let img = path.display().to_string();
+    path.display().to_string()
+}
+
+/// A valid image whose first data block is damaged: reading that file inside gives EIO,
+/// the launcher reports it once and goes on serving the rest.
+#[test]
+fn corrupt_data_block_reads_as_eio() {
+    let img = eio_image("0corrupt");
     let out = exec(
         &img,
         &[
@@ -445,6 +450,99 @@ fn corrupt_data_block_reads_as_eio() {
         "{out:?}"
     );
     assert!(!out.stderr.contains("panicked"), "{out:?}");
+}
+
+/// Issue 20, finding 1: `launcher exec eio.sqfs sh -c 'cat /corrupt; echo after' 2>&1 | wc -c`
+/// hung for good. busybox `cat` splices the file into the pipe that is also the launcher's
+/// stderr, holding the pipe while it waits for the page; the FUSE worker wrote its error
+/// message to that pipe before it replied. The run must end (within a generous limit), show
+/// the error, and leave no process behind, none in D state.
+#[test]
+fn corrupt_data_block_with_output_through_a_pipe_does_not_hang() {
+    // The file name is in the command lines of the launcher (image path), sh and cat.
+    let tag = format!("0eio-pipe-{}", std::process::id());
+    let img = eio_image(&tag);
+    // Close-on-exec: a process other tests start meanwhile must not keep the pipe open.
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut cmd = launcher(&[
+        "exec",
+        &img,
+        "/bin/sh",
+        "-c",
+        &format!("cat /{tag}; echo after"),
+    ])
+    .command();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(w.try_clone().unwrap()))
+        .stderr(Stdio::from(w));
+    let mut child = cmd.spawn().expect("spawning");
+    // Our copies of the write end go with the Command: the reader sees EOF when the
+    // launcher and everything it started are gone.
+    drop(cmd);
+    // `wc -c`: read everything.
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = std::fs::File::from(r).read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let left = process_states(&tag);
+            // The launcher first, then what it started: cat waits in D until it is killed
+            // itself, and the launcher cannot be reaped before that.
+            let _ = child.kill();
+            for pid in pids_matching(&tag) {
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+            assert_gone(&tag, "left after killing a hung run");
+            panic!("output through a pipe: still running after {LIMIT:?} (a hang): {left:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = reader.join().unwrap();
+    let in_d: Vec<_> = process_states(&tag)
+        .into_iter()
+        .filter(|(_, state)| {
+            state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('D'))
+        })
+        .collect();
+    assert!(in_d.is_empty(), "processes in D state: {in_d:#?}");
+    assert_gone(&tag, "processes left behind");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("Input/output error"), "{text}");
+    assert!(text.contains("launcher: error reading the image"), "{text}");
+    // The launcher's line is written by a thread of its own: before or after the others.
+    assert!(text.lines().any(|l| l == "after"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+/// (pid, "TID (COMM) STATE wchan=WCHAN") for every thread of every process whose command
+/// line names `needle` (a FUSE worker stuck in D is a thread of the launcher, not its main one).
+fn process_states(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for p in pids_matching(needle) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            // "TID (COMM) STATE ...": COMM may hold spaces and parentheses.
+            let head = stat.rsplit_once(')').map_or(stat.clone(), |(a, rest)| {
+                format!("{a}) {}", rest.split_whitespace().next().unwrap_or("?"))
+            });
+            out.push((p, format!("{head} wchan={wchan}")));
+        }
+    }
+    out
 }
 
 #[test]
@@ -520,6 +618,82 @@ fn huge_text_files_in_the_image_are_refused() {
         &["/etc/passwd", "at most 16 MiB"],
         &img,
     );
+}
+
+/// An image of a busybox tree with these `/.singularity.d/env` scripts.
+fn env_script_image(name: &str, scripts: &[(&str, String)]) -> String {
+    let t = busybox_tree(&format!("{name}-tree"));
+    let env = t.join(".singularity.d/env");
+    std::fs::create_dir_all(&env).unwrap();
+    for (file, text) in scripts {
+        std::fs::write(env.join(file), text).unwrap();
+    }
+    let path = setup().scratch.join(format!("{name}.sqfs"));
+    mksquashfs(&t, &path, &["-comp", "gzip"]);
+    std::fs::remove_dir_all(&t).unwrap();
+    path.display().to_string()
+}
+
+/// Issue 20, finding 3: the image's environment scripts had no bounds. A script that doubles
+/// a variable 40 times drove the launcher to gigabytes and an allocation abort; many
+/// variables or a huge script cost time and memory in proportion. Each is now refused
+/// before the command starts, with one line naming the script. (The launcher runs under a
+/// 4 GiB address-space limit here, so that a launcher without the bounds fails this test
+/// quickly instead of taking the machine's memory.)
+#[test]
+fn hostile_environment_scripts_are_refused() {
+    let doubling: String = std::iter::once("X=0123456789abcdef\n".to_string())
+        .chain((0..40).map(|_| "export X=\"$X$X\"\n".to_string()))
+        .collect();
+    let many: String = (0..5000).map(|i| format!("export V{i}=x\n")).collect();
+    let comment_line = format!("# {}\n", "x".repeat(77));
+    let big: String = comment_line.repeat(600 * 1024 / comment_line.len());
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "env-doubling",
+            vec![("90-x.sh", doubling)],
+            vec![
+                "/.singularity.d/env/90-x.sh",
+                "line 15",
+                "value of X",
+                "128 KiB",
+            ],
+        ),
+        (
+            "env-many",
+            vec![("90-many.sh", many)],
+            vec!["/.singularity.d/env/90-many.sh", "4096 variables"],
+        ),
+        (
+            "env-big",
+            vec![
+                ("10-a.sh", big.clone()),
+                ("20-b.sh", big.clone()),
+                ("30-c.sh", big),
+            ],
+            vec!["/.singularity.d/env/20-b.sh", "1 MiB"],
+        ),
+    ];
+    for (name, scripts, want) in cases {
+        let img = env_script_image(name, &scripts);
+        let mut cmd = launcher(&["exec", &img, "/bin/true"]).command();
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let lim = libc::rlimit {
+                    rlim_cur: 4 << 30,
+                    rlim_max: 4 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = run_bounded(cmd, name);
+        assert_clean_failure(&out, name, &want, &img);
+    }
 }
 
 /// The launcher as the test user, started by `sh -c SETUP; exec setpriv ...` as root in

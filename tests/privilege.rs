@@ -182,3 +182,79 @@ fn writes_reach_only_the_binds() {
     );
     std::fs::remove_dir_all(&outside).unwrap();
 }
+
+/// Issue 20, finding 5: with HOME naming another user's home, that user's
+/// `~/.config/launcher/launcher.yaml` set LD_PRELOAD, variables and binds for the caller. A
+/// user config is now taken only from a file owned by the caller or root and writable by no
+/// one else; any other is ignored with one warning naming the file and its owner.
+#[test]
+fn a_user_config_not_the_callers_is_ignored() {
+    let s = setup();
+    let img = fixture("busybox-gzip.sqfs");
+    let config = "env:\n  set: {LD_PRELOAD: /nonexistent-preload.so, FROM_CONFIG: applied}\n\
+                  binds: [\"/etc:/from-config:ro\"]\n";
+    let probe = "echo \"[$FROM_CONFIG][$LD_PRELOAD]\"; test -d /from-config && echo bound; true";
+    let run = |home: &Path| {
+        launcher(&["exec", &img, "/bin/sh", "-c", probe])
+            .env("HOME", &home.display().to_string())
+            .run()
+    };
+    // Writes HOME/.config/launcher/launcher.yaml, the directories and file owned by `uid`.
+    let place = |home: &Path, uid: u32, mode: u32| -> std::path::PathBuf {
+        let dir = home.join(".config/launcher");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("launcher.yaml");
+        std::fs::write(&file, config).unwrap();
+        for p in [home, &home.join(".config"), &dir] {
+            std::os::unix::fs::chown(p, Some(uid), None).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::os::unix::fs::chown(&file, Some(uid), None).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        file
+    };
+    let ignored = |out: &Out, file: &Path, why: &str| {
+        out.ok();
+        assert_eq!(out.stdout, "[][]\n", "{out:?}");
+        let warnings: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("launcher: warning: "))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{out:?}");
+        assert!(warnings[0].contains(&file.display().to_string()), "{out:?}");
+        assert!(warnings[0].contains(why), "{out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    };
+
+    // Another user's home and file: ignored, naming that user.
+    let (other, other_uid, other_home) = other_user();
+    let theirs = place(&other_home, other_uid, 0o644);
+    let out = run(&other_home);
+    ignored(&out, &theirs, &other);
+    std::fs::remove_dir_all(other_home.join(".config")).unwrap();
+
+    // The caller's own file, and one of root's: applied.
+    let own_home = s.scratch.join("config-home");
+    let own = place(&own_home, s.uid, 0o644);
+    let out = run(&own_home);
+    out.ok();
+    assert!(
+        out.stdout
+            .starts_with("[applied][/nonexistent-preload.so]\n")
+            && out.stdout.ends_with("bound\n"),
+        "{out:?}"
+    );
+    place(&own_home, s.uid, 0o644);
+    std::os::unix::fs::chown(&own, Some(0), Some(0)).unwrap();
+    let out = run(&own_home);
+    assert!(out.stdout.starts_with("[applied]"), "{out:?}");
+
+    // The caller's own file, but writable by others: ignored.
+    place(&own_home, s.uid, 0o666);
+    ignored(&run(&own_home), &own, "writable by group or others");
+    place(&own_home, s.uid, 0o664);
+    ignored(&run(&own_home), &own, "writable by group or others");
+
+    std::fs::remove_dir_all(&own_home).unwrap();
+}

@@ -19,6 +19,9 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     debug::enable(debug);
     let host = HostInfo::gather()?;
     let site = SiteConfig::load(&host.env, &host.home)?;
+    for w in &site.warnings {
+        eprintln!("launcher: warning: {w}");
+    }
     let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;
@@ -62,8 +65,15 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_push: tuning.fuse_push,
         prefetch: tuning.prefetch,
     };
-    supervisor::launch(&plan, image.archive.clone(), &settings, role)
+    let status = supervisor::launch(&plan, image.archive.clone(), &settings, role);
+    // The image server's messages reach stderr before the launcher exits; a stderr nobody
+    // reads holds the exit for this long at most.
+    crate::fuse::report::flush(REPORT_FLUSH_LIMIT);
+    status
 }
+
+/// How long the launcher waits at exit for the image server's messages to be written.
+const REPORT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Knobs for measuring the FUSE server, not for everyday use (hidden options).
 pub struct Tuning {

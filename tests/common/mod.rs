@@ -501,3 +501,41 @@ pub fn assert_fuse_connections_end(conns: &[FuseConn], what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A second unprivileged user, `launcher-test2` (another local user, for what one user's
+/// files can do to another's launches): made here as root when missing, one test process at
+/// a time (useradd under a lock), so the fixtures of tests/setup.sh need no rebuild.
+/// Returns its name, uid and home.
+pub fn other_user() -> (String, u32, PathBuf) {
+    const NAME: &str = "launcher-test2";
+    static OTHER: OnceLock<(String, u32, PathBuf)> = OnceLock::new();
+    OTHER
+        .get_or_init(|| {
+            setup();
+            let st = Command::new("flock")
+                .args(["/var/tmp/launcher-other-user.lock", "sh", "-c"])
+                .arg(format!(
+                    "id -u {NAME} >/dev/null 2>&1 || useradd -m -s /bin/sh {NAME}"
+                ))
+                .status()
+                .expect("running useradd");
+            assert!(st.success(), "creating the user {NAME} failed");
+            let entry = String::from_utf8_lossy(
+                &Command::new("getent")
+                    .args(["passwd", NAME])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .trim()
+            .to_string();
+            let fields: Vec<&str> = entry.split(':').collect();
+            assert!(fields.len() >= 6, "getent passwd {NAME}: {entry}");
+            (
+                NAME.to_string(),
+                fields[2].parse().unwrap(),
+                PathBuf::from(fields[5]),
+            )
+        })
+        .clone()
+}

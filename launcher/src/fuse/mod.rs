@@ -3,5 +3,6 @@
 
 pub mod prefetch;
 pub mod push;
+pub mod report;
 pub mod server;
 pub mod virtual_nodes;

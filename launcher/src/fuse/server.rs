@@ -214,10 +214,13 @@ impl ImageFs {
     }
 
     /// The reader's errno for the kernel; a damaged image (EIO) is also told to the user, once.
+    /// The message only joins a queue (`report`) that a thread of its own writes out: the
+    /// worker replies at once and never waits on stderr, which may be a pipe the very process
+    /// waiting for this reply holds (issue 20, finding 1).
     fn fail(&self, e: squashfs::Error) -> Errno {
         let errno = e.errno();
         if errno == libc::EIO && !self.reported.swap(true, Ordering::Relaxed) {
-            eprintln!("launcher: error reading the image: {e}");
+            crate::fuse::report::line(format!("launcher: error reading the image: {e}"));
         }
         Errno::from_i32(errno)
     }

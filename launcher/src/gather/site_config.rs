@@ -1,5 +1,6 @@
 //! The site configuration: `/etc/launcher/launcher.yaml` (or `$LAUNCHER_CONFIG`), then the
-//! user's `~/.config/launcher/launcher.yaml`.
+//! user's `~/.config/launcher/launcher.yaml`, taken only when it is the caller's (or root's) and
+//! no one else can write it: HOME may name another user's home (issue 20, finding 5).
 //!
 //! Admins describe their site once: default binds, extra devices, environment edits, the GPU
 //! and MPI libraries to bring in, where CDI specs live. The launcher is unprivileged, so the
@@ -10,6 +11,8 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where the system file lives unless `$LAUNCHER_CONFIG` says otherwise.
@@ -31,6 +34,9 @@ pub struct SiteConfig {
     pub mpi: MpiConfig,
     pub cdi: CdiConfig,
     pub host: HostPaths,
+    /// What loading found worth saying (a user file ignored), one line each, for the user.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Environment edits, applied after the image's environment and before `--env`.
@@ -114,9 +120,10 @@ impl SiteConfig {
         .join("launcher/launcher.yaml");
         let mut config = SiteConfig::default();
         for path in system.iter().chain(std::iter::once(&user)) {
-            let text = match std::fs::read_to_string(path) {
+            let is_user = path == &user;
+            let text = match read_config(path, is_user) {
                 Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     if get(CONFIG_ENV).is_some_and(|p| Path::new(p) == path) {
                         bail!("{CONFIG_ENV}={}: no such file", path.display());
                     }
@@ -124,15 +131,22 @@ impl SiteConfig {
                 }
                 // A user file behind a directory this user cannot enter (HOME still naming
                 // root's home after sudo or setpriv, say) is not theirs: as if absent.
-                Err(e)
+                Err(ReadError::Io(e))
                     if e.kind() == std::io::ErrorKind::PermissionDenied
-                        && path == &user
+                        && is_user
                         && std::fs::metadata(path).is_err() =>
                 {
                     continue;
                 }
-                Err(e) => {
+                Err(ReadError::Io(e)) => {
                     return Err(e).with_context(|| format!("reading {}", path.display()));
+                }
+                Err(ReadError::NotTrusted(why)) => {
+                    config.warnings.push(format!(
+                        "ignoring the user config {}: {why}",
+                        path.display()
+                    ));
+                    continue;
                 }
             };
             config.merge(SiteConfig::parse(&text, path)?);
@@ -257,6 +271,7 @@ impl SiteConfig {
 
     /// Lay a later file over this one: lists grow, maps merge, values given replace.
     pub fn merge(&mut self, later: SiteConfig) {
+        self.warnings.extend(later.warnings);
         self.binds.extend(later.binds);
         self.devices.extend(later.devices);
         self.env.set.extend(later.env.set);
@@ -311,6 +326,69 @@ impl SiteConfig {
             .clone()
             .unwrap_or_else(|| DEFAULT_CDI_DIRS.iter().map(PathBuf::from).collect())
     }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    /// The user's file is someone else's to write: why, naming the owner.
+    NotTrusted(String),
+}
+
+/// The text of a config file; for the user's file, only if it is a regular file and `trust`
+/// accepts its owner and mode (checked on the open file, so what is read is what was checked;
+/// opened non-blocking, so a FIFO put there cannot hold the launch).
+fn read_config(path: &Path, is_user: bool) -> std::result::Result<String, ReadError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if is_user {
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    }
+    let mut file = options.open(path).map_err(ReadError::Io)?;
+    if is_user {
+        let meta = file.metadata().map_err(ReadError::Io)?;
+        if !meta.is_file() {
+            return Err(ReadError::NotTrusted("it is not a regular file".into()));
+        }
+        let caller = nix::unistd::getuid().as_raw();
+        trust(meta.uid(), meta.mode(), caller, &user_name).map_err(ReadError::NotTrusted)?;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(ReadError::Io)?;
+    Ok(text)
+}
+
+/// Whether a user config with this owner and mode may be applied for `caller`: it must be the
+/// caller's or root's, and writable by no one else (as OpenSSH asks of `~/.ssh/config`).
+/// Otherwise why not, naming the owner (`name_of` turns a uid into a user name).
+pub fn trust(
+    owner: u32,
+    mode: u32,
+    caller: u32,
+    name_of: &dyn Fn(u32) -> Option<String>,
+) -> std::result::Result<(), String> {
+    let who = |uid: u32| match name_of(uid) {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    if owner != caller && owner != 0 {
+        return Err(format!("it is owned by {}, not by you or root", who(owner)));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "it is writable by group or others (mode {:04o}, owner {}; `chmod go-w` it)",
+            mode & 0o7777,
+            who(owner)
+        ));
+    }
+    Ok(())
+}
+
+/// The user name of `uid` from the host's user database, if it has one.
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 fn valid_env_name(k: &str) -> bool {
@@ -457,6 +535,62 @@ host:
         assert_eq!(
             SiteConfig::load(&env, &dir).unwrap().binds,
             vec!["/user-bind"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_user_config_must_be_the_callers_or_roots_and_not_writable_by_others() {
+        let names = |uid: u32| (uid == 1001).then(|| "other".to_string());
+        assert_eq!(trust(1000, 0o100644, 1000, &names), Ok(()));
+        assert_eq!(trust(0, 0o100644, 1000, &names), Ok(()));
+        assert_eq!(trust(1000, 0o100600, 1000, &names), Ok(()));
+        let err = trust(1001, 0o100644, 1000, &names).unwrap_err();
+        assert_eq!(err, "it is owned by other (uid 1001), not by you or root");
+        let err = trust(1002, 0o100644, 1000, &names).unwrap_err();
+        assert!(err.contains("owned by uid 1002"), "{err}");
+        for mode in [0o100664, 0o100646, 0o100666] {
+            let err = trust(1000, mode, 1000, &names).unwrap_err();
+            assert!(err.contains("writable by group or others"), "{err}");
+            assert!(
+                err.contains(&format!("mode {:04o}", mode & 0o7777)),
+                "{err}"
+            );
+        }
+        // Root's file, writable by others, is no better.
+        assert!(trust(0, 0o100666, 1000, &names).is_err());
+    }
+
+    #[test]
+    fn a_user_config_writable_by_others_is_ignored_with_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("launcher-site-w-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".config/launcher")).unwrap();
+        let file = dir.join(".config/launcher/launcher.yaml");
+        std::fs::write(&file, "binds: [/user-bind]\n").unwrap();
+        let env = vec![(CONFIG_ENV.to_string(), String::new())];
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = SiteConfig::load(&env, &dir).unwrap();
+        assert_eq!(c.binds, vec!["/user-bind"]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let c = SiteConfig::load(&env, &dir).unwrap();
+        assert!(c.binds.is_empty());
+        assert_eq!(c.warnings.len(), 1);
+        let w = &c.warnings[0];
+        assert!(
+            w.starts_with(&format!("ignoring the user config {}: ", file.display())),
+            "{w}"
+        );
+        assert!(w.contains("writable by group or others"), "{w}");
+        // A FIFO there neither holds the launch nor counts as a config.
+        std::fs::remove_file(&file).unwrap();
+        nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let c = SiteConfig::load(&env, &dir).unwrap();
+        assert!(
+            c.warnings[0].ends_with("it is not a regular file"),
+            "{:?}",
+            c.warnings
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -284,8 +284,16 @@ fn environment(
     let mut scripts = Vec::new();
     let mut names = image.list_dir("/.singularity.d/env")?;
     names.sort();
+    let image_name = || format!("'{}'", image.desc().path.display());
+    // Each script's size is counted before it is read: a hostile image costs at most the
+    // bound, not its scripts' size (environment::SCRIPTS_MAX_BYTES).
+    let mut budget = environment::ScriptBudget::default();
     for name in names.into_iter().filter(|n| n.ends_with(".sh")) {
         let path = format!("/.singularity.d/env/{name}");
+        let Some(size) = image.file_size(&path)? else {
+            continue;
+        };
+        budget.add_script(&path, size).with_context(image_name)?;
         if let Some(text) = read_text(image, &path)? {
             scripts.push((path, text));
         }
@@ -313,7 +321,8 @@ fn environment(
         image_env_scripts: &scripts,
         user: &opts.env,
         launcher: &launcher_vars,
-    });
+    })
+    .with_context(image_name)?;
     integration::edit_env(&mut env, opts, facts);
     Ok(env)
 }

@@ -2,8 +2,9 @@
 //!
 //! docs/environment.md describes the rules; the unit tests below pin them.
 
-use crate::env_list;
 use crate::options::env_args::{unquote, valid_name};
+use anyhow::{anyhow, bail, Result};
+use std::collections::{HashMap, HashSet};
 
 /// PATH used when neither the image nor the user sets one: the host's PATH names host
 /// directories (modules, spack) that rarely mean anything inside an image.
@@ -39,19 +40,72 @@ pub struct EnvInputs<'a> {
     pub launcher: &'a [(String, String)],
 }
 
+/// Bounds on the image's environment scripts (issue 20, finding 3: a script that doubled a
+/// variable 40 times took gigabytes; 200k lines took 41 s). Past any of them the launch is
+/// refused with the script and line named; docs/environment.md says why an error and not a
+/// truncation.
+///
+/// The text of all scripts together (checked before a script is read, by `plan::build`).
+pub const SCRIPTS_MAX_BYTES: u64 = 1 << 20;
+/// One value: the kernel's own limit for one `NAME=value` string of execve (MAX_ARG_STRLEN,
+/// 128 KiB); a longer variable could not reach the command anyway.
+pub const VALUE_MAX_BYTES: usize = 128 << 10;
+/// Distinct variables the scripts set, all together.
+pub const VARIABLES_MAX: usize = 4096;
+/// The values the scripts' assignments produce, all together (replaced ones included): with
+/// the bound on the text, this bounds the work and the memory of reading the scripts.
+pub const EXPANDED_MAX_BYTES: usize = 16 << 20;
+
+/// The environment as it is built: in order, a name at most once, with an index so that
+/// each look-up and assignment costs the same however many variables there are.
 #[derive(Default)]
-struct Env(Vec<(String, String)>);
+struct Env {
+    vars: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
 
 impl Env {
     fn set(&mut self, k: &str, v: &str) {
-        env_list::set(&mut self.0, k, v);
+        match self.index.get(k) {
+            Some(&i) => self.vars[i].1 = v.to_string(),
+            None => {
+                self.index.insert(k.to_string(), self.vars.len());
+                self.vars.push((k.to_string(), v.to_string()));
+            }
+        }
     }
     fn get(&self, k: &str) -> Option<&str> {
-        env_list::get(&self.0, k)
+        self.index.get(k).map(|&i| self.vars[i].1.as_str())
     }
 }
 
-pub fn compute(inp: &EnvInputs) -> Vec<(String, String)> {
+/// What the image's scripts have used of their bounds so far.
+#[derive(Default)]
+pub struct ScriptBudget {
+    bytes: u64,
+    names: HashSet<String>,
+    expanded: usize,
+}
+
+impl ScriptBudget {
+    /// Count the text of the script at `path`: an error once all scripts together are
+    /// longer than `SCRIPTS_MAX_BYTES`.
+    pub fn add_script(&mut self, path: &str, len: u64) -> Result<()> {
+        self.bytes = self.bytes.saturating_add(len);
+        if self.bytes > SCRIPTS_MAX_BYTES {
+            bail!(
+                "{path}: the image's environment scripts are longer than {} MiB together \
+                 ({} bytes up to this one)",
+                SCRIPTS_MAX_BYTES >> 20,
+                self.bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The command's environment, or an error naming the image script past a bound.
+pub fn compute(inp: &EnvInputs) -> Result<Vec<(String, String)>> {
     let mut env = Env::default();
     for (k, v) in inp.host {
         if forwarded(k).is_some() || k == "PATH" {
@@ -70,8 +124,16 @@ pub fn compute(inp: &EnvInputs) -> Vec<(String, String)> {
             }
         }
     }
-    for (_, script) in inp.image_env_scripts {
-        for (k, v) in parse_env_script(script, &|name| env.get(name).map(str::to_string)) {
+    let mut budget = ScriptBudget::default();
+    for (path, script) in inp.image_env_scripts {
+        budget.add_script(path, script.len() as u64)?;
+        let assigned = parse_env_script(
+            script,
+            &|name| env.get(name).map(str::to_string),
+            &mut budget,
+        )
+        .map_err(|e| anyhow!("{path}: {e}"))?;
+        for (k, v) in assigned {
             env.set(&k, &v);
         }
     }
@@ -95,25 +157,33 @@ pub fn compute(inp: &EnvInputs) -> Vec<(String, String)> {
     for (k, v) in inp.user {
         env.set(k, v);
     }
-    env.0
+    Ok(env.vars)
 }
 
 fn keep_in_cleanenv(k: &str) -> bool {
     CLEANENV_KEEP.contains(&k) || CLEANENV_KEEP_PREFIXES.iter().any(|p| k.starts_with(p))
 }
 
-/// Extract the unconditional assignments of an Apptainer env script.
+/// Extract the unconditional assignments of an Apptainer env script: each variable once, with
+/// its last value, in the order of first assignment.
 ///
 /// We do not run a shell to read the image's environment (start-up cost, and no /bin/sh in
 /// some images); we take the top-level `export K=V` / `K=V` lines, expand `$VAR`/`${VAR}` from
-/// the environment built so far, and skip everything inside `if`/`case`/functions.
+/// the environment built so far, and skip everything inside `if`/`case`/functions. The error
+/// says which line went past which bound (`VALUE_MAX_BYTES`, `VARIABLES_MAX`,
+/// `EXPANDED_MAX_BYTES`).
+///
+/// `budget` holds what earlier scripts used. Linear in the script's length plus the length of
+/// the values it produces: one pass over the lines, look-ups by index.
 pub fn parse_env_script(
     script: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Vec<(String, String)> {
+    budget: &mut ScriptBudget,
+) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     let mut depth: i32 = 0;
-    for raw in script.lines() {
+    for (n, raw) in script.lines().enumerate() {
         let line = raw.trim();
         let first = line.split_whitespace().next().unwrap_or("");
         match first {
@@ -138,26 +208,68 @@ pub fn parse_env_script(
             continue;
         }
         let local = |name: &str| -> Option<String> {
-            out.iter()
-                .rev()
-                .find(|(key, _)| key == name)
-                .map(|(_, v)| v.clone())
-                .or_else(|| lookup(name))
+            match index.get(name) {
+                Some(&i) => Some(out[i].1.clone()),
+                None => lookup(name),
+            }
         };
-        let value = expand(&unquote(v), &local);
-        out.push((k.to_string(), value));
+        let line_no = n + 1;
+        let room = EXPANDED_MAX_BYTES.saturating_sub(budget.expanded);
+        let Some(value) = expand(&unquote(v), &local, room.min(VALUE_MAX_BYTES)) else {
+            return Err(if room < VALUE_MAX_BYTES {
+                format!(
+                    "line {line_no}: the values of the image's environment scripts add up to \
+                     more than {} MiB",
+                    EXPANDED_MAX_BYTES >> 20
+                )
+            } else {
+                format!(
+                    "line {line_no}: the value of {k} would be longer than {} KiB (the \
+                     longest variable a program can be started with)",
+                    VALUE_MAX_BYTES >> 10
+                )
+            });
+        };
+        budget.expanded += value.len();
+        match index.get(k) {
+            Some(&i) => out[i].1 = value,
+            None => {
+                if !budget.names.contains(k) {
+                    if budget.names.len() >= VARIABLES_MAX {
+                        return Err(format!(
+                            "line {line_no}: the image's environment scripts set more than \
+                             {VARIABLES_MAX} variables"
+                        ));
+                    }
+                    budget.names.insert(k.to_string());
+                }
+                index.insert(k.to_string(), out.len());
+                out.push((k.to_string(), value));
+            }
+        }
     }
-    out
+    Ok(out)
 }
 
-/// Expand `$NAME`, `${NAME}` and `${NAME:-default}`.
-fn expand(v: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+/// Expand `$NAME`, `${NAME}` and `${NAME:-default}`; None when the result would be longer
+/// than `max` bytes (checked as it grows: nothing longer is ever built).
+fn expand(v: &str, lookup: &dyn Fn(&str) -> Option<String>, max: usize) -> Option<String> {
     let mut out = String::new();
+    let push = |out: &mut String, s: &str| -> Option<()> {
+        if out.len() + s.len() > max {
+            return None;
+        }
+        out.push_str(s);
+        Some(())
+    };
     let mut rest = v;
+    // Once a `${` has no closing brace, none after it has one: not searched again (a value of
+    // many unclosed `${` would otherwise cost its length squared).
+    let mut no_close = false;
     while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
+        push(&mut out, &rest[..pos])?;
         let after = &rest[pos + 1..];
-        if let Some(inner) = after.strip_prefix('{') {
+        if let Some(inner) = after.strip_prefix('{').filter(|_| !no_close) {
             if let Some(end) = inner.find('}') {
                 let expr = &inner[..end];
                 let (name, default) = match expr.split_once(":-") {
@@ -165,23 +277,27 @@ fn expand(v: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
                     None => (expr, None),
                 };
                 let val = lookup(name).filter(|s| !s.is_empty() || default.is_none());
-                out.push_str(&val.unwrap_or_else(|| default.unwrap_or("").to_string()));
+                match &val {
+                    Some(val) => push(&mut out, val)?,
+                    None => push(&mut out, default.unwrap_or(""))?,
+                }
                 rest = &inner[end + 1..];
                 continue;
             }
+            no_close = true;
         }
         let len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
         if len == 0 {
-            out.push('$');
-        } else {
-            out.push_str(&lookup(&after[..len]).unwrap_or_default());
+            push(&mut out, "$")?;
+        } else if let Some(val) = lookup(&after[..len]) {
+            push(&mut out, &val)?;
         }
         rest = &after[len..];
     }
-    out.push_str(rest);
-    out
+    push(&mut out, rest)?;
+    Some(out)
 }
 
 #[cfg(test)]
@@ -217,7 +333,8 @@ mod tests {
             image_env_scripts: &[],
             user: &user,
             launcher: &[],
-        });
+        })
+        .unwrap();
         assert_eq!(get(&env, "A"), Some("host"));
         assert_eq!(get(&env, "B"), Some("image"));
         assert_eq!(get(&env, "C"), Some("fwd"));
@@ -244,7 +361,8 @@ mod tests {
             image_env_scripts: &[],
             user: &[],
             launcher: &[],
-        });
+        })
+        .unwrap();
         assert_eq!(
             get(&env, "X"),
             Some("app"),
@@ -271,7 +389,8 @@ mod tests {
             image_env_scripts: &[],
             user: &[],
             launcher: &[],
-        });
+        })
+        .unwrap();
         assert_eq!(get(&env, "SECRET"), None);
         assert_eq!(get(&env, "SLURM_JOB_ID"), Some("7"));
         assert_eq!(get(&env, "PMI_FD"), Some("11"));
@@ -281,7 +400,7 @@ mod tests {
     #[test]
     fn env_script_top_level_only() {
         let script = "#!/bin/sh\nexport PATH=\"/opt/x/bin:$PATH\"\nFOO='bar baz'\nexport FOO\nif [ -z \"$X\" ]; then\n    Y=1\nfi\nZ=${UNSET:-dflt}\nW=$(date)\n";
-        let got = parse_env_script(script, &|k| (k == "PATH").then(|| "/usr/bin".to_string()));
+        let got = parse(script, &|k| (k == "PATH").then(|| "/usr/bin".to_string())).unwrap();
         assert_eq!(
             got,
             kv(&[
@@ -290,5 +409,167 @@ mod tests {
                 ("Z", "dflt")
             ])
         );
+    }
+
+    /// One script, on its own.
+    fn parse(
+        script: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, String> {
+        parse_env_script(script, lookup, &mut ScriptBudget::default())
+    }
+
+    fn no_lookup(_: &str) -> Option<String> {
+        None
+    }
+
+    /// Issue 20, finding 3: a value that doubles stops at 128 KiB, at the line that passes it.
+    #[test]
+    fn a_value_longer_than_128_kib_is_refused_at_its_line() {
+        let mut script = String::from("X=0123456789abcdef\n");
+        for _ in 0..40 {
+            script.push_str("export X=\"$X$X\"\n");
+        }
+        let err = parse(&script, &no_lookup).unwrap_err();
+        // 16 bytes doubled 13 times is 128 KiB exactly (allowed); line 15 doubles it again.
+        assert!(
+            err.starts_with("line 15: the value of X would be longer than 128 KiB"),
+            "{err}"
+        );
+        let exact = format!("X={}\n", "x".repeat(VALUE_MAX_BYTES));
+        assert_eq!(
+            parse(&exact, &no_lookup).unwrap()[0].1.len(),
+            VALUE_MAX_BYTES
+        );
+        // Expansion from the environment built so far counts the same.
+        let big = "y".repeat(VALUE_MAX_BYTES);
+        let err = parse("A=$BIG.\n", &|_| Some(big.clone())).unwrap_err();
+        assert!(err.contains("value of A"), "{err}");
+    }
+
+    #[test]
+    fn more_than_4096_variables_are_refused_counting_every_script() {
+        let vars = |from: usize, to: usize| -> String {
+            (from..to).map(|i| format!("export V{i}=x\n")).collect()
+        };
+        assert_eq!(
+            parse(&vars(0, VARIABLES_MAX), &no_lookup).unwrap().len(),
+            VARIABLES_MAX
+        );
+        let err = parse(&vars(0, VARIABLES_MAX + 1), &no_lookup).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "line {}: the image's environment scripts set more than 4096 variables",
+                VARIABLES_MAX + 1
+            )
+        );
+        // Setting one variable again and again is one variable.
+        let again: String = (0..3 * VARIABLES_MAX).map(|i| format!("V={i}\n")).collect();
+        assert_eq!(
+            parse(&again, &no_lookup).unwrap(),
+            kv(&[("V", &(3 * VARIABLES_MAX - 1).to_string())])
+        );
+        // Two scripts of 3000 each: the second goes past the bound, and is named.
+        let scripts = vec![
+            ("/.singularity.d/env/10-a.sh".to_string(), vars(0, 3000)),
+            ("/.singularity.d/env/20-b.sh".to_string(), vars(3000, 6000)),
+        ];
+        let err = compute(&EnvInputs {
+            host: &[],
+            cleanenv: false,
+            image_oci_env: &[],
+            image_env_scripts: &scripts,
+            user: &[],
+            launcher: &[],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/.singularity.d/env/20-b.sh: line 1097: ")
+                && err.contains("4096 variables"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_values_produced_are_bounded_in_total() {
+        // 200 copies of a 100 KiB value: each fits, together they pass 16 MiB.
+        let big = "z".repeat(100 << 10);
+        let script: String = (0..200).map(|i| format!("Y{i}=$BIG\n")).collect();
+        let err = parse(&script, &|_| Some(big.clone())).unwrap_err();
+        let line = EXPANDED_MAX_BYTES / (100 << 10) + 1;
+        assert_eq!(
+            err,
+            format!("line {line}: the values of the image's environment scripts add up to more than 16 MiB")
+        );
+    }
+
+    #[test]
+    fn scripts_longer_than_1_mib_together_are_refused_naming_the_script() {
+        let comment = format!("# {}\n", "c".repeat(1000));
+        let half = comment.repeat(600);
+        let scripts = vec![
+            ("/.singularity.d/env/10-a.sh".to_string(), half.clone()),
+            ("/.singularity.d/env/20-b.sh".to_string(), half),
+        ];
+        let err = compute(&EnvInputs {
+            host: &[],
+            cleanenv: false,
+            image_oci_env: &[],
+            image_env_scripts: &scripts,
+            user: &[],
+            launcher: &[],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/.singularity.d/env/20-b.sh: the image's environment scripts are longer than 1 MiB together"),
+            "{err}"
+        );
+    }
+
+    /// A long script is one pass: each variable is kept once (not once per assignment), names
+    /// the script set are found in its own index, and only the others are asked of the
+    /// environment built so far, once per reference.
+    #[test]
+    fn a_long_script_is_read_in_one_pass_with_indexed_look_ups() {
+        // 120 000 lines assigning 4000 variables over and over, each from the one before.
+        let (n, names) = (60_000, 4000);
+        let mut script = String::from("A0=x\n");
+        for i in 1..n {
+            script.push_str(&format!(
+                "A{}=${{A{}}}\nB=$OUTSIDE\n",
+                i % names,
+                (i - 1) % names
+            ));
+        }
+        let asked = std::cell::Cell::new(0usize);
+        let got = parse(&script, &|name| {
+            assert_eq!(
+                name, "OUTSIDE",
+                "a name the script set was looked up outside it"
+            );
+            asked.set(asked.get() + 1);
+            Some("o".into())
+        })
+        .unwrap();
+        assert_eq!(asked.get(), n - 1);
+        assert_eq!(got.len(), names + 1, "each variable once");
+        assert_eq!(got[1], ("A1".to_string(), "x".to_string()));
+        assert_eq!(got[2], ("B".to_string(), "o".to_string()));
+        assert_eq!(got[names], (format!("A{}", names - 1), "x".to_string()));
+    }
+
+    #[test]
+    fn unclosed_braces_are_kept_as_text() {
+        assert_eq!(expand("a${b", &no_lookup, 100).unwrap(), "a${b");
+        let many = "${".repeat(20_000);
+        assert_eq!(expand(&many, &no_lookup, 1 << 20).unwrap(), many);
+        assert_eq!(
+            expand("${X}${Y", &|_| Some("v".into()), 100).unwrap(),
+            "v${Y"
+        );
+        assert_eq!(expand("$X$X", &|_| Some("vv".into()), 3), None);
     }
 }
