@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 /// What each top-level module of the crate may import (besides itself).
 fn allowed(module: &str) -> &'static [&'static str] {
     match module {
-        "debug" | "host_file" | "env_list" | "options" | "image" => &[],
+        "debug" | "host_file" | "env_list" | "image" => &[],
+        "options" => &["env_list"],
         "linker" => &["image", "host_file"],
         "gather" => &[
             "options",
