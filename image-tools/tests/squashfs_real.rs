@@ -10,7 +10,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image_tools::squashfs::{is_squashfs, Archive, Compressor, Error, FileType, Inode};
 
@@ -28,27 +27,12 @@ fn have_mksquashfs() -> bool {
     ok
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "sqfs-test-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory (tempfile's, removed on drop).
+fn scratch_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sqfs-test-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Deterministic pseudo-random bytes (xorshift), compressible only a little.
@@ -448,10 +432,10 @@ fn check_variants(variants: &[(&str, &[&str], bool)]) {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("variants");
-    let tree = build_tree(&dir.0);
+    let dir = scratch_dir("variants");
+    let tree = build_tree(dir.path());
     for (name, args, xattrs) in variants {
-        let img = dir.0.join(format!("{name}.sqfs"));
+        let img = dir.path().join(format!("{name}.sqfs"));
         mksquashfs(&tree, &img, args);
         let a = Archive::open_path(&img, 0).unwrap_or_else(|e| panic!("{name}: {e}"));
         check_specials(&a, &tree, *xattrs);
@@ -526,9 +510,9 @@ fn superblock_and_export_table() {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("sb");
-    let tree = build_tree(&dir.0);
-    let img = dir.0.join("img");
+    let dir = scratch_dir("sb");
+    let tree = build_tree(dir.path());
+    let img = dir.path().join("img");
     mksquashfs(&tree, &img, &["-comp", "xz", "-b", "65536"]);
     let a = Archive::open_path(&img, 0).unwrap();
     let sb = a.superblock();
@@ -550,7 +534,7 @@ fn superblock_and_export_table() {
         Some(root.inode_ref)
     );
 
-    let img2 = dir.0.join("img2");
+    let img2 = dir.path().join("img2");
     mksquashfs(&tree, &img2, &["-no-exports"]);
     let a = Archive::open_path(&img2, 0).unwrap();
     assert_eq!(a.inode_ref_by_number(1).unwrap(), None);
@@ -561,14 +545,14 @@ fn open_at_offset_and_concurrent_reads() {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("offset");
-    let tree = build_tree(&dir.0);
-    let img = dir.0.join("img");
+    let dir = scratch_dir("offset");
+    let tree = build_tree(dir.path());
+    let img = dir.path().join("img");
     mksquashfs(&tree, &img, &["-comp", "zstd"]);
     let mut wrapped = noise(12_345, 99);
     wrapped.extend(fs::read(&img).unwrap());
     wrapped.extend(noise(777, 5)); // trailing junk is fine too
-    let wimg = dir.0.join("wrapped");
+    let wimg = dir.path().join("wrapped");
     fs::write(&wimg, &wrapped).unwrap();
     assert!(Archive::open_path(&wimg, 0).is_err());
     assert!(Archive::open_path(&wimg, 12_344).is_err());
@@ -600,8 +584,8 @@ fn file_larger_than_4gib() {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("huge");
-    let src = dir.0.join("src");
+    let dir = scratch_dir("huge");
+    let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
     let size: u64 = (5 << 30) + 12_345;
     let at: u64 = (9 << 29) + 100; // 4.5 GiB + 100
@@ -613,7 +597,7 @@ fn file_larger_than_4gib() {
         f.write_all_at(&data, at).unwrap();
         f.write_all_at(b"tail", size - 4).unwrap();
     }
-    let img = dir.0.join("img");
+    let img = dir.path().join("img");
     let out = Command::new("mksquashfs")
         .arg(&src)
         .arg(&img)
@@ -688,8 +672,8 @@ fn corrupt_images_error_without_panicking() {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("corrupt");
-    let src = dir.0.join("src");
+    let dir = scratch_dir("corrupt");
+    let src = dir.path().join("src");
     fs::create_dir_all(src.join("d/e")).unwrap();
     fs::write(src.join("f"), noise(30_000, 1)).unwrap();
     fs::write(src.join("d/small"), b"small").unwrap();
@@ -698,16 +682,16 @@ fn corrupt_images_error_without_panicking() {
     }
     std::os::unix::fs::symlink("d/small", src.join("l")).unwrap();
     let _ = set_xattr(&src.join("f"), "user.k", b"v");
-    let pseudo = dir.0.join("pseudo");
+    let pseudo = dir.path().join("pseudo");
     fs::write(&pseudo, "null c 666 0 0 1 3\n").unwrap();
     let tree = Tree {
         src,
         pseudo,
         xattrs: true,
     };
-    let bad = dir.0.join("bad");
+    let bad = dir.path().join("bad");
     for comp in ["gzip", "xz", "lz4", "zstd", "lzo", "lzma"] {
-        let img = dir.0.join(format!("{comp}.img"));
+        let img = dir.path().join(format!("{comp}.img"));
         mksquashfs(&tree, &img, &["-comp", comp, "-b", "4096"]);
         let good = fs::read(&img).unwrap();
         let a = Archive::open_path(&img, 0).unwrap();
@@ -766,10 +750,10 @@ fn open_time_does_not_grow_with_file_count() {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("opentime");
+    let dir = scratch_dir("opentime");
     let mut results = Vec::new();
     for files in [100usize, 100_000] {
-        let src = dir.0.join(format!("src{files}"));
+        let src = dir.path().join(format!("src{files}"));
         for i in 0..files {
             let d = src.join(format!("d{:03}", i / 1000));
             if i % 1000 == 0 {
@@ -777,7 +761,7 @@ fn open_time_does_not_grow_with_file_count() {
             }
             fs::write(d.join(format!("f{i}")), format!("{i}")).unwrap();
         }
-        let img = dir.0.join(format!("img{files}"));
+        let img = dir.path().join(format!("img{files}"));
         let out = Command::new("mksquashfs")
             .arg(&src)
             .arg(&img)
@@ -818,13 +802,13 @@ fn read_throughput() {
     if !have_mksquashfs() {
         return;
     }
-    let dir = TempDir::new("throughput");
-    let src = dir.0.join("src");
+    let dir = scratch_dir("throughput");
+    let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
     let data = noise(64 << 20, 5);
     fs::write(src.join("f"), &data).unwrap();
     for comp in ["gzip", "zstd", "lz4", "xz"] {
-        let img = dir.0.join(format!("{comp}.img"));
+        let img = dir.path().join(format!("{comp}.img"));
         let out = Command::new("mksquashfs")
             .arg(&src)
             .arg(&img)

@@ -418,7 +418,8 @@ mod tests {
     /// afterwards return the file's bytes; past the end it does nothing.
     #[test]
     fn warm_block_fills_the_cache_block_by_block() {
-        let dir = std::env::temp_dir().join(format!("sqfs-warm-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let src = dir.join("src");
         std::fs::create_dir_all(&src).unwrap();
         // 3 full 4 KiB blocks and a 1000-byte tail, not compressible to nothing.
@@ -453,6 +454,5 @@ mod tests {
         let mut back = vec![0u8; data.len()];
         assert_eq!(a.read_at(&f, 0, &mut back).unwrap(), data.len());
         assert_eq!(back, data);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -265,20 +265,7 @@ mod tests {
     }
 
     fn tempfile_in_tmp() -> std::fs::File {
-        let p = std::env::temp_dir().join(format!(
-            "sqfs-meta-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        std::fs::remove_file(&p).unwrap();
-        f
+        tempfile::tempfile().unwrap()
     }
 
     fn uncompressed_block(data: &[u8]) -> Vec<u8> {

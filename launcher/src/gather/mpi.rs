@@ -1135,13 +1135,15 @@ mod tests {
 
     /// A scratch directory, and a gcc that builds shared libraries in it (tests/setup.sh
     /// installs gcc: without it the test fails, never skips).
-    struct Scratch(PathBuf);
+    struct Scratch(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
     impl Scratch {
         fn new(tag: &str) -> Scratch {
-            let d = std::env::temp_dir().join(format!("launcher-mpi-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
+            let t = tempfile::Builder::new()
+                .prefix(&format!("launcher-mpi-{tag}-"))
+                .tempdir()
+                .unwrap();
+            let d = t.path().to_path_buf();
             let ok = Command::new("gcc")
                 .arg("--version")
                 .output()
@@ -1150,7 +1152,7 @@ mod tests {
                 ok,
                 "gcc is needed to build test libraries (tests/setup.sh installs it)"
             );
-            Scratch(d)
+            Scratch(d, t)
         }
 
         /// Build `rel` (soname = its file name) from `code`, linked with `args`.
@@ -1172,12 +1174,6 @@ mod tests {
                 .unwrap();
             assert!(st.success(), "gcc {rel}");
             out
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

@@ -512,7 +512,8 @@ host:
 
     #[test]
     fn load_order_and_missing_files() {
-        let dir = std::env::temp_dir().join(format!("launcher-site-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join(".config/launcher")).unwrap();
         let sys = dir.join("site.yaml");
         std::fs::write(&sys, "binds: [/sys-bind]\n").unwrap();
@@ -536,7 +537,6 @@ host:
             SiteConfig::load(&env, &dir).unwrap().binds,
             vec!["/user-bind"]
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -564,7 +564,8 @@ host:
     #[test]
     fn a_user_config_writable_by_others_is_ignored_with_a_warning() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("launcher-site-w-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join(".config/launcher")).unwrap();
         let file = dir.join(".config/launcher/launcher.yaml");
         std::fs::write(&file, "binds: [/user-bind]\n").unwrap();
@@ -592,6 +593,5 @@ host:
             "{:?}",
             c.warnings
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

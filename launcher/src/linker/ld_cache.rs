@@ -201,10 +201,12 @@ mod tests {
     /// A cache made by the real ldconfig from a directory holding one small library.
     /// A cache made by ldconfig with a library built by gcc (tests/setup.sh installs it:
     /// without it the test fails, never skips).
-    fn real_cache(tag: &str, format: Option<&str>) -> (PathBuf, LdCache) {
-        let dir =
-            std::env::temp_dir().join(format!("launcher-ldcache-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn real_cache(tag: &str, format: Option<&str>) -> (tempfile::TempDir, LdCache) {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("launcher-ldcache-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         std::fs::write(dir.join("f.c"), "int fake_cuda(void) { return 42; }\n").unwrap();
         let lib = dir.join("lib/libfakecuda.so.1.2");
@@ -231,7 +233,7 @@ mod tests {
         let st = cmd.status().expect("running ldconfig");
         assert!(st.success());
         let cache = LdCache::read(&dir.join("ld.so.cache")).unwrap();
-        (dir, cache)
+        (tmp, cache)
     }
 
     #[test]
@@ -239,22 +241,20 @@ mod tests {
         let (dir, cache) = real_cache("new", None);
         assert_eq!(
             cache.lookup("libfakecuda.so.1"),
-            Some(dir.join("lib/libfakecuda.so.1").as_path())
+            Some(dir.path().join("lib/libfakecuda.so.1").as_path())
         );
         // The host's own libraries are there too (ldconfig adds the trusted directories).
         assert!(cache.lookup("libc.so.6").is_some(), "{:?}", cache.entries);
         let m = cache.matching("libfakecuda.so");
         assert_eq!(m.len(), 1);
         assert!(cache.matching("libfakecud").is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn reads_the_compat_format() {
         // glibc 2.36's ldconfig still writes old+new with `-c compat`.
-        let (dir, cache) = real_cache("compat", Some("compat"));
+        let (_dir, cache) = real_cache("compat", Some("compat"));
         assert!(cache.lookup("libfakecuda.so.1").is_some());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
