@@ -242,6 +242,159 @@ fn reproducible_builds_are_byte_identical() {
     }
 }
 
+/// `launcher build` of `source` into `out` with SOURCE_DATE_EPOCH=`epoch` and no other flag.
+fn build_at_epoch(out: &Path, source: &str, epoch: &str) {
+    let o = out.display().to_string();
+    launcher(&["build", &o, source])
+        .env("SOURCE_DATE_EPOCH", epoch)
+        .run()
+        .ok();
+}
+
+/// `unsquashfs -mkfs-time` of the SquashFS at `offset` in `image`.
+fn mkfs_time(image: &Path, offset: u64) -> String {
+    let out = Command::new("unsquashfs")
+        .args(["-o", &offset.to_string(), "-mkfs-time"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unsquashfs -mkfs-time failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every entry's mtime in seconds, read through a kernel mount: (mtime, path) not at `epoch`.
+fn mtimes_not_at(image: &Path, offset: u64, epoch: i64) -> Vec<(i64, String)> {
+    let mut wrong = Vec::new();
+    kernel_mount(image, offset, |m| {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![m.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.mtime() != epoch {
+                let rel = p.strip_prefix(m).unwrap().display().to_string();
+                wrong.push((md.mtime(), format!("/{rel}")));
+            }
+            if md.is_dir() {
+                for e in std::fs::read_dir(&p).unwrap().flatten() {
+                    stack.push(e.path());
+                }
+            }
+        }
+    });
+    wrong.sort();
+    wrong
+}
+
+/// README: builds are "reproducible with SOURCE_DATE_EPOCH". Set alone (no --reproducible),
+/// it fixes what a build's own clock would put in the image: two builds of the same tree are
+/// byte-identical, the SquashFS creation time and the SIF's are the epoch, and another
+/// epoch gives other bytes.
+#[test]
+fn source_date_epoch_alone_makes_directory_builds_identical() {
+    let src = fixture("rootfs");
+    for name in ["sde.sqfs", "sde.sif"] {
+        let (a, b, c) = (
+            scratch(&format!("a-{name}")),
+            scratch(&format!("b-{name}")),
+            scratch(&format!("c-{name}")),
+        );
+        build_at_epoch(&a, &src, "1700000000");
+        build_at_epoch(&b, &src, "1700000000");
+        build_at_epoch(&c, &src, "1600000000");
+        let bytes = |p: &Path| std::fs::read(p).unwrap();
+        assert!(
+            bytes(&a) == bytes(&b),
+            "{name}: two builds with one SOURCE_DATE_EPOCH differ"
+        );
+        assert!(
+            bytes(&a) != bytes(&c),
+            "{name}: another SOURCE_DATE_EPOCH gave the same bytes"
+        );
+        let offset = if name.ends_with(".sif") {
+            sif_offset(&a)
+        } else {
+            0
+        };
+        assert_eq!(mkfs_time(&a, offset), "1700000000", "{name}");
+        assert_eq!(mkfs_time(&c, offset), "1600000000", "{name}");
+        if name.ends_with(".sif") {
+            let sif = image_tools::sif::SifFile::open(&a).unwrap();
+            assert_eq!(sif.header.created, 1700000000, "{name}: SIF creation time");
+            assert_eq!(
+                sif.header.modified, 1700000000,
+                "{name}: SIF modification time"
+            );
+        }
+    }
+}
+
+/// SOURCE_DATE_EPOCH as reproducible-builds.org defines it: no time in the output later than
+/// the epoch. The fixture tree's files are all newer than 2023, so every mtime must be it.
+#[test]
+fn source_date_epoch_clamps_every_mtime_inside() {
+    let out = scratch("sde-mtimes.sqfs");
+    build_at_epoch(&out, &fixture("rootfs"), "1700000000");
+    let wrong = mtimes_not_at(&out, 0, 1700000000);
+    assert!(
+        wrong.is_empty(),
+        "{} entries have an mtime other than SOURCE_DATE_EPOCH, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+/// The same for an OCI source: two builds of one archive with one epoch are byte-identical.
+#[test]
+fn source_date_epoch_makes_oci_builds_identical() {
+    let src = format!("oci-archive:{}", fixture("busybox-oci.tar"));
+    for name in ["sde-oci.sqfs", "sde-oci.sif"] {
+        let (a, b) = (scratch(&format!("a-{name}")), scratch(&format!("b-{name}")));
+        build_at_epoch(&a, &src, "1700000000");
+        build_at_epoch(&b, &src, "1700000000");
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{name}: two builds of one OCI archive with one SOURCE_DATE_EPOCH differ"
+        );
+    }
+}
+
+/// README: `launcher verify` recomputes the digests the SIF records. One byte changed in the
+/// SquashFS partition must fail it, with one line naming the file; the original passes.
+#[test]
+fn verify_detects_a_flipped_byte_in_the_partition() {
+    let s = setup();
+    let good = scratch("verify-good.sif");
+    build(&good, &fixture("rootfs"), &[]).ok();
+    let g = good.display().to_string();
+    let ok = launcher(&["verify", &g]).run();
+    assert!(
+        ok.ok().stdout.contains(&format!("{g}: ")) && ok.stdout.contains("objects verified"),
+        "{ok:?}"
+    );
+    let bad = scratch("verify-tampered.sif");
+    std::fs::copy(&good, &bad).unwrap();
+    std::os::unix::fs::chown(&bad, Some(s.uid), Some(s.gid)).unwrap();
+    let sif = image_tools::sif::SifFile::open(&bad).unwrap();
+    let part = sif.primary_squashfs().unwrap();
+    // A byte in the middle of the partition (file data, past the superblock).
+    let at = part.offset + part.size / 2;
+    let mut bytes = std::fs::read(&bad).unwrap();
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(&bad, &bytes).unwrap();
+    let b = bad.display().to_string();
+    let out = launcher(&["verify", &b]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {out:?}");
+    assert!(
+        out.stderr.starts_with(&format!("launcher: error: {b}: "))
+            && out.stderr.contains("does not match its recorded digest"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("objects verified"), "{out:?}");
+    // The untampered copy still passes.
+    launcher(&["verify", &g]).run().ok();
+}
+
 #[test]
 fn build_errors_leave_nothing_behind() {
     let s = setup();

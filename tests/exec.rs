@@ -272,6 +272,100 @@ fn signals_are_forwarded() {
     assert!(wait_gone(&marker), "processes left behind");
 }
 
+/// The other forwarded signals (README: INT, HUP, QUIT, USR2, CONT, WINCH and ALRM besides
+/// TERM and USR1): each sent to the launcher by a process must reach the command's trap.
+#[test]
+fn every_forwarded_signal_reaches_the_command() {
+    let marker = format!("allsig-marker-{}", std::process::id());
+    let signals = [
+        ("INT", libc::SIGINT),
+        ("HUP", libc::SIGHUP),
+        ("QUIT", libc::SIGQUIT),
+        ("USR2", libc::SIGUSR2),
+        ("CONT", libc::SIGCONT),
+        ("WINCH", libc::SIGWINCH),
+        ("ALRM", libc::SIGALRM),
+    ];
+    let traps: String = signals
+        .iter()
+        .map(|(name, _)| format!("trap 'echo got-{name}' {name}; "))
+        .collect();
+    let script =
+        format!("{traps}trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done # {marker}");
+    let mut child = launcher(&["exec", &gzip(), "/bin/sh", "-c", &script]).spawn();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut out, "ready");
+    let pid = child.id() as i32;
+    for (name, sig) in signals {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(pid, sig) };
+        wait_for_line(&mut out, &format!("got-{name}"));
+    }
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+    assert!(wait_gone(&marker), "processes left behind");
+}
+
+/// The state letter of /proc/PID/stat ('T' stopped, 'S' sleeping, ...).
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+/// Polls (up to 20 s) until `pid`'s state satisfies `want`; panics with the last state.
+fn wait_state(pid: u32, what: &str, want: impl Fn(char) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = proc_state(pid);
+        if want(st) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid}: wanted {what}, state is '{st}'"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// TSTP sent to the launcher stops the command (job control), CONT resumes it.
+#[test]
+fn tstp_stops_the_command_and_cont_resumes_it() {
+    let marker = format!("tstp-marker-{}", std::process::id());
+    // No PID namespace: $$ inside is the command's pid on the host.
+    let script = format!(
+        "trap 'echo got-CONT' CONT; trap 'exit 9' TERM; echo \"ready $$\"; while :; do sleep 0.05; done # {marker}"
+    );
+    let mut child = launcher(&["exec", &gzip(), "/bin/sh", "-c", &script]).spawn();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let cmd_pid: u32 = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("expected 'ready PID', got '{line}'"));
+    assert!(
+        std::fs::read_to_string(format!("/proc/{cmd_pid}/cmdline"))
+            .unwrap_or_default()
+            .contains(&marker),
+        "pid {cmd_pid} is not the command"
+    );
+    let pid = child.id() as i32;
+    // SAFETY: sending signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    wait_state(cmd_pid, "stopped (T)", |s| s == 'T');
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_state(cmd_pid, "running again", |s| s != 'T');
+    // Resumed for real: it runs its CONT trap.
+    wait_for_line(&mut out, "got-CONT");
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+    assert!(wait_gone(&marker), "processes left behind");
+}
+
 #[test]
 fn sigkill_of_the_launcher_kills_the_command() {
     let marker = format!("kill9-marker-{}", std::process::id());
@@ -448,4 +542,73 @@ fn generated_and_host_etc_files_are_served_without_mounts() {
     let hosts: String = lines.map(|l| format!("{l}\n")).collect();
     assert_eq!(hosts, std::fs::read_to_string("/etc/hosts").unwrap());
     assert_eq!(tail.trim(), "0", "no mount for the served files: {out}");
+}
+
+/// README: "/etc/group [is] generated from the image's plus the caller's entries". Inside,
+/// the image's groups are kept and each of the caller's groups (primary and supplementary,
+/// by name) lists the caller as a member.
+#[test]
+fn etc_group_has_the_images_groups_and_the_callers() {
+    let s = setup();
+    let users = std::process::Command::new("getent")
+        .args(["group", "100"])
+        .output()
+        .unwrap();
+    let users = String::from_utf8_lossy(&users.stdout);
+    let users_name = users
+        .split(':')
+        .next()
+        .filter(|n| !n.trim().is_empty())
+        .expect("the host has a group with gid 100 (Debian's 'users')")
+        .to_string();
+    let own = std::process::Command::new("getent")
+        .args(["group", &s.gid.to_string()])
+        .output()
+        .unwrap();
+    let own_name = String::from_utf8_lossy(&own.stdout)
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    // As the test user with gid 100 as a supplementary group (the harness clears them).
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", s.uid))
+        .arg(format!("--regid={}", s.gid))
+        .arg("--groups=100")
+        .arg(&s.bin)
+        .args([
+            "exec",
+            &gzip(),
+            "/bin/sh",
+            "-c",
+            "cat /etc/group; echo ---; id -gn",
+        ])
+        .env_clear()
+        .env("HOME", &s.home)
+        .env("USER", &s.user)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir(&s.home)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (group, id) = stdout.split_once("---\n").expect("marker");
+    let lines: Vec<&str> = group.lines().collect();
+    // The image's own groups (tests/setup.sh), unchanged.
+    assert!(lines.contains(&"root:x:0:"), "{group}");
+    assert!(lines.contains(&"nogroup:x:65534:"), "{group}");
+    let mine = format!("{own_name}:x:{}:{}", s.gid, s.user);
+    let supplementary = format!("{users_name}:x:100:{}", s.user);
+    assert!(lines.contains(&mine.as_str()), "want '{mine}' in {group}");
+    assert!(
+        lines.contains(&supplementary.as_str()),
+        "want '{supplementary}' in {group}"
+    );
+    assert_eq!(lines.len(), 4, "no other line: {group}");
+    assert_eq!(id.trim(), own_name, "id -gn names the caller's group");
 }

@@ -297,3 +297,140 @@ fn site_config_errors_name_file_line_and_key() {
         assert!(out.stderr.starts_with(&want), "want '{want}' in {out:?}");
     }
 }
+
+/// A site config for the fake ROCm stack (gpu/rocm): its own ld.so.cache, /dev with kfd and
+/// dri/, rocm-smi's directory, no CDI spec.
+fn rocm_config(name: &str) -> String {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| ldconfig_cache("rocm", &gpu_dir().join("rocm/lib")));
+    let s = setup();
+    let empty = s.scratch.join("no-cdi");
+    std::fs::create_dir_all(&empty).unwrap();
+    let text = format!(
+        "host:\n  ld_so_cache: {}\n  dev_dir: {}\ngpu:\n  rocm:\n    binary_paths: [{}]\ncdi:\n  spec_dirs: [{}]\n",
+        cache.display(),
+        gpu_dir().join("dev").display(),
+        gpu_dir().join("rocm/bin").display(),
+        empty.display(),
+    );
+    let path = s.scratch.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// README: `--rocm` brings in the host's AMD driver libraries (through ld.so.cache, at
+/// /.launcher.d/libs, first on LD_LIBRARY_PATH), programs and device nodes.
+#[test]
+fn rocm_app_dlopens_the_injected_hip_runtime_and_rocm_smi_runs() {
+    let out = launcher(&["exec", "--rocm", &image(), "/usr/bin/rocm-app"])
+        .env("LAUNCHER_CONFIG", &rocm_config("rocm"))
+        .run();
+    assert_eq!(
+        out.ok().stdout,
+        format!(
+            "hip runtime 60200000\nloaded from /.launcher.d/libs/libamdhip64.so.6\n{}\n",
+            uid_line()
+        ),
+        "{out:?}"
+    );
+    let out = launcher(&[
+        "exec",
+        "--rocm",
+        &image(),
+        "/bin/sh",
+        "-c",
+        // The host's own libdrm and libdrm_amdgpu (ROCm's list has them) may be there too.
+        "rocm-smi; ls /.launcher.d/libs | grep -v '^libdrm'",
+    ])
+    .env("LAUNCHER_CONFIG", &rocm_config("rocm-smi"))
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        "fake rocm-smi: ROCm 6.2.0-fake\nlibamdhip64.so.6\nlibhsa-runtime64.so.1\nlibrocm_smi64.so.7\n",
+        "{out:?}"
+    );
+    // Without --rocm nothing is there.
+    let out = launcher(&["exec", &image(), "/usr/bin/rocm-app"])
+        .env("LAUNCHER_CONFIG", &rocm_config("rocm-off"))
+        .run();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("libamdhip64.so.6"), "{out:?}");
+}
+
+/// `--rocm --contain`: /dev/kfd and only the render node ROCR_VISIBLE_DEVICES names.
+#[test]
+fn rocm_contain_binds_kfd_and_the_visible_render_node() {
+    let out = launcher(&[
+        "exec",
+        "--rocm",
+        "--contain",
+        &image(),
+        "/bin/sh",
+        "-c",
+        "for d in kfd dri/card0 dri/renderD128 dri/renderD129; do if [ -c /dev/$d ]; then stat -c \"$d %t %T\" /dev/$d; else echo \"$d absent\"; fi; done; /usr/bin/rocm-app",
+    ])
+    .env("LAUNCHER_CONFIG", &rocm_config("rocm-visible"))
+    .env("ROCR_VISIBLE_DEVICES", "1")
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        format!(
+            "kfd ee 0\ndri/card0 absent\ndri/renderD128 absent\ndri/renderD129 e2 81\nhip runtime 60200000\nloaded from /.launcher.d/libs/libamdhip64.so.6\n{}\n",
+            uid_line()
+        ),
+        "{out:?}"
+    );
+}
+
+/// README: `--gpu` uses the host's driver "CDI specs, else ld.so.cache". With an nvidia.com/gpu
+/// spec (gpu/cdi-nvidia, nvidia-ctk's shape) its `all` device and common edits are applied and
+/// NVIDIA's built-in lists are not, though the ld.so.cache lists the fake driver. (AMD has no
+/// spec here, so --gpu still looks for ROCm's built-in list: the host's libdrm may come in.)
+#[test]
+fn gpu_uses_the_nvidia_cdi_spec_instead_of_the_built_in_lists() {
+    let cfg = config(
+        "cdi-nvidia",
+        &format!(
+            "cdi:\n  spec_dirs: [{}]\n",
+            gpu_dir().join("cdi-nvidia").display()
+        ),
+    );
+    let out = launcher(&[
+        "exec",
+        "--gpu",
+        "--contain",
+        &image(),
+        "/bin/sh",
+        "-c",
+        "echo $CDI_NVIDIA_DEVICE $NVIDIA_VISIBLE_DEVICES; \
+         for d in nvidia0 nvidia1 nvidiactl nvidia-uvm; do if [ -c /dev/$d ]; then stat -c \"$d %t %T\" /dev/$d; else echo \"$d absent\"; fi; done; \
+         ls /.launcher.d/libs 2>/dev/null | grep -E 'cuda|nvidia' || echo no-built-in-nvidia-libs; /usr/bin/gpu-app",
+    ])
+    .env("LAUNCHER_CONFIG", &cfg)
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        format!(
+            "all void\nnvidia0 c3 0\nnvidia1 c3 1\nnvidiactl c3 ff\nnvidia-uvm absent\nno-built-in-nvidia-libs\n\
+             driver version 12040\nloaded from /lib/x86_64-linux-gnu/libcuda.so.1\n{}\n",
+            uid_line()
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(
+            "createContainer hook '/usr/bin/nvidia-ctk hook update-ldcache --folder /lib/x86_64-linux-gnu' skipped"
+        ),
+        "{out:?}"
+    );
+    // The same config without the spec: the built-in lists (control: the spec made the difference).
+    let out = launcher(&["exec", "--gpu", &image(), "/usr/bin/gpu-app"])
+        .env("LAUNCHER_CONFIG", &config("cdi-nvidia-off", ""))
+        .run();
+    assert!(
+        out.ok()
+            .stdout
+            .contains("loaded from /.launcher.d/libs/libcuda.so.1"),
+        "{out:?}"
+    );
+}

@@ -442,3 +442,88 @@ fn real_host_open_mpi_is_refused_for_the_mpich_image() {
         "{out:?}"
     );
 }
+
+/// A site config whose ld.so.cache lists hostC's MPI-5 ABI library, then the host's trusted
+/// directories (which hold Debian's real Open MPI and MPICH when tests/setup-mpi.sh ran).
+fn abi_host(name: &str, extra: &str) -> String {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| ldconfig_cache("mpi-abi", &fake().join("hostC/lib")));
+    let path = setup().scratch.join(format!("mpi-{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "host:\n  ld_so_cache: {}\n  dev_dir: {}\n{extra}",
+            cache.display(),
+            fake().join("dev").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// README: the MPI-5 standard ABI (`libmpi_abi.so`) is one of the ABIs --mpi checks: the
+/// host's libmpi_abi.so.0, found through the ld.so.cache, is bound over the image's.
+#[test]
+fn mpi5_abi_image_gets_the_host_libmpi_abi() {
+    let out = launcher(&[
+        "exec",
+        "--mpi",
+        "--debug",
+        &image("abi"),
+        "/usr/bin/mpi-app",
+    ])
+    .env("LAUNCHER_CONFIG", &abi_host("abi", ""))
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        app_output(
+            "host MPI-5 ABI",
+            "/.launcher.d/libs/libmpi_abi.so.0",
+            "none"
+        ),
+        "{out:?}"
+    );
+    let want = format!(
+        "mpi: image's the MPI-5 standard ABI (libmpi_abi.so.0 in /usr/lib/x86_64-linux-gnu), host's the MPI-5 standard ABI (libmpi_abi.so.0 at {}): ABI-compatible: injected",
+        fake().join("hostC/lib/libmpi_abi.so.0.0.0").display()
+    );
+    assert!(out.stderr.contains(&want), "missing '{want}' in {out:?}");
+    // Without --mpi the image's own answers.
+    let out = launcher(&["exec", &image("abi"), "/usr/bin/mpi-app"])
+        .env("LAUNCHER_CONFIG", &abi_host("abi-off", ""))
+        .run();
+    assert_eq!(
+        out.ok().stdout,
+        app_output(
+            "image MPI-5 ABI",
+            "/usr/lib/x86_64-linux-gnu/libmpi_abi.so.0",
+            "none"
+        ),
+        "{out:?}"
+    );
+}
+
+/// An Open MPI image and a host with only the MPI-5 ABI: refused, naming both.
+#[test]
+fn mpi5_abi_host_is_refused_for_an_open_mpi_image() {
+    let cfg = abi_host(
+        "abi-only",
+        &format!(
+            "mpi:\n  libraries: [libmpi_abi.so]\n  library_paths: [{}]\n",
+            fake().join("hostC/lib").display()
+        ),
+    );
+    let out = launcher(&["exec", "--mpi", &image("ompi"), "/usr/bin/mpi-app"])
+        .env("LAUNCHER_CONFIG", &cfg)
+        .run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "launcher: error: --mpi: the image's MPI is Open MPI (libmpi.so.40 in /usr/lib/x86_64-linux-gnu), \
+             the host's is the MPI-5 standard ABI (libmpi_abi.so.0 at {}): not ABI-compatible; use --mpi=force to inject anyway\n",
+            fake().join("hostC/lib/libmpi_abi.so.0.0.0").display()
+        ),
+        "{out:?}"
+    );
+}

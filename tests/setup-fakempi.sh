@@ -5,9 +5,11 @@
 #              lib/openmpi/lib/openmpi3/mca_btl_fake.so (needs lib/libfakefabric.so.1),
 #              share/openmpi/ and etc/openmpi-mca-params.conf, as Open MPI installs them
 #   hostB/     an "MPICH": lib/libmpi.so.12 (the soname Cray MPICH and Intel MPI use)
+#   hostC/     an MPI of the MPI-5 standard ABI: lib/libmpi_abi.so.0 (MPICH 4.3's soname)
 #   dev/       interconnect device nodes made with mknod (InfiniBand, Slingshot, XPMEM, ...)
 #   ompi.sqfs  an image with its own libmpi.so.40 + libucp.so.0 and /usr/bin/mpi-app linked to it
 #   mpich.sqfs an image with Debian's MPICH soname libmpich.so.12 and mpi-app linked to it
+#   abi.sqfs   an image with its own libmpi_abi.so.0 and mpi-app linked to it
 # The ld.so.cache listing hostA is made by the tests (ldconfig -C) once the fixtures are at
 # their final path. Usage: setup-fakempi.sh OUT BUSYBOX
 set -euo pipefail
@@ -34,6 +36,8 @@ mkdir -p "$a/share/openmpi" "$a/etc"
 echo "fake Open MPI help" >"$a/share/openmpi/help-fake.txt"
 echo "btl = self" >"$a/etc/openmpi-mca-params.conf"
 so "$out/hostB/lib/libmpi.so.12" libmpi.so.12 "$src/fake-mpi.c" '-DIMPL="host MPICH"'
+so "$out/hostC/lib/libmpi_abi.so.0.0.0" libmpi_abi.so.0 "$src/fake-mpi.c" '-DIMPL="host MPI-5 ABI"'
+ln -s libmpi_abi.so.0.0.0 "$out/hostC/lib/libmpi_abi.so.0"
 
 mkdir -p "$out/dev/infiniband"
 mknod "$out/dev/infiniband/uverbs0" c 231 192
@@ -70,3 +74,4 @@ mkdir -p "$work/ompi/usr/lib/$multiarch"
 so "$work/ompi/usr/lib/$multiarch/libucp.so.0" libucp.so.0 "$src/fake-ucp.c" '-DUCP="image UCX"'
 image ompi libmpi.so.40 "image Open MPI" -DOPEN_MPI -DWITH_UCP "-L$work/ompi/usr/lib/$multiarch" -l:libucp.so.0
 image mpich libmpich.so.12 "image MPICH"
+image abi libmpi_abi.so.0 "image MPI-5 ABI"

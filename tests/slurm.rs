@@ -380,6 +380,38 @@ fn open_mpi_image_under_srun_pmix() {
     assert!(out.stdout.contains("pmix_dstor"), "{out:?}");
 }
 
+/// README: `srun launcher exec --mpi image.sif ./solver`. Under srun --mpi=pmix, each rank's
+/// launcher binds the host's Debian Open MPI (found through the host's own ld.so.cache, no site
+/// config) over the image's: both ranks load libmpi.so.40 from /.launcher.d/libs, wire up
+/// over Slurm's PMIx, and share one instance.
+#[test]
+fn srun_with_the_host_open_mpi_bound_into_the_open_mpi_image() {
+    let _g = serial();
+    let img = mpi_fixture("openmpi.sqfs");
+    let script =
+        "LD_DEBUG=libs hello --check-size 2 2>&1 | grep -E 'calling init: .*/libmpi\\.so\\.40$|^hello'";
+    let out = srun_with(
+        &["--mpi=pmix", "-n", "2"],
+        &["--mpi"],
+        &img,
+        &["/bin/sh", "-c", script],
+        &[("LAUNCHER_CONFIG", "")],
+    );
+    check_hello(&out, 2);
+    let inits: Vec<&str> = lines_with(&out.stdout, "")
+        .into_iter()
+        .filter(|l| l.contains("calling init:"))
+        .collect();
+    assert_eq!(inits.len(), 2, "one libmpi per rank: {out:?}");
+    assert!(
+        inits
+            .iter()
+            .all(|l| l.ends_with("calling init: /.launcher.d/libs/libmpi.so.40")),
+        "both ranks load the host's Open MPI: {out:?}"
+    );
+    assert_eq!(hello_namespaces(&out).len(), 1, "one instance: {out:?}");
+}
+
 #[test]
 fn open_mpi_image_under_host_mpirun() {
     let _g = serial();
