@@ -19,6 +19,15 @@ pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     }
 }
 
+/// An environment from literal pairs, for unit tests.
+#[cfg(test)]
+pub fn from_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -448,12 +448,7 @@ fn leader_alive(dir: &OwnedFd, key: &str) -> Result<bool> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env_list::from_pairs as env;
 
     #[test]
     fn job_step_from_launchers() {

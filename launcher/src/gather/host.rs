@@ -139,12 +139,7 @@ pub fn canonical_host_path(path: &Path, what: &str) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env_list::from_pairs as env;
 
     #[test]
     fn slurm_pmix_step_dirs_collapse_to_the_server_tmpdir() {

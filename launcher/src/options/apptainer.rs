@@ -62,12 +62,7 @@ pub fn split_env_list(arg: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env_list::from_pairs as env;
 
     #[test]
     fn apptainer_first_then_singularity() {

@@ -58,12 +58,7 @@ pub fn unquote(v: &str) -> String {
 mod tests {
     use super::*;
 
-    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env_list::from_pairs as kv;
 
     #[test]
     fn assignment_and_env_file() {

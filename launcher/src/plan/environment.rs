@@ -304,12 +304,7 @@ fn expand(v: &str, lookup: &dyn Fn(&str) -> Option<String>, max: usize) -> Optio
 mod tests {
     use super::*;
 
-    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env_list::from_pairs as kv;
     use crate::env_list::get;
 
     #[test]
