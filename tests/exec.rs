@@ -338,7 +338,17 @@ fn tstp_stops_the_command_and_cont_resumes_it() {
     let script = format!(
         "trap 'echo got-CONT' CONT; trap 'exit 9' TERM; echo \"ready $$\"; while :; do sleep 0.05; done # {marker}"
     );
-    let mut child = launcher(&["exec", &gzip(), "/bin/sh", "-c", &script]).spawn();
+    // A job of its own, as a shell starts one: the kernel discards TSTP sent to a process group
+    // with no parent in another group of the session (an orphaned group, as when the test
+    // run's own group is orphaned), so the test must not depend on how it was started.
+    let mut cmd = launcher(&["exec", &gzip(), "/bin/sh", "-c", &script]).command();
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning setpriv");
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
