@@ -20,7 +20,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     let host = HostInfo::gather()?;
     let site = SiteConfig::load(&host.env, &host.home)?;
     for w in &site.warnings {
-        eprintln!("launcher: warning: {w}");
+        debug::warn(w);
     }
     let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");

@@ -9,7 +9,10 @@ use std::path::Path;
 
 /// Build the report as JSON (the text form is rendered from it, so both always agree).
 pub fn report(path: &Path) -> Result<Value> {
-    let image = Image::open(path)?;
+    report_of(&Image::open(path)?)
+}
+
+fn report_of(image: &Image) -> Result<Value> {
     let sb = image.archive.superblock();
     let desc = image.desc();
     let mut r = json!({
@@ -202,10 +205,10 @@ pub fn print_sections(path: &Path, which: &[Section], json: bool) -> Result<()> 
 }
 
 pub fn print(path: &Path, as_json: bool) -> Result<()> {
-    let mut r = report(path)?;
+    let image = Image::open(path)?;
+    let mut r = report_of(&image)?;
     if as_json {
         // Apptainer's shape too, for scripts that read `.data.attributes.labels`.
-        let image = Image::open(path)?;
         r["data"] = json!({ "attributes": attributes(&image, &[Section::Labels])? });
         r["type"] = json!("container");
         println!("{}", serde_json::to_string_pretty(&r)?);
