@@ -1,7 +1,8 @@
-//! The site config: the input is both the system file (`$LAUNCHER_CONFIG`) and the user's
-//! file, read by the launcher's own `SiteConfig::load` (parse, validation, then the merge of
-//! the second over the first), then used as a launch uses it: the derived paths and a plan
-//! built with it (site binds, devices, environment edits).
+//! The site config: the input is the system file, the `$LAUNCHER_CONFIG` file and the user's
+//! file, read by the launcher's own `SiteConfig::load_from` (parse, validation, the checks of
+//! the later files against the system file's locks, then the merges), then used as a launch
+//! uses it: the derived paths and a plan built with it (site binds, devices, environment
+//! edits).
 #![no_main]
 
 use launcher_runtime::gather::injection::Injection;
@@ -21,9 +22,10 @@ fuzz_target!(|data: &[u8]| {
         (CONFIG_ENV.to_string(), system.display().to_string()),
         ("XDG_CONFIG_HOME".to_string(), xdg.display().to_string()),
     ];
-    let Ok(site) = SiteConfig::load(&env, &launcher_fuzz::scratch()) else {
+    let Ok(site) = SiteConfig::load_from(&system, &env, &launcher_fuzz::scratch()) else {
         return;
     };
     let _ = (site.cdi_dirs(), site.ld_so_cache(), site.dev_dir());
+    let _ = (site.locked_vars(), site.locked_destinations());
     launcher_fuzz::plan_both(site, Injection::default());
 });

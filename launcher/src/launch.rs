@@ -22,6 +22,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     for w in &site.warnings {
         debug::warn(w);
     }
+    plan::policy::check(opts, &host.env, &site)?;
     let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");
     let image = Image::open(&opts.image)?;

@@ -1,12 +1,18 @@
-//! The site configuration: `/etc/launcher/launcher.yaml` (or `$LAUNCHER_CONFIG`), then the
-//! user's `~/.config/launcher/launcher.yaml`, taken only when it is the caller's (or root's) and
-//! no one else can write it: HOME may name another user's home (issue 20, finding 5).
+//! The site configuration: `/etc/launcher/launcher.yaml` always, then the file named by
+//! `$LAUNCHER_CONFIG` if any, then the user's `~/.config/launcher/launcher.yaml`, taken only
+//! when it is the caller's (or root's) and no one else can write it: HOME may name another
+//! user's home (issue 20, finding 5).
 //!
 //! Admins describe their site once: default binds, extra devices, environment edits, the GPU
 //! and MPI libraries to bring in, where CDI specs live. The launcher is unprivileged, so the
 //! file grants nothing a user could not ask for on the command line; it only saves typing.
 //! docs/admin.md documents every key. Unknown keys and wrong types are errors that name the
 //! file, the line and the key: a typo must not silently drop a site's bind.
+//!
+//! The system file cannot be dropped by an environment variable, and its `locked` list names
+//! settings the later files and the user's options may not change (issue 20, finding 6): a
+//! site's defaults must not vanish by accident. It is no security boundary (docs/security.md):
+//! the user runs the launcher with their own rights.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -15,10 +21,13 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Where the system file lives unless `$LAUNCHER_CONFIG` says otherwise.
+/// The system file: always read when it exists.
 pub const SYSTEM_CONFIG: &str = "/etc/launcher/launcher.yaml";
-/// Overrides the system file's path (an empty value: no system file).
+/// Names one more file, laid over the system file and under the user's (empty: none).
 pub const CONFIG_ENV: &str = "LAUNCHER_CONFIG";
+/// Lockable keys whose entries always apply: a later file may add entries; what is locked is
+/// that the user's binds may not cover their destinations.
+const LOCK_KEEPS_ENTRIES: &[&str] = &["binds", "devices", "mpi.binds"];
 /// CDI spec directories when the config names none (the CDI specification's defaults).
 pub const DEFAULT_CDI_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
 
@@ -34,6 +43,13 @@ pub struct SiteConfig {
     pub mpi: MpiConfig,
     pub cdi: CdiConfig,
     pub host: HostPaths,
+    /// Keys of the system file that later files and the user's options may not change
+    /// (`gpu.default`, `env.set.NAME`, `binds`, …; docs/admin.md "Locked settings"). Only the
+    /// system file may have this key.
+    pub locked: Vec<String>,
+    /// The file whose `locked` list applies, for the refusals' messages.
+    #[serde(skip)]
+    pub locked_in: Option<PathBuf>,
     /// What loading found worth saying (a user file ignored), one line each, for the user.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -105,26 +121,38 @@ pub struct HostPaths {
 }
 
 impl SiteConfig {
-    /// Load the system file then the user's file; a missing file is no error.
+    /// Load the system file, the `$LAUNCHER_CONFIG` file and the user's file, each laid over
+    /// the ones before; a missing system or user file is no error.
     pub fn load(env: &[(String, String)], home: &Path) -> Result<SiteConfig> {
+        SiteConfig::load_from(Path::new(SYSTEM_CONFIG), env, home)
+    }
+
+    /// `load` with the system file at `system` (the unit tests' and the fuzzer's).
+    pub fn load_from(system: &Path, env: &[(String, String)], home: &Path) -> Result<SiteConfig> {
         let get = |k: &str| crate::env_list::get(env, k);
-        let system = match get(CONFIG_ENV) {
-            Some("") => None,
-            Some(p) => Some(PathBuf::from(p)),
-            None => Some(PathBuf::from(SYSTEM_CONFIG)),
-        };
+        let named = get(CONFIG_ENV).filter(|p| !p.is_empty()).map(PathBuf::from);
         let user = match get("XDG_CONFIG_HOME") {
             Some(x) if x.starts_with('/') => PathBuf::from(x),
             _ => home.join(".config"),
         }
         .join("launcher/launcher.yaml");
         let mut config = SiteConfig::default();
-        for path in system.iter().chain(std::iter::once(&user)) {
-            let is_user = path == &user;
-            let text = match read_config(path, is_user) {
+        let files = [
+            (system.to_path_buf(), Source::System),
+            (PathBuf::new(), Source::Named),
+            (user, Source::User),
+        ];
+        for (path, source) in files {
+            let path = match (source, &named) {
+                (Source::Named, Some(p)) => p.clone(),
+                (Source::Named, None) => continue,
+                _ => path,
+            };
+            let is_user = source == Source::User;
+            let text = match read_config(&path, is_user) {
                 Ok(t) => t,
                 Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if get(CONFIG_ENV).is_some_and(|p| Path::new(p) == path) {
+                    if source == Source::Named {
                         bail!("{CONFIG_ENV}={}: no such file", path.display());
                     }
                     continue;
@@ -134,7 +162,7 @@ impl SiteConfig {
                 Err(ReadError::Io(e))
                     if e.kind() == std::io::ErrorKind::PermissionDenied
                         && is_user
-                        && std::fs::metadata(path).is_err() =>
+                        && std::fs::metadata(&path).is_err() =>
                 {
                     continue;
                 }
@@ -149,7 +177,20 @@ impl SiteConfig {
                     continue;
                 }
             };
-            config.merge(SiteConfig::parse(&text, path)?);
+            let file = SiteConfig::parse(&text, &path)?;
+            if source == Source::System {
+                config.locked_in = Some(path.clone());
+            } else {
+                if !file.locked.is_empty() {
+                    bail!(
+                        "{}: key 'locked': only the system file ({}) may lock settings",
+                        path.display(),
+                        system.display()
+                    );
+                }
+                config.refuse_locked(&text, &path)?;
+            }
+            config.merge(file);
         }
         Ok(config)
     }
@@ -266,12 +307,152 @@ impl SiteConfig {
                 ));
             }
         }
+        for (i, key) in self.locked.iter().enumerate() {
+            self.lockable(key)
+                .map_err(|why| at(format!("locked[{i}]"), format!("'{key}': {why}")))?;
+        }
         Ok(())
+    }
+
+    /// Whether this file may lock `key`: a key of the schema (docs/admin.md), or
+    /// `env.SECTION.NAME` for a variable the file names in that section.
+    fn lockable(&self, key: &str) -> std::result::Result<(), String> {
+        let parts: Vec<&str> = key.split('.').collect();
+        if let ["env", section, name] = parts.as_slice() {
+            let named = match *section {
+                "set" => self.env.set.contains_key(*name),
+                "prepend" => self.env.prepend.contains_key(*name),
+                "append" => self.env.append.contains_key(*name),
+                "unset" => self.env.unset.iter().any(|n| n == name),
+                _ => return Err("no such key (env has set, prepend, append, unset)".into()),
+            };
+            return match named {
+                true => Ok(()),
+                false => Err(format!("this file does not name {name} in env.{section}")),
+            };
+        }
+        let mut schema = serde_yaml_ng::to_value(SiteConfig::default())
+            .map_err(|e| format!("internal: the schema: {e}"))?;
+        if parts == ["locked"] {
+            return Err("the lock list cannot be locked".into());
+        }
+        for part in &parts {
+            schema = match schema {
+                serde_yaml_ng::Value::Mapping(mut m) => match m.remove(*part) {
+                    Some(v) => v,
+                    None => return Err("no such key".into()),
+                },
+                _ => return Err("no such key".into()),
+            };
+        }
+        Ok(())
+    }
+
+    /// An error when the later file `path` (whose text is `text`) sets anything the system
+    /// file locked, naming the key.
+    fn refuse_locked(&self, text: &str, path: &Path) -> Result<()> {
+        if self.locked.is_empty() {
+            return Ok(());
+        }
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).with_context(|| format!("reading {}", path.display()))?;
+        let mut leaves = Vec::new();
+        key_paths(&value, String::new(), &mut leaves);
+        let vars = self.locked_vars();
+        for (key, value) in leaves {
+            let parts: Vec<&str> = key.split('.').collect();
+            let names: Vec<String> = match parts.as_slice() {
+                ["env", "unset"] => value
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                ["env", _, name] => vec![name.to_string()],
+                ["env", ..] => Vec::new(),
+                _ => {
+                    if let Some(lock) = self.locked.iter().find(|lock| {
+                        !LOCK_KEEPS_ENTRIES.contains(&lock.as_str())
+                            && !lock.starts_with("env")
+                            && (under(&key, lock) || under(lock, &key))
+                    }) {
+                        bail!(
+                            "{}: key '{key}': '{lock}' is locked by the site config {}",
+                            path.display(),
+                            self.lock_file()
+                        );
+                    }
+                    continue;
+                }
+            };
+            if let Some(name) = names.iter().find(|n| vars.contains(*n)) {
+                bail!(
+                    "{}: key '{key}': the variable {name} is locked by the site config {}",
+                    path.display(),
+                    self.lock_file()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The system file that locked something, for messages.
+    pub fn lock_file(&self) -> String {
+        self.locked_in
+            .as_deref()
+            .unwrap_or(Path::new(SYSTEM_CONFIG))
+            .display()
+            .to_string()
+    }
+
+    /// Whether `key` (`gpu.default`, `env.set`, …) is locked, itself or through a parent.
+    pub fn is_locked(&self, key: &str) -> bool {
+        self.locked.iter().any(|lock| under(key, lock))
+    }
+
+    /// The variables no one after the system file may set, change or unset: those the system
+    /// file names under a locked `env` key.
+    pub fn locked_vars(&self) -> std::collections::BTreeSet<String> {
+        let sections: [(&str, Vec<&String>); 4] = [
+            ("set", self.env.set.keys().collect()),
+            ("prepend", self.env.prepend.keys().collect()),
+            ("append", self.env.append.keys().collect()),
+            ("unset", self.env.unset.iter().collect()),
+        ];
+        let mut vars = std::collections::BTreeSet::new();
+        for (section, names) in sections {
+            for name in names {
+                if self.is_locked(&format!("env.{section}.{name}")) {
+                    vars.insert(name.clone());
+                }
+            }
+        }
+        vars
+    }
+
+    /// The container destinations of the system file's locked binds and devices, which the
+    /// user's binds may not cover.
+    pub fn locked_destinations(&self) -> Vec<PathBuf> {
+        let mut dsts = Vec::new();
+        for (key, specs) in [("binds", &self.binds), ("mpi.binds", &self.mpi.binds)] {
+            if self.is_locked(key) {
+                for spec in specs {
+                    let binds = crate::options::bind::parse_bind_list(spec).unwrap_or_default();
+                    dsts.extend(binds.into_iter().map(|b| b.dst));
+                }
+            }
+        }
+        if self.is_locked("devices") {
+            dsts.extend(self.devices.iter().cloned());
+        }
+        dsts
     }
 
     /// Lay a later file over this one: lists grow, maps merge, values given replace.
     pub fn merge(&mut self, later: SiteConfig) {
         self.warnings.extend(later.warnings);
+        // Only the system file has a lock list (`load` refuses one elsewhere).
+        self.locked.extend(later.locked);
         self.binds.extend(later.binds);
         self.devices.extend(later.devices);
         self.env.set.extend(later.env.set);
@@ -326,6 +507,14 @@ impl SiteConfig {
             .clone()
             .unwrap_or_else(|| DEFAULT_CDI_DIRS.iter().map(PathBuf::from).collect())
     }
+}
+
+/// Where a file in the load order comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    System,
+    Named,
+    User,
 }
 
 enum ReadError {
@@ -389,6 +578,37 @@ fn user_name(uid: u32) -> Option<String> {
         .ok()
         .flatten()
         .map(|u| u.name)
+}
+
+/// Whether the key path `key` is `parent` or inside it (`gpu.default` is inside `gpu`).
+fn under(key: &str, parent: &str) -> bool {
+    key == parent || key.strip_prefix(parent).is_some_and(|r| r.starts_with('.'))
+}
+
+/// Every key path of a YAML document down to its values (`env.set.NAME`, `binds`), with the
+/// value there.
+fn key_paths(
+    v: &serde_yaml_ng::Value,
+    prefix: String,
+    out: &mut Vec<(String, serde_yaml_ng::Value)>,
+) {
+    match v {
+        serde_yaml_ng::Value::Mapping(m) => {
+            for (k, v) in m {
+                let k = match k.as_str() {
+                    Some(k) => k.to_string(),
+                    None => continue,
+                };
+                let path = match prefix.is_empty() {
+                    true => k,
+                    false => format!("{prefix}.{k}"),
+                };
+                key_paths(v, path, out);
+            }
+        }
+        _ if !prefix.is_empty() => out.push((prefix, v.clone())),
+        _ => {}
+    }
 }
 
 fn valid_env_name(k: &str) -> bool {
@@ -515,28 +735,148 @@ host:
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join(".config/launcher")).unwrap();
-        let sys = dir.join("site.yaml");
+        let sys = dir.join("system.yaml");
         std::fs::write(&sys, "binds: [/sys-bind]\n").unwrap();
+        let named = dir.join("job.yaml");
+        std::fs::write(&named, "binds: [/job-bind]\n").unwrap();
         std::fs::write(
             dir.join(".config/launcher/launcher.yaml"),
             "binds: [/user-bind]\n",
         )
         .unwrap();
-        let env = vec![(CONFIG_ENV.to_string(), sys.display().to_string())];
-        let c = SiteConfig::load(&env, &dir).unwrap();
-        assert_eq!(c.binds, vec!["/sys-bind", "/user-bind"]);
-        // A named file that is missing is an error; the default one may be absent.
-        let env = vec![(
-            CONFIG_ENV.to_string(),
-            dir.join("nope.yaml").display().to_string(),
-        )];
-        let err = SiteConfig::load(&env, &dir).unwrap_err().to_string();
-        assert!(err.contains("nope.yaml: no such file"), "{err}");
-        let env = vec![(CONFIG_ENV.to_string(), String::new())];
+        let load = |value: Option<&Path>| {
+            let env: Vec<_> = value
+                .map(|p| (CONFIG_ENV.to_string(), p.display().to_string()))
+                .into_iter()
+                .collect();
+            SiteConfig::load_from(&sys, &env, &dir)
+        };
+        assert_eq!(load(None).unwrap().binds, ["/sys-bind", "/user-bind"]);
+        // LAUNCHER_CONFIG adds a file between the system's and the user's; it replaces nothing.
         assert_eq!(
-            SiteConfig::load(&env, &dir).unwrap().binds,
-            vec!["/user-bind"]
+            load(Some(&named)).unwrap().binds,
+            ["/sys-bind", "/job-bind", "/user-bind"]
         );
+        // Neither an empty value nor /dev/null drops the system file (issue 20, finding 6).
+        for value in ["", "/dev/null"] {
+            let c = load(Some(Path::new(value))).unwrap();
+            assert_eq!(c.binds, ["/sys-bind", "/user-bind"], "{value:?}");
+        }
+        // A named file that is missing is an error; the system and user files may be absent.
+        let err = load(Some(&dir.join("nope.yaml"))).unwrap_err().to_string();
+        assert!(err.contains("nope.yaml: no such file"), "{err}");
+        let c = SiteConfig::load_from(&dir.join("absent.yaml"), &[], &dir).unwrap();
+        assert_eq!(c.binds, ["/user-bind"]);
+    }
+
+    /// A system file at `dir/system.yaml` with `system`, the user's with `user`: what loads.
+    fn load_pair(system: &str, user: &str) -> Result<SiteConfig> {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join(".config/launcher")).unwrap();
+        std::fs::write(dir.join("system.yaml"), system).unwrap();
+        std::fs::write(dir.join(".config/launcher/launcher.yaml"), user).unwrap();
+        SiteConfig::load_from(&dir.join("system.yaml"), &[], dir).map_err(|e| {
+            // The temporary directory's name is random: keep only what follows it.
+            let text = e.to_string().replace(&dir.display().to_string(), "DIR");
+            anyhow::anyhow!(text)
+        })
+    }
+
+    const LOCKING: &str = "binds: [/site]\ngpu: {default: true}\nmpi: {libraries: [libmpi.so]}\n\
+        env:\n  set: {OMPI_MCA_btl: '^openib', FREE: x}\n  unset: [LD_PRELOAD]\n\
+        locked: [binds, gpu.default, mpi, env.unset, env.set.OMPI_MCA_btl]\n";
+
+    #[test]
+    fn a_later_file_may_not_change_what_the_system_file_locked() {
+        for (user, key, why) in [
+            (
+                "gpu: {default: false}\n",
+                "gpu.default",
+                "'gpu.default' is locked",
+            ),
+            (
+                "mpi: {library_paths: [/x]}\n",
+                "mpi.library_paths",
+                "'mpi' is locked",
+            ),
+            (
+                "env: {set: {LD_PRELOAD: /x.so}}\n",
+                "env.set.LD_PRELOAD",
+                "the variable LD_PRELOAD",
+            ),
+            (
+                "env: {prepend: {OMPI_MCA_btl: tcp}}\n",
+                "env.prepend.OMPI_MCA_btl",
+                "the variable OMPI_MCA_btl",
+            ),
+            (
+                "env: {unset: [FREE, OMPI_MCA_btl]}\n",
+                "env.unset",
+                "the variable OMPI_MCA_btl",
+            ),
+        ] {
+            let err = load_pair(LOCKING, user).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "DIR/.config/launcher/launcher.yaml: key '{key}': {why} is locked by the site \
+                     config DIR/system.yaml"
+                )
+                .replace(" is locked is locked", " is locked"),
+                "{user}"
+            );
+        }
+        // What is not locked the user still changes; binds are added to, not replaced.
+        let c = load_pair(
+            LOCKING,
+            "binds: [/mine]\ngpu: {nvidia: {library_paths: [/opt/nv]}}\nenv: {set: {FREE: y}, unset: [OTHER]}\n",
+        )
+        .unwrap();
+        assert_eq!(c.binds, ["/site", "/mine"]);
+        assert_eq!(c.env.set["FREE"], "y");
+        assert_eq!(c.gpu.default, Some(true));
+    }
+
+    #[test]
+    fn only_the_system_file_locks_and_only_keys_that_exist() {
+        let err = load_pair("", "locked: [binds]\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "DIR/.config/launcher/launcher.yaml: key 'locked': only the system file \
+             (DIR/system.yaml) may lock settings"
+        );
+        for (lock, why) in [
+            ("gpu.defualt", "'gpu.defualt': no such key"),
+            (
+                "env.set.NOPE",
+                "'env.set.NOPE': this file does not name NOPE in env.set",
+            ),
+            (
+                "env.sett.X",
+                "'env.sett.X': no such key (env has set, prepend, append, unset)",
+            ),
+            ("locked", "'locked': the lock list cannot be locked"),
+        ] {
+            let err = parse(&format!("locked: [{lock}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("/etc/launcher/launcher.yaml: key 'locked[0]': {why}"),
+                "{lock}"
+            );
+        }
+        for lock in [
+            "binds",
+            "gpu",
+            "gpu.nvidia.libraries",
+            "host.dev_dir",
+            "cdi",
+            "env",
+        ] {
+            parse(&format!("locked: [{lock}]\n")).unwrap();
+        }
     }
 
     #[test]

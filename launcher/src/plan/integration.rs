@@ -177,22 +177,28 @@ fn check_glibc(inj: &Injection, image: &dyn ImageView, warnings: &mut Vec<String
 }
 
 /// Environment edits after the image's: the site's edits, the injection's variables, the
-/// user's `--env` again (the user has the last word), then the injected directories first on
-/// LD_LIBRARY_PATH and PATH.
+/// user's `--env` again (the user has the last word, except on the variables the site locked,
+/// which `policy` has refused to the user and which are edited last), then the injected
+/// directories first on LD_LIBRARY_PATH and PATH.
 pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, facts: &Gathered) {
-    let site = &facts.site.env;
-    env.retain(|(k, _)| !site.unset.contains(k));
-    for (k, v) in &site.set {
-        set(env, k, v);
-    }
-    for (k, v) in &site.prepend {
-        let new = join(Some(v), get(env, k));
-        set(env, k, &new);
-    }
-    for (k, v) in &site.append {
-        let new = join(get(env, k), Some(v));
-        set(env, k, &new);
-    }
+    let locked = facts.site.locked_vars();
+    let site_edits = |env: &mut Vec<(String, String)>, locked_ones: bool| {
+        let ours = |k: &String| locked.contains(k) == locked_ones;
+        let site = &facts.site.env;
+        env.retain(|(k, _)| !(site.unset.contains(k) && ours(k)));
+        for (k, v) in site.set.iter().filter(|(k, _)| ours(k)) {
+            set(env, k, v);
+        }
+        for (k, v) in site.prepend.iter().filter(|(k, _)| ours(k)) {
+            let new = join(Some(v), get(env, k));
+            set(env, k, &new);
+        }
+        for (k, v) in site.append.iter().filter(|(k, _)| ours(k)) {
+            let new = join(get(env, k), Some(v));
+            set(env, k, &new);
+        }
+    };
+    site_edits(env, false);
     let inj = &facts.injection;
     for (k, v) in &inj.env {
         set(env, k, v);
@@ -200,6 +206,7 @@ pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, facts: &G
     for (k, v) in &opts.env {
         set(env, k, v);
     }
+    site_edits(env, true);
     if !inj.libs.is_empty() {
         let new = join(Some(LIB_DIR), get(env, "LD_LIBRARY_PATH"));
         set(env, "LD_LIBRARY_PATH", &new);

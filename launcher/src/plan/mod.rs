@@ -12,6 +12,7 @@ pub mod etc_files;
 pub mod integration;
 pub mod mount_points;
 pub mod path_search;
+pub mod policy;
 pub mod scheduler;
 pub mod step;
 

@@ -1,0 +1,251 @@
+//! The site's defaults do not vanish by accident (issue 20, finding 6): the system file
+//! `/etc/launcher/launcher.yaml` always applies, `LAUNCHER_CONFIG` adds a file rather than
+//! replacing it, and what the system file locks (binds, variables, options) the user cannot
+//! change: they get a one-line refusal naming the site file.
+//!
+//! The system file is the real path. Each launch runs in a private mount namespace (made by
+//! root here, as the test process is root) in which an overlay over /etc holds this test's
+//! `launcher/launcher.yaml`: the host's /etc is never written, and tests beside this one see
+//! nothing of it.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// A fresh directory for one test, in the scratch area (the test user can read it).
+fn test_dir(name: &str) -> PathBuf {
+    let d = setup().scratch.join(format!("policy-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One launch as the test user with `system` as /etc/launcher/launcher.yaml, the variables
+/// `env`, and `XDG_CONFIG_HOME` pointing at `dir/xdg` (where a test puts a user file).
+fn launch(dir: &Path, system: &str, env: &[(&str, &str)], args: &[&str]) -> Out {
+    let upper = dir.join("upper");
+    std::fs::create_dir_all(upper.join("launcher")).unwrap();
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    std::fs::write(upper.join("launcher/launcher.yaml"), system).unwrap();
+    let mut vars = vec![format!("XDG_CONFIG_HOME={}", dir.join("xdg").display())];
+    vars.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc && exec {} env \"$@\"",
+        upper.display(),
+        dir.join("work").display(),
+        as_test_user_prefix()
+    );
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .args(&vars)
+        .arg(&setup().bin)
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn echo(vars: &str) -> Vec<String> {
+    vec![
+        "exec".into(),
+        fixture("busybox-gzip.sqfs"),
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("echo {vars}"),
+    ]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A refusal: exit 255, one line on stderr, saying `want`.
+fn assert_refused(out: &Out, want: &str) {
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stderr.contains(want), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn the_system_file_always_applies_and_launcher_config_adds_to_it() {
+    let dir = test_dir("always");
+    let system = "env:\n  set: {SITE: sys}\n";
+    let extra = dir.join("job.yaml");
+    std::fs::write(&extra, "env:\n  set: {JOB: extra}\n").unwrap();
+    let cmd = echo("$SITE ${JOB:-none}");
+    for (value, want) in [
+        (None, "sys none"),
+        (Some(""), "sys none"),
+        (Some("/dev/null"), "sys none"),
+        (Some(extra.to_str().unwrap()), "sys extra"),
+    ] {
+        let env: Vec<(&str, &str)> = value.map(|v| ("LAUNCHER_CONFIG", v)).into_iter().collect();
+        let out = launch(&dir, system, &env, &args(&cmd));
+        assert_eq!(out.ok().stdout.trim(), want, "LAUNCHER_CONFIG={value:?}");
+    }
+}
+
+const LOCKING: &str = "\
+binds: ['/usr/share:/site/share:ro']
+mpi: {default: false}
+env:
+  set: {OMPI_MCA_btl: '^openib', FREE: site}
+  unset: [LD_PRELOAD]
+locked: [binds, mpi.default, env.set.OMPI_MCA_btl, env.unset]
+";
+
+#[test]
+fn a_locked_bind_always_applies_and_may_not_be_covered() {
+    let dir = test_dir("bind");
+    let shown = launch(
+        &dir,
+        LOCKING,
+        &[],
+        &[
+            "exec",
+            &fixture("busybox-gzip.sqfs"),
+            "ls",
+            "-d",
+            "/site/share",
+        ],
+    );
+    assert_eq!(shown.ok().stdout.trim(), "/site/share");
+    let cover = format!("{}:/site", dir.display());
+    let out = launch(
+        &dir,
+        LOCKING,
+        &[],
+        &["exec", "-B", &cover, &fixture("busybox-gzip.sqfs"), "true"],
+    );
+    assert_refused(
+        &out,
+        &format!(
+            "bind {cover}: it would cover the site's bind at /site/share, which is locked by the \
+             site config /etc/launcher/launcher.yaml"
+        ),
+    );
+    // APPTAINER_BIND is the same request, refused the same way.
+    let out = launch(
+        &dir,
+        LOCKING,
+        &[("APPTAINER_BIND", &cover)],
+        &["exec", &fixture("busybox-gzip.sqfs"), "true"],
+    );
+    assert_refused(&out, "it would cover the site's bind at /site/share");
+}
+
+#[test]
+fn a_locked_variable_is_the_sites_and_may_not_be_reset() {
+    let dir = test_dir("var");
+    let cmd = echo("$OMPI_MCA_btl ${LD_PRELOAD:-unset} $FREE");
+    // The host's LD_PRELOAD (one every process has loaded anyway) does not survive a locked
+    // unset.
+    let out = launch(&dir, LOCKING, &[("LD_PRELOAD", "libc.so.6")], &args(&cmd));
+    assert_eq!(out.ok().stdout.trim(), "^openib unset site");
+    // What the site did not lock the user still sets.
+    let mut free = cmd.clone();
+    free.splice(1..1, ["--env".to_string(), "FREE=mine".to_string()]);
+    let out = launch(&dir, LOCKING, &[], &args(&free));
+    assert_eq!(out.ok().stdout.trim(), "^openib unset mine");
+    for (env, extra, want) in [
+        (
+            None,
+            ["--env", "OMPI_MCA_btl=tcp"],
+            "--env OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site config \
+             /etc/launcher/launcher.yaml",
+        ),
+        (
+            None,
+            ["--env", "LD_PRELOAD=/tmp/x.so"],
+            "--env LD_PRELOAD: the variable LD_PRELOAD is locked",
+        ),
+        (
+            Some(("APPTAINERENV_LD_PRELOAD", "/tmp/x.so")),
+            ["--env", "FREE=1"],
+            "APPTAINERENV_LD_PRELOAD: the variable LD_PRELOAD is locked",
+        ),
+    ] {
+        let mut c = cmd.clone();
+        c.splice(1..1, extra.iter().map(|s| s.to_string()));
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        assert_refused(&launch(&dir, LOCKING, &env, &args(&c)), want);
+    }
+    // A user file (and a LAUNCHER_CONFIG file) that sets it is refused by name.
+    let xdg = dir.join("xdg/launcher");
+    std::fs::create_dir_all(&xdg).unwrap();
+    std::fs::write(
+        xdg.join("launcher.yaml"),
+        "env:\n  set: {LD_PRELOAD: /tmp/x.so}\n",
+    )
+    .unwrap();
+    let out = launch(&dir, LOCKING, &[], &args(&cmd));
+    assert_refused(
+        &out,
+        &format!(
+            "{}: key 'env.set.LD_PRELOAD': the variable LD_PRELOAD is locked by the site config \
+             /etc/launcher/launcher.yaml",
+            xdg.join("launcher.yaml").display()
+        ),
+    );
+    std::fs::remove_file(xdg.join("launcher.yaml")).unwrap();
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, "mpi: {default: true}\n").unwrap();
+    let out = launch(
+        &dir,
+        LOCKING,
+        &[("LAUNCHER_CONFIG", job.to_str().unwrap())],
+        &args(&cmd),
+    );
+    assert_refused(&out, "job.yaml: key 'mpi.default': 'mpi.default' is locked");
+}
+
+#[test]
+fn an_option_the_site_locked_is_refused() {
+    let dir = test_dir("option");
+    let out = launch(
+        &dir,
+        LOCKING,
+        &[],
+        &["exec", "--mpi", &fixture("busybox-gzip.sqfs"), "true"],
+    );
+    assert_refused(
+        &out,
+        "--mpi: mpi support is locked off by the site config /etc/launcher/launcher.yaml (mpi.default)",
+    );
+    let out = launch(
+        &dir,
+        "gpu: {default: true}\nlocked: [gpu]\n",
+        &[],
+        &["exec", "--no-gpu", &fixture("busybox-gzip.sqfs"), "true"],
+    );
+    assert_refused(
+        &out,
+        "--no-gpu: gpu support is locked on by the site config",
+    );
+    // A lock list anywhere but the system file is refused.
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, "locked: [binds]\n").unwrap();
+    let out = launch(
+        &dir,
+        "",
+        &[("LAUNCHER_CONFIG", job.to_str().unwrap())],
+        &["exec", &fixture("busybox-gzip.sqfs"), "true"],
+    );
+    assert_refused(
+        &out,
+        "job.yaml: key 'locked': only the system file (/etc/launcher/launcher.yaml) may lock settings",
+    );
+}
