@@ -10,6 +10,7 @@ use crate::apply::channel::{Channel, Message};
 use crate::apply::rootfs::{self, Layout};
 use crate::apply::syscalls::Syscalls;
 use crate::debug;
+use crate::plan::environment::CAPTURED_MAX_BYTES;
 use crate::plan::Plan;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::MsFlags;
@@ -47,10 +48,10 @@ pub fn create_instance(
     }
     match then {
         Then::Exec(old_mask) => match prepare_exec(sys, plan) {
-            Ok(program) => {
+            Ok(ready) => {
                 end_stores(&chan);
                 drop(chan);
-                run_command(sys, plan, &program, old_mask, parent)
+                run_command(sys, plan, &ready, old_mask, parent)
             }
             Err(e) => e,
         },
@@ -68,14 +69,14 @@ pub fn enter_instance(
     mnt_ns: &OwnedFd,
     old_mask: &SigSet,
 ) -> anyhow::Error {
-    let setup = || -> Result<PathBuf> {
+    let setup = || -> Result<Ready> {
         sys.die_with_parent(parent)?;
         sys.join_namespaces(user_ns, mnt_ns)?;
         debug::step("child: entered the shared instance");
         prepare_exec(sys, plan)
     };
     match setup() {
-        Ok(program) => run_command(sys, plan, &program, old_mask, parent),
+        Ok(ready) => run_command(sys, plan, &ready, old_mask, parent),
         Err(e) => e,
     }
 }
@@ -85,14 +86,14 @@ pub fn enter_instance(
 fn run_command(
     sys: &dyn Syscalls,
     plan: &Plan,
-    program: &Path,
+    ready: &Ready,
     old_mask: &SigSet,
     launcher: Pid,
 ) -> anyhow::Error {
     if let Err(e) = sys.become_reaper(launcher) {
         return e;
     }
-    match sys.spawn_command(program, &plan.argv, &plan.env, old_mask) {
+    match sys.spawn_command(&ready.program, &plan.argv, &ready.env, old_mask) {
         Err(e) => e,
         Ok(command) => {
             // The reaper needs none of the descriptors it inherited; the command keeps its own.
@@ -203,9 +204,15 @@ fn build_root(sys: &dyn Syscalls, plan: &Plan, staging: &Path) -> Result<()> {
     rootfs::enter(sys, &layout)
 }
 
-/// Inside the container root: working directory, no capabilities, no new privileges, and
-/// the program to execute.
-fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<PathBuf> {
+/// What the command is started with: its program and its environment.
+struct Ready {
+    program: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// Inside the container root: working directory, no capabilities, no new privileges, the
+/// environment (from the image's shell when its scripts need one) and the program to execute.
+fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<Ready> {
     let cwd = std::iter::once(&plan.cwd)
         .chain(plan.cwd_fallbacks.iter())
         .find(|d| sys.chdir(d).is_ok())
@@ -224,28 +231,40 @@ fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<PathBuf> {
     }
     sys.drop_capabilities()?;
     sys.set_no_new_privs()?;
-    let program = find_program(&plan.argv[0], plan)?;
+    let env = match &plan.env_shell {
+        None => plan.env.clone(),
+        Some(shell) => {
+            let report = sys
+                .run_for_output(&shell.argv(), &shell.base, CAPTURED_MAX_BYTES)
+                .context("running the image's environment scripts")?;
+            debug::step("child: the image's environment scripts sourced by its shell");
+            shell
+                .finish(&report)
+                .context("the image's environment scripts")?
+        }
+    };
+    let program = find_program(&plan.argv[0], &env)?;
     debug::step(format_args!(
         "exec {} in {}",
         program.display(),
         cwd.display()
     ));
-    Ok(program)
+    Ok(Ready { program, env })
 }
 
 /// Search the container's PATH the way execvp would, but with an error that says where we looked.
-fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
+fn find_program(name: &str, env: &[(String, String)]) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    for candidate in crate::plan::path_search::candidates(name, &plan.env) {
+    for candidate in crate::plan::path_search::candidates(name, env) {
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
             && !candidate.is_dir()
         {
             return Ok(candidate);
         }
     }
-    let path = crate::env_list::get(&plan.env, "PATH").unwrap_or("");
+    let path = crate::env_list::get(env, "PATH").unwrap_or("");
     bail!("command '{name}' not found in the container (PATH={path})")
 }
 
@@ -290,6 +309,7 @@ mod tests {
             }],
             upper: vec![],
             env: vec![("PATH".into(), "/bin".into())],
+            env_shell: None,
             cwd: "/work".into(),
             cwd_fallbacks: vec!["/".into()],
             argv: vec!["/bin/true".into(), "x".into()],

@@ -176,6 +176,7 @@ mod tests {
                 mode: 0o755,
             }],
             env: vec![],
+            env_shell: None,
             cwd: "/".into(),
             cwd_fallbacks: vec![],
             argv: vec!["true".into()],

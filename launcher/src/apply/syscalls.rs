@@ -49,6 +49,15 @@ pub trait Syscalls {
         env: &[(String, String)],
         mask: &SigSet,
     ) -> Result<Pid>;
+    /// Run `argv` (its program an absolute path) to its end with `env`, stdin /dev/null and
+    /// stderr ours: what it wrote to stdout, at most `max` bytes (an error past that, or when
+    /// it fails).
+    fn run_for_output(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        max: usize,
+    ) -> Result<Vec<u8>>;
     /// Empty the bounding and ambient capability sets.
     fn drop_capabilities(&self) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
@@ -90,6 +99,46 @@ impl Real {
 }
 
 impl Syscalls for Real {
+    fn run_for_output(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let (program, args) = argv.split_first().context("an empty command line")?;
+        // std's spawn starts the program with an empty signal mask and default dispositions.
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let mut out = Vec::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|o| o.take(max as u64 + 1).read_to_end(&mut out));
+        if out.len() > max {
+            let _ = child.kill();
+        }
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for {program}"))?;
+        if out.len() > max {
+            bail!("{program} wrote more than {} MiB", max >> 20);
+        }
+        if let Some(Err(e)) = read {
+            return Err(e).with_context(|| format!("reading the output of {program}"));
+        }
+        if !status.success() {
+            bail!("{program} failed ({status})");
+        }
+        Ok(out)
+    }
+
     fn die_with_parent(&self, parent: Pid) -> Result<()> {
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
         if nix::unistd::getppid() != parent {
@@ -539,6 +588,7 @@ pub enum Call {
         program: PathBuf,
         argv: Vec<String>,
     },
+    RunForOutput(Vec<String>),
     Mount {
         src: Option<PathBuf>,
         target: PathBuf,
@@ -656,6 +706,16 @@ impl Syscalls for Recorder {
             argv: argv.to_vec(),
         });
         bail!("recorded spawn")
+    }
+    /// Records the command line and reports an empty environment.
+    fn run_for_output(
+        &self,
+        argv: &[String],
+        _env: &[(String, String)],
+        _max: usize,
+    ) -> Result<Vec<u8>> {
+        self.log(Call::RunForOutput(argv.to_vec()));
+        Ok(Vec::new())
     }
     fn drop_capabilities(&self) -> Result<()> {
         self.log(Call::DropCapabilities);

@@ -51,7 +51,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
     table.mounts.extend(pmix);
     table.mounts.extend(user_mounts);
 
-    let env = environment(opts, facts, image, &home_dst)?;
+    let (env, env_shell) = environment(opts, facts, image, &home_dst, &mut table.warnings)?;
     let upper = upper_nodes(&mut table.mounts, image, paths, !opts.writable_tmpfs)?;
     let argv = argv(opts, image, &shell)?;
     let program = program_in_image(image, &argv[0], &env)?;
@@ -64,6 +64,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         mounts: table.mounts,
         upper,
         env,
+        env_shell,
         cwd,
         cwd_fallbacks,
         argv,
@@ -271,12 +272,22 @@ fn user_database(
 
 /// The command's environment: host → image (OCI config, then /.singularity.d/env/*.sh) →
 /// the launcher's own variables → user, then the site's and the injection's edits.
+/// The environment as planned, and how the child gets the real one when a script needs a
+/// shell.
+type PlannedEnv = (Vec<(String, String)>, Option<environment::ShellEnv>);
+
+/// The shell that sources the image's environment scripts when they need one.
+const SCRIPT_SHELL: &str = "/bin/sh";
+
+/// The command's environment as the planner sees it, and, when a script needs a shell, how
+/// the child gets the real one (`environment::ShellEnv`).
 fn environment(
     opts: &LaunchOptions,
     facts: &Gathered,
     image: &dyn ImageView,
     home_dst: &Path,
-) -> Result<Vec<(String, String)>> {
+    warnings: &mut Vec<String>,
+) -> Result<PlannedEnv> {
     let oci_env = image
         .oci_config()
         .map(|c| c.env.clone())
@@ -314,17 +325,45 @@ fn environment(
     if opts.action == Action::Shell {
         launcher_vars.push(("PS1".to_string(), "Launcher> ".to_string()));
     }
-    let mut env = environment::compute(&EnvInputs {
+    let layers = environment::layers(&EnvInputs {
         host: &facts.host.env,
         cleanenv: opts.cleanenv,
         image_oci_env: &oci_env,
-        image_env_scripts: &scripts,
         user: &opts.env,
         launcher: &launcher_vars,
-    })
-    .with_context(image_name)?;
-    integration::edit_env(&mut env, opts, facts);
-    Ok(env)
+    });
+    let mut edits = layers.edits;
+    edits.extend(integration::env_edits(opts, facts));
+    // Read without a shell first, always: the bounds apply, and PATH for the plan's own
+    // look-ups (the child looks again in what the shell reports).
+    let parsed =
+        environment::apply_scripts(layers.base.clone(), &scripts).with_context(image_name)?;
+    let env = environment::apply_edits(parsed, &edits);
+    let needs_shell: Vec<&str> = scripts
+        .iter()
+        .filter(|(path, text)| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            !environment::STOCK_SCRIPTS.contains(&name) && !environment::parses_fully(text)
+        })
+        .map(|(path, _)| path.as_str())
+        .collect();
+    let shell = match needs_shell.first() {
+        None => None,
+        Some(first) if image.kind(SCRIPT_SHELL)?.is_none() => {
+            warnings.push(format!(
+                "{first} needs a shell and the image has no {SCRIPT_SHELL}: only its plain \
+                 assignments are taken"
+            ));
+            None
+        }
+        Some(_) => Some(environment::ShellEnv {
+            shell: SCRIPT_SHELL.into(),
+            scripts: scripts.iter().map(|(path, _)| path.clone()).collect(),
+            base: layers.base,
+            edits,
+        }),
+    };
+    Ok((env, shell))
 }
 
 /// The command line: `exec`'s, the shell, or `run`'s runscript or OCI entrypoint and cmd.
@@ -499,10 +538,12 @@ fn is_system_dir(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env_list::get as env_get;
     use crate::gather::host::HostInfo;
     use crate::image::view::fake::FakeImage;
     use crate::image::view::OciConfig;
     use crate::options::bind::BindSpec;
+    use crate::plan::environment::EnvEdit;
 
     /// A host described as data: the usual kernel, /dev and scratch paths, alice's home, and
     /// the data directory /data/alice (with `sub` in it).
@@ -614,6 +655,60 @@ mod tests {
             .contains(&format!("alice:x:4242:4242::{home}:/bin/sh")));
         assert!(!p.writable_root);
         assert!(p.to_string().contains("argv: [\"id\"]"));
+    }
+
+    #[test]
+    fn scripts_that_need_a_shell_are_left_to_the_images_shell() {
+        let conda = "export FIRST=1\n. /opt/conda/etc/profile.d/conda.sh\nconda activate\n";
+        let stock = "if [ -z \"$LD_LIBRARY_PATH\" ]; then\n  LD_LIBRARY_PATH=/x\nfi\n";
+        let with = |files: &[(&str, &str)]| {
+            let mut o = opts(Action::Exec(vec!["true".into()]));
+            o.env = vec![("FROM_USER".into(), "u".into())];
+            build(&o, &facts(host()), &FakeImage::new(files, &[])).unwrap()
+        };
+        // Only assignments, and Apptainer's own scripts: read here, no shell.
+        let p = with(&[
+            ("/bin/sh", ""),
+            ("/.singularity.d/env/90-environment.sh", "export A=1\n"),
+            ("/.singularity.d/env/99-base.sh", stock),
+        ]);
+        assert_eq!(p.env_shell, None);
+        // A script that sources another: every script, in order, by the image's /bin/sh,
+        // then the same edits as without a shell.
+        let p = with(&[
+            ("/bin/sh", ""),
+            ("/.singularity.d/env/90-environment.sh", conda),
+            ("/.singularity.d/env/99-base.sh", stock),
+        ]);
+        let sh = p.env_shell.as_ref().unwrap();
+        assert_eq!(sh.shell, "/bin/sh");
+        assert_eq!(
+            sh.scripts,
+            [
+                "/.singularity.d/env/90-environment.sh",
+                "/.singularity.d/env/99-base.sh"
+            ]
+        );
+        assert!(!sh
+            .base
+            .iter()
+            .any(|(k, _)| k == "FIRST" || k == "FROM_USER"));
+        assert!(sh
+            .edits
+            .contains(&EnvEdit::Set("FROM_USER".into(), "u".into())));
+        assert_eq!(
+            env_get(&p.env, "FIRST"),
+            Some("1"),
+            "the estimate reads what it can"
+        );
+        assert!(p
+            .to_string()
+            .contains("env scripts: sourced by the image's /bin/sh"));
+        // No shell in the image: the assignments, and a warning.
+        let p = with(&[("/.singularity.d/env/90-environment.sh", conda)]);
+        assert_eq!(p.env_shell, None);
+        assert_eq!(env_get(&p.env, "FIRST"), Some("1"));
+        assert!(p.warnings[0].contains("needs a shell and the image has no /bin/sh"));
     }
 
     #[test]

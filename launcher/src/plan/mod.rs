@@ -38,6 +38,9 @@ pub struct Plan {
     /// the overlay's upper layer before it is mounted.
     pub upper: Vec<UpperNode>,
     pub env: Vec<(String, String)>,
+    /// Some when the image's environment scripts need a shell: the child runs it and the
+    /// environment is what it reports, edited (`env` is then the planner's estimate).
+    pub env_shell: Option<environment::ShellEnv>,
     pub cwd: PathBuf,
     /// Working directories to try if `cwd` turns out not to exist (home, then /).
     pub cwd_fallbacks: Vec<PathBuf>,
@@ -161,7 +164,19 @@ impl fmt::Display for Plan {
                 writeln!(f, "    {line}")?;
             }
         }
-        writeln!(f, "  env:")?;
+        match &self.env_shell {
+            None => writeln!(f, "  env:")?,
+            Some(sh) => {
+                writeln!(
+                    f,
+                    "  env scripts: sourced by the image's {} at start ({} scripts), then {} edits",
+                    sh.shell,
+                    sh.scripts.len(),
+                    sh.edits.len()
+                )?;
+                writeln!(f, "  env (read without a shell, before the scripts run):")?;
+            }
+        }
         for (k, v) in &self.env {
             writeln!(f, "    {k}={v}")?;
         }
