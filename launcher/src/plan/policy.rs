@@ -7,7 +7,7 @@
 //! ask. Later config files are checked when they are loaded (`SiteConfig::load`).
 
 use crate::gather::site_config::SiteConfig;
-use crate::options::LaunchOptions;
+use crate::options::{clean_abs, LaunchOptions};
 use crate::plan::environment::FORWARD_PREFIXES;
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -66,9 +66,19 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
             bail!("{k}: the variable {name} is locked by the site config {file}");
         }
     }
-    let locked = site.locked_destinations();
+    // Compared as the mount table will have them: `..`, `.` and trailing slashes resolved.
+    // (A symlink in the image that leads a bind elsewhere is not followed here: the lock
+    // guards against accidents, not against a user who means to get round it.)
+    let locked: Vec<_> = site
+        .locked_destinations()
+        .iter()
+        .filter_map(|d| clean_abs(d).ok())
+        .collect();
     for b in &opts.binds {
-        if let Some(dst) = locked.iter().find(|d| covers(&b.dst, d)) {
+        let Ok(dst) = clean_abs(&b.dst) else {
+            continue;
+        };
+        if let Some(dst) = locked.iter().find(|d| covers(&dst, d)) {
             bail!(
                 "bind {}:{}: it would cover the site's bind at {}, which is locked by the site \
                  config {file}",
@@ -183,7 +193,16 @@ mod tests {
             dst: dst.into(),
             readonly: false,
         };
-        for dst in ["/etc/ssl/certs", "/etc/ssl", "/etc", "/dev/infiniband", "/"] {
+        for dst in [
+            "/etc/ssl/certs",
+            "/etc/ssl",
+            "/etc",
+            "/dev/infiniband",
+            "/",
+            "/etc/ssl/certs/",
+            "/etc/x/../ssl",
+            "/etc/./ssl",
+        ] {
             let mut o = opts();
             o.binds = vec![bind("/home/u/x", dst)];
             let err = check(&o, &[], &s).unwrap_err().to_string();
