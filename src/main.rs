@@ -1,6 +1,7 @@
 //! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
 
 mod build_cmd;
+mod verify_cmd;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -76,11 +77,9 @@ enum Command {
         #[command(subcommand)]
         what: CacheCommand,
     },
-    /// Recompute the SHA-256 digests a SIF file records and check them.
-    Verify {
-        /// Image file (.sif).
-        image: PathBuf,
-    },
+    /// Verify a SIF image's signatures (DSSE or OpenPGP, as Apptainer writes them) with the
+    /// given and installed public keys; an unsigned image's recorded digests.
+    Verify(verify_cmd::VerifyArgs),
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
         image: PathBuf,
@@ -411,14 +410,7 @@ fn run(cli: Cli) -> Result<i32> {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             return Ok(0);
         }
-        Command::Verify { image } => {
-            let checked = image_tools::sif_image::verify(&image)?;
-            for c in &checked {
-                println!("object {:>2}  {:<40} {}", c.id, c.what, c.digest);
-            }
-            println!("{}: {} objects verified", image.display(), checked.len());
-            return Ok(0);
-        }
+        Command::Verify(args) => return verify_cmd::run(args),
         Command::Inspect {
             image,
             json,
