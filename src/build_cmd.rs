@@ -119,6 +119,11 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                 u.partial,
                 mib(u.bytes)
             );
+            let (n, bytes) = crate::image_source::cached_images(&root, None, false)?;
+            println!(
+                "  {n} converted images (exec docker://...), {:.1} MiB",
+                mib(bytes)
+            );
         }
         CacheAction::Clean { days, force } => {
             let older = days.map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400)));
@@ -142,6 +147,8 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                 mib(r.bytes),
                 root.display()
             );
+            let (n, bytes) = crate::image_source::cached_images(&root, older, true)?;
+            println!("removed {n} converted images ({:.1} MiB)", mib(bytes));
         }
     }
     Ok(0)

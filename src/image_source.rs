@@ -118,6 +118,41 @@ fn archive_key(spec: &str, source: &BuildSource) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// The converted images in the cache at `root` (those not written for `older`, when given):
+/// how many and their bytes; with `remove`, removed. A launch already running from one keeps
+/// it open and is not disturbed (the file goes with its last descriptor).
+pub fn cached_images(
+    root: &Path,
+    older: Option<std::time::Duration>,
+    remove: bool,
+) -> Result<(usize, u64)> {
+    let dir = root.join("sif");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let (mut n, mut bytes) = (0, 0);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".sif") || name.starts_with('.') {
+            continue;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+        if older.is_some_and(|o| age.is_none_or(|a| a < o)) {
+            continue;
+        }
+        if remove {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+        n += 1;
+        bytes += m.len();
+    }
+    Ok((n, bytes))
+}
+
 /// Temporary files of conversions whose launcher is gone (killed while converting).
 fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
