@@ -1,6 +1,7 @@
 //! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
 
 mod build_cmd;
+mod image_source;
 mod verify_cmd;
 
 use anyhow::Result;
@@ -43,7 +44,8 @@ enum Command {
     Exec {
         #[command(flatten)]
         opts: RunOpts,
-        /// Image file (.sif or .sqfs).
+        /// Image: a .sif or .sqfs file, a sandbox directory, or docker://REF (also
+        /// docker-archive:, oci-archive:, oci:), built once into the cache.
         image: PathBuf,
         /// Command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -195,6 +197,9 @@ struct RunOpts {
     /// Do not share one container instance with the other ranks of a job step on this node.
     #[arg(long)]
     no_share: bool,
+    /// docker:// images: talk plain HTTP to the registry (a local one) instead of HTTPS.
+    #[arg(long, visible_alias = "insecure")]
+    nohttps: bool,
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
@@ -451,6 +456,12 @@ fn run(cli: Cli) -> Result<i32> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    let image = if image_source::is_source(&image) {
+        let nohttps = opts.nohttps || apptainer::flag(&env, &["NOHTTPS"])?;
+        image_source::resolve(&image.to_string_lossy(), nohttps, cli.debug)?
+    } else {
+        image
+    };
     let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)

@@ -121,7 +121,8 @@ fn end_stores(chan: &Channel) {
 }
 
 /// New user and mount namespaces, the staging tmpfs, the image mounted with FUSE, and the
-/// /dev/fuse descriptor sent to the launcher. Returns the staging directory.
+/// /dev/fuse descriptor sent to the launcher (not for a sandbox directory, which needs no
+/// server). Returns the staging directory.
 fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> Result<PathBuf> {
     sys.die_with_parent(parent)?;
     sys.enter_user_namespace(plan.uid, plan.gid)?;
@@ -137,6 +138,11 @@ fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> 
     let staging = mount_staging(sys)?;
     for d in ["image", "oldroot"] {
         sys.mkdir(&staging.join(d), 0o755)?;
+    }
+    if plan.image.is_directory() {
+        // Bound once the host is under /oldroot (rootfs::assemble): the staging tmpfs may
+        // now cover the directory's own path (/tmp/sandbox).
+        return Ok(staging);
     }
     let fuse_fd = sys.open_dev_fuse()?;
     let data = format!(

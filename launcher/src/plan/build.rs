@@ -52,7 +52,9 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
     table.mounts.extend(user_mounts);
 
     let (env, env_shell) = environment(opts, facts, image, &home_dst, &mut table.warnings)?;
-    let upper = upper_nodes(&mut table.mounts, image, paths, !opts.writable_tmpfs)?;
+    // Files are served (no mount) only by the FUSE server of a read-only image file.
+    let serve_files = !opts.writable_tmpfs && !image.desc().is_directory();
+    let upper = upper_nodes(&mut table.mounts, image, paths, serve_files)?;
     let argv = argv(opts, image, &shell)?;
     let program = program_in_image(image, &argv[0], &env)?;
 

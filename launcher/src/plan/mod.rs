@@ -53,8 +53,10 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// An overlay over the image: for `--writable-tmpfs`, and for a sandbox directory that
+    /// lacks mount points (no FUSE server shows them; the directory itself is not changed).
     pub fn needs_overlay(&self) -> bool {
-        self.writable_root
+        self.writable_root || (self.image.is_directory() && !self.upper.is_empty())
     }
 
     /// Files the FUSE server shows in place of (or in addition to) the image's.
@@ -76,14 +78,22 @@ impl Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "plan:")?;
-        writeln!(
-            f,
-            "  image: {} ({}, SquashFS at offset {}, {} bytes)",
-            self.image.path.display(),
-            self.image.format,
-            self.image.squashfs_offset,
-            self.image.file_size
-        )?;
+        if self.image.is_directory() {
+            writeln!(
+                f,
+                "  image: {} (sandbox directory)",
+                self.image.path.display()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  image: {} ({}, SquashFS at offset {}, {} bytes)",
+                self.image.path.display(),
+                self.image.format,
+                self.image.squashfs_offset,
+                self.image.file_size
+            )?;
+        }
         writeln!(
             f,
             "  identity: uid {} gid {} (mapped to themselves)",
@@ -91,7 +101,12 @@ impl fmt::Display for Plan {
         )?;
         writeln!(
             f,
-            "  root: image via FUSE{}, {}",
+            "  root: {}{}, {}",
+            if self.image.is_directory() {
+                format!("directory {} (rbind)", self.image.path.display())
+            } else {
+                "image via FUSE".to_string()
+            },
             if self.needs_overlay() {
                 " + overlay on tmpfs"
             } else {
@@ -153,10 +168,14 @@ impl fmt::Display for Plan {
         writeln!(f, "  cwd: {}", self.cwd.display())?;
         writeln!(f, "  argv: {:?}", self.argv)?;
         if let Some(p) = &self.program {
-            writeln!(
-                f,
-                "  program in the image: {p} (read ahead while the root is built)"
-            )?;
+            if self.image.is_directory() {
+                writeln!(f, "  program in the image: {p}")?;
+            } else {
+                writeln!(
+                    f,
+                    "  program in the image: {p} (read ahead while the root is built)"
+                )?;
+            }
         }
         if !self.injected.is_empty() {
             writeln!(f, "  host integration:")?;
