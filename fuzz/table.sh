@@ -35,6 +35,16 @@ table() {
         }'
 }
 
+# Exactly one begin marker and one end marker after it, or nothing is rewritten: a doc with
+# the end marker lost would otherwise be cut off after the table.
+begin=$(grep -c '^<!-- fuzz-table:begin -->$' "$DOC" || true)
+end=$(grep -c '^<!-- fuzz-table:end -->$' "$DOC" || true)
+first_begin=$(grep -n '^<!-- fuzz-table:begin -->$' "$DOC" | cut -d: -f1 | head -1 || true)
+first_end=$(grep -n '^<!-- fuzz-table:end -->$' "$DOC" | cut -d: -f1 | head -1 || true)
+if [ "$begin" != 1 ] || [ "$end" != 1 ] || [ "$first_begin" -ge "$first_end" ]; then
+    echo "fuzz/table.sh: $DOC needs one '<!-- fuzz-table:begin -->' line and one '<!-- fuzz-table:end -->' line after it" >&2
+    exit 1
+fi
 new=$(mktemp)
 trap 'rm -f "$new"' EXIT
 awk -v table="$(table)" '
@@ -42,7 +52,6 @@ awk -v table="$(table)" '
     !skip { print }
     /<!-- fuzz-table:begin -->/ { skip = 1 }
 ' "$DOC" >"$new"
-grep -q '<!-- fuzz-table:begin -->' "$DOC" || { echo "fuzz/table.sh: $DOC has no fuzz-table markers" >&2; exit 1; }
 if [ "${1:-}" = --check ]; then
     if ! cmp -s "$new" "$DOC"; then
         echo "fuzz/table.sh: docs/reliability.md's fuzz table is not what fuzz/ledger.tsv gives; run fuzz/table.sh" >&2

@@ -158,6 +158,10 @@ struct RunOpts {
     /// A writable overlay on tmpfs over the image; changes vanish at exit.
     #[arg(long)]
     writable_tmpfs: bool,
+    /// A writable layer kept in the directory DIR over the image: changes stay there for the
+    /// next launch. A directory only (not an overlay image); not with --writable-tmpfs.
+    #[arg(long, value_name = "DIR")]
+    overlay: Option<String>,
     /// Start from a minimal environment instead of the host's.
     #[arg(short = 'e', long)]
     cleanenv: bool,
@@ -229,6 +233,9 @@ impl RunOpts {
         self.cleanenv |= flag(&["CLEANENV"])?;
         self.no_home |= flag(&["NO_HOME"])?;
         self.writable_tmpfs |= flag(&["WRITABLE_TMPFS"])?;
+        if self.overlay.is_none() {
+            self.overlay = apptainer::value(env, "OVERLAY").map(|(_, v)| v.to_string());
+        }
         self.nv |= flag(&["NV"])? | flag(&["NVCCLI"])? | self.nvccli;
         self.rocm |= flag(&["ROCM"])?;
         flag(&["USERNS", "UNSHARE_USERNS"])?;
@@ -276,6 +283,9 @@ impl RunOpts {
         });
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
+        if let Some(dir) = &self.overlay {
+            o.overlay = Some(overlay_dir(dir)?);
+        }
         o.cleanenv = self.cleanenv || self.containall;
         o.gpu = match (self.gpu || (self.nv && self.rocm), self.nv, self.rocm) {
             (true, _, _) => Some(GpuVendor::Any),
@@ -472,4 +482,15 @@ fn what_of(c: CacheCommand) -> build_cmd::CacheAction {
         CacheCommand::List => build_cmd::CacheAction::List,
         CacheCommand::Clean { days, force } => build_cmd::CacheAction::Clean { days, force },
     }
+}
+
+/// The directory of `--overlay DIR`: Apptainer's overlay images (`.img`, `.sqfs`, `:ro`) and
+/// several overlays are refused here with what to do instead.
+fn overlay_dir(spec: &str) -> Result<std::path::PathBuf> {
+    if spec.contains(',') || spec.contains(':') {
+        anyhow::bail!(
+            "--overlay {spec}: one writable overlay directory only (no ':ro', no list of overlays)"
+        );
+    }
+    Ok(std::path::PathBuf::from(spec))
 }

@@ -326,8 +326,86 @@ fn plain_scripts_start_no_shell_and_a_failing_script_stops_the_launch() {
     assert_eq!(out.code, 255, "{out:?}");
     assert!(
         out.stderr
-            .contains("running the image's environment scripts: /bin/sh failed (exit status: 3)"),
+            .contains("running the image's environment scripts: /bin/sh failed (exit status 3)"),
         "{out:?}"
     );
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+}
+
+/// Issue 17: `--overlay DIR` (and `APPTAINER_OVERLAY`) keeps a writable layer in the user's
+/// directory: what one launch writes, the next sees; the image file is untouched; what cannot
+/// work (a file, `:ro`, with `--writable-tmpfs`, a missing directory) is one clear line.
+#[test]
+fn an_overlay_directory_keeps_changes_across_launches() {
+    let s = setup();
+    let dir = s.scratch.join("overlay-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(s.uid), Some(s.gid)).unwrap();
+    let d = dir.display().to_string();
+    let write = launcher(&[
+        "exec",
+        "--overlay",
+        &d,
+        &img(),
+        "/bin/sh",
+        "-c",
+        "echo kept > /etc/from-overlay && mkdir -p /opt/added && touch /opt/added/f",
+    ])
+    .run();
+    write.ok();
+    let read = launcher(&[
+        "exec",
+        &img(),
+        "/bin/sh",
+        "-c",
+        "cat /etc/from-overlay; ls /opt/added; stat -c %u /etc/from-overlay",
+    ])
+    .env("APPTAINER_OVERLAY", &d)
+    .run();
+    assert_eq!(
+        read.ok().stdout,
+        format!("kept\nf\n{}\n", s.uid),
+        "{read:?}"
+    );
+    assert!(dir.join("upper/etc/from-overlay").is_file());
+    // Without it, the image is as it was.
+    let plain = launcher(&["exec", &img(), "/bin/sh", "-c", "cat /etc/from-overlay"]).run();
+    assert_ne!(plain.code, 0, "{plain:?}");
+    let debug = launcher(&["exec", "--debug", "--overlay", &d, &img(), "/bin/true"]).run();
+    assert!(
+        debug
+            .ok()
+            .stderr
+            .contains(&format!("+ overlay in {d} (kept), writable (--overlay)")),
+        "{debug:?}"
+    );
+    for (args, want) in [
+        (
+            vec!["--overlay", "/nonexistent-overlay"],
+            "--overlay /nonexistent-overlay: no such directory".to_string(),
+        ),
+        (
+            vec!["--overlay", "/etc/passwd"],
+            "--overlay /etc/passwd: not a directory (overlay image files are not supported"
+                .to_string(),
+        ),
+        (
+            vec!["--overlay", &format!("{d}:ro")],
+            format!("--overlay {d}:ro: one writable overlay directory only"),
+        ),
+        (
+            vec!["--overlay", &d, "--writable-tmpfs"],
+            "--overlay and --writable-tmpfs: choose one".to_string(),
+        ),
+    ] {
+        let mut all = vec!["exec"];
+        all.extend(args);
+        let image = img();
+        all.extend([image.as_str(), "/bin/true"]);
+        let out = launcher(&all).run();
+        assert_eq!(out.code, 255, "{out:?}");
+        assert!(out.stderr.contains(&want), "{want}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    }
 }

@@ -103,7 +103,9 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     if !opts.share {
         return Role::Private("--no-share".into());
     }
-    if plan.writable_root {
+    // `--overlay DIR` is shared like a read-only root: one overlay mount per node, as two
+    // mounts over one upper directory would corrupt it.
+    if plan.writable_root && plan.overlay_dir.is_none() {
         return Role::Private("--writable-tmpfs gives each rank its own root".into());
     }
     let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {

@@ -47,14 +47,24 @@ pub fn create_instance(
         return e;
     }
     match then {
-        Then::Exec(old_mask) => match prepare_exec(sys, plan) {
-            Ok(ready) => {
+        Then::Exec(old_mask) => {
+            // The image's shell reads image files like the command: no store may be in
+            // progress when it runs (push.rs), so the pushes end before it.
+            let early = plan.env_shell.is_some();
+            if early {
                 end_stores(&chan);
-                drop(chan);
-                run_command(sys, plan, &ready, old_mask, parent)
             }
-            Err(e) => e,
-        },
+            match prepare_exec(sys, plan, parent) {
+                Ok(ready) => {
+                    if !early {
+                        end_stores(&chan);
+                    }
+                    drop(chan);
+                    run_command(sys, plan, &ready, old_mask, parent)
+                }
+                Err(e) => e,
+            }
+        }
         Then::Keep => keep(chan),
     }
 }
@@ -73,7 +83,7 @@ pub fn enter_instance(
         sys.die_with_parent(parent)?;
         sys.join_namespaces(user_ns, mnt_ns)?;
         debug::step("child: entered the shared instance");
-        prepare_exec(sys, plan)
+        prepare_exec(sys, plan, parent)
     };
     match setup() {
         Ok(ready) => run_command(sys, plan, &ready, old_mask, parent),
@@ -218,7 +228,7 @@ struct Ready {
 
 /// Inside the container root: working directory, no capabilities, no new privileges, the
 /// environment (from the image's shell when its scripts need one) and the program to execute.
-fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<Ready> {
+fn prepare_exec(sys: &dyn Syscalls, plan: &Plan, launcher: Pid) -> Result<Ready> {
     let cwd = std::iter::once(&plan.cwd)
         .chain(plan.cwd_fallbacks.iter())
         .find(|d| sys.chdir(d).is_ok())
@@ -240,13 +250,14 @@ fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<Ready> {
     let env = match &plan.env_shell {
         None => plan.env.clone(),
         Some(shell) => {
+            // What the shell leaves running is ours to end, even after a kill -9 of the
+            // launcher (the reaper's duties start here, not at the command).
+            sys.become_reaper(launcher)?;
             let report = sys
-                .run_for_output(&shell.argv(), &shell.base, CAPTURED_MAX_BYTES)
+                .run_for_output(&shell.argv(), &shell.base, CAPTURED_MAX_BYTES, launcher)
                 .context("running the image's environment scripts")?;
             debug::step("child: the image's environment scripts sourced by its shell");
-            shell
-                .finish(&report)
-                .context("the image's environment scripts")?
+            shell.finish(&report)?
         }
     };
     let program = find_program(&plan.argv[0], &env)?;
@@ -307,6 +318,7 @@ mod tests {
             uid: 4242,
             gid: 4243,
             writable_root: false,
+            overlay_dir: None,
             mounts: vec![MountStep::Bind {
                 src: "/proc".into(),
                 dst: "/proc".into(),

@@ -69,10 +69,23 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
         sys.make_readonly(&layout.image, true)?;
     }
     if plan.needs_overlay() {
+        // `--overlay DIR`: the layers are in the user's directory (found under the host's
+        // root like a bind source), kept for the next launch; else in the staging tmpfs.
+        // The directory is named by its descriptor's /proc path (held until the mount is made):
+        // no ':' or ',' of a user's directory name can reach overlayfs's option string.
+        let held;
+        let (upper, work) = match &plan.overlay_dir {
+            Some(dir) => {
+                held = sys.source(&layout.oldroot, dir)?;
+                let (upper, work) = (held.path.join("upper"), held.path.join("work"));
+                sys.mkdir(&upper, 0o755)?;
+                sys.mkdir(&work, 0o755)?;
+                (upper, work)
+            }
+            None => (layout.upper.clone(), layout.work.clone()),
+        };
         for n in &plan.upper {
-            let p = layout
-                .upper
-                .join(n.path.strip_prefix("/").unwrap_or(&n.path));
+            let p = upper.join(n.path.strip_prefix("/").unwrap_or(&n.path));
             match n.kind {
                 NodeKind::Dir => sys.mkdir(&p, n.mode)?,
                 NodeKind::File => sys.write_file(&p, b"")?,
@@ -81,11 +94,27 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
         let overlay = format!(
             "lowerdir={},upperdir={},workdir={},userxattr",
             layout.image.display(),
-            layout.upper.display(),
-            layout.work.display()
+            upper.display(),
+            work.display()
         );
-        sys.mount(Some(Path::new("overlay")), &layout.newroot, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&overlay))
-            .context("creating the container root (overlayfs over the image; needs kernel >= 5.11 for unprivileged overlay)")?;
+        let what = match &plan.overlay_dir {
+            Some(dir) => format!(
+                "creating the container root with the overlay in {} (overlayfs needs kernel >= \
+                 5.11 unprivileged, and a local file system for its layers: not NFS or Lustre)",
+                dir.display()
+            ),
+            None => "creating the container root (overlayfs over the image; needs kernel >= 5.11 \
+                     for unprivileged overlay)"
+                .to_string(),
+        };
+        sys.mount(
+            Some(Path::new("overlay")),
+            &layout.newroot,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&overlay),
+        )
+        .context(what)?;
     } else {
         // A directory's submounts come along (they are part of what the user named).
         let flags = if plan.image.is_directory() {
@@ -190,6 +219,7 @@ mod tests {
             uid: 1,
             gid: 1,
             writable_root: writable,
+            overlay_dir: None,
             mounts,
             upper: vec![crate::plan::mount_points::UpperNode {
                 path: "/data".into(),

@@ -53,7 +53,8 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
 
     let (env, env_shell) = environment(opts, facts, image, &home_dst, &mut table.warnings)?;
     // Files are served (no mount) only by the FUSE server of a read-only image file.
-    let serve_files = !opts.writable_tmpfs && !image.desc().is_directory();
+    let overlay_dir = overlay(opts, facts)?;
+    let serve_files = !opts.writable_tmpfs && overlay_dir.is_none() && !image.desc().is_directory();
     let upper = upper_nodes(&mut table.mounts, image, paths, serve_files)?;
     let argv = argv(opts, image, &shell)?;
     let program = program_in_image(image, &argv[0], &env)?;
@@ -62,7 +63,8 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         image: image.desc().clone(),
         uid: host.uid,
         gid: host.gid,
-        writable_root: opts.writable_tmpfs,
+        writable_root: opts.writable_tmpfs || overlay_dir.is_some(),
+        overlay_dir,
         mounts: table.mounts,
         upper,
         env,
@@ -274,12 +276,38 @@ fn user_database(
 
 /// The command's environment: host → image (OCI config, then /.singularity.d/env/*.sh) →
 /// the launcher's own variables → user, then the site's and the injection's edits.
+/// `--overlay DIR`: the directory, which must exist (its `upper/` and `work/` are made inside
+/// at launch). Overlay image files, which Apptainer also takes, are refused with what to do.
+fn overlay(opts: &LaunchOptions, facts: &Gathered) -> Result<Option<PathBuf>> {
+    let Some(dir) = &opts.overlay else {
+        return Ok(None);
+    };
+    if opts.writable_tmpfs {
+        bail!("--overlay and --writable-tmpfs: choose one (both make the root writable)");
+    }
+    match facts.paths.get(&facts.host.cwd.join(dir))? {
+        Some(found) if found.is_dir => Ok(Some(found.canonical.clone())),
+        Some(_) => bail!(
+            "--overlay {}: not a directory (overlay image files are not supported; give a \
+             directory, whose upper/ and work/ will hold the changes)",
+            dir.display()
+        ),
+        None => bail!(
+            "--overlay {}: no such directory (make it first: mkdir -p {})",
+            dir.display(),
+            dir.display()
+        ),
+    }
+}
+
 /// The environment as planned, and how the child gets the real one when a script needs a
 /// shell.
 type PlannedEnv = (Vec<(String, String)>, Option<environment::ShellEnv>);
 
 /// The shell that sources the image's environment scripts when they need one.
 const SCRIPT_SHELL: &str = "/bin/sh";
+/// Where the image's `cat` may be, which reports the shell's environment.
+const SCRIPT_CAT: &[&str] = &["/bin/cat", "/usr/bin/cat"];
 
 /// The command's environment as the planner sees it, and, when a script needs a shell, how
 /// the child gets the real one (`environment::ShellEnv`).
@@ -349,22 +377,45 @@ fn environment(
         })
         .map(|(path, _)| path.as_str())
         .collect();
-    let shell = match needs_shell.first() {
-        None => None,
-        Some(first) if image.kind(SCRIPT_SHELL)?.is_none() => {
-            warnings.push(format!(
-                "{first} needs a shell and the image has no {SCRIPT_SHELL}: only its plain \
-                 assignments are taken"
-            ));
-            None
-        }
-        Some(_) => Some(environment::ShellEnv {
-            shell: SCRIPT_SHELL.into(),
-            scripts: scripts.iter().map(|(path, _)| path.clone()).collect(),
-            base: layers.base,
-            edits,
-        }),
+    let Some(first) = needs_shell.first() else {
+        return Ok((env, None));
     };
+    let mut cat = None;
+    for c in SCRIPT_CAT {
+        if image.kind(c)? == Some(EntryKind::File) {
+            cat = Some(c.to_string());
+            break;
+        }
+    }
+    let (Some(_), Some(cat)) = (image.kind(SCRIPT_SHELL)?, cat) else {
+        warnings.push(format!(
+            "{first} needs a shell and the image has no {SCRIPT_SHELL} or no cat ({}): only \
+             its plain assignments are taken",
+            SCRIPT_CAT.join(", ")
+        ));
+        return Ok((env, None));
+    };
+    // What the site unsets, the image's code never sees (an LD_PRELOAD of the host's would
+    // be loaded by the shell itself).
+    let unset: Vec<&String> = edits
+        .iter()
+        .filter_map(|e| match e {
+            environment::EnvEdit::Unset(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    let base = layers
+        .base
+        .into_iter()
+        .filter(|(k, _)| !unset.contains(&k))
+        .collect();
+    let shell = Some(environment::ShellEnv {
+        shell: SCRIPT_SHELL.into(),
+        cat,
+        scripts: scripts.iter().map(|(path, _)| path.clone()).collect(),
+        base,
+        edits,
+    });
     Ok((env, shell))
 }
 
@@ -679,11 +730,15 @@ mod tests {
         // then the same edits as without a shell.
         let p = with(&[
             ("/bin/sh", ""),
+            ("/bin/cat", ""),
             ("/.singularity.d/env/90-environment.sh", conda),
             ("/.singularity.d/env/99-base.sh", stock),
         ]);
         let sh = p.env_shell.as_ref().unwrap();
-        assert_eq!(sh.shell, "/bin/sh");
+        assert_eq!(
+            (sh.shell.as_str(), sh.cat.as_str()),
+            ("/bin/sh", "/bin/cat")
+        );
         assert_eq!(
             sh.scripts,
             [
@@ -710,7 +765,12 @@ mod tests {
         let p = with(&[("/.singularity.d/env/90-environment.sh", conda)]);
         assert_eq!(p.env_shell, None);
         assert_eq!(env_get(&p.env, "FIRST"), Some("1"));
-        assert!(p.warnings[0].contains("needs a shell and the image has no /bin/sh"));
+        assert!(p.warnings[0].contains("needs a shell and the image has no /bin/sh or no cat"));
+        let p = with(&[
+            ("/bin/sh", ""),
+            ("/.singularity.d/env/90-environment.sh", conda),
+        ]);
+        assert_eq!(p.env_shell, None, "no cat: no shell either");
     }
 
     #[test]

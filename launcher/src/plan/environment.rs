@@ -252,6 +252,9 @@ pub const STOCK_SCRIPTS: &[&str] = &[
     "99-runtimevars.sh",
 ];
 
+/// Set by the shell right before it reports: a report without it is not one.
+const REPORT_MARKER: &str = "LAUNCHER_ENV_REPORTED";
+
 /// The most a shell's report of the environment may be (`ShellEnv`): the variables the scripts
 /// may produce, with room for a large host environment.
 pub const CAPTURED_MAX_BYTES: usize = EXPANDED_MAX_BYTES + (4 << 20);
@@ -280,10 +283,57 @@ pub fn parses_fully(script: &str) -> bool {
                     && !v.contains('&')
                     && !v.contains('|')
                     && simple_quoting(v)
+                    && simple_expansions(v)
             }
             None => false,
         }
     })
+}
+
+/// Expansions the parser makes as the shell does: `$NAME`, `${NAME}` and `${NAME:-word}`,
+/// not inside single quotes, and no leading `~`. Anything else (`${NAME%/*}`, `${#NAME}`,
+/// `${NAME:+x}`, `$1`) is the shell's to expand.
+fn simple_expansions(v: &str) -> bool {
+    if v.starts_with('~') || (v.starts_with('\'') && v.contains('$')) {
+        return false;
+    }
+    let mut rest = v;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at + 1..];
+        if let Some(inner) = after.strip_prefix('{') {
+            let Some(end) = inner.find('}') else {
+                return false;
+            };
+            let expr = &inner[..end];
+            let name =
+                expr.split_once(":-").map_or(
+                    expr,
+                    |(n, word)| {
+                        if word.contains(['$', '{']) {
+                            ""
+                        } else {
+                            n
+                        }
+                    },
+                );
+            if !valid_name(name) {
+                return false;
+            }
+            rest = &inner[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 && !after.is_empty() && after != "\"" {
+                return false;
+            }
+            if len > 0 && !valid_name(&after[..len]) {
+                return false;
+            }
+            rest = &after[len..];
+        }
+    }
+    true
 }
 
 /// A value the parser reads as the shell would: one word, or one quoted string.
@@ -308,21 +358,28 @@ fn simple_quoting(v: &str) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ShellEnv {
     pub shell: String,
+    /// The image's `cat`, which reports the environment (by absolute path: a script may
+    /// change PATH).
+    pub cat: String,
     pub scripts: Vec<String>,
     pub base: Vec<(String, String)>,
     pub edits: Vec<EnvEdit>,
 }
 
 impl ShellEnv {
-    /// The shell's command line: its own output goes to stderr (a script that prints must
-    /// not corrupt the report); the report is `cat /proc/self/environ` on the first stdout.
+    /// The shell's command line. Its output and the scripts' go to stderr (the child sets
+    /// that up); the report is `cat /proc/self/environ` into descriptor 3, with a marker that
+    /// says the shell got that far (a script that `exec`s or exits 0 reports nothing).
     pub fn argv(&self) -> Vec<String> {
         let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-        let mut text = String::from("exec 3>&1 1>&2\nset -a\n");
+        let mut text = String::from("set -a\n");
         for script in &self.scripts {
             text.push_str(&format!(". {}\n", quote(script)));
         }
-        text.push_str("set +a\nexec cat /proc/self/environ >&3\n");
+        text.push_str(&format!(
+            "set +a\nexport {REPORT_MARKER}=1\nexec {} /proc/self/environ >&3\n",
+            quote(&self.cat)
+        ));
         vec![self.shell.clone(), "-c".into(), text]
     }
 
@@ -336,22 +393,42 @@ impl ShellEnv {
                 CAPTURED_MAX_BYTES >> 20
             );
         }
-        let own = ["_", "SHLVL", "PWD", "OLDPWD"];
+        let own = ["_", "SHLVL", "PWD", "OLDPWD", REPORT_MARKER];
         let mut env = Env::default();
+        let mut reported = false;
         for entry in report.split(|&b| b == 0).filter(|e| !e.is_empty()) {
             let entry = String::from_utf8_lossy(entry);
             let Some((k, v)) = entry.split_once('=') else {
                 continue;
             };
-            if valid_name(k) && !own.contains(&k) {
-                env.set(k, v);
+            reported |= k == REPORT_MARKER && v == "1";
+            if !valid_name(k) || own.contains(&k) {
+                continue;
             }
+            if v.len() > VALUE_MAX_BYTES {
+                bail!(
+                    "the image's environment scripts made {k} longer than {} KiB (the longest \
+                     variable a program can be started with)",
+                    VALUE_MAX_BYTES >> 10
+                );
+            }
+            env.set(k, v);
             if env.vars.len() > VARIABLES_MAX + self.base.len() {
                 bail!("the image's environment scripts set more than {VARIABLES_MAX} variables");
             }
         }
-        for (k, v) in self.base.iter().filter(|(k, _)| own.contains(&k.as_str())) {
-            env.set(k, v);
+        if !reported {
+            bail!(
+                "the image's environment scripts ended the shell before it reported the \
+                 environment (a script that runs `exec` or `exit 0`?)"
+            );
+        }
+        // What shells keep for themselves, and the names a shell cannot hold (`a.b`, bash's
+        // exported functions), as they were before the scripts.
+        for (k, v) in &self.base {
+            if own.contains(&k.as_str()) || !valid_name(k) {
+                env.set(k, v);
+            }
         }
         Ok(apply_edits(env.vars, &self.edits))
     }
@@ -800,6 +877,15 @@ mod tests {
             "unset X\n",
             "f() { :; }\n",
             "export A=1 B=2\n",
+            "X='$HOME'\n",
+            "X=${HOME:+x}\n",
+            "X=${HOME%/*}\n",
+            "X=~/x\n",
+            "X=${#HOME}\n",
+            "X=${U-dflt}\n",
+            "X=${U:=assigned}\n",
+            "X=$1\n",
+            "X=${A:-$B}\n",
             "X=1 # trailing\n",
             "X=1; Y=2\n",
             "X=\"a\"b\"\n",
@@ -813,6 +899,7 @@ mod tests {
     fn the_shell_sources_every_script_quoted_and_reports_on_its_own_stdout() {
         let sh = ShellEnv {
             shell: "/bin/sh".into(),
+            cat: "/bin/cat".into(),
             scripts: vec!["/.singularity.d/env/90-it's.sh".into()],
             base: vec![],
             edits: vec![],
@@ -821,8 +908,8 @@ mod tests {
         assert_eq!(argv[..2], ["/bin/sh", "-c"]);
         assert_eq!(
             argv[2],
-            "exec 3>&1 1>&2\nset -a\n. '/.singularity.d/env/90-it'\\''s.sh'\nset +a\n\
-             exec cat /proc/self/environ >&3\n"
+            "set -a\n. '/.singularity.d/env/90-it'\\''s.sh'\nset +a\n\
+             export LAUNCHER_ENV_REPORTED=1\nexec '/bin/cat' /proc/self/environ >&3\n"
         );
     }
 
@@ -830,8 +917,13 @@ mod tests {
     fn the_shells_report_then_the_edits_in_order() {
         let sh = ShellEnv {
             shell: "/bin/sh".into(),
+            cat: "/bin/cat".into(),
             scripts: vec![],
-            base: kv(&[("PWD", "/home/u"), ("KEEP", "1")]),
+            base: kv(&[
+                ("PWD", "/home/u"),
+                ("KEEP", "1"),
+                ("BASH_FUNC_module%%", "() { :; }"),
+            ]),
             edits: vec![
                 EnvEdit::Set("USER_SET".into(), "user".into()),
                 EnvEdit::Set("FROM_SCRIPT".into(), "overridden".into()),
@@ -841,7 +933,7 @@ mod tests {
         };
         let report =
             b"KEEP=1\0PATH=/opt/conda/bin:/usr/bin\0FROM_SCRIPT=s\0GONE=x\0PWD=/elsewhere\0\
-            SHLVL=1\0_=/bin/cat\0no-name\0BAD-NAME=1\0";
+            SHLVL=1\0_=/bin/cat\0no-name\0BAD-NAME=1\0LAUNCHER_ENV_REPORTED=1\0";
         let env = sh.finish(report).unwrap();
         assert_eq!(
             env,
@@ -850,11 +942,13 @@ mod tests {
                 ("PATH", "/.launcher.d/bin:/opt/conda/bin:/usr/bin"),
                 ("FROM_SCRIPT", "overridden"),
                 ("PWD", "/home/u"),
+                ("BASH_FUNC_module%%", "() { :; }"),
                 ("USER_SET", "user"),
             ])
         );
-        let many: Vec<u8> = (0..VARIABLES_MAX + 3)
+        let many: Vec<u8> = (0..VARIABLES_MAX + 4)
             .flat_map(|i| format!("V{i}=x\0").into_bytes())
+            .chain(*b"LAUNCHER_ENV_REPORTED=1\0")
             .collect();
         let err = sh
             .finish(&many)
@@ -867,5 +961,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("MiB of variables"), "{err}");
+        // A script that exec'd something else, or exited 0: no report at all.
+        let err = sh.finish(b"replaced\n").unwrap_err().to_string();
+        assert!(err.contains("ended the shell before it reported"), "{err}");
+        let long = [
+            b"X=".as_slice(),
+            &vec![b'x'; VALUE_MAX_BYTES + 1],
+            b"\0LAUNCHER_ENV_REPORTED=1\0",
+        ]
+        .concat();
+        let err = sh.finish(&long).unwrap_err().to_string();
+        assert!(err.contains("made X longer than 128 KiB"), "{err}");
     }
 }

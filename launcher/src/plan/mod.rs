@@ -30,8 +30,11 @@ pub struct Plan {
     pub image: ImageDesc,
     pub uid: u32,
     pub gid: u32,
-    /// `--writable-tmpfs`: the root stays writable (changes vanish at exit).
+    /// `--writable-tmpfs` or `--overlay`: the root stays writable.
     pub writable_root: bool,
+    /// `--overlay DIR`: the host directory (canonical) whose `upper/` and `work/` are the
+    /// overlay's layers, kept after the launch; None: a tmpfs, discarded.
+    pub overlay_dir: Option<PathBuf>,
     pub mounts: Vec<MountStep>,
     /// Mount points the image lacks. A read-only root: the FUSE server shows them as virtual
     /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
@@ -107,15 +110,15 @@ impl fmt::Display for Plan {
             } else {
                 "image via FUSE".to_string()
             },
-            if self.needs_overlay() {
-                " + overlay on tmpfs"
-            } else {
-                ""
+            match (&self.overlay_dir, self.needs_overlay()) {
+                (Some(dir), _) => format!(" + overlay in {} (kept)", dir.display()),
+                (None, true) => " + overlay on tmpfs".to_string(),
+                (None, false) => String::new(),
             },
-            if self.writable_root {
-                "writable (--writable-tmpfs, discarded at exit)"
-            } else {
-                "read-only"
+            match (&self.overlay_dir, self.writable_root) {
+                (Some(_), _) => "writable (--overlay)",
+                (None, true) => "writable (--writable-tmpfs, discarded at exit)",
+                (None, false) => "read-only",
             }
         )?;
         for n in &self.upper {
