@@ -36,11 +36,19 @@ stop_pidfile() {
     stop_pid "$(cat "$f")"
     rm -f "$f"
 }
-# slurmd first, so no step daemon is started while the controller goes away.
-stop_pidfile "$DIR/run/slurmd.pid"
-for f in "$DIR"/run/slurmd-*.pid; do
-    [ -e "$f" ] && stop_pidfile "$f"
+# slurmd first, so no step daemon is started while the controller goes away; all of them at
+# once (each may take seconds to exit).
+slurmd_pids=()
+for f in "$DIR/run/slurmd.pid" "$DIR"/run/slurmd-*.pid; do
+    if [ -s "$f" ]; then
+        pid=$(cat "$f")
+        kill -TERM "$pid" 2>/dev/null && slurmd_pids+=("$pid")
+        rm -f "$f"
+    fi
 done
+if [ ${#slurmd_pids[@]} -gt 0 ]; then
+    wait_gone "${slurmd_pids[@]}" || kill -KILL "${slurmd_pids[@]}" 2>/dev/null || true
+fi
 # What the nodes' slurmd left (step daemons, tasks being killed): every process still in a
 # node's network namespace is that node's. TERM, then KILL; then the namespace can go, and its
 # veth with it.
