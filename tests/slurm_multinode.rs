@@ -127,7 +127,9 @@ fn srun_command(
     args.extend(launcher_opts);
     args.push(image);
     args.extend(cmd);
-    as_user("srun", &args, env, 120)
+    // A job here takes seconds; a hung one fails the test in a minute (exit 124), with the
+    // output it had, instead of holding the CI.
+    as_user("srun", &args, env, 60)
 }
 
 fn srun(
@@ -163,8 +165,12 @@ fn ranks(out: &Out) -> BTreeMap<u32, (String, String)> {
         .collect()
 }
 
+/// Each rank's node and user namespace, then a second's sleep: the four ranks run at once, so
+/// a node's second rank finds the first one's instance still up (a rank that came after its
+/// leader's end would lead a new one), and the two nodes' namespaces exist together (an inode
+/// is reused only once freed).
 const PRINT_RANK: &str =
-    "echo rank=$SLURM_PROCID node=$(hostname) ns=$(readlink /proc/self/ns/user)";
+    "echo rank=$SLURM_PROCID node=$(hostname) ns=$(readlink /proc/self/ns/user); sleep 1";
 
 /// `srun -N 2 -n 4`: ranks 0 and 1 on node1, 2 and 3 on node2; one instance per node (a user
 /// namespace each, one leader and one joiner each), different instances on the two nodes.
@@ -215,13 +221,11 @@ fn a_shared_rendezvous_directory_still_gives_one_instance_per_node() {
     let dir = s.scratch.join("shared-rendezvous");
     let dir_s = dir.display().to_string();
     let img = fixture("busybox-gzip.sqfs");
-    // A second's sleep: the four ranks run at once, so all of them meet in the directory.
-    let script = format!("{PRINT_RANK}; sleep 1");
     let out = srun(
         &["-N", "2", "-n", "4"],
         &["--debug"],
         &img,
-        &["/bin/sh", "-c", &script],
+        &["/bin/sh", "-c", PRINT_RANK],
         &[("LAUNCHER_SHARE_DIR", &dir_s)],
     );
     check_one_instance_per_node(&out);
