@@ -111,13 +111,19 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {
         return Role::Private("not a rank of a job step".into());
     };
-    let role = share::key(
-        plan.uid,
-        &step,
-        &plan.image.path,
-        &(&plan.mounts, &plan.upper),
-    )
-    .and_then(|key| share::rendezvous(&share::candidate_dirs(&host.env, plan.uid), plan.uid, &key));
+    let role = share::node_name(&host.env)
+        .and_then(|node| {
+            share::key(
+                plan.uid,
+                &node,
+                &step,
+                &plan.image.path,
+                &(&plan.mounts, &plan.upper),
+            )
+        })
+        .and_then(|key| {
+            share::rendezvous(&share::candidate_dirs(&host.env, plan.uid), plan.uid, &key)
+        });
     let why = match role {
         Ok(Role::Private(why)) => why,
         Ok(role) => return role,
