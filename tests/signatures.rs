@@ -11,16 +11,25 @@ use common::*;
 
 /// A copy of an upstream file the test user can read (the checkout may be private to root).
 fn data(name: &str) -> String {
+    data_as(name, &name.replace('/', "-"))
+}
+
+/// A copy of `tests/data/sif/NAME` named `copy` in the scratch area. Written to a temporary
+/// name and renamed: the tests run in parallel, and one copying over a file another is
+/// reading must not show it a truncated file.
+fn data_as(name: &str, copy: &str) -> String {
     let s = setup();
     let dir = s.scratch.join("sif-signatures");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let to = dir.join(name.replace('/', "-"));
+    let to = dir.join(copy);
+    let tmp = dir.join(format!(".{copy}.{:?}", std::thread::current().id()));
     let from = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/sif")
         .join(name);
-    std::fs::copy(from, &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&tmp, &to).unwrap();
     to.display().to_string()
 }
 
@@ -165,7 +174,11 @@ fn keys_in_the_users_keyring_directory_are_used() {
 
 #[test]
 fn a_tampered_signed_image_fails_with_one_line() {
-    let img = data("one-group-signed-dsse.sif");
+    // A copy of its own: it is changed in place.
+    let img = data_as(
+        "one-group-signed-dsse.sif",
+        "tampered-one-group-signed-dsse.sif",
+    );
     let sif = image_tools::sif::SifFile::open(std::path::Path::new(&img)).unwrap();
     let part = sif.descriptor(2).unwrap().clone();
     let sig = sif.descriptor(3).unwrap().clone();
