@@ -96,6 +96,9 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         for who in &s.signers {
             println!("  signer {who}");
         }
+        for what in &s.skipped {
+            println!("  skipped: {what}");
+        }
         match &s.error {
             None => println!("  verified"),
             Some(e) => println!("  FAILED: {e}"),

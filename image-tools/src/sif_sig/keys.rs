@@ -20,12 +20,14 @@ use crate::sif::HashType;
 const MAX_KEY_FILE: u64 = 1 << 20;
 
 /// One public key, with where it came from.
+#[derive(Clone)]
 pub struct PublicKey {
     /// The file it was read from.
     pub source: String,
     pub(crate) kind: KeyKind,
 }
 
+#[derive(Clone)]
 pub(crate) enum KeyKind {
     Ed25519(ed25519_dalek::VerifyingKey),
     Rsa(rsa::RsaPublicKey),

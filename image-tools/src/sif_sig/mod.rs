@@ -73,6 +73,9 @@ pub struct SignatureReport {
     pub objects: Vec<u32>,
     /// One line per signer: "ed25519 SHA256:… (key.pem)".
     pub signers: Vec<String>,
+    /// Signatures of a DSSE envelope that no known key verifies, one line each: skipped, as
+    /// upstream does, when another signature of the envelope verifies.
+    pub skipped: Vec<String>,
     /// Why it does not verify; `None` when it does.
     pub error: Option<String>,
 }
@@ -151,6 +154,7 @@ pub fn verify(path: &Path, keys: &Keyring, select: Select) -> Result<Report, Str
             },
             objects: objects.iter().map(|o| o.id).collect(),
             signers: Vec::new(),
+            skipped: Vec::new(),
             error: None,
         };
         r.objects.sort_unstable();
@@ -263,7 +267,7 @@ impl Image<'_> {
             .map_err(|_| "is not text: neither a DSSE envelope nor an OpenPGP signature")?;
         let signed = if text.starts_with('{') {
             r.format = Some(Format::Dsse);
-            check_dsse(text, hash, keys, &mut r.signers)?
+            check_dsse(text, hash, keys, &mut r.signers, &mut r.skipped)?
         } else if text.starts_with(CLEARSIGN_BEGIN) {
             // Named before the check, so a failure says which kind; the signed text decides.
             r.format = Some(if text.contains("\n\nSIFHASH:\n") {
@@ -505,13 +509,17 @@ fn b64(s: &str) -> Option<Vec<u8>> {
     STANDARD.decode(s).or_else(|_| URL_SAFE.decode(s)).ok()
 }
 
-/// Checks a DSSE envelope; every signature in it must verify with a known key (one whose
-/// fingerprint is the signature's `keyid`, when it names one). Returns the payload.
+/// Checks a DSSE envelope as upstream does (sigstore's DSSE verifier with threshold 1): it
+/// holds when at least one of its signatures verifies with a known key. A signature is tried
+/// with each key not yet accepted (only the key whose fingerprint is the signature's `keyid`,
+/// when it names one); one that no key verifies is skipped and noted in `skipped`. A signature
+/// or payload that is not base64 fails the whole envelope. Returns the payload.
 fn check_dsse(
     text: &str,
     hash: HashType,
     keys: &Keyring,
     signers: &mut Vec<String>,
+    skipped: &mut Vec<String>,
 ) -> Result<String, String> {
     let env: Envelope =
         serde_json::from_str(text).map_err(|e| format!("DSSE envelope is not valid: {e}"))?;
@@ -526,37 +534,42 @@ fn check_dsse(
     }
     let payload = b64(&env.payload).ok_or("DSSE payload is not base64")?;
     let msg = pae(&env.payload_type, &payload);
+    // Each key counts once, as upstream removes a provider once it accepted a signature.
+    let mut unused: Vec<&PublicKey> = keys.keys.iter().filter(|k| k.pgp().is_none()).collect();
     for (i, s) in env.signatures.iter().enumerate() {
         let n = i + 1;
         let sig = b64(&s.sig).ok_or_else(|| format!("DSSE signature {n} is not base64"))?;
-        let candidates: Vec<&PublicKey> = keys
-            .keys
-            .iter()
-            .filter(|k| k.pgp().is_none() && (s.keyid.is_empty() || k.fingerprint() == s.keyid))
-            .collect();
-        if candidates.is_empty() {
-            let who = if s.keyid.is_empty() {
-                "no key ID".to_string()
-            } else {
-                s.keyid.clone()
-            };
-            return Err(format!("DSSE signature {n} ({who}): no known key"));
-        }
+        let who = if s.keyid.is_empty() {
+            "no key ID".to_string()
+        } else {
+            s.keyid.clone()
+        };
         let mut why = Vec::new();
-        match candidates
-            .iter()
-            .find(|k| match k.verify_dsse(hash, &msg, &sig) {
+        let mut tried = false;
+        let found = unused.iter().position(|k| {
+            if !s.keyid.is_empty() && k.fingerprint() != s.keyid {
+                return false;
+            }
+            tried = true;
+            match k.verify_dsse(hash, &msg, &sig) {
                 Ok(()) => true,
                 Err(e) => {
-                    why.push(e);
+                    why.push(format!("{e} with {}", k.source));
                     false
                 }
-            }) {
-            Some(k) => signers.push(k.describe()),
-            None => {
-                return Err(format!("DSSE signature {n}: {}", why.join("; ")));
             }
+        });
+        match found {
+            Some(at) => signers.push(unused.remove(at).describe()),
+            None if !tried => skipped.push(format!("DSSE signature {n} ({who}): no known key")),
+            None => skipped.push(format!("DSSE signature {n} ({who}): {}", why.join("; "))),
         }
+    }
+    if signers.is_empty() {
+        return Err(format!(
+            "no DSSE signature verifies with a known key: {}",
+            skipped.join("; ")
+        ));
     }
     String::from_utf8(payload).map_err(|_| "DSSE payload is not text".into())
 }
