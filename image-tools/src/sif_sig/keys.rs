@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use crate::sif::HashType;
 
 /// Largest key file read (a keyring of a few keys is a few KiB).
-const MAX_KEY_FILE: u64 = 1 << 20;
+pub(crate) const MAX_KEY_FILE: u64 = 1 << 20;
 
 /// One public key, with where it came from.
 #[derive(Clone)]

@@ -8,6 +8,7 @@
 //! bytes only: the header and descriptors are not protected.
 
 mod keys;
+mod sign;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -21,6 +22,7 @@ use sha2::{Sha224, Sha256, Sha384, Sha512, Sha512_224, Sha512_256};
 
 use crate::sif::{DataType, Descriptor, Extra, HashType, Link, SifFile, DESCRIPTOR_SIZE};
 pub use keys::{Keyring, PublicKey};
+pub use sign::{sign, PrivateKey, SignSelect, Signed};
 
 /// Largest Signature object read (an envelope with a few RSA-4096 signatures is a few KiB).
 const MAX_SIGNATURE_SIZE: u64 = 1 << 20;

@@ -407,3 +407,243 @@ fn oversized_or_garbage_signature_objects_are_errors() {
         assert!(e.contains(want) && !e.contains('\n'), "{n}: {e}");
     }
 }
+
+/// Runs openssl with `args` in `dir`; panics with its stderr on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Key pairs made by openssl: (private key file, public key file), in every PEM form
+/// `launcher sign` reads.
+fn openssl_keys(dir: &std::path::Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut made = Vec::new();
+    for (name, gen) in [
+        ("ed25519", &["genpkey", "-algorithm", "ed25519"][..]),
+        (
+            "rsa",
+            &[
+                "genpkey",
+                "-algorithm",
+                "rsa",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ][..],
+        ),
+        (
+            "p256",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ][..],
+        ),
+        (
+            "p384",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+            ][..],
+        ),
+    ] {
+        let key = format!("{name}.pem");
+        let mut args = gen.to_vec();
+        args.extend(["-out", &key]);
+        openssl(dir, &args);
+        let public = format!("{name}-public.pem");
+        openssl(dir, &["pkey", "-in", &key, "-pubout", "-out", &public]);
+        made.push((dir.join(&key), dir.join(&public)));
+        // The same key as PKCS#1 (RSA) or SEC1 (EC), with EC parameters first as
+        // `openssl ecparam -genkey` writes them.
+        let traditional = format!("{name}-traditional.pem");
+        match name {
+            "rsa" => openssl(
+                dir,
+                &["rsa", "-in", &key, "-traditional", "-out", &traditional],
+            ),
+            "p256" | "p384" => {
+                openssl(dir, &["ec", "-in", &key, "-out", &traditional]);
+                let params = format!("{name}-params.pem");
+                openssl(dir, &["ec", "-in", &key, "-param_out", "-out", &params]);
+                let both = std::fs::read_to_string(dir.join(&params)).expect("reads")
+                    + &std::fs::read_to_string(dir.join(&traditional)).expect("reads");
+                std::fs::write(dir.join(&traditional), both).expect("writes");
+            }
+            _ => continue,
+        }
+        let text = std::fs::read_to_string(dir.join(&traditional)).expect("reads");
+        assert!(
+            text.contains("BEGIN RSA PRIVATE KEY") || text.contains("BEGIN EC PRIVATE KEY"),
+            "{text}"
+        );
+        made.push((dir.join(&traditional), dir.join(&public)));
+    }
+    made
+}
+
+fn public_keyring(public: &std::path::Path) -> Keyring {
+    let mut k = Keyring::default();
+    k.add_file(public).expect("public key loads");
+    k
+}
+
+#[test]
+fn signed_with_openssl_keys_verifies_with_the_public_key_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path());
+    assert_eq!(keys.len(), 7);
+    for (n, (private, public)) in keys.iter().enumerate() {
+        let key = PrivateKey::from_file(private).expect("private key loads");
+        assert_eq!(
+            key.public().fingerprint(),
+            public_keyring(public).keys[0].fingerprint()
+        );
+        let img = dir.path().join(format!("{n}.sif"));
+        std::fs::copy(data("one-group.sif"), &img).expect("copy");
+        let signed = sign(&img, &key, SignSelect::Groups).expect("signs");
+        assert_eq!(signed.len(), 1);
+        assert_eq!((signed[0].id, signed[0].group), (3, 1));
+        assert_eq!(signed[0].objects, [1, 2]);
+        let r = verify(&img, &public_keyring(public), Select::Groups).expect("reads");
+        assert!(r.ok(), "{private:?}: {r:?}");
+        assert_eq!(r.signatures[0].format, Some(Format::Dsse));
+        // Any other key: not verified.
+        let (_, other) = &keys[(n + 2) % keys.len()];
+        let r = verify(&img, &public_keyring(other), Select::Groups).expect("reads");
+        assert!(!r.ok(), "{private:?} with {other:?}");
+        // One byte of the partition changed: not verified.
+        let sif = SifFile::open(&img).expect("opens");
+        let part = sif.descriptor(2).expect("partition");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .expect("open");
+        f.write_all_at(&[0x55], part.offset + 7).expect("write");
+        let r = verify(&img, &public_keyring(public), Select::Groups).expect("reads");
+        assert!(!r.ok());
+        let e = r.signatures[0].error.clone().unwrap_or_default();
+        assert!(e.contains("object 2 does not match"), "{e}");
+    }
+}
+
+/// Upstream's one-group-signed-dsse.sif is one-group.sif signed (deterministically) with two
+/// keys: ours, with one key, must differ only in the envelope's signatures and the sizes that
+/// follow from them, and carry the same payload.
+#[test]
+fn signing_writes_what_upstream_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, _) = &openssl_keys(dir.path())[0];
+    let img = dir.path().join("one-group.sif");
+    std::fs::copy(data("one-group.sif"), &img).expect("copy");
+    sign(
+        &img,
+        &PrivateKey::from_file(private).expect("loads"),
+        SignSelect::Groups,
+    )
+    .expect("signs");
+    let ours = std::fs::read(&img).expect("reads");
+    let theirs = std::fs::read(data("one-group-signed-dsse.sif")).expect("reads");
+    let sif = SifFile::open(&img).expect("opens");
+    let up = SifFile::open(&data("one-group-signed-dsse.sif")).expect("opens");
+    let (s, u) = (
+        sif.descriptor(3).expect("ours"),
+        up.descriptor(3).expect("theirs"),
+    );
+    assert_eq!(s.offset, u.offset);
+    // Header data size (120..128) and the signature's size fields (slot 2, 25..41) differ.
+    let slot = sif.header.descriptors_offset as usize + 2 * DESCRIPTOR_SIZE;
+    for i in 0..s.offset as usize {
+        if (120..128).contains(&i) || (slot + 25..slot + 41).contains(&i) {
+            continue;
+        }
+        assert_eq!(ours[i], theirs[i], "byte {i}");
+    }
+    let envelope = |b: &[u8], d: &Descriptor| -> serde_json::Value {
+        serde_json::from_slice(&b[d.offset as usize..d.end() as usize]).expect("JSON")
+    };
+    let (a, b) = (envelope(&ours, s), envelope(&theirs, u));
+    assert_eq!(a["payloadType"], b["payloadType"]);
+    assert_eq!(a["payload"], b["payload"]);
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    assert_eq!(keys(&a), keys(&b));
+    assert_eq!(keys(&a["signatures"][0]), keys(&b["signatures"][0]));
+    // Same field order as Go's encoder writes.
+    let text = std::str::from_utf8(&ours[s.offset as usize..]).expect("text");
+    assert!(text.starts_with(
+        "{\"payloadType\":\"application/vnd.sylabs.sif-metadata+json\",\"payload\":\""
+    ));
+    assert!(text.contains("\"signatures\":[{\"keyid\":\"SHA256:"));
+}
+
+#[test]
+fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, public) = &openssl_keys(dir.path())[0];
+    let key = PrivateKey::from_file(private).expect("loads");
+    // Two groups: one signature each, or one for the group asked.
+    let img = dir.path().join("two.sif");
+    let mut objects = Vec::new();
+    for g in [1, 1, 2] {
+        let mut o = crate::sif::ObjectSpec::new(
+            DataType::Generic,
+            crate::sif::ObjectData::Bytes(vec![g as u8; 10]),
+        );
+        o.group_id = Some(g);
+        objects.push(o);
+    }
+    crate::sif::write(&img, &Default::default(), objects.clone()).expect("writes");
+    let s = sign(&img, &key, SignSelect::Groups).expect("signs");
+    assert_eq!(
+        s.iter().map(|s| (s.id, s.group)).collect::<Vec<_>>(),
+        [(4, 1), (5, 2)]
+    );
+    assert!(verify(&img, &public_keyring(public), Select::Groups)
+        .expect("reads")
+        .ok());
+    crate::sif::write(&img, &Default::default(), objects).expect("writes");
+    let s = sign(&img, &key, SignSelect::Group(2)).expect("signs");
+    assert_eq!((s.len(), s[0].objects.clone()), (1, vec![3]));
+    let r = verify(&img, &public_keyring(public), Select::Groups).expect("reads");
+    assert_eq!(
+        r.uncovered,
+        [(1, "Generic".to_string()), (2, "Generic".to_string())]
+    );
+    assert!(verify(&img, &public_keyring(public), Select::Group(2))
+        .expect("reads")
+        .ok());
+    let e = sign(&img, &key, SignSelect::Group(9)).unwrap_err();
+    assert!(e.ends_with("has no object group 9"), "{e}");
+    // Not a SIF, and a public key where a private one belongs: one line each.
+    let junk = dir.path().join("junk.sif");
+    std::fs::write(&junk, b"hello").expect("writes");
+    let e = sign(&junk, &key, SignSelect::Groups).unwrap_err();
+    assert!(
+        e.ends_with("not a SIF image; only SIF images can be signed"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&junk).expect("reads"), b"hello");
+    let e = PrivateKey::from_file(public).err().unwrap_or_default();
+    assert!(e.contains("is a public key"), "{e}");
+    // No temporary file is left beside the image.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("lists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
