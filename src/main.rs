@@ -1,6 +1,7 @@
 //! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
 
 mod build_cmd;
+mod sign_cmd;
 mod verify_cmd;
 
 use anyhow::Result;
@@ -80,6 +81,9 @@ enum Command {
     /// Verify a SIF image's signatures (DSSE or OpenPGP, as Apptainer writes them) with the
     /// given and installed public keys; an unsigned image's recorded digests.
     Verify(verify_cmd::VerifyArgs),
+    /// Sign a SIF image with a PEM private key: one DSSE signature per object group, as
+    /// Apptainer and SingularityCE write them.
+    Sign(sign_cmd::SignArgs),
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
         image: PathBuf,
@@ -411,6 +415,7 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(0);
         }
         Command::Verify(args) => return verify_cmd::run(args),
+        Command::Sign(args) => return sign_cmd::run(args),
         Command::Inspect {
             image,
             json,

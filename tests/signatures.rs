@@ -230,3 +230,116 @@ fn an_unsigned_image_with_a_key_fails() {
         "{out:?}"
     );
 }
+
+/// A directory the test user can write (`launcher sign` writes its temporary file beside the
+/// image and renames it over the image).
+fn writable_dir(name: &str) -> PathBuf {
+    let dir = setup().scratch.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// Key pairs made at test time: (private, public), readable by the test user.
+fn openssl_key(dir: &std::path::Path, name: &str, gen: &[&str]) -> (String, String) {
+    let (key, public) = (format!("{name}.pem"), format!("{name}-public.pem"));
+    let mut args = vec!["genpkey"];
+    args.extend(gen);
+    args.extend(["-out", &key]);
+    openssl(dir, &args);
+    openssl(dir, &["pkey", "-in", &key, "-pubout", "-out", &public]);
+    for f in [&key, &public] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    (
+        dir.join(key).display().to_string(),
+        dir.join(public).display().to_string(),
+    )
+}
+
+#[test]
+fn signed_with_launcher_sign_verifies_with_the_public_key_only() {
+    let dir = writable_dir("sign");
+    let keys = [
+        openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]),
+        openssl_key(
+            &dir,
+            "rsa",
+            &["-algorithm", "rsa", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+        openssl_key(
+            &dir,
+            "p256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+    ];
+    for (n, (key, public)) in keys.iter().enumerate() {
+        let img = dir.join(format!("{n}.sif")).display().to_string();
+        std::fs::copy(data("one-group.sif"), &img).unwrap();
+        let out = launcher(&["sign", "--key", key, &img]).run();
+        out.ok();
+        assert!(
+            out.stdout
+                .contains("signature 3 (DSSE) for group 1: objects 1, 2, signer ")
+                && out.stdout.contains(&format!("{img}: 1 signature added")),
+            "{out:?}"
+        );
+        let out = launcher(&["verify", "--key", public, &img]).run();
+        out.ok();
+        assert!(out.stdout.contains("  verified"), "{out:?}");
+        let (_, other) = &keys[(n + 1) % keys.len()];
+        let out = launcher(&["verify", "--key", other, &img]).run();
+        one_error_line(
+            &out,
+            &img,
+            "signature 3 not verified: no DSSE signature verifies",
+        );
+        // One byte of the partition changed.
+        let sif = image_tools::sif::SifFile::open(std::path::Path::new(&img)).unwrap();
+        let at = sif.descriptor(2).unwrap().offset + 3;
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes[at as usize] ^= 0x01;
+        std::fs::write(&img, &bytes).unwrap();
+        let out = launcher(&["verify", "--key", public, &img]).run();
+        one_error_line(&out, &img, "object 2 does not match the signed digest");
+    }
+}
+
+#[test]
+fn sign_refuses_with_one_line_and_leaves_the_image_alone() {
+    let dir = writable_dir("sign-refused");
+    let (key, public) = openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]);
+    let junk = dir.join("junk.sif").display().to_string();
+    std::fs::write(&junk, "not an image\n").unwrap();
+    let out = launcher(&["sign", "-k", &key, &junk]).run();
+    one_error_line(
+        &out,
+        &junk,
+        "not a SIF image; only SIF images can be signed",
+    );
+    // A public key is not a signing key.
+    let img = dir.join("img.sif").display().to_string();
+    std::fs::copy(data("one-group.sif"), &img).unwrap();
+    let out = launcher(&["sign", "-k", &public, &img]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(out.stderr.contains("is a public key"), "{out:?}");
+    // A directory the user cannot write: no temporary file, no change.
+    let ro = data("one-group.sif");
+    let before = std::fs::read(&ro).unwrap();
+    let out = launcher(&["sign", "-k", &key, &ro]).run();
+    one_error_line(&out, &ro, "Permission denied");
+    assert_eq!(std::fs::read(&ro).unwrap(), before);
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        std::fs::read(data("one-group.sif")).unwrap()
+    );
+}
