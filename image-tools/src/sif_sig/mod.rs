@@ -160,7 +160,11 @@ pub fn verify(path: &Path, keys: &Keyring, select: Select) -> Result<Report, Str
             error: None,
         };
         r.objects.sort_unstable();
-        match img.check_signature(d, &objects, keys, &mut r) {
+        let only = match select {
+            Select::Object(id) => Some(id),
+            _ => None,
+        };
+        match img.check_signature(d, &objects, only, keys, &mut r) {
             Ok(()) => covered.extend(r.objects.iter().copied()),
             Err(e) => r.error = Some(e),
         }
@@ -241,10 +245,13 @@ impl Image<'_> {
         }
     }
 
+    /// `only`: check that one object of a metadata signature, not the whole group (a
+    /// signature may list a subset of its group; upstream checks one object this way).
     fn check_signature(
         &self,
         sig: &Descriptor,
         objects: &[&Descriptor],
+        only: Option<u32>,
         keys: &Keyring,
         r: &mut SignatureReport,
     ) -> Result<(), String> {
@@ -302,7 +309,11 @@ impl Image<'_> {
                 ))
             }
         };
-        self.check_metadata(&signed, g, objects)
+        self.check_metadata(&signed, g, objects, only)?;
+        if let Some(id) = only {
+            r.objects = vec![id];
+        }
+        Ok(())
     }
 
     /// Legacy: one digest, of the descriptor's hash type, over the covered objects' bytes.
@@ -340,12 +351,15 @@ impl Image<'_> {
         Ok(())
     }
 
-    /// v2: the metadata must list exactly the group's objects, and every digest must match.
+    /// v2: the metadata must list exactly the group's objects, and every digest must match;
+    /// with `only`, the metadata must list that object, and the header's and its digests must
+    /// match.
     fn check_metadata(
         &self,
         json: &str,
         group: u32,
         objects: &[&Descriptor],
+        only: Option<u32>,
     ) -> Result<(), String> {
         let md: Metadata =
             serde_json::from_str(json).map_err(|e| format!("signed metadata is not valid: {e}"))?;
@@ -370,12 +384,23 @@ impl Image<'_> {
             }
         }
         let members: BTreeSet<u32> = objects.iter().map(|o| o.id).collect();
-        if let Some(id) = members.iter().find(|id| !listed.contains_key(id)) {
-            return Err(format!("object {id} of group {group} is not signed"));
-        }
-        if let Some(id) = listed.keys().find(|id| !members.contains(id)) {
-            return Err(format!("signed object {id} is not in group {group}"));
-        }
+        let objects: Vec<&Descriptor> = match only {
+            Some(id) => {
+                if !listed.contains_key(&id) {
+                    return Err(format!("object {id} is not signed by it"));
+                }
+                objects.iter().copied().filter(|o| o.id == id).collect()
+            }
+            None => {
+                if let Some(id) = members.iter().find(|id| !listed.contains_key(id)) {
+                    return Err(format!("object {id} of group {group} is not signed"));
+                }
+                if let Some(id) = listed.keys().find(|id| !members.contains(id)) {
+                    return Err(format!("signed object {id} is not in group {group}"));
+                }
+                objects.to_vec()
+            }
+        };
         let raw = self.sif.raw_header(self.file).map_err(|e| e.to_string())?;
         let want = Digest::parse(&md.header.digest).map_err(|e| format!("header digest: {e}"))?;
         // Launch script, magic, version and UUID; not the arch, times, counts or offsets.
@@ -385,7 +410,7 @@ impl Image<'_> {
         if h.finalize_reset()[..] != want.value[..] {
             return Err("header does not match the signed digest".into());
         }
-        for o in objects {
+        for o in &objects {
             let om = listed[&o.id];
             let raw = self
                 .sif

@@ -597,15 +597,20 @@ fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
     let key = PrivateKey::from_file(private).expect("loads");
     // Two groups: one signature each, or one for the group asked.
     let img = dir.path().join("two.sif");
-    let mut objects = Vec::new();
-    for g in [1, 1, 2] {
-        let mut o = crate::sif::ObjectSpec::new(
-            DataType::Generic,
-            crate::sif::ObjectData::Bytes(vec![g as u8; 10]),
-        );
-        o.group_id = Some(g);
-        objects.push(o);
-    }
+    let objects_again = || {
+        [1, 1, 2]
+            .into_iter()
+            .map(|g| {
+                let mut o = crate::sif::ObjectSpec::new(
+                    DataType::Generic,
+                    crate::sif::ObjectData::Bytes(vec![g as u8; 10]),
+                );
+                o.group_id = Some(g);
+                o
+            })
+            .collect::<Vec<_>>()
+    };
+    let objects = objects_again();
     crate::sif::write(&img, &Default::default(), objects.clone()).expect("writes");
     let s = sign(&img, &key, SignSelect::Groups).expect("signs");
     assert_eq!(
@@ -626,6 +631,24 @@ fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
     assert!(verify(&img, &public_keyring(public), Select::Group(2))
         .expect("reads")
         .ok());
+    // One object: a signature of its group that lists only it; it verifies that object (as
+    // upstream's verify --sif-id), not the group.
+    crate::sif::write(&img, &Default::default(), objects_again()).expect("writes");
+    let s = sign(&img, &key, SignSelect::Object(2)).expect("signs");
+    assert_eq!((s[0].group, s[0].objects.clone()), (1, vec![2]));
+    let r = verify(&img, &public_keyring(public), Select::Object(2)).expect("reads");
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.signatures[0].objects, [2]);
+    let r = verify(&img, &public_keyring(public), Select::Object(1)).expect("reads");
+    assert!(!r.ok());
+    let r = verify(&img, &public_keyring(public), Select::Group(1)).expect("reads");
+    let e = r.signatures[0].error.clone().unwrap_or_default();
+    assert!(e.contains("object 1 of group 1 is not signed"), "{e}");
+    // A full group signature checked for one object: that object's digests.
+    crate::sif::write(&img, &Default::default(), objects_again()).expect("writes");
+    sign(&img, &key, SignSelect::Groups).expect("signs");
+    let r = verify(&img, &public_keyring(public), Select::Object(1)).expect("reads");
+    assert!(r.ok(), "{r:?}");
     let e = sign(&img, &key, SignSelect::Group(9)).unwrap_err();
     assert!(e.ends_with("has no object group 9"), "{e}");
     // Not a SIF, and a public key where a private one belongs: one line each.
