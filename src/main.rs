@@ -211,6 +211,14 @@ struct RunOpts {
     /// Do not read the command's program ahead.
     #[arg(long, hide = true)]
     fuse_no_prefetch: bool,
+    /// Check the SIF image's signatures before mounting it, as `launcher verify` does (every
+    /// object group covered by a verified signature), and refuse to start if they do not verify.
+    #[arg(long)]
+    verify: bool,
+    /// A public key for --verify (PEM or armored OpenPGP), repeatable; the keys in
+    /// ~/.config/launcher/keys/ and /etc/launcher/keys/ are used too.
+    #[arg(long = "key", value_name = "FILE", requires = "verify")]
+    verify_keys: Vec<PathBuf>,
 }
 
 impl RunOpts {
@@ -456,6 +464,10 @@ fn run(cli: Cli) -> Result<i32> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    if opts.verify {
+        // Here, not in the runtime: the signature crates are the binary's alone.
+        verify_cmd::check_before_launch(&image, &opts.verify_keys)?;
+    }
     let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)

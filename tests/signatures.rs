@@ -343,3 +343,55 @@ fn sign_refuses_with_one_line_and_leaves_the_image_alone() {
         std::fs::read(data("one-group.sif")).unwrap()
     );
 }
+
+#[test]
+fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
+    let dir = writable_dir("launch-verify");
+    let (key, public) = openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]);
+    let (_, other) = openssl_key(&dir, "other", &["-algorithm", "ed25519"]);
+    let unsigned = dir.join("unsigned.sif").display().to_string();
+    launcher(&["build", &unsigned, &fixture("rootfs")])
+        .run()
+        .ok();
+    let img = dir.join("signed.sif").display().to_string();
+    std::fs::copy(&unsigned, &img).unwrap();
+    launcher(&["sign", "-k", &key, &img]).run().ok();
+    let out = launcher(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]).run();
+    out.ok();
+    assert_eq!(out.stdout, "ran\n", "{out:?}");
+    // Refused with one line, and the command does not run.
+    let out = launcher(&["exec", "--verify", "--key", &other, &img, "echo", "ran"]).run();
+    one_error_line(
+        &out,
+        &img,
+        "signature 4 not verified: no DSSE signature verifies",
+    );
+    assert_eq!(out.stdout, "", "{out:?}");
+    let out = launcher(&["run", "--verify", &img]).run();
+    one_error_line(&out, &img, "no key was given");
+    let out = launcher(&["shell", "--verify", "--key", &public, &unsigned]).run();
+    one_error_line(&out, &unsigned, "has no signature, so --verify refuses it");
+    // Upstream's image carries an OpenPGP signature by a key we do not hold.
+    let theirs = fixture("singularityce-busybox-amd64.sif");
+    let out = launcher(&["exec", "--verify", "--key", &public, &theirs, "true"]).run();
+    one_error_line(
+        &out,
+        &theirs,
+        "signature 5 not verified: OpenPGP signature 1: no known key",
+    );
+    let sqfs = fixture("bare.sqfs");
+    let out = launcher(&["exec", "--verify", &sqfs, "true"]).run();
+    one_error_line(&out, &sqfs, "this is not a SIF image");
+    // --key alone is an error: it only goes with --verify.
+    let out = launcher(&["exec", "--key", &public, &img, "true"]).run();
+    assert_ne!(out.code, 0, "{out:?}");
+    // A changed byte of the root file system.
+    let sif = image_tools::sif::SifFile::open(std::path::Path::new(&img)).unwrap();
+    let root = sif.primary_partition().unwrap().clone();
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[(root.offset + root.size / 2) as usize] ^= 0x01;
+    std::fs::write(&img, &bytes).unwrap();
+    let out = launcher(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]).run();
+    one_error_line(&out, &img, "does not match the signed digest");
+    assert_eq!(out.stdout, "", "{out:?}");
+}
