@@ -670,3 +670,57 @@ fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Upstream's two-groups-signed-dsse.sif with its signatures taken out, signed again: each
+/// group's payload (relative IDs of group 2 count from its own first object) is upstream's.
+#[test]
+fn signing_two_groups_writes_upstreams_payloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, public) = &openssl_keys(dir.path())[0];
+    let theirs = std::fs::read(data("two-groups-signed-dsse.sif")).expect("reads");
+    let up = SifFile::open(&data("two-groups-signed-dsse.sif")).expect("opens");
+    let sigs: Vec<&Descriptor> = up
+        .descriptors
+        .iter()
+        .filter(|d| d.data_type == DataType::Signature)
+        .collect();
+    assert_eq!(sigs.len(), 2);
+    // Unsigned: the signature slots (3 and 4) zeroed, the file cut before the first signature,
+    // the free count and data size as before signing.
+    let mut bytes = theirs[..sigs[0].offset as usize].to_vec();
+    let table = up.header.descriptors_offset as usize;
+    bytes[table + 3 * DESCRIPTOR_SIZE..table + 5 * DESCRIPTOR_SIZE].fill(0);
+    bytes[80..88].copy_from_slice(&(up.header.descriptors_free + 2).to_le_bytes());
+    let data_size = sigs[0].offset as i64 - up.header.data_offset;
+    bytes[120..128].copy_from_slice(&data_size.to_le_bytes());
+    let img = dir.path().join("two.sif");
+    std::fs::write(&img, &bytes).expect("writes");
+    let s = sign(
+        &img,
+        &PrivateKey::from_file(private).expect("loads"),
+        SignSelect::Groups,
+    )
+    .expect("signs");
+    assert_eq!(
+        s.iter().map(|s| (s.id, s.group)).collect::<Vec<_>>(),
+        [(4, 1), (5, 2)]
+    );
+    let ours = std::fs::read(&img).expect("reads");
+    let sif = SifFile::open(&img).expect("opens");
+    for u in &sigs {
+        let o = sif.descriptor(u.id).expect("ours");
+        assert_eq!(
+            (o.link, o.group_id, o.extra.clone()),
+            (u.link, u.group_id, u.extra.clone())
+        );
+        let payload = |b: &[u8], d: &Descriptor| -> serde_json::Value {
+            let env: serde_json::Value =
+                serde_json::from_slice(&b[d.offset as usize..d.end() as usize]).expect("JSON");
+            env["payload"].clone()
+        };
+        assert_eq!(payload(&ours, o), payload(&theirs, u), "signature {}", u.id);
+    }
+    assert!(verify(&img, &public_keyring(public), Select::Groups)
+        .expect("reads")
+        .ok());
+}
