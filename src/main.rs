@@ -2,6 +2,7 @@
 
 mod build_cmd;
 mod image_source;
+mod sign_cmd;
 mod verify_cmd;
 
 use anyhow::Result;
@@ -82,6 +83,9 @@ enum Command {
     /// Verify a SIF image's signatures (DSSE or OpenPGP, as Apptainer writes them) with the
     /// given and installed public keys; an unsigned image's recorded digests.
     Verify(verify_cmd::VerifyArgs),
+    /// Sign a SIF image with a PEM private key: one DSSE signature per object group, as
+    /// Apptainer and SingularityCE write them.
+    Sign(sign_cmd::SignArgs),
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
         image: PathBuf,
@@ -216,6 +220,14 @@ struct RunOpts {
     /// Do not read the command's program ahead.
     #[arg(long, hide = true)]
     fuse_no_prefetch: bool,
+    /// Check the SIF image's signatures before mounting it, as `launcher verify` does (every
+    /// object group covered by a verified signature), and refuse to start if they do not verify.
+    #[arg(long)]
+    verify: bool,
+    /// A public key for --verify (PEM or armored OpenPGP), repeatable; the keys in
+    /// ~/.config/launcher/keys/ and /etc/launcher/keys/ are used too.
+    #[arg(long = "key", value_name = "FILE", requires = "verify")]
+    verify_keys: Vec<PathBuf>,
 }
 
 impl RunOpts {
@@ -426,6 +438,7 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(0);
         }
         Command::Verify(args) => return verify_cmd::run(args),
+        Command::Sign(args) => return sign_cmd::run(args),
         Command::Inspect {
             image,
             json,
@@ -472,6 +485,10 @@ fn run(cli: Cli) -> Result<i32> {
     } else {
         image
     };
+    if opts.verify {
+        // Here, not in the runtime: the signature crates are the binary's alone.
+        verify_cmd::check_before_launch(&image, &opts.verify_keys)?;
+    }
     let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)

@@ -59,17 +59,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         return digests_only(&args.image, &shown);
     }
 
-    let mut keys = Keyring::default();
-    for k in &args.keys {
-        keys.add_file(k).map_err(|e| anyhow!(e))?;
-    }
-    let mut dirs: Vec<PathBuf> = user_keys().into_iter().collect();
-    dirs.push(PathBuf::from(SITE_KEYS));
-    for d in &dirs {
-        if let Err(e) = keys.add_dir(d) {
-            launcher_runtime::debug::warn(format_args!("{e} (skipped)"));
-        }
-    }
+    let (keys, dirs) = keyring(&args.keys)?;
 
     let select = match (args.all, args.group, args.object) {
         (true, _, _) => Select::All,
@@ -96,6 +86,9 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         for who in &s.signers {
             println!("  signer {who}");
         }
+        for what in &s.skipped {
+            println!("  skipped: {what}");
+        }
         match &s.error {
             None => println!("  verified"),
             Some(e) => println!("  FAILED: {e}"),
@@ -105,6 +98,74 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     for (id, what) in report.uncovered.iter().filter(|_| all_verified) {
         println!("object {id} ({what}): not covered by a verified signature");
     }
+    if let Some(e) = failure(&shown, &report, &keys, &dirs) {
+        return Err(e);
+    }
+    let covered: std::collections::BTreeSet<u32> = report
+        .signatures
+        .iter()
+        .flat_map(|s| s.objects.iter().copied())
+        .collect();
+    println!(
+        "{shown}: {} signature{} verified, objects {} signed",
+        report.signatures.len(),
+        if report.signatures.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        list(&covered.into_iter().collect::<Vec<_>>())
+    );
+    Ok(0)
+}
+
+/// The keys given, then those of the user's and the site's keyring directories (a directory
+/// that cannot be read is skipped with a warning). Returns the directories too, for hints.
+fn keyring(files: &[PathBuf]) -> Result<(Keyring, Vec<PathBuf>)> {
+    let mut keys = Keyring::default();
+    for k in files {
+        keys.add_file(k).map_err(|e| anyhow!(e))?;
+    }
+    let mut dirs: Vec<PathBuf> = user_keys().into_iter().collect();
+    dirs.push(PathBuf::from(SITE_KEYS));
+    for d in &dirs {
+        if let Err(e) = keys.add_dir(d) {
+            launcher_runtime::debug::warn(format_args!("{e} (skipped)"));
+        }
+    }
+    Ok((keys, dirs))
+}
+
+/// `exec/run/shell --verify`: the image's signatures must verify, as `launcher verify IMAGE`
+/// with the same keys would say (every object group covered); else one line saying why.
+pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
+    let shown = image.display().to_string();
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(image)
+        .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 64), &mut head))
+        .map_err(|e| anyhow!("{shown}: cannot read: {e}"))?;
+    if !image_tools::sif::is_sif(&head[..n]) {
+        bail!("{shown}: --verify checks SIF signatures, and this is not a SIF image");
+    }
+    let (keys, dirs) = keyring(key_files)?;
+    let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+    if report.signatures.is_empty() {
+        bail!("{shown}: has no signature, so --verify refuses it");
+    }
+    if let Some(e) = failure(&shown, &report, &keys, &dirs) {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The one-line error for a report that does not verify: the first failed signature, else the
+/// first uncovered object.
+fn failure(
+    shown: &str,
+    report: &sif_sig::Report,
+    keys: &Keyring,
+    dirs: &[PathBuf],
+) -> Option<anyhow::Error> {
     if let Some(s) = report.signatures.iter().find(|s| s.error.is_some()) {
         let failed = report
             .signatures
@@ -125,34 +186,22 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         } else {
             String::new()
         };
-        bail!("{shown}: signature {} not verified: {e}{more}{hint}", s.id);
+        return Some(anyhow!(
+            "{shown}: signature {} not verified: {e}{more}{hint}",
+            s.id
+        ));
     }
     if let Some((id, what)) = report.uncovered.first() {
-        bail!(
+        return Some(anyhow!(
             "{shown}: object {id} ({what}) is not covered by any verified signature{}",
             if report.uncovered.len() > 1 {
                 format!(" (nor are {} more objects)", report.uncovered.len() - 1)
             } else {
                 String::new()
             }
-        );
+        ));
     }
-    let covered: std::collections::BTreeSet<u32> = report
-        .signatures
-        .iter()
-        .flat_map(|s| s.objects.iter().copied())
-        .collect();
-    println!(
-        "{shown}: {} signature{} verified, objects {} signed",
-        report.signatures.len(),
-        if report.signatures.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
-        list(&covered.into_iter().collect::<Vec<_>>())
-    );
-    Ok(0)
+    None
 }
 
 fn list(ids: &[u32]) -> String {

@@ -32,7 +32,7 @@ pub use types::{
     PartType, SbomFormat,
 };
 pub use writer::{
-    now, random_uuid, write, ObjectData, ObjectSpec, WriteOptions, DEFAULT_CAPACITY,
+    add_objects, now, random_uuid, write, ObjectData, ObjectSpec, WriteOptions, DEFAULT_CAPACITY,
     DESCRIPTORS_OFFSET, PARTITION_ALIGNMENT,
 };
 

@@ -1,6 +1,6 @@
 //! Opening and validating a SIF file (format notes §10).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -224,6 +224,23 @@ impl SifFile {
         file.read_exact_at(&mut buf, 0)
             .map_err(Error::io("read SIF header"))?;
         Ok(buf)
+    }
+
+    /// Absolute offset of descriptor slot 0.
+    pub(crate) fn table_offset(&self) -> u64 {
+        self.table_offset
+    }
+
+    /// Records `slot` as used (by an object being added).
+    pub(crate) fn mark_used(&mut self, slot: usize) {
+        self.slots.push(slot);
+    }
+
+    /// The first descriptor slot no object uses, if any.
+    pub(crate) fn first_free_slot(&self) -> Option<usize> {
+        let total = usize::try_from(self.header.descriptors_total).ok()?;
+        let used: HashSet<usize> = self.slots.iter().copied().collect();
+        (0..total).find(|s| !used.contains(s))
     }
 
     /// The descriptor with object ID `id`.

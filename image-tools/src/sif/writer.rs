@@ -158,6 +158,137 @@ pub fn write(path: &Path, opts: &WriteOptions, objects: Vec<ObjectSpec>) -> Resu
     tmp.commit(path)
 }
 
+/// Adds `objects` to the existing SIF at `path` as the reference's `AddObject` does (format
+/// notes §8): each takes the first free descriptor slot, with ID slot + 1, and is written after
+/// the furthest object, aligned; the header's free count, data size and modified time follow.
+/// Every other byte of the image stays as it was (signatures cover the header's identity fields
+/// and the descriptors). The image is copied to a temporary file beside it, changed there and
+/// renamed over `path` only when complete, so a failure leaves `path` untouched.
+///
+/// `time` is the new objects' created/modified time and the header's modified time; `None`
+/// means now, or the unset time for a deterministic image (nil UUID, unset times), as the
+/// reference does. Primary system partitions and OCI objects without a digest are refused.
+/// Returns the new objects' IDs.
+pub fn add_objects(path: &Path, objects: &[ObjectSpec], time: Option<i64>) -> Result<Vec<u32>> {
+    let shown = path.display();
+    let mut src = File::open(path).map_err(Error::io(format!("open {shown}")))?;
+    let mut sif = super::SifFile::read_from(&src)?;
+    let h = &sif.header;
+    let deterministic = h.uuid == [0; 16] && h.created == UNSET_TIME && h.modified == UNSET_TIME;
+    let time = time.unwrap_or(if deterministic { UNSET_TIME } else { now() });
+    let data_offset = u64::try_from(h.data_offset)
+        .map_err(|_| Error::Corrupt(format!("negative data offset {}", h.data_offset)))?;
+    let mut end = sif
+        .descriptors
+        .iter()
+        .map(|d| d.end())
+        .max()
+        .unwrap_or(data_offset)
+        .max(data_offset);
+    let mut planned = Vec::with_capacity(objects.len());
+    for spec in objects {
+        let ObjectData::Bytes(_) = &spec.data else {
+            return Err(Error::Invalid(
+                "objects added to an image must be given as bytes".into(),
+            ));
+        };
+        if matches!(
+            spec.extra,
+            Extra::Partition {
+                part: PartType::PrimSys,
+                ..
+            }
+        ) || (matches!(spec.data_type, DataType::OciRootIndex | DataType::OciBlob)
+            && spec.extra == Extra::None)
+        {
+            return Err(Error::Invalid(format!(
+                "adding a {} object to an image is not supported",
+                spec.data_type
+            )));
+        }
+        let slot = sif.first_free_slot().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{shown}: no free descriptor slot (all {} are used)",
+                sif.header.descriptors_total
+            ))
+        })?;
+        let id = u32::try_from(slot + 1)
+            .map_err(|_| Error::Invalid(format!("object ID {} would overflow", slot + 1)))?;
+        if sif.descriptor(id).is_some() {
+            return Err(Error::Invalid(format!(
+                "{shown}: free slot {slot} would give ID {id}, which object ID is already used"
+            )));
+        }
+        let align = match spec.alignment {
+            0 if spec.data_type == DataType::Partition => PARTITION_ALIGNMENT,
+            0 => 1,
+            a => a,
+        };
+        let size = spec.data.len();
+        let start = end
+            .checked_next_multiple_of(align)
+            .filter(|s| s.checked_add(size).is_some_and(|e| e <= i64::MAX as u64))
+            .ok_or_else(|| Error::Invalid(format!("object {id}: file would exceed 2^63 bytes")))?;
+        let d = Descriptor {
+            id,
+            data_type: spec.data_type,
+            group_id: spec.group_id,
+            link: spec.link,
+            offset: start,
+            size,
+            size_with_padding: start - end + size,
+            created: time,
+            modified: time,
+            uid: 0,
+            gid: 0,
+            name: spec.name.clone(),
+            extra: spec.extra.clone(),
+        };
+        let raw = d.encode()?;
+        end = start + size;
+        // Later objects see this slot and ID as used.
+        sif.descriptors.push(d.clone());
+        sif.mark_used(slot);
+        planned.push((slot, d, raw));
+    }
+    let mut head = [0u8; HEADER_SIZE];
+    src.read_exact_at(&mut head, 0)
+        .map_err(Error::io(format!("read {shown}")))?;
+    let free = sif.header.descriptors_free - planned.len() as i64;
+    head[72..80].copy_from_slice(&time.to_le_bytes());
+    head[80..88].copy_from_slice(&free.max(0).to_le_bytes());
+    // end − data offset ≤ i64::MAX, checked above.
+    head[120..128].copy_from_slice(&((end - data_offset) as i64).to_le_bytes());
+
+    let mut tmp = TempFile::create(path)?;
+    let tmp_shown = tmp.path.display().to_string();
+    std::io::copy(&mut src, &mut tmp.file)
+        .map_err(Error::io(format!("copy {shown} to {tmp_shown}")))?;
+    let mode = src
+        .metadata()
+        .map_err(Error::io(format!("stat {shown}")))?
+        .permissions();
+    tmp.file
+        .set_permissions(mode)
+        .map_err(Error::io(format!("chmod {tmp_shown}")))?;
+    let table = sif.table_offset();
+    for ((slot, d, raw), spec) in planned.iter().zip(objects) {
+        write_object(&tmp.file, spec, d, false)?;
+        let pos = table + (slot * DESCRIPTOR_SIZE) as u64;
+        tmp.file
+            .write_all_at(raw, pos)
+            .map_err(Error::io(format!("write descriptor of object {}", d.id)))?;
+    }
+    tmp.file
+        .write_all_at(&head, 0)
+        .map_err(Error::io("write SIF header"))?;
+    tmp.file
+        .sync_all()
+        .map_err(Error::io(format!("sync {tmp_shown}")))?;
+    tmp.commit(path)?;
+    Ok(planned.iter().map(|(_, d, _)| d.id).collect())
+}
+
 /// The layout: header and descriptors computed before any byte is written,
 /// so invalid input fails without touching the file system.
 struct Plan {

@@ -17,15 +17,17 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use crate::sif::HashType;
 
 /// Largest key file read (a keyring of a few keys is a few KiB).
-const MAX_KEY_FILE: u64 = 1 << 20;
+pub(crate) const MAX_KEY_FILE: u64 = 1 << 20;
 
 /// One public key, with where it came from.
+#[derive(Clone)]
 pub struct PublicKey {
     /// The file it was read from.
     pub source: String,
     pub(crate) kind: KeyKind,
 }
 
+#[derive(Clone)]
 pub(crate) enum KeyKind {
     Ed25519(ed25519_dalek::VerifyingKey),
     Rsa(rsa::RsaPublicKey),

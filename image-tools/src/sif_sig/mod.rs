@@ -8,6 +8,7 @@
 //! bytes only: the header and descriptors are not protected.
 
 mod keys;
+mod sign;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -21,6 +22,7 @@ use sha2::{Sha224, Sha256, Sha384, Sha512, Sha512_224, Sha512_256};
 
 use crate::sif::{DataType, Descriptor, Extra, HashType, Link, SifFile, DESCRIPTOR_SIZE};
 pub use keys::{Keyring, PublicKey};
+pub use sign::{sign, PrivateKey, SignSelect, Signed};
 
 /// Largest Signature object read (an envelope with a few RSA-4096 signatures is a few KiB).
 const MAX_SIGNATURE_SIZE: u64 = 1 << 20;
@@ -73,6 +75,9 @@ pub struct SignatureReport {
     pub objects: Vec<u32>,
     /// One line per signer: "ed25519 SHA256:… (key.pem)".
     pub signers: Vec<String>,
+    /// Signatures of a DSSE envelope that no known key verifies, one line each: skipped, as
+    /// upstream does, when another signature of the envelope verifies.
+    pub skipped: Vec<String>,
     /// Why it does not verify; `None` when it does.
     pub error: Option<String>,
 }
@@ -151,10 +156,15 @@ pub fn verify(path: &Path, keys: &Keyring, select: Select) -> Result<Report, Str
             },
             objects: objects.iter().map(|o| o.id).collect(),
             signers: Vec::new(),
+            skipped: Vec::new(),
             error: None,
         };
         r.objects.sort_unstable();
-        match img.check_signature(d, &objects, keys, &mut r) {
+        let only = match select {
+            Select::Object(id) => Some(id),
+            _ => None,
+        };
+        match img.check_signature(d, &objects, only, keys, &mut r) {
             Ok(()) => covered.extend(r.objects.iter().copied()),
             Err(e) => r.error = Some(e),
         }
@@ -235,10 +245,13 @@ impl Image<'_> {
         }
     }
 
+    /// `only`: check that one object of a metadata signature, not the whole group (a
+    /// signature may list a subset of its group; upstream checks one object this way).
     fn check_signature(
         &self,
         sig: &Descriptor,
         objects: &[&Descriptor],
+        only: Option<u32>,
         keys: &Keyring,
         r: &mut SignatureReport,
     ) -> Result<(), String> {
@@ -263,7 +276,7 @@ impl Image<'_> {
             .map_err(|_| "is not text: neither a DSSE envelope nor an OpenPGP signature")?;
         let signed = if text.starts_with('{') {
             r.format = Some(Format::Dsse);
-            check_dsse(text, hash, keys, &mut r.signers)?
+            check_dsse(text, hash, keys, &mut r.signers, &mut r.skipped)?
         } else if text.starts_with(CLEARSIGN_BEGIN) {
             // Named before the check, so a failure says which kind; the signed text decides.
             r.format = Some(if text.contains("\n\nSIFHASH:\n") {
@@ -296,7 +309,11 @@ impl Image<'_> {
                 ))
             }
         };
-        self.check_metadata(&signed, g, objects)
+        self.check_metadata(&signed, g, objects, only)?;
+        if let Some(id) = only {
+            r.objects = vec![id];
+        }
+        Ok(())
     }
 
     /// Legacy: one digest, of the descriptor's hash type, over the covered objects' bytes.
@@ -334,12 +351,15 @@ impl Image<'_> {
         Ok(())
     }
 
-    /// v2: the metadata must list exactly the group's objects, and every digest must match.
+    /// v2: the metadata must list exactly the group's objects, and every digest must match;
+    /// with `only`, the metadata must list that object, and the header's and its digests must
+    /// match.
     fn check_metadata(
         &self,
         json: &str,
         group: u32,
         objects: &[&Descriptor],
+        only: Option<u32>,
     ) -> Result<(), String> {
         let md: Metadata =
             serde_json::from_str(json).map_err(|e| format!("signed metadata is not valid: {e}"))?;
@@ -364,12 +384,23 @@ impl Image<'_> {
             }
         }
         let members: BTreeSet<u32> = objects.iter().map(|o| o.id).collect();
-        if let Some(id) = members.iter().find(|id| !listed.contains_key(id)) {
-            return Err(format!("object {id} of group {group} is not signed"));
-        }
-        if let Some(id) = listed.keys().find(|id| !members.contains(id)) {
-            return Err(format!("signed object {id} is not in group {group}"));
-        }
+        let objects: Vec<&Descriptor> = match only {
+            Some(id) => {
+                if !listed.contains_key(&id) {
+                    return Err(format!("object {id} is not signed by it"));
+                }
+                objects.iter().copied().filter(|o| o.id == id).collect()
+            }
+            None => {
+                if let Some(id) = members.iter().find(|id| !listed.contains_key(id)) {
+                    return Err(format!("object {id} of group {group} is not signed"));
+                }
+                if let Some(id) = listed.keys().find(|id| !members.contains(id)) {
+                    return Err(format!("signed object {id} is not in group {group}"));
+                }
+                objects.to_vec()
+            }
+        };
         let raw = self.sif.raw_header(self.file).map_err(|e| e.to_string())?;
         let want = Digest::parse(&md.header.digest).map_err(|e| format!("header digest: {e}"))?;
         // Launch script, magic, version and UUID; not the arch, times, counts or offsets.
@@ -379,7 +410,7 @@ impl Image<'_> {
         if h.finalize_reset()[..] != want.value[..] {
             return Err("header does not match the signed digest".into());
         }
-        for o in objects {
+        for o in &objects {
             let om = listed[&o.id];
             let raw = self
                 .sif
@@ -505,13 +536,17 @@ fn b64(s: &str) -> Option<Vec<u8>> {
     STANDARD.decode(s).or_else(|_| URL_SAFE.decode(s)).ok()
 }
 
-/// Checks a DSSE envelope; every signature in it must verify with a known key (one whose
-/// fingerprint is the signature's `keyid`, when it names one). Returns the payload.
+/// Checks a DSSE envelope as upstream does (sigstore's DSSE verifier with threshold 1): it
+/// holds when at least one of its signatures verifies with a known key. A signature is tried
+/// with each key not yet accepted (only the key whose fingerprint is the signature's `keyid`,
+/// when it names one); one that no key verifies is skipped and noted in `skipped`. A signature
+/// or payload that is not base64 fails the whole envelope. Returns the payload.
 fn check_dsse(
     text: &str,
     hash: HashType,
     keys: &Keyring,
     signers: &mut Vec<String>,
+    skipped: &mut Vec<String>,
 ) -> Result<String, String> {
     let env: Envelope =
         serde_json::from_str(text).map_err(|e| format!("DSSE envelope is not valid: {e}"))?;
@@ -526,37 +561,42 @@ fn check_dsse(
     }
     let payload = b64(&env.payload).ok_or("DSSE payload is not base64")?;
     let msg = pae(&env.payload_type, &payload);
+    // Each key counts once, as upstream removes a provider once it accepted a signature.
+    let mut unused: Vec<&PublicKey> = keys.keys.iter().filter(|k| k.pgp().is_none()).collect();
     for (i, s) in env.signatures.iter().enumerate() {
         let n = i + 1;
         let sig = b64(&s.sig).ok_or_else(|| format!("DSSE signature {n} is not base64"))?;
-        let candidates: Vec<&PublicKey> = keys
-            .keys
-            .iter()
-            .filter(|k| k.pgp().is_none() && (s.keyid.is_empty() || k.fingerprint() == s.keyid))
-            .collect();
-        if candidates.is_empty() {
-            let who = if s.keyid.is_empty() {
-                "no key ID".to_string()
-            } else {
-                s.keyid.clone()
-            };
-            return Err(format!("DSSE signature {n} ({who}): no known key"));
-        }
+        let who = if s.keyid.is_empty() {
+            "no key ID".to_string()
+        } else {
+            s.keyid.clone()
+        };
         let mut why = Vec::new();
-        match candidates
-            .iter()
-            .find(|k| match k.verify_dsse(hash, &msg, &sig) {
+        let mut tried = false;
+        let found = unused.iter().position(|k| {
+            if !s.keyid.is_empty() && k.fingerprint() != s.keyid {
+                return false;
+            }
+            tried = true;
+            match k.verify_dsse(hash, &msg, &sig) {
                 Ok(()) => true,
                 Err(e) => {
-                    why.push(e);
+                    why.push(format!("{e} with {}", k.source));
                     false
                 }
-            }) {
-            Some(k) => signers.push(k.describe()),
-            None => {
-                return Err(format!("DSSE signature {n}: {}", why.join("; ")));
             }
+        });
+        match found {
+            Some(at) => signers.push(unused.remove(at).describe()),
+            None if !tried => skipped.push(format!("DSSE signature {n} ({who}): no known key")),
+            None => skipped.push(format!("DSSE signature {n} ({who}): {}", why.join("; "))),
         }
+    }
+    if signers.is_empty() {
+        return Err(format!(
+            "no DSSE signature verifies with a known key: {}",
+            skipped.join("; ")
+        ));
     }
     String::from_utf8(payload).map_err(|_| "DSSE payload is not text".into())
 }
