@@ -6,6 +6,9 @@
 //! The launcher's runtime turns it off: a launch compiles and links no HTTP stack.
 #[cfg(feature = "build")]
 pub mod build;
+// Definition files: pure parsing, used only by builds.
+#[cfg(feature = "build")]
+pub mod deffile;
 #[cfg(feature = "build")]
 pub mod oci;
 pub mod oci_config;
