@@ -9,6 +9,9 @@ pub mod build;
 // Definition files: pure parsing, used only by builds.
 #[cfg(feature = "build")]
 pub mod deffile;
+// Fake root for definition-file builds (user namespace + seccomp).
+#[cfg(feature = "build")]
+pub mod fakeroot;
 #[cfg(feature = "build")]
 pub mod oci;
 pub mod oci_config;
