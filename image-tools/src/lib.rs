@@ -7,6 +7,9 @@
 #[cfg(feature = "build")]
 pub mod build;
 // Definition files: pure parsing, used only by builds.
+// Definition-file builds: stages, %post as fake root, Apptainer's metadata.
+#[cfg(feature = "build")]
+pub mod defbuild;
 #[cfg(feature = "build")]
 pub mod deffile;
 // Fake root for definition-file builds (user namespace + seccomp).
