@@ -272,12 +272,36 @@ fn unpack_dir(
         // Modes (after the contents: a read-only directory is filled first) and times.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(u32::from(inode.mode)))
             .map_err(|er| io_err(&p, er))?;
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(inode.mtime));
-        if let Ok(f) = std::fs::File::open(&p) {
-            let _ = f.set_modified(t);
-        }
+        set_mtime(&p, inode.mtime);
     }
     Ok(())
+}
+
+/// Sets the modification time by path, without opening (a fifo's open would block).
+fn set_mtime(p: &Path, mtime: u32) {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return;
+    };
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: libc::time_t::from(mtime),
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: c is a NUL-terminated path and times an array of two timespecs. A failure
+    // only leaves the time of the unpacking, which the image does not depend on.
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
 }
 
 fn copy_file(a: &Archive, inode: &Inode, f: &std::fs::File) -> Result<()> {
