@@ -316,3 +316,27 @@ Stage: final
     // The first stage's own files are not in the result.
     assert_eq!(sh(&img, "test -e /out/artifact || echo absent"), "absent\n");
 }
+
+#[test]
+fn docker_archive_bootstrap_keeps_the_oci_environment() {
+    let dir = workdir("oci");
+    write_as_user(
+        &dir.join("oci.def"),
+        &format!(
+            "Bootstrap: docker-archive\nFrom: {}\n\n%post\n    id -un > /post-user\n\n\
+             %environment\n    export FROM_DEF=yes\n",
+            fixture("busybox-docker.tar")
+        ),
+    );
+    build(&dir, "oci.sif", "oci.def", &["--compress", "lz4"]).ok();
+    let img = dir.join("oci.sif").display().to_string();
+    // The OCI config's Env, then %environment appended; the entrypoint stays the runscript.
+    assert_eq!(
+        sh(&img, "cat /post-user; echo $OCI_VAR $FROM_DEF"),
+        "root\nfrom-oci yes\n"
+    );
+    assert_eq!(
+        launcher(&["run", &img, "x", "y"]).run().ok().stdout,
+        "x y\n"
+    );
+}
