@@ -265,12 +265,18 @@ fn run_with(cmd: &FakerootCommand, ours: i32, theirs: i32) -> Result<ExitStatus,
             return Err(e);
         }
     };
+    // The namespace's identity, to find what the command leaves running.
+    let userns = std::fs::metadata(format!("/proc/{}/ns/user", child.id()))
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let status = child.wait().map_err(|e| Error {
         step: format!("waiting for '{argv0}'"),
         source: e,
     });
-    // Processes the command left running lose the emulation (their id calls fail with
-    // ENOSYS once the listener is closed); the build is over for them.
+    if let Some(ns) = userns {
+        kill_namespace(ns);
+    }
+    // Processes the command left running were killed above; the listener closes.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
     status
@@ -866,6 +872,36 @@ fn supervise(listener: i32, stop: &std::sync::atomic::AtomicBool) {
     }
     // SAFETY: the listener is ours; closing it fails any later intercepted call (ENOSYS).
     unsafe { libc::close(listener) };
+}
+
+/// Kills the processes left in the user namespace `ns` (daemons a package started in
+/// %post): they would keep writing into a tree about to be squashed or removed.
+fn kill_namespace(ns: u64) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    // Twice: a process may fork while the first pass runs.
+    for _ in 0..2 {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let in_ns = std::fs::metadata(format!("/proc/{pid}/ns/user"))
+                .map(|m| m.ino() == ns)
+                .unwrap_or(false);
+            if in_ns {
+                // SAFETY: kill has no memory preconditions; the pid was just seen in our
+                // own namespace (a reuse in between would need a new process of ours there).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
 }
 
 /// (thread-group id, start time) of the thread `tid`.
