@@ -289,6 +289,9 @@ pub fn run(args: BuildArgs) -> Result<i32> {
 fn read_deffile(args: &BuildArgs) -> Result<Option<image_tools::deffile::Definition>> {
     let path = Path::new(&args.source);
     if !path.is_file() {
+        if path.extension().is_some_and(|e| e == "def") && !path.exists() {
+            bail!("'{}': no such definition file", path.display());
+        }
         return Ok(None);
     }
     let looks_like = |text: &str| {
