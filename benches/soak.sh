@@ -4,8 +4,10 @@
 #      is the same every time;
 #   2. PAR concurrent launches (default 64), each reading files: all succeed;
 #   3. SIGKILL of the launcher at about 30 moments from start-up to a running command;
-#   then: no process left, the host's mount table unchanged, no new file in /tmp, /var/tmp
-#   or /dev/shm;
+#   then: no process left, no FUSE connection left (/sys/fs/fuse/connections), no file left in
+#   the user's rendezvous directories, no new file in /tmp, /var/tmp or /dev/shm (what an
+#   unprivileged launcher could leak: the host's mount table is not among them, as its mounts
+#   live in namespaces of its own);
 #   4. peak RSS (VmHWM) of the FUSE server (the launcher's parent process) reading a 1 GiB
 #      file end to end, and for /bin/true, for comparison.
 #
@@ -50,12 +52,36 @@ FAILED=0
 check() { if eval "$2"; then echo "| $1 | ok |"; else echo "| $1 | **FAILED** |"; FAILED=1; fi; }
 snap() { ls -A /tmp /var/tmp /dev/shm 2>/dev/null | grep -v -e '^launcher-e2e-' -e "^$(basename "$W")\$" | sort; }
 
-mounts_before=$(cat /proc/self/mountinfo)
+# fusectl lists every FUSE connection; these machines do not mount it, so a process of ours
+# mounts it in a mount namespace of its own (nothing changes on the host) and we read it there.
+unshare --mount --propagation private sh -c \
+    'mount -t fusectl fusectl /sys/fs/fuse/connections && exec sleep infinity' &
+FUSECTL_PID=$!
+trap 'kill $FUSECTL_PID 2>/dev/null; rm -rf "$W"' EXIT
+FUSECTL=/proc/$FUSECTL_PID/root/sys/fs/fuse/connections
+fusectl_mounted() { grep -q ' /sys/fs/fuse/connections .* - fusectl ' "/proc/$FUSECTL_PID/mountinfo" 2>/dev/null; }
+for _ in $(seq 50); do fusectl_mounted && break; sleep 0.1; done
+fusectl_mounted || { echo "benches/soak.sh: mounting fusectl failed" >&2; exit 1; }
+fuse_conns() { ls "$FUSECTL" | sort; }
+# The rendezvous directories of apply/share.rs for this user (no XDG_RUNTIME_DIR here).
+share_files() { find "/tmp/launcher-$U" "/dev/shm/launcher-$U" -mindepth 1 2>/dev/null; }
+conns_before=$(fuse_conns)
+# The leak check below must be able to see a connection: a running launch shows one.
+as_user exec "$IMG" /bin/sleep 3 >/dev/null 2>&1 &
+probe=$!
+seen=0
+for _ in $(seq 50); do
+    [ "$(fuse_conns)" != "$conns_before" ] && { seen=1; break; }
+    sleep 0.1
+done
+wait "$probe"
+share_before=$(share_files)
 tmp_before=$(snap)
 echo "## Soak: $SEQ sequential, $PAR concurrent launches as $USER_NAME ($(uname -r), $(nproc) CPUs)"
 echo
 echo "| check | result |"
 echo "|---|---|"
+check "fusectl shows a running launch's FUSE connection (so the leak check can see one)" '[ $seen = 1 ]'
 
 t0=$(date +%s.%N)
 seq_fail=0
@@ -97,7 +123,15 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 check "SIGKILL of the launcher at $(wc -w <<<"$KILLS") moments: no process left" '[ $gone = 1 ]'
-check "host mount table unchanged" '[ "$(cat /proc/self/mountinfo)" = "$mounts_before" ]'
+# A connection ends when the last descriptor of its /dev/fuse closes: give the kernel a moment.
+for _ in $(seq 50); do
+    new_conns=$(comm -13 <(echo "$conns_before") <(fuse_conns) | tr '\n' ' ')
+    [ -z "$new_conns" ] && break
+    sleep 0.1
+done
+check "no FUSE connection left ${new_conns:+(connections $new_conns)}" '[ -z "$new_conns" ]'
+new_share=$(comm -13 <(echo "$share_before") <(share_files) | tr '\n' ' ')
+check "no file left in the rendezvous directories ${new_share:+($new_share)}" '[ -z "$new_share" ]'
 new_tmp=$(comm -13 <(echo "$tmp_before") <(snap) | grep -e launcher -e "$MARK" | tr '\n' ' ')
 check "no new file in /tmp, /var/tmp, /dev/shm ${new_tmp:+($new_tmp)}" '[ -z "$new_tmp" ]'
 

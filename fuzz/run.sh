@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS (default 60) each and prints, per target, the
-# executions done and the crashes found (inputs in fuzz/artifacts/TARGET/).
+# executions done and the crashes found (inputs in fuzz/artifacts/TARGET/), appends one line per
+# target to fuzz/ledger.tsv and rewrites docs/reliability.md's table from it (fuzz/table.sh).
 #
 #   fuzz/run.sh 300              # all targets, 5 minutes each
 #   fuzz/run.sh 60 squashfs sif  # some targets
@@ -15,7 +16,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/target}
-ALL=(squashfs sif oci_archive oci_layer site_config cdi deffile)
+ALL=(squashfs sif oci_archive oci_layer site_config cdi env_script deffile)
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN=$CARGO_TARGET_DIR/$TRIPLE/release
 
@@ -56,8 +57,14 @@ for t in "${targets[@]}"; do
     corpus=$(find "corpus/$t" -type f | wc -l)
     rate=$(( ${runs:-0} / (${secs:-$SECONDS_EACH} > 0 ? ${secs:-$SECONDS_EACH} : 1) ))
     printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "${secs:-?}" "${runs:-?}" "$rate" "$corpus" "$crashes" >>logs/summary.md
+    # A run that did not finish (no final stats) is not counted.
+    if [ -n "${runs:-}" ] && [ -n "${secs:-}" ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$(git rev-parse --short HEAD)" \
+            "$t" "$secs" "$runs" "$corpus" "$crashes" "fuzz/run.sh $SECONDS_EACH ${*:-}" >>ledger.tsv
+    fi
     if [ "$crashes" -gt 0 ]; then
         grep -m3 -E 'panicked|ERROR: libFuzzer|SUMMARY' "logs/$t.log" | sed "s/^/$t: /" || true
     fi
 done
 cat logs/summary.md
+bash "$HERE/table.sh"

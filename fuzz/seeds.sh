@@ -10,7 +10,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEEDS=${1:-$HERE/seeds}
 SIF_DIR=$HERE/../tests/data/sif
 rm -rf "$SEEDS"
-mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,deffile}
+mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,env_script,deffile}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -210,3 +210,13 @@ awk -v out="$SEEDS/deffile/doc" '/^```singularity/{n++; f=out "-" n ".def"; next
 printf 'Bootstrap: docker\nFrom: x:{{ A }}\nStage: one\n%%post -c /bin/bash\n  echo {{A}}\n\nBootstrap: scratch\n%%files from one\n  "/a b" /c\n' \
     >"$SEEDS/deffile/two-stages.def"
 du -sh "$SEEDS"/* | sed 's/^/seeds: /'
+
+# Environment scripts: what Apptainer writes, what conda and spack images carry, and the
+# shapes the parser's tests pin (launcher/src/plan/environment.rs).
+es() { printf '%b' "$2" >"$SEEDS/env_script/$1.sh"; }
+es docker2singularity '#!/bin/sh\nexport PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\n'
+es base '#!/bin/sh\nif [ -z "$LD_LIBRARY_PATH" ]; then\n    LD_LIBRARY_PATH="/.singularity.d/libs"\nelse\n    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/.singularity.d/libs"\nfi\nPS1="Singularity> "\nexport LD_LIBRARY_PATH PS1\n'
+es conda '. /opt/conda/etc/profile.d/conda.sh\nconda activate base\nexport CONDA_DEFAULT_ENV=base\n'
+es expand 'export A=1\nB="${A}:$A:${UNSET:-dflt}"\nC=\x27quoted $A\x27\nD=${B\nE=$(date)\n'
+es report 'PATH=/opt/bin:/usr/bin\0HOME=/root\0SHLVL=1\0_=/bin/cat\0X=1\0'
+

@@ -10,8 +10,11 @@ fi
 command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found: install Rust >= 1.85 (rustup)" >&2; exit 1; }
 bash tests/setup.sh
 # tests/slurm.rs starts the test Slurm (slurm/test-cluster/start.sh: munged, slurmctld and
-# slurmd, as root). If this run is the one that starts it, stop it at the end, pass or fail,
-# unless LAUNCHER_KEEP_SLURM=1 asks to keep it (to look at its logs, or to rerun tests fast).
+# slurmd, as root) and tests/slurm_multinode.rs replaces it with two nodes (start.sh --nodes 2:
+# network namespaces on a bridge). If this run is the one that started it, stop it at the end,
+# pass or fail, whichever is up then (stop.sh stops either and removes the namespaces and the
+# bridge), unless LAUNCHER_KEEP_SLURM=1 asks to keep it (to look at its logs, or to rerun
+# tests fast).
 slurm_pid=${LAUNCHER_SLURM_DIR:-/var/tmp/launcher-slurm}/run/slurmctld.pid
 slurm_was_up=0
 if [ -s "$slurm_pid" ] && kill -0 "$(cat "$slurm_pid")" 2>/dev/null; then

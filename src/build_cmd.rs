@@ -136,6 +136,11 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                 u.partial,
                 mib(u.bytes)
             );
+            let (n, bytes) = crate::image_source::cached_images(&root, None, false)?;
+            println!(
+                "  {n} converted images (exec docker://...), {:.1} MiB",
+                mib(bytes)
+            );
         }
         CacheAction::Clean { days, force } => {
             let older = days.map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400)));
@@ -159,6 +164,8 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                 mib(r.bytes),
                 root.display()
             );
+            let (n, bytes) = crate::image_source::cached_images(&root, older, true)?;
+            println!("removed {n} converted images ({:.1} MiB)", mib(bytes));
         }
     }
     Ok(0)
@@ -178,7 +185,7 @@ fn default_pull_name(uri: &str) -> Result<String> {
 }
 
 /// The host's architecture in Go's (and so SIF's and OCI's) spelling.
-fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -188,6 +195,38 @@ fn host_arch() -> &'static str {
         "s390x" => "s390x",
         other => other,
     }
+}
+
+/// Build `out` (a .sif) from `source` with the defaults of `launcher build`, for an image
+/// source given at run time (`exec docker://...`). No signal handling of its own: the launch
+/// that follows forwards signals, and a killed conversion leaves only a temporary file that
+/// the next one removes.
+pub fn convert(out: &Path, source: &BuildSource, pull: PullOptions, arch: &str) -> Result<()> {
+    let opts = BuildOptions {
+        compressor: WriteCompressor::Zstd,
+        level: None,
+        block_size: 131072,
+        reproducible: None,
+        arch: arch.to_string(),
+        tmpdir: std::env::temp_dir(),
+        threads: 0,
+        pull,
+    };
+    let staging = Staging::create(&opts.tmpdir)?;
+    let started = Instant::now();
+    let report = build::build(out, source, &opts, &staging)?;
+    if let Some(p) = &report.pull {
+        eprintln!(
+            "launcher: pulled {} ({}): {} blobs, downloaded {}, cached {}",
+            p.name, p.manifest_digest, p.blobs, p.downloaded, p.cached
+        );
+    }
+    eprintln!(
+        "launcher: converted in {:.1} s ({} bytes)",
+        started.elapsed().as_secs_f64(),
+        report.bytes
+    );
+    Ok(())
 }
 
 pub fn run(args: BuildArgs) -> Result<i32> {

@@ -1,6 +1,8 @@
 //! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
 
 mod build_cmd;
+mod image_source;
+mod verify_cmd;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -42,7 +44,8 @@ enum Command {
     Exec {
         #[command(flatten)]
         opts: RunOpts,
-        /// Image file (.sif or .sqfs).
+        /// Image: a .sif or .sqfs file, a sandbox directory, or docker://REF (also
+        /// docker-archive:, oci-archive:, oci:), built once into the cache.
         image: PathBuf,
         /// Command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -76,11 +79,9 @@ enum Command {
         #[command(subcommand)]
         what: CacheCommand,
     },
-    /// Recompute the SHA-256 digests a SIF file records and check them.
-    Verify {
-        /// Image file (.sif).
-        image: PathBuf,
-    },
+    /// Verify a SIF image's signatures (DSSE or OpenPGP, as Apptainer writes them) with the
+    /// given and installed public keys; an unsigned image's recorded digests.
+    Verify(verify_cmd::VerifyArgs),
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
         image: PathBuf,
@@ -157,6 +158,10 @@ struct RunOpts {
     /// A writable overlay on tmpfs over the image; changes vanish at exit.
     #[arg(long)]
     writable_tmpfs: bool,
+    /// A writable layer kept in the directory DIR over the image: changes stay there for the
+    /// next launch. A directory only (not an overlay image); not with --writable-tmpfs.
+    #[arg(long, value_name = "DIR")]
+    overlay: Option<String>,
     /// Start from a minimal environment instead of the host's.
     #[arg(short = 'e', long)]
     cleanenv: bool,
@@ -196,6 +201,9 @@ struct RunOpts {
     /// Do not share one container instance with the other ranks of a job step on this node.
     #[arg(long)]
     no_share: bool,
+    /// docker:// images: talk plain HTTP to the registry (a local one) instead of HTTPS.
+    #[arg(long, visible_alias = "insecure")]
+    nohttps: bool,
     /// Number of FUSE server threads.
     #[arg(long, hide = true, default_value_t = 0)]
     fuse_threads: usize,
@@ -225,6 +233,9 @@ impl RunOpts {
         self.cleanenv |= flag(&["CLEANENV"])?;
         self.no_home |= flag(&["NO_HOME"])?;
         self.writable_tmpfs |= flag(&["WRITABLE_TMPFS"])?;
+        if self.overlay.is_none() {
+            self.overlay = apptainer::value(env, "OVERLAY").map(|(_, v)| v.to_string());
+        }
         self.nv |= flag(&["NV"])? | flag(&["NVCCLI"])? | self.nvccli;
         self.rocm |= flag(&["ROCM"])?;
         flag(&["USERNS", "UNSHARE_USERNS"])?;
@@ -272,6 +283,9 @@ impl RunOpts {
         });
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
+        if let Some(dir) = &self.overlay {
+            o.overlay = Some(overlay_dir(dir)?);
+        }
         o.cleanenv = self.cleanenv || self.containall;
         o.gpu = match (self.gpu || (self.nv && self.rocm), self.nv, self.rocm) {
             (true, _, _) => Some(GpuVendor::Any),
@@ -411,14 +425,7 @@ fn run(cli: Cli) -> Result<i32> {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             return Ok(0);
         }
-        Command::Verify { image } => {
-            let checked = image_tools::sif_image::verify(&image)?;
-            for c in &checked {
-                println!("object {:>2}  {:<40} {}", c.id, c.what, c.digest);
-            }
-            println!("{}: {} objects verified", image.display(), checked.len());
-            return Ok(0);
-        }
+        Command::Verify(args) => return verify_cmd::run(args),
         Command::Inspect {
             image,
             json,
@@ -459,6 +466,12 @@ fn run(cli: Cli) -> Result<i32> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    let image = if image_source::is_source(&image) {
+        let nohttps = opts.nohttps || apptainer::flag(&env, &["NOHTTPS"])?;
+        image_source::resolve(&image.to_string_lossy(), nohttps, cli.debug)?
+    } else {
+        image
+    };
     let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)
@@ -469,4 +482,15 @@ fn what_of(c: CacheCommand) -> build_cmd::CacheAction {
         CacheCommand::List => build_cmd::CacheAction::List,
         CacheCommand::Clean { days, force } => build_cmd::CacheAction::Clean { days, force },
     }
+}
+
+/// The directory of `--overlay DIR`: Apptainer's overlay images (`.img`, `.sqfs`, `:ro`) and
+/// several overlays are refused here with what to do instead.
+fn overlay_dir(spec: &str) -> Result<std::path::PathBuf> {
+    if spec.contains(',') || spec.contains(':') {
+        anyhow::bail!(
+            "--overlay {spec}: one writable overlay directory only (no ':ro', no list of overlays)"
+        );
+    }
+    Ok(std::path::PathBuf::from(spec))
 }

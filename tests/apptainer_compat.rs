@@ -239,3 +239,173 @@ fn shell_completion_and_manual_page() {
         &man.stdout[..200.min(man.stdout.len())]
     );
 }
+
+/// An image whose `/.singularity.d/env/90-environment.sh` does what conda's and spack's
+/// activation do (source another file, `if`, `$(...)`, functions, `unset`) and prints.
+fn activating_image(name: &str, script: &str) -> String {
+    let t = busybox_tree(&format!("{name}-tree"));
+    let env = t.join(".singularity.d/env");
+    std::fs::create_dir_all(&env).unwrap();
+    std::fs::write(env.join("90-environment.sh"), script).unwrap();
+    // Apptainer's own scripts, as every image it builds carries them: read without a shell.
+    std::fs::write(env.join("99-base.sh"), "if [ -z \"$LD_LIBRARY_PATH\" ]; then\n    LD_LIBRARY_PATH=/.singularity.d/libs\nfi\nexport LD_LIBRARY_PATH\n").unwrap();
+    std::fs::create_dir_all(t.join("opt/tool/bin")).unwrap();
+    std::fs::write(
+        t.join("opt/tool/activate"),
+        "PATH=\"/opt/tool/bin:$PATH\"\nACTIVATED=yes\n",
+    )
+    .unwrap();
+    let tool = t.join("opt/tool/bin/mytool");
+    std::fs::write(&tool, "#!/bin/sh\necho \"tool ran with $ACTIVATED\"\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = setup().scratch.join(format!("{name}.sqfs"));
+    mksquashfs(&t, &path, &["-comp", "gzip"]);
+    std::fs::remove_dir_all(&t).unwrap();
+    path.display().to_string()
+}
+
+const ACTIVATE: &str = "\
+#!/bin/sh
+. /opt/tool/activate
+if [ -z \"$FROM_IF\" ]; then
+    FROM_IF=set-in-if
+fi
+COUNT=$(echo a b c)
+unset DROP_ME
+echo \"a message from the script\"
+mark() { FROM_FN=fn; }
+mark
+";
+
+/// Issue 17: the image's environment scripts are run by its shell when they need one (the
+/// parser alone skipped `source`, `if`, `$(...)`): what Apptainer gives, with the same
+/// precedence (`--env` and `APPTAINERENV_` over the scripts), and the scripts' own output
+/// kept off the command's stdout.
+#[test]
+fn environment_scripts_that_need_a_shell_are_run_by_the_images_shell() {
+    let img = activating_image("activating", ACTIVATE);
+    let out = launcher(&["exec", &img, "mytool"]).run();
+    assert_eq!(out.ok().stdout, "tool ran with yes\n", "{out:?}");
+    assert!(out.stderr.contains("a message from the script"), "{out:?}");
+    let out = launcher(&[
+        "exec",
+        "--env",
+        "FROM_IF=user",
+        &img,
+        "/bin/sh",
+        "-c",
+        "echo $ACTIVATED $FROM_IF $FROM_FN $COUNT ${DROP_ME:-unset} $FWD $LD_LIBRARY_PATH",
+    ])
+    .env("DROP_ME", "host")
+    .env("APPTAINERENV_FWD", "forwarded")
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        "yes user fn a b c unset forwarded /.singularity.d/libs\n",
+        "{out:?}"
+    );
+    let out = launcher(&["exec", "--debug", &img, "/bin/true"]).run();
+    assert!(
+        out.ok()
+            .stderr
+            .contains("env scripts: sourced by the image's /bin/sh at start"),
+        "{out:?}"
+    );
+}
+
+/// Images whose scripts only assign start no shell (the start-up stays as it was), and a
+/// script that fails stops the launch with one line.
+#[test]
+fn plain_scripts_start_no_shell_and_a_failing_script_stops_the_launch() {
+    let plain = activating_image("plain-env", "#!/bin/sh\nexport ONLY=assigned\n");
+    let out = launcher(&["exec", "--debug", &plain, "/bin/sh", "-c", "echo $ONLY"]).run();
+    assert_eq!(out.ok().stdout, "assigned\n");
+    assert!(!out.stderr.contains("env scripts: sourced"), "{out:?}");
+    let failing = activating_image("failing-env", "#!/bin/sh\nif true; then exit 3; fi\n");
+    let out = launcher(&["exec", &failing, "/bin/true"]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("running the image's environment scripts: /bin/sh failed (exit status 3)"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+}
+
+/// Issue 17: `--overlay DIR` (and `APPTAINER_OVERLAY`) keeps a writable layer in the user's
+/// directory: what one launch writes, the next sees; the image file is untouched; what cannot
+/// work (a file, `:ro`, with `--writable-tmpfs`, a missing directory) is one clear line.
+#[test]
+fn an_overlay_directory_keeps_changes_across_launches() {
+    let s = setup();
+    let dir = s.scratch.join("overlay-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(s.uid), Some(s.gid)).unwrap();
+    let d = dir.display().to_string();
+    let write = launcher(&[
+        "exec",
+        "--overlay",
+        &d,
+        &img(),
+        "/bin/sh",
+        "-c",
+        "echo kept > /etc/from-overlay && mkdir -p /opt/added && touch /opt/added/f",
+    ])
+    .run();
+    write.ok();
+    let read = launcher(&[
+        "exec",
+        &img(),
+        "/bin/sh",
+        "-c",
+        "cat /etc/from-overlay; ls /opt/added; stat -c %u /etc/from-overlay",
+    ])
+    .env("APPTAINER_OVERLAY", &d)
+    .run();
+    assert_eq!(
+        read.ok().stdout,
+        format!("kept\nf\n{}\n", s.uid),
+        "{read:?}"
+    );
+    assert!(dir.join("upper/etc/from-overlay").is_file());
+    // Without it, the image is as it was.
+    let plain = launcher(&["exec", &img(), "/bin/sh", "-c", "cat /etc/from-overlay"]).run();
+    assert_ne!(plain.code, 0, "{plain:?}");
+    let debug = launcher(&["exec", "--debug", "--overlay", &d, &img(), "/bin/true"]).run();
+    assert!(
+        debug
+            .ok()
+            .stderr
+            .contains(&format!("+ overlay in {d} (kept), writable (--overlay)")),
+        "{debug:?}"
+    );
+    for (args, want) in [
+        (
+            vec!["--overlay", "/nonexistent-overlay"],
+            "--overlay /nonexistent-overlay: no such directory".to_string(),
+        ),
+        (
+            vec!["--overlay", "/etc/passwd"],
+            "--overlay /etc/passwd: not a directory (overlay image files are not supported"
+                .to_string(),
+        ),
+        (
+            vec!["--overlay", &format!("{d}:ro")],
+            format!("--overlay {d}:ro: one writable overlay directory only"),
+        ),
+        (
+            vec!["--overlay", &d, "--writable-tmpfs"],
+            "--overlay and --writable-tmpfs: choose one".to_string(),
+        ),
+    ] {
+        let mut all = vec!["exec"];
+        all.extend(args);
+        let image = img();
+        all.extend([image.as_str(), "/bin/true"]);
+        let out = launcher(&all).run();
+        assert_eq!(out.code, 255, "{out:?}");
+        assert!(out.stderr.contains(&want), "{want}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    }
+}

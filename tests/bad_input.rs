@@ -104,38 +104,6 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
 }
 
-/// Makes a SquashFS image of `tree` with mksquashfs as root (so files are root's).
-fn mksquashfs(tree: &Path, out: &Path, opts: &[&str]) {
-    let st = Command::new("mksquashfs")
-        .arg(tree)
-        .arg(out)
-        .args(["-noappend", "-quiet", "-no-progress"])
-        .args(opts)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mksquashfs {}", out.display());
-    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644)).unwrap();
-}
-
-/// A tree with busybox and its shell tools, for crafted images.
-fn busybox_tree(name: &str) -> PathBuf {
-    let t = setup().scratch.join(name);
-    let _ = std::fs::remove_dir_all(&t);
-    std::fs::create_dir_all(t.join("bin")).unwrap();
-    std::fs::create_dir_all(t.join("etc")).unwrap();
-    std::fs::copy(
-        setup().fixtures.join("rootfs/bin/busybox"),
-        t.join("bin/busybox"),
-    )
-    .unwrap();
-    for a in ["sh", "ls", "cat", "find", "echo", "true", "stat"] {
-        std::os::unix::fs::symlink("busybox", t.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(t.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
-    t
-}
-
 /// The test user's entries in the host's temporary directories, but for the test processes'
 /// scratch directories and the shared instances' rendezvous directory. (A refused launch
 /// mounts nothing, and could not touch the host's mount table anyway: what it could leave
@@ -618,20 +586,6 @@ fn huge_text_files_in_the_image_are_refused() {
         &["/etc/passwd", "at most 16 MiB"],
         &img,
     );
-}
-
-/// An image of a busybox tree with these `/.singularity.d/env` scripts.
-fn env_script_image(name: &str, scripts: &[(&str, String)]) -> String {
-    let t = busybox_tree(&format!("{name}-tree"));
-    let env = t.join(".singularity.d/env");
-    std::fs::create_dir_all(&env).unwrap();
-    for (file, text) in scripts {
-        std::fs::write(env.join(file), text).unwrap();
-    }
-    let path = setup().scratch.join(format!("{name}.sqfs"));
-    mksquashfs(&t, &path, &["-comp", "gzip"]);
-    std::fs::remove_dir_all(&t).unwrap();
-    path.display().to_string()
 }
 
 /// Issue 20, finding 3: the image's environment scripts had no bounds. A script that doubles

@@ -434,3 +434,72 @@ fn gpu_uses_the_nvidia_cdi_spec_instead_of_the_built_in_lists() {
         "{out:?}"
     );
 }
+
+/// `--gpu` on an NVIDIA node whose ld.so.cache also lists libdrm (Mesa needs it on most hosts)
+/// brings in NVIDIA's libraries only: libdrm, in ROCm's list, no longer makes the node look
+/// like an AMD one (issue 20's review). An AMD node is one with /dev/kfd.
+#[test]
+fn gpu_on_a_node_without_kfd_brings_no_rocm_libraries() {
+    let s = setup();
+    let dir = s.scratch.join("nv-only");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (lib, dev) = (dir.join("lib"), dir.join("dev"));
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(&dev).unwrap();
+    let cp = |args: &[&str]| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args.join(" "))
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    cp(&[
+        "cp -a",
+        &format!("{}/lib/.", gpu_dir().display()),
+        &lib.display().to_string(),
+    ]);
+    cp(&[
+        "cp -a",
+        &format!("{}/dev/nvidia*", gpu_dir().display()),
+        &dev.display().to_string(),
+    ]);
+    std::fs::write(dir.join("drm.c"), "int drmAvailable(void) { return 1; }\n").unwrap();
+    cp(&[
+        "gcc -shared -fPIC -Wl,-soname,libdrm.so.2 -o",
+        &lib.join("libdrm.so.2.4.0").display().to_string(),
+        &dir.join("drm.c").display().to_string(),
+        "&& ln -s libdrm.so.2.4.0",
+        &lib.join("libdrm.so.2").display().to_string(),
+    ]);
+    let cache = ldconfig_cache("nv-only", &lib);
+    let empty = s.scratch.join("no-cdi");
+    std::fs::create_dir_all(&empty).unwrap();
+    let cfg = s.scratch.join("nv-only.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "host:\n  ld_so_cache: {}\n  dev_dir: {}\ncdi:\n  spec_dirs: [{}]\n",
+            cache.display(),
+            dev.display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let out = launcher(&["--debug", "exec", "--gpu", &image(), "/bin/true"])
+        .env("LAUNCHER_CONFIG", cfg.to_str().unwrap())
+        .run();
+    out.ok();
+    assert!(
+        out.stderr.contains("/.launcher.d/libs/libcuda.so.1"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("libdrm"), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "rocm: no {} on this host",
+            dev.join("kfd").display()
+        )),
+        "{out:?}"
+    );
+}

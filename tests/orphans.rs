@@ -67,3 +67,57 @@ fn a_daemon_left_by_a_finished_command_is_ended() {
     assert_eq!(out.stdout.trim(), "done");
     assert_gone(&daemon, "left after the command exited");
 }
+
+/// An image whose environment script needs a shell (`if`) and then runs `line`.
+fn env_shell_image(name: &str, line: &str) -> String {
+    env_script_image(
+        name,
+        &[(
+            "90-environment.sh",
+            format!("if true; then :; fi\n{line}\n"),
+        )],
+    )
+}
+
+/// The image's shell that reads its environment scripts is the launch's like the command:
+/// a `kill -9` of the launcher while a script hangs leaves nothing (the child is already the
+/// reaper), and a TERM ends the launch (the shell does not start with our signals blocked).
+#[test]
+fn a_hanging_environment_script_ends_with_the_launcher() {
+    let base = 700_000 + std::process::id() % 99_999;
+    let hang = format!("sleep {base}5");
+    let img = env_shell_image("env-hang", &format!("echo started >&2; {hang}"));
+    for round in 0..2 {
+        let mut child = launcher(&["exec", &img, "/bin/true"]).spawn();
+        wait_started(&hang);
+        if round == 0 {
+            child.kill().unwrap();
+        } else {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "round {round}: {status:?}");
+        assert_gone(&hang, &format!("round {round}: the script's sleep is left"));
+    }
+}
+
+/// A background process a script starts does not hold the launch until it ends (the report
+/// is not read from a pipe it inherited), and it ends with the command.
+#[test]
+fn a_background_process_of_a_script_does_not_hold_the_launch() {
+    let base = 700_000 + std::process::id() % 99_999;
+    let bg = format!("sleep {base}6");
+    let img = env_shell_image("env-bg", &format!("{bg} &"));
+    // Bounded: a launch that waited for the background sleep would be killed, and fail.
+    let out = as_test_user(&setup().bin, Some(60))
+        .args(["exec", &img, "/bin/echo", "ran"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert_gone(&bg, "left after the command exited");
+}

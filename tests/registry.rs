@@ -589,3 +589,107 @@ fn definition_file_bootstraps_from_the_registry() {
         "{out:?}"
     );
 }
+
+/// The converted images in a cache (`<cache>/launcher/sif/*.sif`) and anything else there
+/// but their locks (temporaries a conversion left).
+fn cached_sifs(cache: &Path) -> (Vec<PathBuf>, Vec<String>) {
+    let dir = cache.join("launcher/sif");
+    let (mut sifs, mut other) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".lock") {
+            continue;
+        }
+        if name.ends_with(".sif") && !name.starts_with('.') {
+            sifs.push(e.path());
+        } else {
+            other.push(name);
+        }
+    }
+    sifs.sort();
+    (sifs, other)
+}
+
+/// `exec docker://...` as Apptainer users type it (issue 17): the first run pulls and
+/// converts into the cache, keyed by the manifest digest; a second run reuses that file
+/// without converting (its mtime is unchanged); ranks starting at once convert it once.
+#[test]
+fn exec_docker_source_converts_once_into_the_cache() {
+    let reg = Registry::start("runtime", None);
+    let layout = format!("oci:{}:test", fixture("oci-layout"));
+    reg.push(&layout, "test/busybox:1", &[]);
+    let src = format!("docker://{}/test/busybox:1", reg.host());
+    let cache = cache_dir("runtime");
+    let c = cache.display().to_string();
+    let script = "echo \"$OCI_VAR\"; id -u; cat /data/tree/a/b/deep.txt";
+    let want = format!("from-oci\n{}\ndeep\n", setup().uid);
+
+    let first = launcher(&["exec", "--nohttps", &src, "/bin/sh", "-c", script])
+        .env("APPTAINER_CACHEDIR", &c)
+        .run();
+    first.ok();
+    assert_eq!(first.stdout, want, "{first:?}");
+    assert!(first.stderr.contains("launcher: converting"), "{first:?}");
+    let (sifs, other) = cached_sifs(&cache);
+    assert_eq!(sifs.len(), 1, "{sifs:?}");
+    assert!(other.is_empty(), "left behind: {other:?}");
+    // Named by the platform manifest's digest, which the registry serves for the tag.
+    let hex = sifs[0].file_stem().unwrap().to_string_lossy().into_owned();
+    assert_eq!(hex.len(), 64, "{sifs:?}");
+    assert!(reg.log().contains(&format!("sha256:{hex}")) || first.stderr.contains(&hex));
+    let mtime = std::fs::metadata(&sifs[0]).unwrap().modified().unwrap();
+
+    // Again, with Apptainer's variable instead of the flag: no conversion.
+    let log_from = reg.log().len();
+    let second = launcher(&["--debug", "exec", &src, "/bin/sh", "-c", script])
+        .env("APPTAINER_CACHEDIR", &c)
+        .env("APPTAINER_NOHTTPS", "1")
+        .run();
+    second.ok();
+    assert_eq!(second.stdout, want, "{second:?}");
+    assert!(!second.stderr.contains("converting"), "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("cached image {}", sifs[0].display())),
+        "{second:?}"
+    );
+    assert!(
+        second
+            .stderr
+            .contains(&format!("image: {} (SIF", sifs[0].display())),
+        "{second:?}"
+    );
+    assert_eq!(cached_sifs(&cache).0, sifs);
+    assert_eq!(
+        std::fs::metadata(&sifs[0]).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert!(reg.blob_gets(log_from).is_empty(), "no layer fetched again");
+
+    // Four ranks at once on an empty cache: one converts, the others wait and reuse it.
+    let cache = cache_dir("runtime-ranks");
+    let c = cache.display().to_string();
+    let ranks: Vec<_> = (0..4)
+        .map(|_| {
+            launcher(&["exec", "--nohttps", &src, "/bin/sh", "-c", script])
+                .env("APPTAINER_CACHEDIR", &c)
+                .spawn()
+        })
+        .collect();
+    let mut conversions = 0;
+    for r in ranks {
+        let out = r.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{stderr}");
+        conversions += stderr.matches("launcher: converting").count();
+    }
+    assert_eq!(conversions, 1);
+    let (sifs, other) = cached_sifs(&cache);
+    assert_eq!(sifs.len(), 1, "{sifs:?}");
+    assert!(other.is_empty(), "left behind: {other:?}");
+}

@@ -20,7 +20,11 @@ fn job_id(tag: u32) -> String {
 }
 
 fn rank(job: &str, step: &str, script: &str) -> L {
-    launcher(&["exec", "--debug", &gzip(), "/bin/sh", "-c", script])
+    rank_of(&gzip(), job, step, script)
+}
+
+fn rank_of(image: &str, job: &str, step: &str, script: &str) -> L {
+    launcher(&["exec", "--debug", image, "/bin/sh", "-c", script])
         .env("SLURM_JOB_ID", job)
         .env("SLURM_STEP_ID", step)
 }
@@ -311,4 +315,44 @@ fn other_steps_and_no_share_stay_private() {
 fn nix_kill(pid: u32) -> i32 {
     // SAFETY: kill(2) with a pid we started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) }
+}
+
+/// A sandbox directory has no FUSE server, but its ranks still share one instance (one user
+/// namespace, for single-copy MPI transfers): the keeper holds the namespaces as for a file.
+#[test]
+fn ranks_share_a_sandbox_directory_instance() {
+    let job = job_id(9);
+    let root = fixture("rootfs");
+    let script = "readlink /proc/self/ns/user; echo ready; cat >/dev/null";
+    let mut ranks: Vec<Live> = (0..3)
+        .map(|_| Live::start(rank_of(&root, &job, "0", script)))
+        .collect();
+    for r in &mut ranks {
+        r.until_stdout("ready");
+    }
+    for r in &mut ranks {
+        r.release();
+    }
+    let outs: Vec<Out> = ranks.into_iter().map(Live::finish).collect();
+    let mut namespaces = BTreeSet::new();
+    for o in &outs {
+        o.ok();
+        namespaces.insert(o.stdout.lines().next().unwrap_or_default().to_string());
+    }
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+    let led = outs
+        .iter()
+        .filter(|o| o.stderr.contains("share: leading"))
+        .count();
+    let joined = outs
+        .iter()
+        .filter(|o| o.stderr.contains("share: joining"))
+        .count();
+    assert_eq!(
+        (led, joined),
+        (1, 2),
+        "{:?}",
+        outs.iter().map(|o| &o.stderr).collect::<Vec<_>>()
+    );
+    assert_no_files_left();
 }

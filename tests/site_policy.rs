@@ -164,13 +164,13 @@ fn a_locked_variable_is_the_sites_and_may_not_be_reset() {
         (
             None,
             ["--env", "OMPI_MCA_btl=tcp"],
-            "--env OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site config \
-             /etc/launcher/launcher.yaml",
+            "--env/--env-file OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site \
+             config /etc/launcher/launcher.yaml",
         ),
         (
             None,
             ["--env", "LD_PRELOAD=/tmp/x.so"],
-            "--env LD_PRELOAD: the variable LD_PRELOAD is locked",
+            "--env/--env-file LD_PRELOAD: the variable LD_PRELOAD is locked",
         ),
         (
             Some(("APPTAINERENV_LD_PRELOAD", "/tmp/x.so")),

@@ -4,6 +4,8 @@
 //! making images (`build`, `oci` staging, `registry` pulls, `tree`, `squashfs::write`) is the
 //! `build` feature, on by default, which brings the HTTP client, TLS, tar and the tree walker.
 //! The launcher's runtime turns it off: a launch compiles and links no HTTP stack.
+//! Checking SIF signatures (`sif_sig`: OpenPGP, DSSE with Ed25519/RSA/ECDSA) is the `verify`
+//! feature, off by default and on for the `launcher` binary.
 #[cfg(feature = "build")]
 pub mod build;
 // Definition files: pure parsing, used only by builds.
@@ -22,6 +24,8 @@ pub mod oci_config;
 pub mod registry;
 pub mod sif;
 pub mod sif_image;
+#[cfg(feature = "verify")]
+pub mod sif_sig;
 pub mod squashfs;
 #[cfg(feature = "build")]
 pub mod tree;

@@ -11,14 +11,6 @@ pub fn get_nonempty<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a st
     get(env, key).filter(|v| !v.is_empty())
 }
 
-/// Set `key` to `value`, in place if it is set already, else at the end.
-pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value.to_string(),
-        None => env.push((key.to_string(), value.to_string())),
-    }
-}
-
 /// An environment from literal pairs, for unit tests.
 #[cfg(test)]
 pub fn from_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -33,12 +25,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn set_replaces_in_place() {
-        let mut env = vec![("A".to_string(), "1".to_string())];
-        set(&mut env, "B", "");
-        set(&mut env, "A", "2");
+    fn empty_values_are_set_but_not_nonempty() {
+        let env = from_pairs(&[("A", "2"), ("B", "")]);
         assert_eq!(get(&env, "A"), Some("2"));
-        assert_eq!(env[0].0, "A", "order kept");
         assert_eq!(get(&env, "B"), Some(""));
         assert_eq!(get_nonempty(&env, "B"), None);
         assert_eq!(get(&env, "C"), None);

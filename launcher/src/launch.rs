@@ -8,8 +8,7 @@ use crate::gather::host::HostInfo;
 use crate::gather::paths::HostPaths;
 use crate::gather::site_config::SiteConfig;
 use crate::gather::{gpu, mpi, Gathered};
-use crate::image::view::ImageView;
-use crate::image::Image;
+use crate::image::Opened;
 use crate::options::LaunchOptions;
 use crate::plan::{self, Plan};
 use anyhow::Result;
@@ -25,10 +24,11 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     plan::policy::check(opts, &host.env, &site)?;
     let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");
-    let image = Image::open(&opts.image)?;
+    let opened = Opened::open(&opts.image)?;
+    let image = opened.view();
     debug::step(format_args!("image opened ({})", image.desc().format));
     // MPI is checked against the image's own MPI, so it is gathered once the image is open.
-    injection.extend(mpi::gather(opts, &site, &image)?);
+    injection.extend(mpi::gather(opts, &site, image)?);
     let paths = HostPaths::gather(opts, &host, &site, &injection)?;
     let facts = Gathered {
         host,
@@ -36,7 +36,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         injection,
         paths,
     };
-    let plan = plan::build(opts, &facts, &image)?;
+    let plan = plan::build(opts, &facts, image)?;
     debug::step("plan built");
     if debug {
         eprint!("{plan}");
@@ -66,7 +66,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_push: tuning.fuse_push,
         prefetch: tuning.prefetch,
     };
-    let status = supervisor::launch(&plan, image.archive.clone(), &settings, role);
+    let status = supervisor::launch(&plan, opened.archive(), &settings, role);
     // The image server's messages reach stderr before the launcher exits; a stderr nobody
     // reads holds the exit for this long at most.
     crate::fuse::report::flush(REPORT_FLUSH_LIMIT);
@@ -103,19 +103,27 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     if !opts.share {
         return Role::Private("--no-share".into());
     }
-    if plan.writable_root {
+    // `--overlay DIR` is shared like a read-only root: one overlay mount per node, as two
+    // mounts over one upper directory would corrupt it.
+    if plan.writable_root && plan.overlay_dir.is_none() {
         return Role::Private("--writable-tmpfs gives each rank its own root".into());
     }
     let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {
         return Role::Private("not a rank of a job step".into());
     };
-    let role = share::key(
-        plan.uid,
-        &step,
-        &plan.image.path,
-        &(&plan.mounts, &plan.upper),
-    )
-    .and_then(|key| share::rendezvous(&share::candidate_dirs(&host.env, plan.uid), plan.uid, &key));
+    let role = share::node_name(&host.env)
+        .and_then(|node| {
+            share::key(
+                plan.uid,
+                &node,
+                &step,
+                &plan.image.path,
+                &(&plan.mounts, &plan.upper),
+            )
+        })
+        .and_then(|key| {
+            share::rendezvous(&share::candidate_dirs(&host.env, plan.uid), plan.uid, &key)
+        });
     let why = match role {
         Ok(Role::Private(why)) => why,
         Ok(role) => return role,

@@ -24,9 +24,11 @@ pub mod options;
 pub(crate) mod plan;
 
 /// For the fuzz targets (fuzz/), which drive the planner with fuzzed site configs and
-/// injections; not an interface for anything else.
+/// injections, and read fuzzed environment scripts; not an interface for anything else.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::plan::environment;
+
     use crate::gather::host::HostInfo;
     use crate::gather::injection::Injection;
     use crate::gather::paths::HostPaths;

@@ -150,48 +150,7 @@ pub fn pull(
     let mut client = Client::new(reference, opts.insecure, opts.docker_config.as_deref());
     let name = client.name();
 
-    // The tag or digest, then down through indexes to one platform's manifest.
-    let mut doc = fetch_manifest(
-        &mut client,
-        &cache,
-        reference.manifest_ref(),
-        reference.digest.as_deref(),
-        None,
-        &name,
-    )?;
-    let mut platform = None;
-    for depth in 0.. {
-        if !matches!(doc.media_type.as_str(), OCI_INDEX | DOCKER_LIST) {
-            break;
-        }
-        if depth >= MAX_NESTING {
-            return Err(Error::Invalid(format!(
-                "{name}: image indexes nested too deeply"
-            )));
-        }
-        let what = format!("{name}: index {}", doc.digest);
-        let (i, p) = select_platform(&doc.json, arch, &what)?;
-        let d: Descriptor = serde_json::from_value(doc.json["manifests"][i].clone())
-            .map_err(|e| Error::Invalid(format!("{what}: malformed descriptor: {e}")))?;
-        let digest = valid_digest(&d.digest, &what)?;
-        doc = fetch_manifest(&mut client, &cache, &digest, Some(&digest), d.size, &name)?;
-        if doc.media_type != OCI_INDEX && doc.media_type != DOCKER_LIST {
-            if let Some(mt) = d
-                .media_type
-                .filter(|m| m == OCI_MANIFEST || m == DOCKER_MANIFEST)
-            {
-                doc.media_type = mt;
-            }
-        }
-        platform = Some(p);
-    }
-    if !matches!(doc.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST) {
-        return Err(Error::Invalid(format!(
-            "{name}: unsupported manifest media type {:?}",
-            doc.media_type
-        )));
-    }
-
+    let (doc, platform) = resolve_manifest(&mut client, &cache, reference, arch, &name)?;
     let what = format!("{name}: manifest {}", doc.digest);
     let config: Descriptor = doc
         .json
@@ -248,6 +207,77 @@ pub fn pull(
         },
         report,
     })
+}
+
+/// The platform manifest `reference` names for `arch` (through any index), with the
+/// platform an index picked.
+fn resolve_manifest(
+    client: &mut Client,
+    cache: &Cache,
+    reference: &Reference,
+    arch: &str,
+    name: &str,
+) -> Result<(Document, Option<Platform>)> {
+    // The tag or digest, then down through indexes to one platform's manifest.
+    let mut doc = fetch_manifest(
+        client,
+        cache,
+        reference.manifest_ref(),
+        reference.digest.as_deref(),
+        None,
+        name,
+    )?;
+    let mut platform = None;
+    for depth in 0.. {
+        if !matches!(doc.media_type.as_str(), OCI_INDEX | DOCKER_LIST) {
+            break;
+        }
+        if depth >= MAX_NESTING {
+            return Err(Error::Invalid(format!(
+                "{name}: image indexes nested too deeply"
+            )));
+        }
+        let what = format!("{name}: index {}", doc.digest);
+        let (i, p) = select_platform(&doc.json, arch, &what)?;
+        let d: Descriptor = serde_json::from_value(doc.json["manifests"][i].clone())
+            .map_err(|e| Error::Invalid(format!("{what}: malformed descriptor: {e}")))?;
+        let digest = valid_digest(&d.digest, &what)?;
+        doc = fetch_manifest(client, cache, &digest, Some(&digest), d.size, name)?;
+        if doc.media_type != OCI_INDEX && doc.media_type != DOCKER_LIST {
+            if let Some(mt) = d
+                .media_type
+                .filter(|m| m == OCI_MANIFEST || m == DOCKER_MANIFEST)
+            {
+                doc.media_type = mt;
+            }
+        }
+        platform = Some(p);
+    }
+    if !matches!(doc.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST) {
+        return Err(Error::Invalid(format!(
+            "{name}: unsupported manifest media type {:?}",
+            doc.media_type
+        )));
+    }
+
+    Ok((doc, platform))
+}
+
+/// The digest of the platform manifest `reference` names for `arch`: what identifies the
+/// image's content (a tag may move; this does not). Fetches manifests only, no layers.
+pub fn resolve(reference: &Reference, arch: &str, opts: &PullOptions) -> Result<String> {
+    let cache_root = match &opts.cache_dir {
+        Some(d) => d.clone(),
+        None => Cache::default_dir()?,
+    };
+    let cache = Cache::open(&cache_root)?;
+    let mut client = Client::new(reference, opts.insecure, opts.docker_config.as_deref());
+    let name = client.name();
+    Ok(
+        resolve_manifest(&mut client, &cache, reference, arch, &name)?
+            .0
+            .digest,
+    )
 }
 
 fn progress_bar(show: bool, kind: &str, digest: &str) -> indicatif::ProgressBar {

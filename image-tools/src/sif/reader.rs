@@ -24,6 +24,9 @@ pub struct SifFile {
     pub header: Header,
     /// Used slots only, in slot order (not in ID or file order).
     pub descriptors: Vec<Descriptor>,
+    /// Slot index of each entry of `descriptors` (same order).
+    slots: Vec<usize>,
+    table_offset: u64,
     file_size: u64,
     warnings: Vec<String>,
 }
@@ -64,6 +67,8 @@ impl SifFile {
         let mut sif = SifFile {
             header,
             descriptors: Vec::new(),
+            slots: Vec::new(),
+            table_offset,
             file_size,
             warnings: Vec::new(),
         };
@@ -94,6 +99,7 @@ impl SifFile {
                     }
                     self.check_bounds(slot, &d)?;
                     self.descriptors.push(d);
+                    self.slots.push(slot);
                 }
                 slot += 1;
             }
@@ -192,6 +198,32 @@ impl SifFile {
     /// disagree with the slots).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The 585 bytes of the descriptor slot of object `id`, as stored (signatures cover some
+    /// of its fields as raw bytes). `file` must be the file this `SifFile` was read from.
+    pub fn raw_descriptor(&self, file: &File, id: u32) -> Result<[u8; DESCRIPTOR_SIZE]> {
+        let i = self
+            .descriptors
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| Error::NotFound(format!("no object with ID {id}")))?;
+        // The table was checked to lie inside the file when it was read.
+        let pos = self.table_offset + (self.slots[i] * DESCRIPTOR_SIZE) as u64;
+        let mut buf = [0u8; DESCRIPTOR_SIZE];
+        file.read_exact_at(&mut buf, pos)
+            .map_err(Error::io(format!(
+                "read descriptor of object {id} at offset {pos}"
+            )))?;
+        Ok(buf)
+    }
+
+    /// The 128 header bytes, as stored.
+    pub fn raw_header(&self, file: &File) -> Result<[u8; HEADER_SIZE]> {
+        let mut buf = [0u8; HEADER_SIZE];
+        file.read_exact_at(&mut buf, 0)
+            .map_err(Error::io("read SIF header"))?;
+        Ok(buf)
     }
 
     /// The descriptor with object ID `id`.

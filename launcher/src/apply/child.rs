@@ -10,6 +10,7 @@ use crate::apply::channel::{Channel, Message};
 use crate::apply::rootfs::{self, Layout};
 use crate::apply::syscalls::Syscalls;
 use crate::debug;
+use crate::plan::environment::CAPTURED_MAX_BYTES;
 use crate::plan::Plan;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::MsFlags;
@@ -46,14 +47,24 @@ pub fn create_instance(
         return e;
     }
     match then {
-        Then::Exec(old_mask) => match prepare_exec(sys, plan) {
-            Ok(program) => {
+        Then::Exec(old_mask) => {
+            // The image's shell reads image files like the command: no store may be in
+            // progress when it runs (push.rs), so the pushes end before it.
+            let early = plan.env_shell.is_some();
+            if early {
                 end_stores(&chan);
-                drop(chan);
-                run_command(sys, plan, &program, old_mask, parent)
             }
-            Err(e) => e,
-        },
+            match prepare_exec(sys, plan, parent) {
+                Ok(ready) => {
+                    if !early {
+                        end_stores(&chan);
+                    }
+                    drop(chan);
+                    run_command(sys, plan, &ready, old_mask, parent)
+                }
+                Err(e) => e,
+            }
+        }
         Then::Keep => keep(chan),
     }
 }
@@ -68,14 +79,14 @@ pub fn enter_instance(
     mnt_ns: &OwnedFd,
     old_mask: &SigSet,
 ) -> anyhow::Error {
-    let setup = || -> Result<PathBuf> {
+    let setup = || -> Result<Ready> {
         sys.die_with_parent(parent)?;
         sys.join_namespaces(user_ns, mnt_ns)?;
         debug::step("child: entered the shared instance");
-        prepare_exec(sys, plan)
+        prepare_exec(sys, plan, parent)
     };
     match setup() {
-        Ok(program) => run_command(sys, plan, &program, old_mask, parent),
+        Ok(ready) => run_command(sys, plan, &ready, old_mask, parent),
         Err(e) => e,
     }
 }
@@ -85,14 +96,14 @@ pub fn enter_instance(
 fn run_command(
     sys: &dyn Syscalls,
     plan: &Plan,
-    program: &Path,
+    ready: &Ready,
     old_mask: &SigSet,
     launcher: Pid,
 ) -> anyhow::Error {
     if let Err(e) = sys.become_reaper(launcher) {
         return e;
     }
-    match sys.spawn_command(program, &plan.argv, &plan.env, old_mask) {
+    match sys.spawn_command(&ready.program, &plan.argv, &ready.env, old_mask) {
         Err(e) => e,
         Ok(command) => {
             // The reaper needs none of the descriptors it inherited; the command keeps its own.
@@ -120,7 +131,8 @@ fn end_stores(chan: &Channel) {
 }
 
 /// New user and mount namespaces, the staging tmpfs, the image mounted with FUSE, and the
-/// /dev/fuse descriptor sent to the launcher. Returns the staging directory.
+/// /dev/fuse descriptor sent to the launcher (not for a sandbox directory, which needs no
+/// server). Returns the staging directory.
 fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> Result<PathBuf> {
     sys.die_with_parent(parent)?;
     sys.enter_user_namespace(plan.uid, plan.gid)?;
@@ -136,6 +148,11 @@ fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> 
     let staging = mount_staging(sys)?;
     for d in ["image", "oldroot"] {
         sys.mkdir(&staging.join(d), 0o755)?;
+    }
+    if plan.image.is_directory() {
+        // Bound once the host is under /oldroot (rootfs::assemble): the staging tmpfs may
+        // now cover the directory's own path (/tmp/sandbox).
+        return Ok(staging);
     }
     let fuse_fd = sys.open_dev_fuse()?;
     let data = format!(
@@ -203,9 +220,15 @@ fn build_root(sys: &dyn Syscalls, plan: &Plan, staging: &Path) -> Result<()> {
     rootfs::enter(sys, &layout)
 }
 
-/// Inside the container root: working directory, no capabilities, no new privileges, and
-/// the program to execute.
-fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<PathBuf> {
+/// What the command is started with: its program and its environment.
+struct Ready {
+    program: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// Inside the container root: working directory, no capabilities, no new privileges, the
+/// environment (from the image's shell when its scripts need one) and the program to execute.
+fn prepare_exec(sys: &dyn Syscalls, plan: &Plan, launcher: Pid) -> Result<Ready> {
     let cwd = std::iter::once(&plan.cwd)
         .chain(plan.cwd_fallbacks.iter())
         .find(|d| sys.chdir(d).is_ok())
@@ -224,28 +247,41 @@ fn prepare_exec(sys: &dyn Syscalls, plan: &Plan) -> Result<PathBuf> {
     }
     sys.drop_capabilities()?;
     sys.set_no_new_privs()?;
-    let program = find_program(&plan.argv[0], plan)?;
+    let env = match &plan.env_shell {
+        None => plan.env.clone(),
+        Some(shell) => {
+            // What the shell leaves running is ours to end, even after a kill -9 of the
+            // launcher (the reaper's duties start here, not at the command).
+            sys.become_reaper(launcher)?;
+            let report = sys
+                .run_for_output(&shell.argv(), &shell.base, CAPTURED_MAX_BYTES, launcher)
+                .context("running the image's environment scripts")?;
+            debug::step("child: the image's environment scripts sourced by its shell");
+            shell.finish(&report)?
+        }
+    };
+    let program = find_program(&plan.argv[0], &env)?;
     debug::step(format_args!(
         "exec {} in {}",
         program.display(),
         cwd.display()
     ));
-    Ok(program)
+    Ok(Ready { program, env })
 }
 
 /// Search the container's PATH the way execvp would, but with an error that says where we looked.
-fn find_program(name: &str, plan: &Plan) -> Result<PathBuf> {
+fn find_program(name: &str, env: &[(String, String)]) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    for candidate in crate::plan::path_search::candidates(name, &plan.env) {
+    for candidate in crate::plan::path_search::candidates(name, env) {
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
             && !candidate.is_dir()
         {
             return Ok(candidate);
         }
     }
-    let path = crate::env_list::get(&plan.env, "PATH").unwrap_or("");
+    let path = crate::env_list::get(env, "PATH").unwrap_or("");
     bail!("command '{name}' not found in the container (PATH={path})")
 }
 
@@ -282,6 +318,7 @@ mod tests {
             uid: 4242,
             gid: 4243,
             writable_root: false,
+            overlay_dir: None,
             mounts: vec![MountStep::Bind {
                 src: "/proc".into(),
                 dst: "/proc".into(),
@@ -290,6 +327,7 @@ mod tests {
             }],
             upper: vec![],
             env: vec![("PATH".into(), "/bin".into())],
+            env_shell: None,
             cwd: "/work".into(),
             cwd_fallbacks: vec!["/".into()],
             argv: vec!["/bin/true".into(), "x".into()],

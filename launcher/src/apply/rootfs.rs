@@ -1,9 +1,11 @@
 //! Build the container's root from a plan, inside the staging tmpfs, then enter it.
 //!
 //! Runs in the forked child, in its own mount namespace, after it pivoted into the staging
-//! tmpfs: the host is then at `/oldroot`, the FUSE-mounted image at `/image`. The root is an
-//! overlay (image below, tmpfs above) so that bind destinations absent from the image can be
-//! created; it is made read-only afterwards unless `--writable-tmpfs`.
+//! tmpfs: the host is then at `/oldroot`, the FUSE-mounted image (or the bound sandbox
+//! directory) at `/image`. The root is the image itself, or an overlay (image below, tmpfs
+//! above) where mount points absent from the image must be created and no FUSE server can
+//! show them (`--writable-tmpfs`, a directory); it is made read-only afterwards unless
+//! `--writable-tmpfs`.
 
 use crate::apply::syscalls::Syscalls;
 use crate::plan::mount_points::NodeKind;
@@ -47,11 +49,43 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
     ] {
         sys.mkdir(d, 0o755)?;
     }
+    if plan.image.is_directory() {
+        // The sandbox, resolved under the host's root like any bind source, and read-only with
+        // whatever is mounted under it before anything is built on top.
+        let source = sys.source(&layout.oldroot, &plan.image.path)?;
+        sys.mount(
+            Some(&source.path),
+            &layout.image,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .with_context(|| {
+            format!(
+                "binding the sandbox directory {}",
+                plan.image.path.display()
+            )
+        })?;
+        sys.make_readonly(&layout.image, true)?;
+    }
     if plan.needs_overlay() {
+        // `--overlay DIR`: the layers are in the user's directory (found under the host's
+        // root like a bind source), kept for the next launch; else in the staging tmpfs.
+        // The directory is named by its descriptor's /proc path (held until the mount is made):
+        // no ':' or ',' of a user's directory name can reach overlayfs's option string.
+        let held;
+        let (upper, work) = match &plan.overlay_dir {
+            Some(dir) => {
+                held = sys.source(&layout.oldroot, dir)?;
+                let (upper, work) = (held.path.join("upper"), held.path.join("work"));
+                sys.mkdir(&upper, 0o755)?;
+                sys.mkdir(&work, 0o755)?;
+                (upper, work)
+            }
+            None => (layout.upper.clone(), layout.work.clone()),
+        };
         for n in &plan.upper {
-            let p = layout
-                .upper
-                .join(n.path.strip_prefix("/").unwrap_or(&n.path));
+            let p = upper.join(n.path.strip_prefix("/").unwrap_or(&n.path));
             match n.kind {
                 NodeKind::Dir => sys.mkdir(&p, n.mode)?,
                 NodeKind::File => sys.write_file(&p, b"")?,
@@ -60,20 +94,36 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
         let overlay = format!(
             "lowerdir={},upperdir={},workdir={},userxattr",
             layout.image.display(),
-            layout.upper.display(),
-            layout.work.display()
+            upper.display(),
+            work.display()
         );
-        sys.mount(Some(Path::new("overlay")), &layout.newroot, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&overlay))
-            .context("creating the container root (overlayfs over the image; needs kernel >= 5.11 for unprivileged overlay)")?;
-    } else {
+        let what = match &plan.overlay_dir {
+            Some(dir) => format!(
+                "creating the container root with the overlay in {} (overlayfs needs kernel >= \
+                 5.11 unprivileged, and a local file system for its layers: not NFS or Lustre)",
+                dir.display()
+            ),
+            None => "creating the container root (overlayfs over the image; needs kernel >= 5.11 \
+                     for unprivileged overlay)"
+                .to_string(),
+        };
         sys.mount(
-            Some(&layout.image),
+            Some(Path::new("overlay")),
             &layout.newroot,
-            None,
-            MsFlags::MS_BIND,
-            None,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&overlay),
         )
-        .context("using the image as the container root")?;
+        .context(what)?;
+    } else {
+        // A directory's submounts come along (they are part of what the user named).
+        let flags = if plan.image.is_directory() {
+            MsFlags::MS_BIND | MsFlags::MS_REC
+        } else {
+            MsFlags::MS_BIND
+        };
+        sys.mount(Some(&layout.image), &layout.newroot, None, flags, None)
+            .context("using the image as the container root")?;
     }
 
     for (n, step) in plan.mounts.iter().enumerate() {
@@ -169,6 +219,7 @@ mod tests {
             uid: 1,
             gid: 1,
             writable_root: writable,
+            overlay_dir: None,
             mounts,
             upper: vec![crate::plan::mount_points::UpperNode {
                 path: "/data".into(),
@@ -176,6 +227,7 @@ mod tests {
                 mode: 0o755,
             }],
             env: vec![],
+            env_shell: None,
             cwd: "/".into(),
             cwd_fallbacks: vec![],
             argv: vec!["true".into()],
@@ -267,6 +319,63 @@ mod tests {
                 Call::Chdir("/".into()),
             ],
         );
+    }
+
+    #[test]
+    fn a_directory_is_bound_read_only_and_gets_an_overlay_for_missing_mount_points() {
+        let rec = Recorder::default();
+        let mut p = plan(vec![], false);
+        p.image = ImageDesc {
+            path: "/srv/sandbox".into(),
+            format: crate::image::view::DIRECTORY,
+            squashfs_offset: 0,
+            file_size: 0,
+        };
+        assemble(&rec, &p, &Layout::in_staging()).unwrap();
+        let calls = rec.calls.into_inner();
+        let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        assert_in_order(
+            &calls,
+            &[
+                // Resolved under the host's root, which is the old root by now.
+                mount_call(Some("/oldroot/srv/sandbox"), "/image", None, rbind, None),
+                Call::MakeReadonly {
+                    target: "/image".into(),
+                    recursive: true,
+                },
+                // /data is missing: made in the upper layer, then the overlay.
+                Call::Mkdir {
+                    path: "/rw/upper/data".into(),
+                    mode: 0o755,
+                },
+                mount_call(
+                    Some("overlay"),
+                    "/newroot",
+                    Some("overlay"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work,userxattr"),
+                ),
+                Call::MakeReadonly {
+                    target: "/newroot".into(),
+                    recursive: false,
+                },
+            ],
+        );
+        // With every mount point present: the directory itself is the root, submounts too.
+        let rec = Recorder::default();
+        p.upper.clear();
+        assemble(&rec, &p, &Layout::in_staging()).unwrap();
+        let calls = rec.calls.into_inner();
+        assert_in_order(
+            &calls,
+            &[
+                mount_call(Some("/oldroot/srv/sandbox"), "/image", None, rbind, None),
+                mount_call(Some("/image"), "/newroot", None, rbind, None),
+            ],
+        );
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay")));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! UCX need for single-copy transfers (CMA: process_vm_readv is refused across user namespaces).
 //!
 //! The rendezvous is a per-user directory on node-local storage, with files named after a key
-//! (uid, job step, image identity, mount table):
+//! (uid, node, job step, image identity, mount table):
 //! - `KEY.lock`: held exclusively while deciding to lead or join, and while tearing down;
 //! - `KEY.state`: written by the leader once the root is ready (pids and namespace inodes);
 //! - `KEY.leader`: held exclusively by the leader for its whole life, so a crashed leader is
@@ -53,14 +53,36 @@ pub fn job_step(env: &[(String, String)], parent: i32) -> Option<String> {
     None
 }
 
-/// The rendezvous key: ranks with equal keys can use one instance. The mount table is part of
-/// it, so ranks asking for different binds never share.
-pub fn key(uid: u32, job_step: &str, image: &Path, mounts: &impl Serialize) -> Result<String> {
+/// The node this rank runs on, as part of the rendezvous key. The job step's name is the same
+/// on every node, and so is the image's identity on a shared file system; when the rendezvous
+/// directory is shared too (a site's `LAUNCHER_SHARE_DIR` on a parallel file system, or nodes
+/// that share /tmp), only this keeps a rank from joining an instance on another node: its
+/// flocks are seen across nodes, and where the PIDs are visible (several slurmd on one host)
+/// the join would even succeed, into the other node's mounts. Both names go in: the host name
+/// tells real nodes apart whatever the starter passed on (Hydra hands node 1's environment,
+/// SLURMD_NODENAME included, to the ranks on node 2), and Slurm's node name tells apart the
+/// nodes of several slurmd on one host, which share a host name. Ranks of one node agree on
+/// both, so they still meet.
+pub fn node_name(env: &[(String, String)]) -> Result<String> {
+    let host = nix::unistd::gethostname().context("reading the host name")?;
+    let slurm = crate::env_list::get_nonempty(env, "SLURMD_NODENAME").unwrap_or("");
+    Ok(format!("{}/{slurm}", host.to_string_lossy()))
+}
+
+/// The rendezvous key: ranks with equal keys can use one instance. The node is part of it (see
+/// `node_name`), and the mount table, so ranks asking for different binds never share.
+pub fn key(
+    uid: u32,
+    node: &str,
+    job_step: &str,
+    image: &Path,
+    mounts: &impl Serialize,
+) -> Result<String> {
     let meta = std::fs::metadata(image)
         .with_context(|| format!("'{}': reading the image's identity", image.display()))?;
     let mut h = Sha256::new();
     h.update(format!(
-        "uid={uid}\0step={job_step}\0image={}:{}:{}:{}:{}\0",
+        "uid={uid}\0node={node}\0step={job_step}\0image={}:{}:{}:{}:{}\0",
         meta.dev(),
         meta.ino(),
         meta.size(),
@@ -498,13 +520,26 @@ mod tests {
     }
 
     #[test]
-    fn key_depends_on_mounts_and_step() {
+    fn key_depends_on_node_mounts_and_step() {
         let img = std::env::current_exe().unwrap();
-        let a = key(1, "s1", &img, &vec!["/a"]).unwrap();
-        assert_eq!(a, key(1, "s1", &img, &vec!["/a"]).unwrap());
-        assert_ne!(a, key(1, "s2", &img, &vec!["/a"]).unwrap());
-        assert_ne!(a, key(1, "s1", &img, &vec!["/b"]).unwrap());
-        assert_ne!(a, key(2, "s1", &img, &vec!["/a"]).unwrap());
+        let a = key(1, "n1/", "s1", &img, &vec!["/a"]).unwrap();
+        assert_eq!(a, key(1, "n1/", "s1", &img, &vec!["/a"]).unwrap());
+        assert_ne!(a, key(1, "n1/", "s2", &img, &vec!["/a"]).unwrap());
+        assert_ne!(a, key(1, "n1/", "s1", &img, &vec!["/b"]).unwrap());
+        assert_ne!(a, key(2, "n1/", "s1", &img, &vec!["/a"]).unwrap());
+        // The same step on another node never meets this one, even in a shared directory.
+        assert_ne!(a, key(1, "n2/", "s1", &img, &vec!["/a"]).unwrap());
+    }
+
+    #[test]
+    fn node_name_has_the_host_and_slurms_node() {
+        let host = nix::unistd::gethostname().unwrap();
+        let host = host.to_string_lossy();
+        assert_eq!(node_name(&env(&[])).unwrap(), format!("{host}/"));
+        let a = node_name(&env(&[("SLURMD_NODENAME", "node1")])).unwrap();
+        let b = node_name(&env(&[("SLURMD_NODENAME", "node2")])).unwrap();
+        assert_eq!(a, format!("{host}/node1"));
+        assert_ne!(a, b, "several slurmd on one host are different nodes");
     }
 
     #[test]

@@ -94,6 +94,17 @@ pub fn reaper(command: Pid, launcher: Pid) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Wait for a helper the child runs before the command (the image's shell reading its
+/// environment scripts), as the reaper waits for the command: signals sent to us are
+/// forwarded to it, and the launcher's death ends the wait. Its exit status, or None when the
+/// launcher died (the caller then kills what is left and gives up).
+pub fn wait_for_helper(helper: Pid, launcher: Pid) -> Result<Option<i32>> {
+    match wait_forwarding(helper, &waited_set(), None, Some(launcher))? {
+        Ended::Status(code) => Ok(Some(code)),
+        Ended::LauncherGone(_) => Ok(None),
+    }
+}
+
 /// The signals the launcher and the reaper wait for: those they forward, and SIGCHLD.
 fn waited_set() -> SigSet {
     let mut set = SigSet::empty();

@@ -14,6 +14,9 @@
 //!    root, pivots into it and execs; the parent forwards signals until the child exits, then
 //!    exits with its status. The server stays in the host's namespaces: pivot_root cannot
 //!    move it, and the child's mount namespace is the only one.
+//!
+//! A sandbox directory has no archive and no server: the child binds the directory as the
+//! root, and the launcher only supervises (and, for a shared instance, leads).
 
 use crate::apply::channel::{Channel, Message};
 use crate::apply::child::{self, Then};
@@ -44,10 +47,11 @@ pub struct LaunchSettings {
     pub prefetch: bool,
 }
 
-/// Launch the plan and return the exit status to leave with.
+/// Launch the plan and return the exit status to leave with. `archive`: the SquashFS to
+/// serve; None for a sandbox directory.
 pub fn launch(
     plan: &Plan,
-    archive: Arc<Archive>,
+    archive: Option<Arc<Archive>>,
     settings: &LaunchSettings,
     role: Role,
 ) -> Result<i32> {
@@ -61,14 +65,17 @@ pub fn launch(
 /// A private instance, or the leader of a shared one.
 fn serve(
     plan: &Plan,
-    archive: Arc<Archive>,
+    archive: Option<Arc<Archive>>,
     settings: &LaunchSettings,
     leader: Option<share::Leader>,
 ) -> Result<i32> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let (forwarded, old_mask) = prepare_supervision()?;
     let (pusher, push_rx) = Pusher::new();
-    if let Some(program) = plan.program.as_ref().filter(|_| settings.prefetch) {
+    if let (Some(program), Some(archive)) = (
+        plan.program.as_ref().filter(|_| settings.prefetch),
+        archive.as_ref(),
+    ) {
         crate::fuse::prefetch::spawn(
             archive.clone(),
             program.clone(),
@@ -97,19 +104,27 @@ fn serve(
         ForkResult::Parent { child } => child,
     };
     drop(theirs);
-    let Some(fuse_fd) = ours.recv_fd()? else {
-        // The child said why on stderr.
-        return finish_failed_start(child);
-    };
-    let server = match start_server(plan, archive, settings, fuse_fd, pusher.clone(), push_rx) {
-        Ok(s) => s,
-        Err(e) => {
-            // A child that failed after the mount (and took the mount with it) says why itself.
-            if let Some(code) = failed_child_status(child) {
-                return Ok(code);
+    // No server for a directory: a child that fails says why itself and exits with 255,
+    // which supervision passes on.
+    let server = match archive {
+        None => None,
+        Some(archive) => {
+            let Some(fuse_fd) = ours.recv_fd()? else {
+                // The child said why on stderr.
+                return finish_failed_start(child);
+            };
+            match start_server(plan, archive, settings, fuse_fd, pusher.clone(), push_rx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // A child that failed after the mount (and took the mount with it) says
+                    // why itself.
+                    if let Some(code) = failed_child_status(child) {
+                        return Ok(code);
+                    }
+                    let _ = kill(child, Signal::SIGKILL);
+                    return Err(e);
+                }
             }
-            let _ = kill(child, Signal::SIGKILL);
-            return Err(e);
         }
     };
     let Some(leader) = leader else {

@@ -13,7 +13,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -49,6 +49,17 @@ pub trait Syscalls {
         env: &[(String, String)],
         mask: &SigSet,
     ) -> Result<Pid>;
+    /// Run `argv` (its program an absolute path) to its end with `env`, stdin /dev/null, its
+    /// stdout and stderr ours: what it wrote to descriptor 3, at most `max` bytes (an error
+    /// past that, when it fails, or when the launcher dies first). Signals are forwarded to it
+    /// as to the command; what it leaves running is the reaper's.
+    fn run_for_output(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        max: usize,
+        launcher: Pid,
+    ) -> Result<Vec<u8>>;
     /// Empty the bounding and ambient capability sets.
     fn drop_capabilities(&self) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
@@ -90,6 +101,86 @@ impl Real {
 }
 
 impl Syscalls for Real {
+    fn run_for_output(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        max: usize,
+        launcher: Pid,
+    ) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::process::CommandExt;
+        let (program, args) = argv.split_first().context("an empty command line")?;
+        // The report goes to a memory file at descriptor 3, read once the helper is gone: a
+        // pipe would wait for every process the scripts left running that inherited it.
+        // SAFETY: a NUL-terminated name and flags; the descriptor is owned at once.
+        let report_fd =
+            unsafe { libc::memfd_create(c"launcher-env-report".as_ptr(), libc::MFD_CLOEXEC) };
+        if report_fd < 0 {
+            bail!("memfd_create: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just opened here and owned by nothing else.
+        let report = unsafe { OwnedFd::from_raw_fd(report_fd) };
+        let stderr = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("dup of stderr")?;
+        let mut command = std::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(stderr));
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl,
+        // sigprocmask) on plain integers and a stack-allocated signal set.
+        unsafe {
+            command.pre_exec(move || {
+                if report_fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else if libc::dup2(report_fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // It dies with this process, and starts with no signal blocked (ours are,
+                // for forwarding), so Ctrl-C and the forwarded signals reach it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let helper = command
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let pid = Pid::from_raw(helper.id() as i32);
+        let status = crate::apply::supervise::wait_for_helper(pid, launcher);
+        let status = match status {
+            Ok(Some(code)) => code,
+            Ok(None) => {
+                crate::apply::supervise::kill_leftovers(None);
+                bail!("the launcher exited while {program} ran");
+            }
+            Err(e) => {
+                crate::apply::supervise::kill_leftovers(None);
+                return Err(e);
+            }
+        };
+        if status != 0 {
+            crate::apply::supervise::kill_leftovers(None);
+            bail!("{program} failed (exit status {status})");
+        }
+        let file = std::fs::File::from(report);
+        let len = file.metadata().context("fstat of the report")?.len();
+        if len > max as u64 {
+            bail!("{program} reported more than {} MiB", max >> 20);
+        }
+        let mut out = vec![0; len as usize];
+        file.read_exact_at(&mut out, 0)
+            .context("reading the report")?;
+        Ok(out)
+    }
+
     fn die_with_parent(&self, parent: Pid) -> Result<()> {
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
         if nix::unistd::getppid() != parent {
@@ -539,6 +630,7 @@ pub enum Call {
         program: PathBuf,
         argv: Vec<String>,
     },
+    RunForOutput(Vec<String>),
     Mount {
         src: Option<PathBuf>,
         target: PathBuf,
@@ -656,6 +748,17 @@ impl Syscalls for Recorder {
             argv: argv.to_vec(),
         });
         bail!("recorded spawn")
+    }
+    /// Records the command line and reports an empty environment.
+    fn run_for_output(
+        &self,
+        argv: &[String],
+        _env: &[(String, String)],
+        _max: usize,
+        _launcher: Pid,
+    ) -> Result<Vec<u8>> {
+        self.log(Call::RunForOutput(argv.to_vec()));
+        Ok(Vec::new())
     }
     fn drop_capabilities(&self) -> Result<()> {
         self.log(Call::DropCapabilities);

@@ -157,6 +157,17 @@ pub fn gather(opts: &LaunchOptions, host: &HostInfo, site: &SiteConfig) -> Resul
         };
         let dev_dir = site.dev_dir();
         for v in builtin {
+            // libdrm, in ROCm's list, is on most hosts (Mesa needs it): under `--gpu` it
+            // must not make an NVIDIA or GPU-less node look like an AMD one. The ROCm
+            // compute node /dev/kfd is what an AMD GPU node has.
+            if v == Vendor::Amd && gpu == GpuVendor::Any && !dev_dir.join("kfd").exists() {
+                inj.notes.push(format!(
+                    "{}: no {} on this host",
+                    v.name(),
+                    dev_dir.join("kfd").display()
+                ));
+                continue;
+            }
             let cfg = match v {
                 Vendor::Nvidia => &site.gpu.nvidia,
                 Vendor::Amd => &site.gpu.rocm,

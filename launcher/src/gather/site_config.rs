@@ -149,6 +149,16 @@ impl SiteConfig {
                 _ => path,
             };
             let is_user = source == Source::User;
+            // A later file that is the system file itself (a job script's LAUNCHER_CONFIG
+            // from when it replaced the system file) would apply it twice: once is enough.
+            if source != Source::System && same_file(&path, system) {
+                config.warnings.push(format!(
+                    "{} is the system config {}: read once",
+                    path.display(),
+                    system.display()
+                ));
+                continue;
+            }
             let text = match read_config(&path, is_user) {
                 Ok(t) => t,
                 Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -188,7 +198,7 @@ impl SiteConfig {
                         system.display()
                     );
                 }
-                config.refuse_locked(&text, &path)?;
+                config.refuse_locked(&file, &text, &path)?;
             }
             config.merge(file);
         }
@@ -350,47 +360,74 @@ impl SiteConfig {
 
     /// An error when the later file `path` (whose text is `text`) sets anything the system
     /// file locked, naming the key.
-    fn refuse_locked(&self, text: &str, path: &Path) -> Result<()> {
+    fn refuse_locked(&self, file: &SiteConfig, text: &str, path: &Path) -> Result<()> {
         if self.locked.is_empty() {
             return Ok(());
         }
+        let refuse = |key: &str, what: String| {
+            anyhow::anyhow!(
+                "{}: key '{key}': {what} is locked by the site config {}",
+                path.display(),
+                self.lock_file()
+            )
+        };
+        // Variables, from what the file means once read (a YAML tag cannot hide a mapping).
+        let vars = self.locked_vars();
+        let sections = [
+            ("set", file.env.set.keys().collect::<Vec<_>>()),
+            ("prepend", file.env.prepend.keys().collect()),
+            ("append", file.env.append.keys().collect()),
+        ];
+        for (section, names) in sections {
+            if let Some(name) = names.into_iter().find(|n| vars.contains(*n)) {
+                return Err(refuse(
+                    &format!("env.{section}.{name}"),
+                    format!("the variable {name}"),
+                ));
+            }
+        }
+        if let Some(name) = file.env.unset.iter().find(|n| vars.contains(*n)) {
+            return Err(refuse("env.unset", format!("the variable {name}")));
+        }
+        // Binds and devices may be added, but not where they would hide a locked one.
+        let locked = self.locked_destinations();
+        let mut dsts: Vec<(String, PathBuf)> = Vec::new();
+        for (key, specs) in [("binds", &file.binds), ("mpi.binds", &file.mpi.binds)] {
+            for spec in specs {
+                for b in crate::options::bind::parse_bind_list(spec).unwrap_or_default() {
+                    dsts.push((key.to_string(), b.dst));
+                }
+            }
+        }
+        dsts.extend(
+            file.devices
+                .iter()
+                .map(|d| ("devices".to_string(), d.clone())),
+        );
+        for (key, dst) in dsts {
+            if let Some(hidden) = locked.iter().find(|l| covers(&dst, l)) {
+                return Err(refuse(
+                    &key,
+                    format!(
+                        "{} would cover the site's bind at {}, which",
+                        dst.display(),
+                        hidden.display()
+                    ),
+                ));
+            }
+        }
+        // Every other key, by where it is in the file.
         let value: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).with_context(|| format!("reading {}", path.display()))?;
         let mut leaves = Vec::new();
         key_paths(&value, String::new(), &mut leaves);
-        let vars = self.locked_vars();
-        for (key, value) in leaves {
-            let parts: Vec<&str> = key.split('.').collect();
-            let names: Vec<String> = match parts.as_slice() {
-                ["env", "unset"] => value
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                ["env", _, name] => vec![name.to_string()],
-                ["env", ..] => Vec::new(),
-                _ => {
-                    if let Some(lock) = self.locked.iter().find(|lock| {
-                        !LOCK_KEEPS_ENTRIES.contains(&lock.as_str())
-                            && !lock.starts_with("env")
-                            && (under(&key, lock) || under(lock, &key))
-                    }) {
-                        bail!(
-                            "{}: key '{key}': '{lock}' is locked by the site config {}",
-                            path.display(),
-                            self.lock_file()
-                        );
-                    }
-                    continue;
-                }
-            };
-            if let Some(name) = names.iter().find(|n| vars.contains(*n)) {
-                bail!(
-                    "{}: key '{key}': the variable {name} is locked by the site config {}",
-                    path.display(),
-                    self.lock_file()
-                );
+        for (key, _) in leaves.iter().filter(|(k, _)| !under(k, "env")) {
+            if let Some(lock) = self.locked.iter().find(|lock| {
+                !LOCK_KEEPS_ENTRIES.contains(&lock.as_str())
+                    && !under(lock, "env")
+                    && (under(key, lock) || under(lock, key))
+            }) {
+                return Err(refuse(key, format!("'{lock}'")));
             }
         }
         Ok(())
@@ -578,6 +615,26 @@ fn user_name(uid: u32) -> Option<String> {
         .ok()
         .flatten()
         .map(|u| u.name)
+}
+
+/// Whether `a` and `b` are one file (device and inode), both existing.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether a mount at `dst` hides what is mounted at `locked` (the same place or a parent),
+/// compared as the mount table will have them (`..`, `.` and trailing slashes resolved).
+pub fn covers(dst: &Path, locked: &Path) -> bool {
+    match (
+        crate::options::clean_abs(dst),
+        crate::options::clean_abs(locked),
+    ) {
+        (Ok(dst), Ok(locked)) => locked.starts_with(dst),
+        _ => false,
+    }
 }
 
 /// Whether the key path `key` is `parent` or inside it (`gpu.default` is inside `gpu`).
@@ -836,6 +893,45 @@ host:
         assert_eq!(c.binds, ["/site", "/mine"]);
         assert_eq!(c.env.set["FREE"], "y");
         assert_eq!(c.gpu.default, Some(true));
+    }
+
+    #[test]
+    fn a_later_file_may_not_hide_a_locked_bind_nor_tag_its_way_past_a_locked_variable() {
+        for (user, want) in [
+            (
+                "binds: ['/home/u/fake:/site']\n",
+                "key 'binds': /site would cover the site's bind at /site",
+            ),
+            (
+                "devices: [/]\n",
+                "key 'devices': / would cover the site's bind at /site",
+            ),
+            (
+                "env:\n  set: !foo {LD_PRELOAD: /x.so}\n",
+                "key 'env.set.LD_PRELOAD': the variable LD_PRELOAD",
+            ),
+            (
+                "env: !foo\n  unset: [OMPI_MCA_btl]\n",
+                "key 'env.unset': the variable OMPI_MCA_btl",
+            ),
+        ] {
+            let err = load_pair(LOCKING, user).unwrap_err().to_string();
+            assert!(err.contains(want), "{user}: {err}");
+        }
+        // Beside a locked bind, or inside it: allowed.
+        let c = load_pair(LOCKING, "binds: ['/home/u/x:/site/sub', /opt]\n").unwrap();
+        assert_eq!(c.binds.len(), 3);
+    }
+
+    #[test]
+    fn a_later_file_that_is_the_system_file_is_read_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sys = tmp.path().join("system.yaml");
+        std::fs::write(&sys, "binds: [/a]\nlocked: [binds]\n").unwrap();
+        let env = vec![(CONFIG_ENV.to_string(), sys.display().to_string())];
+        let c = SiteConfig::load_from(&sys, &env, tmp.path()).unwrap();
+        assert_eq!(c.binds, ["/a"]);
+        assert!(c.warnings[0].ends_with(": read once"), "{:?}", c.warnings);
     }
 
     #[test]

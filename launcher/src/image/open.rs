@@ -31,7 +31,7 @@ impl Image {
             .with_context(|| format!("stat '{shown}'"))?
             .len();
         if path.is_dir() {
-            bail!("'{shown}' is a directory; expected a .sif or .sqfs image file");
+            bail!("'{shown}' is a directory (a sandbox, which exec, run and shell take); this needs a .sif or .sqfs image file");
         }
         let mut magic = [0u8; 64];
         let n = read_prefix(&file, &mut magic).with_context(|| format!("reading '{shown}'"))?;

@@ -1,6 +1,7 @@
 //! What the planner may ask of an image, without mounting it.
 //!
-//! The real implementation reads the SquashFS in-process (`image.rs`); tests use `FakeImage`.
+//! The real implementations read the SquashFS in-process (`open.rs`) or a sandbox directory
+//! (`dir.rs`); tests use `FakeImage`.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -25,14 +26,24 @@ pub enum Entry {
 /// The image's OCI config (entrypoint, cmd, env, working directory): image-tools' parser.
 pub use image_tools::oci_config::ImageConfig as OciConfig;
 
+/// `ImageDesc::format` of a sandbox directory (bound as the root, no FUSE).
+pub const DIRECTORY: &str = "directory";
+
 /// Identity of the image file and where its SquashFS starts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ImageDesc {
     pub path: PathBuf,
-    /// "SIF" or "SquashFS".
+    /// "SIF", "SquashFS" or `DIRECTORY`.
     pub format: &'static str,
     pub squashfs_offset: u64,
     pub file_size: u64,
+}
+
+impl ImageDesc {
+    /// A sandbox directory: bound as the root rather than served by the FUSE server.
+    pub fn is_directory(&self) -> bool {
+        self.format == DIRECTORY
+    }
 }
 
 pub trait ImageView {

@@ -54,6 +54,8 @@ pub struct LaunchOptions {
     /// `--pwd DIR`: working directory inside the container.
     pub pwd: Option<PathBuf>,
     pub writable_tmpfs: bool,
+    /// `--overlay DIR`: a writable layer kept in DIR (`DIR/upper`, `DIR/work`) over the image.
+    pub overlay: Option<PathBuf>,
     pub cleanenv: bool,
     /// `--env-file` entries then `--env` entries, in that order (later wins).
     pub env: Vec<(String, String)>,
@@ -84,6 +86,7 @@ impl LaunchOptions {
             home: None,
             pwd: None,
             writable_tmpfs: false,
+            overlay: None,
             cleanenv: false,
             env: Vec::new(),
             gpu: None,

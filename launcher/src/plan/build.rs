@@ -51,8 +51,11 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
     table.mounts.extend(pmix);
     table.mounts.extend(user_mounts);
 
-    let env = environment(opts, facts, image, &home_dst)?;
-    let upper = upper_nodes(&mut table.mounts, image, paths, !opts.writable_tmpfs)?;
+    let (env, env_shell) = environment(opts, facts, image, &home_dst, &mut table.warnings)?;
+    // Files are served (no mount) only by the FUSE server of a read-only image file.
+    let overlay_dir = overlay(opts, facts)?;
+    let serve_files = !opts.writable_tmpfs && overlay_dir.is_none() && !image.desc().is_directory();
+    let upper = upper_nodes(&mut table.mounts, image, paths, serve_files)?;
     let argv = argv(opts, image, &shell)?;
     let program = program_in_image(image, &argv[0], &env)?;
 
@@ -60,10 +63,12 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         image: image.desc().clone(),
         uid: host.uid,
         gid: host.gid,
-        writable_root: opts.writable_tmpfs,
+        writable_root: opts.writable_tmpfs || overlay_dir.is_some(),
+        overlay_dir,
         mounts: table.mounts,
         upper,
         env,
+        env_shell,
         cwd,
         cwd_fallbacks,
         argv,
@@ -271,12 +276,48 @@ fn user_database(
 
 /// The command's environment: host → image (OCI config, then /.singularity.d/env/*.sh) →
 /// the launcher's own variables → user, then the site's and the injection's edits.
+/// `--overlay DIR`: the directory, which must exist (its `upper/` and `work/` are made inside
+/// at launch). Overlay image files, which Apptainer also takes, are refused with what to do.
+fn overlay(opts: &LaunchOptions, facts: &Gathered) -> Result<Option<PathBuf>> {
+    let Some(dir) = &opts.overlay else {
+        return Ok(None);
+    };
+    if opts.writable_tmpfs {
+        bail!("--overlay and --writable-tmpfs: choose one (both make the root writable)");
+    }
+    match facts.paths.get(&facts.host.cwd.join(dir))? {
+        Some(found) if found.is_dir => Ok(Some(found.canonical.clone())),
+        Some(_) => bail!(
+            "--overlay {}: not a directory (overlay image files are not supported; give a \
+             directory, whose upper/ and work/ will hold the changes)",
+            dir.display()
+        ),
+        None => bail!(
+            "--overlay {}: no such directory (make it first: mkdir -p {})",
+            dir.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// The environment as planned, and how the child gets the real one when a script needs a
+/// shell.
+type PlannedEnv = (Vec<(String, String)>, Option<environment::ShellEnv>);
+
+/// The shell that sources the image's environment scripts when they need one.
+const SCRIPT_SHELL: &str = "/bin/sh";
+/// Where the image's `cat` may be, which reports the shell's environment.
+const SCRIPT_CAT: &[&str] = &["/bin/cat", "/usr/bin/cat"];
+
+/// The command's environment as the planner sees it, and, when a script needs a shell, how
+/// the child gets the real one (`environment::ShellEnv`).
 fn environment(
     opts: &LaunchOptions,
     facts: &Gathered,
     image: &dyn ImageView,
     home_dst: &Path,
-) -> Result<Vec<(String, String)>> {
+    warnings: &mut Vec<String>,
+) -> Result<PlannedEnv> {
     let oci_env = image
         .oci_config()
         .map(|c| c.env.clone())
@@ -314,17 +355,68 @@ fn environment(
     if opts.action == Action::Shell {
         launcher_vars.push(("PS1".to_string(), "Launcher> ".to_string()));
     }
-    let mut env = environment::compute(&EnvInputs {
+    let layers = environment::layers(&EnvInputs {
         host: &facts.host.env,
         cleanenv: opts.cleanenv,
         image_oci_env: &oci_env,
-        image_env_scripts: &scripts,
         user: &opts.env,
         launcher: &launcher_vars,
-    })
-    .with_context(image_name)?;
-    integration::edit_env(&mut env, opts, facts);
-    Ok(env)
+    });
+    let mut edits = layers.edits;
+    edits.extend(integration::env_edits(opts, facts));
+    // Read without a shell first, always: the bounds apply, and PATH for the plan's own
+    // look-ups (the child looks again in what the shell reports).
+    let parsed =
+        environment::apply_scripts(layers.base.clone(), &scripts).with_context(image_name)?;
+    let env = environment::apply_edits(parsed, &edits);
+    let needs_shell: Vec<&str> = scripts
+        .iter()
+        .filter(|(path, text)| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            !environment::STOCK_SCRIPTS.contains(&name) && !environment::parses_fully(text)
+        })
+        .map(|(path, _)| path.as_str())
+        .collect();
+    let Some(first) = needs_shell.first() else {
+        return Ok((env, None));
+    };
+    let mut cat = None;
+    for c in SCRIPT_CAT {
+        if image.kind(c)? == Some(EntryKind::File) {
+            cat = Some(c.to_string());
+            break;
+        }
+    }
+    let (Some(_), Some(cat)) = (image.kind(SCRIPT_SHELL)?, cat) else {
+        warnings.push(format!(
+            "{first} needs a shell and the image has no {SCRIPT_SHELL} or no cat ({}): only \
+             its plain assignments are taken",
+            SCRIPT_CAT.join(", ")
+        ));
+        return Ok((env, None));
+    };
+    // What the site unsets, the image's code never sees (an LD_PRELOAD of the host's would
+    // be loaded by the shell itself).
+    let unset: Vec<&String> = edits
+        .iter()
+        .filter_map(|e| match e {
+            environment::EnvEdit::Unset(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    let base = layers
+        .base
+        .into_iter()
+        .filter(|(k, _)| !unset.contains(&k))
+        .collect();
+    let shell = Some(environment::ShellEnv {
+        shell: SCRIPT_SHELL.into(),
+        cat,
+        scripts: scripts.iter().map(|(path, _)| path.clone()).collect(),
+        base,
+        edits,
+    });
+    Ok((env, shell))
 }
 
 /// The command line: `exec`'s, the shell, or `run`'s runscript or OCI entrypoint and cmd.
@@ -499,10 +591,12 @@ fn is_system_dir(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env_list::get as env_get;
     use crate::gather::host::HostInfo;
     use crate::image::view::fake::FakeImage;
     use crate::image::view::OciConfig;
     use crate::options::bind::BindSpec;
+    use crate::plan::environment::EnvEdit;
 
     /// A host described as data: the usual kernel, /dev and scratch paths, alice's home, and
     /// the data directory /data/alice (with `sub` in it).
@@ -614,6 +708,69 @@ mod tests {
             .contains(&format!("alice:x:4242:4242::{home}:/bin/sh")));
         assert!(!p.writable_root);
         assert!(p.to_string().contains("argv: [\"id\"]"));
+    }
+
+    #[test]
+    fn scripts_that_need_a_shell_are_left_to_the_images_shell() {
+        let conda = "export FIRST=1\n. /opt/conda/etc/profile.d/conda.sh\nconda activate\n";
+        let stock = "if [ -z \"$LD_LIBRARY_PATH\" ]; then\n  LD_LIBRARY_PATH=/x\nfi\n";
+        let with = |files: &[(&str, &str)]| {
+            let mut o = opts(Action::Exec(vec!["true".into()]));
+            o.env = vec![("FROM_USER".into(), "u".into())];
+            build(&o, &facts(host()), &FakeImage::new(files, &[])).unwrap()
+        };
+        // Only assignments, and Apptainer's own scripts: read here, no shell.
+        let p = with(&[
+            ("/bin/sh", ""),
+            ("/.singularity.d/env/90-environment.sh", "export A=1\n"),
+            ("/.singularity.d/env/99-base.sh", stock),
+        ]);
+        assert_eq!(p.env_shell, None);
+        // A script that sources another: every script, in order, by the image's /bin/sh,
+        // then the same edits as without a shell.
+        let p = with(&[
+            ("/bin/sh", ""),
+            ("/bin/cat", ""),
+            ("/.singularity.d/env/90-environment.sh", conda),
+            ("/.singularity.d/env/99-base.sh", stock),
+        ]);
+        let sh = p.env_shell.as_ref().unwrap();
+        assert_eq!(
+            (sh.shell.as_str(), sh.cat.as_str()),
+            ("/bin/sh", "/bin/cat")
+        );
+        assert_eq!(
+            sh.scripts,
+            [
+                "/.singularity.d/env/90-environment.sh",
+                "/.singularity.d/env/99-base.sh"
+            ]
+        );
+        assert!(!sh
+            .base
+            .iter()
+            .any(|(k, _)| k == "FIRST" || k == "FROM_USER"));
+        assert!(sh
+            .edits
+            .contains(&EnvEdit::Set("FROM_USER".into(), "u".into())));
+        assert_eq!(
+            env_get(&p.env, "FIRST"),
+            Some("1"),
+            "the estimate reads what it can"
+        );
+        assert!(p
+            .to_string()
+            .contains("env scripts: sourced by the image's /bin/sh"));
+        // No shell in the image: the assignments, and a warning.
+        let p = with(&[("/.singularity.d/env/90-environment.sh", conda)]);
+        assert_eq!(p.env_shell, None);
+        assert_eq!(env_get(&p.env, "FIRST"), Some("1"));
+        assert!(p.warnings[0].contains("needs a shell and the image has no /bin/sh or no cat"));
+        let p = with(&[
+            ("/bin/sh", ""),
+            ("/.singularity.d/env/90-environment.sh", conda),
+        ]);
+        assert_eq!(p.env_shell, None, "no cat: no shell either");
     }
 
     #[test]

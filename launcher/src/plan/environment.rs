@@ -4,6 +4,7 @@
 
 use crate::options::env_args::{unquote, valid_name};
 use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
 /// PATH used when neither the image nor the user sets one: the host's PATH names host
@@ -32,8 +33,6 @@ pub struct EnvInputs<'a> {
     pub cleanenv: bool,
     /// The image's own environment: `KEY=VALUE` strings (OCI config) …
     pub image_oci_env: &'a [String],
-    /// … and the text of `/.singularity.d/env/*.sh`, in file-name order.
-    pub image_env_scripts: &'a [(String, String)],
     /// `--env K=V` and `--env-file` entries, in command-line order.
     pub user: &'a [(String, String)],
     /// Variables the launcher itself sets (HOME inside, LAUNCHER_CONTAINER, …).
@@ -77,6 +76,26 @@ impl Env {
     fn get(&self, k: &str) -> Option<&str> {
         self.index.get(k).map(|&i| self.vars[i].1.as_str())
     }
+    fn unset(&mut self, k: &str) {
+        if let Some(i) = self.index.remove(k) {
+            self.vars.remove(i);
+            for j in self.index.values_mut() {
+                if *j > i {
+                    *j -= 1;
+                }
+            }
+        }
+    }
+}
+
+impl From<Vec<(String, String)>> for Env {
+    fn from(vars: Vec<(String, String)>) -> Env {
+        let mut env = Env::default();
+        for (k, v) in vars {
+            env.set(&k, &v);
+        }
+        env
+    }
 }
 
 /// What the image's scripts have used of their bounds so far.
@@ -104,9 +123,29 @@ impl ScriptBudget {
     }
 }
 
-/// The command's environment, or an error naming the image script past a bound.
-pub fn compute(inp: &EnvInputs) -> Result<Vec<(String, String)>> {
-    let mut env = Env::default();
+/// An edit made after the image's environment scripts, in order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum EnvEdit {
+    Set(String, String),
+    Unset(String),
+    /// `value:$NAME` (just `value` when NAME is unset or empty).
+    Prepend(String, String),
+    /// `$NAME:value`.
+    Append(String, String),
+}
+
+/// The environment in layers: what the image's scripts start from (`base`: the host's
+/// variables, the default PATH, the image's OCI environment), then, after the scripts, the
+/// `edits` (the launcher's variables, the forwarded `*ENV_` ones, `--env`; the site's and the
+/// injection's are added by `integration::env_edits`).
+pub struct EnvLayers {
+    pub base: Vec<(String, String)>,
+    pub edits: Vec<EnvEdit>,
+}
+
+/// The layers of the command's environment (all but the image's scripts).
+pub fn layers(inp: &EnvInputs) -> EnvLayers {
+    let mut base = Env::default();
     for (k, v) in inp.host {
         if forwarded(k).is_some() || k == "PATH" {
             continue;
@@ -114,18 +153,54 @@ pub fn compute(inp: &EnvInputs) -> Result<Vec<(String, String)>> {
         if inp.cleanenv && !keep_in_cleanenv(k) {
             continue;
         }
-        env.set(k, v);
+        base.set(k, v);
     }
-    env.set("PATH", DEFAULT_PATH);
+    base.set("PATH", DEFAULT_PATH);
     for kv in inp.image_oci_env {
         if let Some((k, v)) = kv.split_once('=') {
             if valid_name(k) {
-                env.set(k, v);
+                base.set(k, v);
             }
         }
     }
+    let mut edits: Vec<EnvEdit> = inp
+        .launcher
+        .iter()
+        .map(|(k, v)| EnvEdit::Set(k.clone(), v.clone()))
+        .collect();
+    for prefix in FORWARD_PREFIXES {
+        for (k, v) in inp.host {
+            let Some(name) = k.strip_prefix(prefix) else {
+                continue;
+            };
+            edits.push(match name {
+                "PREPEND_PATH" => EnvEdit::Prepend("PATH".into(), v.clone()),
+                "APPEND_PATH" => EnvEdit::Append("PATH".into(), v.clone()),
+                _ if valid_name(name) => EnvEdit::Set(name.into(), v.clone()),
+                _ => continue,
+            });
+        }
+    }
+    edits.extend(
+        inp.user
+            .iter()
+            .map(|(k, v)| EnvEdit::Set(k.clone(), v.clone())),
+    );
+    EnvLayers {
+        base: base.vars,
+        edits,
+    }
+}
+
+/// `env` after the image's scripts, read without a shell (`parse_env_script`), or an error
+/// naming the script past a bound.
+pub fn apply_scripts(
+    env: Vec<(String, String)>,
+    scripts: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let mut env = Env::from(env);
     let mut budget = ScriptBudget::default();
-    for (path, script) in inp.image_env_scripts {
+    for (path, script) in scripts {
         budget.add_script(path, script.len() as u64)?;
         let assigned = parse_env_script(
             script,
@@ -137,27 +212,226 @@ pub fn compute(inp: &EnvInputs) -> Result<Vec<(String, String)>> {
             env.set(&k, &v);
         }
     }
-    for (k, v) in inp.launcher {
-        env.set(k, v);
-    }
-    for prefix in FORWARD_PREFIXES {
-        for (k, v) in inp.host {
-            let Some(name) = k.strip_prefix(prefix) else {
-                continue;
-            };
-            let path = env.get("PATH").unwrap_or_default().to_string();
-            match name {
-                "PREPEND_PATH" => env.set("PATH", &format!("{v}:{path}")),
-                "APPEND_PATH" => env.set("PATH", &format!("{path}:{v}")),
-                _ if valid_name(name) => env.set(name, v),
-                _ => {}
+    Ok(env.vars)
+}
+
+/// `env` with `edits` made, in order.
+pub fn apply_edits(env: Vec<(String, String)>, edits: &[EnvEdit]) -> Vec<(String, String)> {
+    let mut env = Env::from(env);
+    for edit in edits {
+        match edit {
+            EnvEdit::Set(k, v) => env.set(k, v),
+            EnvEdit::Unset(k) => env.unset(k),
+            EnvEdit::Prepend(k, v) => {
+                let new = match env.get(k).filter(|old| !old.is_empty()) {
+                    Some(old) => format!("{v}:{old}"),
+                    None => v.clone(),
+                };
+                env.set(k, &new);
+            }
+            EnvEdit::Append(k, v) => {
+                let new = match env.get(k).filter(|old| !old.is_empty()) {
+                    Some(old) => format!("{old}:{v}"),
+                    None => v.clone(),
+                };
+                env.set(k, &new);
             }
         }
     }
-    for (k, v) in inp.user {
-        env.set(k, v);
+    env.vars
+}
+
+/// Apptainer's and SingularityCE's own scripts, which every image they build carries. What
+/// they do the launcher does itself (`SINGULARITY_NAME`, `PS1`, its own library directory) or
+/// concerns SCIF apps: they never call for a shell here.
+pub const STOCK_SCRIPTS: &[&str] = &[
+    "01-base.sh",
+    "94-appsbase.sh",
+    "95-apps.sh",
+    "99-base.sh",
+    "99-runtimevars.sh",
+];
+
+/// Set by the shell right before it reports: a report without it is not one.
+const REPORT_MARKER: &str = "LAUNCHER_ENV_REPORTED";
+
+/// The most a shell's report of the environment may be (`ShellEnv`): the variables the scripts
+/// may produce, with room for a large host environment.
+pub const CAPTURED_MAX_BYTES: usize = EXPANDED_MAX_BYTES + (4 << 20);
+
+/// Whether `parse_env_script` takes all of `script`: only comments, blank lines,
+/// `[export] NAME=VALUE` with no command substitution, and `export NAME...`. Anything else
+/// (`if`, `.`/`source`, `$(...)`, functions, `unset`, `conda activate`) needs a shell.
+pub fn parses_fully(script: &str) -> bool {
+    script.lines().all(|raw| {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return true;
+        }
+        if let Some(names) = line.strip_prefix("export ") {
+            if names.split_whitespace().all(valid_name) {
+                return true;
+            }
+        }
+        let body = line.strip_prefix("export ").unwrap_or(line).trim();
+        match body.split_once('=') {
+            Some((k, v)) => {
+                valid_name(k)
+                    && !v.contains("$(")
+                    && !v.contains('`')
+                    && !v.contains(';')
+                    && !v.contains('&')
+                    && !v.contains('|')
+                    && simple_quoting(v)
+                    && simple_expansions(v)
+            }
+            None => false,
+        }
+    })
+}
+
+/// Expansions the parser makes as the shell does: `$NAME`, `${NAME}` and `${NAME:-word}`,
+/// not inside single quotes, and no leading `~`. Anything else (`${NAME%/*}`, `${#NAME}`,
+/// `${NAME:+x}`, `$1`) is the shell's to expand.
+fn simple_expansions(v: &str) -> bool {
+    if v.starts_with('~') || (v.starts_with('\'') && v.contains('$')) {
+        return false;
     }
-    Ok(env.vars)
+    let mut rest = v;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at + 1..];
+        if let Some(inner) = after.strip_prefix('{') {
+            let Some(end) = inner.find('}') else {
+                return false;
+            };
+            let expr = &inner[..end];
+            let name =
+                expr.split_once(":-").map_or(
+                    expr,
+                    |(n, word)| {
+                        if word.contains(['$', '{']) {
+                            ""
+                        } else {
+                            n
+                        }
+                    },
+                );
+            if !valid_name(name) {
+                return false;
+            }
+            rest = &inner[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 && !after.is_empty() && after != "\"" {
+                return false;
+            }
+            if len > 0 && !valid_name(&after[..len]) {
+                return false;
+            }
+            rest = &after[len..];
+        }
+    }
+    true
+}
+
+/// A value the parser reads as the shell would: one word, or one quoted string.
+fn simple_quoting(v: &str) -> bool {
+    let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
+    if quoted('"') {
+        return !v[1..v.len() - 1].contains('"');
+    }
+    if quoted('\'') {
+        return !v[1..v.len() - 1].contains('\'');
+    }
+    !v.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
+}
+
+/// The image's environment scripts sourced by the image's own shell when the command starts,
+/// for images whose scripts do more than assign (conda's and spack's activation, `if`,
+/// `source`): the parser would quietly give them another environment than Apptainer does.
+/// The shell starts from `base`, sources every script with `set -a` (assignments reach the
+/// command, as the parser takes them), and reports its environment; the `edits` follow, so
+/// precedence is the same as without a shell. It costs one shell and one `cat` at start-up,
+/// only for such images.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShellEnv {
+    pub shell: String,
+    /// The image's `cat`, which reports the environment (by absolute path: a script may
+    /// change PATH).
+    pub cat: String,
+    pub scripts: Vec<String>,
+    pub base: Vec<(String, String)>,
+    pub edits: Vec<EnvEdit>,
+}
+
+impl ShellEnv {
+    /// The shell's command line. Its output and the scripts' go to stderr (the child sets
+    /// that up); the report is `cat /proc/self/environ` into descriptor 3, with a marker that
+    /// says the shell got that far (a script that `exec`s or exits 0 reports nothing).
+    pub fn argv(&self) -> Vec<String> {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut text = String::from("set -a\n");
+        for script in &self.scripts {
+            text.push_str(&format!(". {}\n", quote(script)));
+        }
+        text.push_str(&format!(
+            "set +a\nexport {REPORT_MARKER}=1\nexec {} /proc/self/environ >&3\n",
+            quote(&self.cat)
+        ));
+        vec![self.shell.clone(), "-c".into(), text]
+    }
+
+    /// The command's environment from the shell's report (`NAME=value` strings, each ending
+    /// in a NUL): the variables shells set for themselves keep their values from before, then
+    /// the edits are made.
+    pub fn finish(&self, report: &[u8]) -> Result<Vec<(String, String)>> {
+        if report.len() > CAPTURED_MAX_BYTES {
+            bail!(
+                "the image's environment scripts produced more than {} MiB of variables",
+                CAPTURED_MAX_BYTES >> 20
+            );
+        }
+        let own = ["_", "SHLVL", "PWD", "OLDPWD", REPORT_MARKER];
+        let mut env = Env::default();
+        let mut reported = false;
+        for entry in report.split(|&b| b == 0).filter(|e| !e.is_empty()) {
+            let entry = String::from_utf8_lossy(entry);
+            let Some((k, v)) = entry.split_once('=') else {
+                continue;
+            };
+            reported |= k == REPORT_MARKER && v == "1";
+            if !valid_name(k) || own.contains(&k) {
+                continue;
+            }
+            if v.len() > VALUE_MAX_BYTES {
+                bail!(
+                    "the image's environment scripts made {k} longer than {} KiB (the longest \
+                     variable a program can be started with)",
+                    VALUE_MAX_BYTES >> 10
+                );
+            }
+            env.set(k, v);
+            if env.vars.len() > VARIABLES_MAX + self.base.len() {
+                bail!("the image's environment scripts set more than {VARIABLES_MAX} variables");
+            }
+        }
+        if !reported {
+            bail!(
+                "the image's environment scripts ended the shell before it reported the \
+                 environment (a script that runs `exec` or `exit 0`?)"
+            );
+        }
+        // What shells keep for themselves, and the names a shell cannot hold (`a.b`, bash's
+        // exported functions), as they were before the scripts.
+        for (k, v) in &self.base {
+            if own.contains(&k.as_str()) || !valid_name(k) {
+                env.set(k, v);
+            }
+        }
+        Ok(apply_edits(env.vars, &self.edits))
+    }
 }
 
 fn keep_in_cleanenv(k: &str) -> bool {
@@ -307,6 +581,14 @@ mod tests {
     use crate::env_list::from_pairs as kv;
     use crate::env_list::get;
 
+    /// The command's environment with `scripts` read without a shell, as `plan::build` makes
+    /// it (less the site's and the injection's edits).
+    fn compute(inp: &EnvInputs, scripts: &[(String, String)]) -> Result<Vec<(String, String)>> {
+        let layers = layers(inp);
+        let env = apply_scripts(layers.base, scripts)?;
+        Ok(apply_edits(env, &layers.edits))
+    }
+
     #[test]
     fn precedence_host_image_user() {
         let host = kv(&[
@@ -321,14 +603,16 @@ mod tests {
             "D=image".to_string(),
         ];
         let user = kv(&[("D", "user")]);
-        let env = compute(&EnvInputs {
-            host: &host,
-            cleanenv: false,
-            image_oci_env: &oci,
-            image_env_scripts: &[],
-            user: &user,
-            launcher: &[],
-        })
+        let env = compute(
+            &EnvInputs {
+                host: &host,
+                cleanenv: false,
+                image_oci_env: &oci,
+                user: &user,
+                launcher: &[],
+            },
+            &[],
+        )
         .unwrap();
         assert_eq!(get(&env, "A"), Some("host"));
         assert_eq!(get(&env, "B"), Some("image"));
@@ -349,14 +633,16 @@ mod tests {
             ("SECRET", "s"),
         ]);
         let oci = vec!["X=image".to_string(), "PATH=/img/bin".to_string()];
-        let env = compute(&EnvInputs {
-            host: &host,
-            cleanenv: true,
-            image_oci_env: &oci,
-            image_env_scripts: &[],
-            user: &[],
-            launcher: &[],
-        })
+        let env = compute(
+            &EnvInputs {
+                host: &host,
+                cleanenv: true,
+                image_oci_env: &oci,
+                user: &[],
+                launcher: &[],
+            },
+            &[],
+        )
         .unwrap();
         assert_eq!(
             get(&env, "X"),
@@ -377,14 +663,16 @@ mod tests {
             ("PMI_FD", "11"),
             ("HOME", "/h"),
         ]);
-        let env = compute(&EnvInputs {
-            host: &host,
-            cleanenv: true,
-            image_oci_env: &[],
-            image_env_scripts: &[],
-            user: &[],
-            launcher: &[],
-        })
+        let env = compute(
+            &EnvInputs {
+                host: &host,
+                cleanenv: true,
+                image_oci_env: &[],
+                user: &[],
+                launcher: &[],
+            },
+            &[],
+        )
         .unwrap();
         assert_eq!(get(&env, "SECRET"), None);
         assert_eq!(get(&env, "SLURM_JOB_ID"), Some("7"));
@@ -470,14 +758,16 @@ mod tests {
             ("/.singularity.d/env/10-a.sh".to_string(), vars(0, 3000)),
             ("/.singularity.d/env/20-b.sh".to_string(), vars(3000, 6000)),
         ];
-        let err = compute(&EnvInputs {
-            host: &[],
-            cleanenv: false,
-            image_oci_env: &[],
-            image_env_scripts: &scripts,
-            user: &[],
-            launcher: &[],
-        })
+        let err = compute(
+            &EnvInputs {
+                host: &[],
+                cleanenv: false,
+                image_oci_env: &[],
+                user: &[],
+                launcher: &[],
+            },
+            &scripts,
+        )
         .unwrap_err()
         .to_string();
         assert!(
@@ -508,14 +798,16 @@ mod tests {
             ("/.singularity.d/env/10-a.sh".to_string(), half.clone()),
             ("/.singularity.d/env/20-b.sh".to_string(), half),
         ];
-        let err = compute(&EnvInputs {
-            host: &[],
-            cleanenv: false,
-            image_oci_env: &[],
-            image_env_scripts: &scripts,
-            user: &[],
-            launcher: &[],
-        })
+        let err = compute(
+            &EnvInputs {
+                host: &[],
+                cleanenv: false,
+                image_oci_env: &[],
+                user: &[],
+                launcher: &[],
+            },
+            &scripts,
+        )
         .unwrap_err()
         .to_string();
         assert!(
@@ -566,5 +858,119 @@ mod tests {
             "v${Y"
         );
         assert_eq!(expand("$X$X", &|_| Some("vv".into()), 3), None);
+    }
+
+    #[test]
+    fn what_the_parser_reads_fully_and_what_needs_a_shell() {
+        for simple in [
+            "#!/bin/sh\n# comment\n\nexport PATH=\"/opt/x/bin:$PATH\"\nFOO='bar baz'\nexport FOO BAR\n",
+            "X=${UNSET:-dflt}\n  export   Y=plain\n",
+        ] {
+            assert!(parses_fully(simple), "{simple}");
+        }
+        for code in [
+            "if [ -z \"$X\" ]; then\n  Y=1\nfi\n",
+            ". /opt/conda/etc/profile.d/conda.sh\nconda activate base\n",
+            "source /opt/spack/share/spack/setup-env.sh\n",
+            "W=$(date)\n",
+            "W=`date`\n",
+            "unset X\n",
+            "f() { :; }\n",
+            "export A=1 B=2\n",
+            "X='$HOME'\n",
+            "X=${HOME:+x}\n",
+            "X=${HOME%/*}\n",
+            "X=~/x\n",
+            "X=${#HOME}\n",
+            "X=${U-dflt}\n",
+            "X=${U:=assigned}\n",
+            "X=$1\n",
+            "X=${A:-$B}\n",
+            "X=1 # trailing\n",
+            "X=1; Y=2\n",
+            "X=\"a\"b\"\n",
+            "X=a\\\n  b\n",
+        ] {
+            assert!(!parses_fully(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_shell_sources_every_script_quoted_and_reports_on_its_own_stdout() {
+        let sh = ShellEnv {
+            shell: "/bin/sh".into(),
+            cat: "/bin/cat".into(),
+            scripts: vec!["/.singularity.d/env/90-it's.sh".into()],
+            base: vec![],
+            edits: vec![],
+        };
+        let argv = sh.argv();
+        assert_eq!(argv[..2], ["/bin/sh", "-c"]);
+        assert_eq!(
+            argv[2],
+            "set -a\n. '/.singularity.d/env/90-it'\\''s.sh'\nset +a\n\
+             export LAUNCHER_ENV_REPORTED=1\nexec '/bin/cat' /proc/self/environ >&3\n"
+        );
+    }
+
+    #[test]
+    fn the_shells_report_then_the_edits_in_order() {
+        let sh = ShellEnv {
+            shell: "/bin/sh".into(),
+            cat: "/bin/cat".into(),
+            scripts: vec![],
+            base: kv(&[
+                ("PWD", "/home/u"),
+                ("KEEP", "1"),
+                ("BASH_FUNC_module%%", "() { :; }"),
+            ]),
+            edits: vec![
+                EnvEdit::Set("USER_SET".into(), "user".into()),
+                EnvEdit::Set("FROM_SCRIPT".into(), "overridden".into()),
+                EnvEdit::Prepend("PATH".into(), "/.launcher.d/bin".into()),
+                EnvEdit::Unset("GONE".into()),
+            ],
+        };
+        let report =
+            b"KEEP=1\0PATH=/opt/conda/bin:/usr/bin\0FROM_SCRIPT=s\0GONE=x\0PWD=/elsewhere\0\
+            SHLVL=1\0_=/bin/cat\0no-name\0BAD-NAME=1\0LAUNCHER_ENV_REPORTED=1\0";
+        let env = sh.finish(report).unwrap();
+        assert_eq!(
+            env,
+            kv(&[
+                ("KEEP", "1"),
+                ("PATH", "/.launcher.d/bin:/opt/conda/bin:/usr/bin"),
+                ("FROM_SCRIPT", "overridden"),
+                ("PWD", "/home/u"),
+                ("BASH_FUNC_module%%", "() { :; }"),
+                ("USER_SET", "user"),
+            ])
+        );
+        let many: Vec<u8> = (0..VARIABLES_MAX + 4)
+            .flat_map(|i| format!("V{i}=x\0").into_bytes())
+            .chain(*b"LAUNCHER_ENV_REPORTED=1\0")
+            .collect();
+        let err = sh
+            .finish(&many)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("more than 4096 variables"), "{err}");
+        let err = sh
+            .finish(&vec![b'x'; CAPTURED_MAX_BYTES + 1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MiB of variables"), "{err}");
+        // A script that exec'd something else, or exited 0: no report at all.
+        let err = sh.finish(b"replaced\n").unwrap_err().to_string();
+        assert!(err.contains("ended the shell before it reported"), "{err}");
+        let long = [
+            b"X=".as_slice(),
+            &vec![b'x'; VALUE_MAX_BYTES + 1],
+            b"\0LAUNCHER_ENV_REPORTED=1\0",
+        ]
+        .concat();
+        let err = sh.finish(&long).unwrap_err().to_string();
+        assert!(err.contains("made X longer than 128 KiB"), "{err}");
     }
 }

@@ -2,13 +2,13 @@
 //! the gathered injection (GPU, CDI, MPI) as mount steps and environment edits, after the
 //! glibc guard has accepted every injected file.
 
-use crate::env_list::{get_nonempty as get, set};
 use crate::gather::injection::{HostBind, HostFile, Injection, BIN_DIR, LIB_DIR};
 use crate::gather::Gathered;
 use crate::image::view::ImageView;
 use crate::linker::glibc_guard::{self, GlibcNeeds};
 use crate::options::clean_abs;
 use crate::options::LaunchOptions;
+use crate::plan::environment::EnvEdit;
 use crate::plan::MountStep;
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -180,61 +180,42 @@ fn check_glibc(inj: &Injection, image: &dyn ImageView, warnings: &mut Vec<String
 /// user's `--env` again (the user has the last word, except on the variables the site locked,
 /// which `policy` has refused to the user and which are edited last), then the injected
 /// directories first on LD_LIBRARY_PATH and PATH.
-pub fn edit_env(env: &mut Vec<(String, String)>, opts: &LaunchOptions, facts: &Gathered) {
+pub fn env_edits(opts: &LaunchOptions, facts: &Gathered) -> Vec<EnvEdit> {
     let locked = facts.site.locked_vars();
-    let site_edits = |env: &mut Vec<(String, String)>, locked_ones: bool| {
+    let site_edits = |locked_ones: bool| {
         let ours = |k: &String| locked.contains(k) == locked_ones;
         let site = &facts.site.env;
-        env.retain(|(k, _)| !(site.unset.contains(k) && ours(k)));
+        let mut edits: Vec<EnvEdit> = Vec::new();
+        edits.extend(
+            site.unset
+                .iter()
+                .filter(|k| ours(k))
+                .map(|k| EnvEdit::Unset(k.clone())),
+        );
         for (k, v) in site.set.iter().filter(|(k, _)| ours(k)) {
-            set(env, k, v);
+            edits.push(EnvEdit::Set(k.clone(), v.clone()));
         }
         for (k, v) in site.prepend.iter().filter(|(k, _)| ours(k)) {
-            let new = join(Some(v), get(env, k));
-            set(env, k, &new);
+            edits.push(EnvEdit::Prepend(k.clone(), v.clone()));
         }
         for (k, v) in site.append.iter().filter(|(k, _)| ours(k)) {
-            let new = join(get(env, k), Some(v));
-            set(env, k, &new);
+            edits.push(EnvEdit::Append(k.clone(), v.clone()));
         }
+        edits
     };
-    site_edits(env, false);
+    let mut edits = site_edits(false);
     let inj = &facts.injection;
-    for (k, v) in &inj.env {
-        set(env, k, v);
+    for (k, v) in inj.env.iter().chain(&opts.env) {
+        edits.push(EnvEdit::Set(k.clone(), v.clone()));
     }
-    for (k, v) in &opts.env {
-        set(env, k, v);
-    }
-    site_edits(env, true);
+    edits.extend(site_edits(true));
     if !inj.libs.is_empty() {
-        let new = join(Some(LIB_DIR), get(env, "LD_LIBRARY_PATH"));
-        set(env, "LD_LIBRARY_PATH", &new);
+        edits.push(EnvEdit::Prepend("LD_LIBRARY_PATH".into(), LIB_DIR.into()));
     }
     if !inj.bins.is_empty() {
-        let new = join(Some(BIN_DIR), get(env, "PATH"));
-        set(env, "PATH", &new);
+        edits.push(EnvEdit::Prepend("PATH".into(), BIN_DIR.into()));
     }
-}
-
-fn join(first: Option<&str>, second: Option<&str>) -> String {
-    match (first, second) {
-        (Some(a), Some(b)) => format!("{a}:{b}"),
-        (Some(a), None) | (None, Some(a)) => a.to_string(),
-        (None, None) => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn joins() {
-        assert_eq!(join(Some("/a"), Some("/b")), "/a:/b");
-        assert_eq!(join(Some("/a"), None), "/a");
-        assert_eq!(join(None, Some("/b")), "/b");
-    }
+    edits
 }
 
 #[cfg(test)]

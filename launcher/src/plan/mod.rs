@@ -30,14 +30,20 @@ pub struct Plan {
     pub image: ImageDesc,
     pub uid: u32,
     pub gid: u32,
-    /// `--writable-tmpfs`: the root stays writable (changes vanish at exit).
+    /// `--writable-tmpfs` or `--overlay`: the root stays writable.
     pub writable_root: bool,
+    /// `--overlay DIR`: the host directory (canonical) whose `upper/` and `work/` are the
+    /// overlay's layers, kept after the launch; None: a tmpfs, discarded.
+    pub overlay_dir: Option<PathBuf>,
     pub mounts: Vec<MountStep>,
     /// Mount points the image lacks. A read-only root: the FUSE server shows them as virtual
     /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
     /// the overlay's upper layer before it is mounted.
     pub upper: Vec<UpperNode>,
     pub env: Vec<(String, String)>,
+    /// Some when the image's environment scripts need a shell: the child runs it and the
+    /// environment is what it reports, edited (`env` is then the planner's estimate).
+    pub env_shell: Option<environment::ShellEnv>,
     pub cwd: PathBuf,
     /// Working directories to try if `cwd` turns out not to exist (home, then /).
     pub cwd_fallbacks: Vec<PathBuf>,
@@ -50,8 +56,10 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// An overlay over the image: for `--writable-tmpfs`, and for a sandbox directory that
+    /// lacks mount points (no FUSE server shows them; the directory itself is not changed).
     pub fn needs_overlay(&self) -> bool {
-        self.writable_root
+        self.writable_root || (self.image.is_directory() && !self.upper.is_empty())
     }
 
     /// Files the FUSE server shows in place of (or in addition to) the image's.
@@ -73,14 +81,22 @@ impl Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "plan:")?;
-        writeln!(
-            f,
-            "  image: {} ({}, SquashFS at offset {}, {} bytes)",
-            self.image.path.display(),
-            self.image.format,
-            self.image.squashfs_offset,
-            self.image.file_size
-        )?;
+        if self.image.is_directory() {
+            writeln!(
+                f,
+                "  image: {} (sandbox directory)",
+                self.image.path.display()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  image: {} ({}, SquashFS at offset {}, {} bytes)",
+                self.image.path.display(),
+                self.image.format,
+                self.image.squashfs_offset,
+                self.image.file_size
+            )?;
+        }
         writeln!(
             f,
             "  identity: uid {} gid {} (mapped to themselves)",
@@ -88,16 +104,21 @@ impl fmt::Display for Plan {
         )?;
         writeln!(
             f,
-            "  root: image via FUSE{}, {}",
-            if self.needs_overlay() {
-                " + overlay on tmpfs"
+            "  root: {}{}, {}",
+            if self.image.is_directory() {
+                format!("directory {} (rbind)", self.image.path.display())
             } else {
-                ""
+                "image via FUSE".to_string()
             },
-            if self.writable_root {
-                "writable (--writable-tmpfs, discarded at exit)"
-            } else {
-                "read-only"
+            match (&self.overlay_dir, self.needs_overlay()) {
+                (Some(dir), _) => format!(" + overlay in {} (kept)", dir.display()),
+                (None, true) => " + overlay on tmpfs".to_string(),
+                (None, false) => String::new(),
+            },
+            match (&self.overlay_dir, self.writable_root) {
+                (Some(_), _) => "writable (--overlay)",
+                (None, true) => "writable (--writable-tmpfs, discarded at exit)",
+                (None, false) => "read-only",
             }
         )?;
         for n in &self.upper {
@@ -150,10 +171,14 @@ impl fmt::Display for Plan {
         writeln!(f, "  cwd: {}", self.cwd.display())?;
         writeln!(f, "  argv: {:?}", self.argv)?;
         if let Some(p) = &self.program {
-            writeln!(
-                f,
-                "  program in the image: {p} (read ahead while the root is built)"
-            )?;
+            if self.image.is_directory() {
+                writeln!(f, "  program in the image: {p}")?;
+            } else {
+                writeln!(
+                    f,
+                    "  program in the image: {p} (read ahead while the root is built)"
+                )?;
+            }
         }
         if !self.injected.is_empty() {
             writeln!(f, "  host integration:")?;
@@ -161,7 +186,19 @@ impl fmt::Display for Plan {
                 writeln!(f, "    {line}")?;
             }
         }
-        writeln!(f, "  env:")?;
+        match &self.env_shell {
+            None => writeln!(f, "  env:")?,
+            Some(sh) => {
+                writeln!(
+                    f,
+                    "  env scripts: sourced by the image's {} at start ({} scripts), then {} edits",
+                    sh.shell,
+                    sh.scripts.len(),
+                    sh.edits.len()
+                )?;
+                writeln!(f, "  env (read without a shell, before the scripts run):")?;
+            }
+        }
         for (k, v) in &self.env {
             writeln!(f, "    {k}={v}")?;
         }

@@ -6,11 +6,10 @@
 //! dropped debugs the wrong thing for an hour; one line naming the site file tells them whom to
 //! ask. Later config files are checked when they are loaded (`SiteConfig::load`).
 
-use crate::gather::site_config::SiteConfig;
+use crate::gather::site_config::{covers, SiteConfig};
 use crate::options::LaunchOptions;
 use crate::plan::environment::FORWARD_PREFIXES;
 use anyhow::{bail, Result};
-use std::path::Path;
 
 /// An error naming the first thing the user asked for that the site locked.
 pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteConfig) -> Result<()> {
@@ -18,11 +17,14 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
         return Ok(());
     }
     let file = site.lock_file();
-    for (key, on, off, asked_on, asked_off) in [
+    // A default is locked only where the system file gives one: locking `mpi` to keep its
+    // library lists says nothing about `--mpi`.
+    for (key, on, off, on_flags, asked_on, asked_off) in [
         (
             "gpu.default",
             site.gpu.default,
             "--no-gpu",
+            "--gpu/--nv/--rocm",
             opts.gpu.is_some(),
             opts.no_gpu,
         ),
@@ -30,6 +32,7 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
             "mpi.default",
             site.mpi.default,
             "--no-mpi",
+            "--mpi",
             opts.mpi.is_some(),
             opts.no_mpi,
         ),
@@ -42,8 +45,8 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
             Some(true) if asked_off => {
                 bail!("{off}: {flag} support is locked on by the site config {file} ({key})")
             }
-            Some(false) | None if asked_on => {
-                bail!("--{flag}: {flag} support is locked off by the site config {file} ({key})")
+            Some(false) if asked_on => {
+                bail!("{on_flags}: {flag} support is locked off by the site config {file} ({key})")
             }
             _ => {}
         }
@@ -51,7 +54,7 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
     let vars = site.locked_vars();
     for (k, _) in &opts.env {
         if vars.contains(k) {
-            bail!("--env {k}: the variable {k} is locked by the site config {file}");
+            bail!("--env/--env-file {k}: the variable {k} is locked by the site config {file}");
         }
     }
     for (k, _) in host_env {
@@ -66,6 +69,8 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
             bail!("{k}: the variable {name} is locked by the site config {file}");
         }
     }
+    // (A symlink in the image that leads a bind elsewhere is not followed here: the lock
+    // guards against accidents, not against a user who means to get round it.)
     let locked = site.locked_destinations();
     for b in &opts.binds {
         if let Some(dst) = locked.iter().find(|d| covers(&b.dst, d)) {
@@ -81,16 +86,12 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
     Ok(())
 }
 
-/// Whether a mount at `dst` hides what is mounted at `locked` (the same place or a parent).
-fn covers(dst: &Path, locked: &Path) -> bool {
-    locked.starts_with(dst)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::options::bind::BindSpec;
     use crate::options::{Action, GpuVendor};
+    use std::path::Path;
 
     fn site(text: &str) -> SiteConfig {
         let path = Path::new("/etc/launcher/launcher.yaml");
@@ -131,6 +132,12 @@ mod tests {
         o.mpi = Some(crate::options::MpiMode::On);
         let err = check(&o, &[], &s).unwrap_err().to_string();
         assert!(err.starts_with("--mpi: mpi support is locked off"), "{err}");
+        // Locking a section locks a default only where the file gives one.
+        let s = site("mpi: {libraries: [libmpi.so]}\nlocked: [mpi]\n");
+        let mut o = opts();
+        o.mpi = Some(crate::options::MpiMode::On);
+        check(&o, &[], &s).unwrap();
+        let s = site("gpu: {default: true}\nmpi: {default: false}\nlocked: [gpu.default, mpi]\n");
         // Asking for what is locked on is no conflict.
         let mut o = opts();
         o.gpu = Some(GpuVendor::Any);
@@ -153,7 +160,7 @@ mod tests {
         let err = check(&o, &[], &s).unwrap_err().to_string();
         assert_eq!(
             err,
-            "--env LD_PRELOAD: the variable LD_PRELOAD is locked by the site config \
+            "--env/--env-file LD_PRELOAD: the variable LD_PRELOAD is locked by the site config \
              /etc/launcher/launcher.yaml"
         );
         let err = check(&opts(), &env(&[("SINGULARITYENV_OMPI_MCA_btl", "tcp")]), &s)
@@ -183,7 +190,16 @@ mod tests {
             dst: dst.into(),
             readonly: false,
         };
-        for dst in ["/etc/ssl/certs", "/etc/ssl", "/etc", "/dev/infiniband", "/"] {
+        for dst in [
+            "/etc/ssl/certs",
+            "/etc/ssl",
+            "/etc",
+            "/dev/infiniband",
+            "/",
+            "/etc/ssl/certs/",
+            "/etc/x/../ssl",
+            "/etc/./ssl",
+        ] {
             let mut o = opts();
             o.binds = vec![bind("/home/u/x", dst)];
             let err = check(&o, &[], &s).unwrap_err().to_string();

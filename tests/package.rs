@@ -1,0 +1,94 @@
+//! The Debian package (issue 19): `scripts/package.sh` packages the binary under test, and
+//! what it installs works as the unprivileged user: the binary runs an image, the man page
+//! and completions are there and well formed, nothing is put in /etc.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_package_installs_a_working_launcher_with_its_man_page_and_completions() {
+    let s = setup();
+    let dir = s.scratch.join("package");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let deb = run(Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/package.sh"))
+        .env("LAUNCHER_BIN", &s.bin)
+        .env("LAUNCHER_PACKAGE_DIR", &dir));
+    let deb = deb.trim();
+    let version = run(Command::new(&s.bin).arg("--version"));
+    assert!(
+        deb.ends_with(&format!(
+            "launcher_{}_{}.deb",
+            version.split_whitespace().nth(1).unwrap(),
+            run(Command::new("dpkg").arg("--print-architecture")).trim()
+        )),
+        "{deb}"
+    );
+    let field = |name: &str| run(Command::new("dpkg-deb").args(["-f", deb, name]));
+    assert_eq!(field("Package").trim(), "launcher");
+    assert!(
+        field("Depends").starts_with("libc6 (>= 2."),
+        "{}",
+        field("Depends")
+    );
+    let contents = run(Command::new("dpkg-deb").args(["-c", deb]));
+    for path in [
+        "./usr/bin/launcher",
+        "./usr/share/man/man1/launcher.1.gz",
+        "./usr/share/bash-completion/completions/launcher",
+        "./usr/share/zsh/vendor-completions/_launcher",
+        "./usr/share/fish/vendor_completions.d/launcher.fish",
+        "./usr/share/doc/launcher/copyright",
+        "./usr/share/doc/launcher/examples/launcher.yaml",
+    ] {
+        assert!(contents.contains(path), "{path} missing:\n{contents}");
+    }
+    assert!(!contents.contains("./etc/"), "nothing in /etc:\n{contents}");
+    assert!(
+        contents.lines().all(|l| l.contains(" root/root ")),
+        "{contents}"
+    );
+
+    // What the package installs, unpacked where the test user can run it.
+    let root = dir.join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root));
+    let bin = root.join("usr/bin/launcher");
+    let out = as_test_user(&bin, Some(60))
+        .args([
+            "exec",
+            &fixture("busybox-gzip.sqfs"),
+            "/bin/sh",
+            "-c",
+            "echo from $LAUNCHER_NAME",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from busybox-gzip.sqfs\n"
+    );
+    let man = run(Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join("usr/share/man/man1/launcher.1.gz")));
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH launcher"),
+        "{man}"
+    );
+    run(Command::new("bash")
+        .arg("-n")
+        .arg(root.join("usr/share/bash-completion/completions/launcher")));
+}
