@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = environment::parses_fully(&text);
     let shell = ShellEnv {
         shell: "/bin/sh".into(),
+        cat: "/bin/cat".into(),
         scripts: vec![text],
         base,
         edits: vec![
