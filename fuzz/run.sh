@@ -16,7 +16,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/target}
-ALL=(squashfs sif oci_archive oci_layer site_config cdi env_script)
+ALL=(squashfs sif oci_archive oci_layer site_config cdi env_script deffile)
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN=$CARGO_TARGET_DIR/$TRIPLE/release
 

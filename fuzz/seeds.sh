@@ -10,7 +10,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEEDS=${1:-$HERE/seeds}
 SIF_DIR=$HERE/../tests/data/sif
 rm -rf "$SEEDS"
-mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,env_script}
+mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,env_script,deffile}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -204,6 +204,11 @@ containerEdits:
 YAML
 printf '{"cdiVersion":"0.6.0","kind":"amd.com/gpu","devices":[{"name":"","containerEdits":{"mounts":[{"hostPath":"/tmp","containerPath":"relative"}]}},{"name":"x","containerEdits":{"deviceNodes":[{"path":"/dev/../.."}]}}]}' \
     >"$SEEDS/cdi/odd.json"
+# Definition files: the fenced examples of docs/building.md (one per ```singularity block).
+awk -v out="$SEEDS/deffile/doc" '/^```singularity/{n++; f=out "-" n ".def"; next} /^```/{f=""; next} f{print > f}' \
+    "$REPO/docs/building.md"
+printf 'Bootstrap: docker\nFrom: x:{{ A }}\nStage: one\n%%post -c /bin/bash\n  echo {{A}}\n\nBootstrap: scratch\n%%files from one\n  "/a b" /c\n' \
+    >"$SEEDS/deffile/two-stages.def"
 du -sh "$SEEDS"/* | sed 's/^/seeds: /'
 
 # Environment scripts: what Apptainer writes, what conda and spack images carry, and the

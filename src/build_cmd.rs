@@ -21,9 +21,22 @@ pub enum Compress {
 pub struct BuildArgs {
     /// Image to write: NAME.sif (SIF with a SquashFS root) or NAME.sqfs (bare SquashFS).
     pub output: PathBuf,
-    /// A directory, docker-archive:FILE.tar, oci-archive:FILE.tar, oci:DIR[:TAG] or
-    /// docker://REF (pulled from a registry: ubuntu:24.04, ghcr.io/org/img:tag, host:port/repo@sha256:...).
+    /// A directory, docker-archive:FILE.tar, oci-archive:FILE.tar, oci:DIR[:TAG],
+    /// docker://REF (pulled from a registry: ubuntu:24.04, ghcr.io/org/img:tag, host:port/repo@sha256:...),
+    /// or an Apptainer definition file (app.def; %post runs as fake root, docs/building.md).
     pub source: String,
+    /// Definition files: NAME=VALUE for {{ NAME }} (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    pub build_arg: Vec<String>,
+    /// Definition files: a file of NAME=VALUE lines for {{ NAME }}.
+    #[arg(long = "build-arg-file", value_name = "FILE")]
+    pub build_arg_file: Option<PathBuf>,
+    /// Definition files: do not run %test after the build.
+    #[arg(short = 'T', long)]
+    pub notest: bool,
+    /// Accepted for Apptainer's spelling: definition files always build as fake root.
+    #[arg(short = 'f', long)]
+    pub fakeroot: bool,
     /// Compressor for the SquashFS.
     #[arg(long, value_enum, default_value = "zstd")]
     pub compress: Compress,
@@ -88,6 +101,10 @@ impl PullArgs {
         Ok(BuildArgs {
             output,
             source: uri,
+            build_arg: Vec::new(),
+            build_arg_file: None,
+            notest: false,
+            fakeroot: false,
             compress: Compress::Zstd,
             level: None,
             block_size: 131072,
@@ -227,7 +244,11 @@ pub fn run(args: BuildArgs) -> Result<i32> {
             );
         }
     }
-    let source = BuildSource::parse(&args.source)?;
+    let deffile = read_deffile(&args)?;
+    let source = match deffile {
+        Some(_) => None,
+        None => Some(BuildSource::parse(&args.source)?),
+    };
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|v| v.parse::<u32>().ok());
@@ -253,8 +274,24 @@ pub fn run(args: BuildArgs) -> Result<i32> {
     let staging = Staging::create(&opts.tmpdir)?;
     clean_up_on_signal(&staging.0, out)?;
     let started = Instant::now();
-    let report = build::build(out, &source, &opts, &staging)
-        .with_context(|| format!("building '{}'", out.display()))?;
+    let report = match (&source, &deffile) {
+        (Some(source), _) => build::build(out, source, &opts, &staging)
+            .with_context(|| format!("building '{}'", out.display()))?,
+        (None, Some(def)) => {
+            for a in &def.unused_args {
+                eprintln!("launcher: warning: --build-arg {a} is not used by the definition file");
+            }
+            let b = image_tools::defbuild::DefBuild {
+                def,
+                def_name: &args.source,
+                notest: args.notest,
+                opts: &opts,
+            };
+            image_tools::defbuild::build(out, &b, &staging)
+                .with_context(|| format!("building '{}'", out.display()))?
+        }
+        (None, None) => bail!("'{}': nothing to build", args.source),
+    };
     drop(staging);
     if let Some(p) = &report.pull {
         // One quiet line; "downloaded 0" on a rebuild shows the cache at work.
@@ -284,6 +321,61 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         started.elapsed().as_secs_f64()
     );
     Ok(0)
+}
+
+/// The source as a definition file, parsed with the build arguments, if it is one: a file
+/// named `*.def`, or any file whose first header line is `Bootstrap:`.
+fn read_deffile(args: &BuildArgs) -> Result<Option<image_tools::deffile::Definition>> {
+    let path = Path::new(&args.source);
+    if !path.is_file() {
+        if path.extension().is_some_and(|e| e == "def") && !path.exists() {
+            bail!("'{}': no such definition file", path.display());
+        }
+        return Ok(None);
+    }
+    let looks_like = |text: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .is_some_and(|l| l.to_ascii_lowercase().starts_with("bootstrap:"))
+    };
+    let is_def = path.extension().is_some_and(|e| e == "def");
+    let text = if is_def {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the definition file '{}'", path.display()))?
+    } else {
+        // Only a small text file can be a definition; images and archives are binary.
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() < 1 << 20 => match std::fs::read_to_string(path) {
+                Ok(t) if looks_like(&t) => t,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+    };
+    let mut build_args = std::collections::BTreeMap::new();
+    if let Some(f) = &args.build_arg_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading --build-arg-file '{}'", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let (k, v) = t
+                .split_once('=')
+                .with_context(|| format!("{}:{}: expected NAME=VALUE", f.display(), n + 1))?;
+            build_args.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    for a in &args.build_arg {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("--build-arg '{a}': expected NAME=VALUE"))?;
+        build_args.insert(k.to_string(), v.to_string());
+    }
+    let def = image_tools::deffile::parse(&args.source, &text, &build_args)?;
+    Ok(Some(def))
 }
 
 /// On SIGINT/SIGTERM/SIGHUP: remove the staging tree and any temporary output, then exit.

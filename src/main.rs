@@ -66,7 +66,7 @@ enum Command {
         opts: RunOpts,
         image: PathBuf,
     },
-    /// Build a SIF or SquashFS image from a directory or a Docker/OCI image.
+    /// Build a SIF or SquashFS image from a directory, a Docker/OCI image or a definition file.
     Build(build_cmd::BuildArgs),
     /// Pull docker://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
     Pull(build_cmd::PullArgs),

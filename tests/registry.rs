@@ -555,6 +555,41 @@ fn pull_names_the_image_and_uses_apptainers_cache_dir() {
     assert!(other.stderr.contains("takes docker://REF"), "{other:?}");
 }
 
+/// A definition file with `Bootstrap: docker` from the registry: the base comes through the
+/// blob cache (a rebuild downloads nothing), %post runs as fake root on the staged layers.
+#[test]
+fn definition_file_bootstraps_from_the_registry() {
+    let reg = Registry::start("deffile", None);
+    let layout = format!("oci:{}:test", fixture("oci-layout"));
+    reg.push(&layout, "test/busybox:def", &[]);
+    let cache = cache_dir("deffile");
+    let def = scratch("from-registry.def");
+    std::fs::write(
+        &def,
+        format!(
+            "Bootstrap: docker\nFrom: {}/test/busybox:def\n\n%post\n    echo \"built as $(id -u)\" > /built\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let sif = scratch("from-registry.sif");
+    let def = def.display().to_string();
+    let out = build(&sif, &def, &cache, &["--insecure", "--compress", "lz4"]);
+    out.ok();
+    assert!(out.stderr.contains("downloaded 2 ("), "{out:?}");
+    let img = sif.display().to_string();
+    assert_eq!(
+        sh(&img, "cat /built; echo $OCI_VAR"),
+        "built as 0\nfrom-oci\n"
+    );
+    let out = build(&sif, &def, &cache, &["--insecure", "--compress", "lz4"]);
+    out.ok();
+    assert!(
+        out.stderr.contains("downloaded 0 (0 bytes), cached 2"),
+        "{out:?}"
+    );
+}
+
 /// The converted images in a cache (`<cache>/launcher/sif/*.sif`) and anything else there
 /// but their locks (temporaries a conversion left).
 fn cached_sifs(cache: &Path) -> (Vec<PathBuf>, Vec<String>) {

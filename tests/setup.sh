@@ -42,6 +42,8 @@ chmod 0666 /dev/fuse
 
 # MPI images and programs (Open MPI, MPICH) for tests/slurm.rs, in $FIXTURES-mpi.
 LAUNCHER_FIXTURES=$FIXTURES bash "$HERE/setup-mpi.sh"
+# A Debian 12 base image (mmdebstrap) for tests/deffile.rs, in $FIXTURES-debian.
+LAUNCHER_FIXTURES=$FIXTURES bash "$HERE/setup-debian.sh"
 
 # The fixtures are rebuilt when this script changes. One setup at a time (test processes may
 # start together); a rebuild goes to a new directory that replaces the old one at the end.

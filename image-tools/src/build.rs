@@ -193,6 +193,7 @@ pub fn build(
                     .as_ref()
                     .map(|c| c.labels.clone())
                     .unwrap_or_default(),
+                deffile: None,
                 arch: opts.arch.split('/').next().unwrap_or("amd64").to_string(),
                 time: opts.reproducible.map(i64::from),
                 uuid: match opts.reproducible {
@@ -254,7 +255,7 @@ fn oci_config_object(c: &ImageConfig) -> serde_json::Value {
 
 /// `/.singularity.d/{env/90-environment.sh,runscript,labels.json}`, so Apptainer runs our
 /// images as we do: the image's environment, and `run` = entrypoint + cmd.
-fn add_apptainer_files(root: &Path, c: &ImageConfig) -> Result<()> {
+pub(crate) fn add_apptainer_files(root: &Path, c: &ImageConfig) -> Result<()> {
     let dir = root.join(".singularity.d");
     let env_dir = dir.join("env");
     std::fs::create_dir_all(&env_dir).map_err(|e| io_err(&env_dir, e))?;

@@ -8,6 +8,15 @@
 //! feature, off by default and on for the `launcher` binary.
 #[cfg(feature = "build")]
 pub mod build;
+// Definition files: pure parsing, used only by builds.
+// Definition-file builds: stages, %post as fake root, Apptainer's metadata.
+#[cfg(feature = "build")]
+pub mod defbuild;
+#[cfg(feature = "build")]
+pub mod deffile;
+// Fake root for definition-file builds (user namespace + seccomp).
+#[cfg(feature = "build")]
+pub mod fakeroot;
 #[cfg(feature = "build")]
 pub mod oci;
 pub mod oci_config;

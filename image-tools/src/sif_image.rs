@@ -19,6 +19,7 @@ use std::path::Path;
 pub const DIGESTS_NAME: &str = "launcher-digests.json";
 pub const OCI_CONFIG_NAME: &str = "oci-config.json";
 pub const LABELS_NAME: &str = "labels.json";
+pub const DEFFILE_NAME: &str = "Singularity";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +39,8 @@ pub struct SifContents {
     /// The bare OCI config object (`{"Env": [...], "Cmd": [...], ...}`), if the image has one.
     pub oci_config: Option<serde_json::Value>,
     pub labels: BTreeMap<String, String>,
+    /// The definition file the image was built from (Apptainer's Deffile object).
+    pub deffile: Option<Vec<u8>>,
     /// GOARCH name of the root file system's programs ("amd64").
     pub arch: String,
     /// Seconds since the epoch for the header and descriptors; None = now.
@@ -96,6 +99,12 @@ pub fn write(out: &Path, squashfs: &Path, contents: &SifContents) -> Result<()> 
         name: LABELS_NAME.into(),
         ..ObjectSpec::new(DataType::Labels, ObjectData::Bytes(labels))
     });
+    if let Some(def) = &contents.deffile {
+        objects.push(ObjectSpec {
+            name: DEFFILE_NAME.into(),
+            ..ObjectSpec::new(DataType::Deffile, ObjectData::Bytes(def.clone()))
+        });
+    }
     if let Some(cfg) = &contents.oci_config {
         let bytes = serde_json::to_vec(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
         objects.push(ObjectSpec {
@@ -280,6 +289,7 @@ mod tests {
         let contents = SifContents {
             oci_config: Some(serde_json::json!({"Env": ["A=1"], "Cmd": ["sh"]})),
             labels: [("org.example".to_string(), "yes".to_string())].into(),
+            deffile: None,
             arch: "amd64".into(),
             time: Some(1_700_000_000),
             uuid: UuidFrom::Fixed([7; 16]),

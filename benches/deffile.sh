@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Definition-file build against the same steps done natively as root, on the Debian 12 base of
+# tests/setup-debian.sh: `launcher build` (as the test user, %post as fake root) vs unsquashfs +
+# chroot apt-get + mksquashfs. Both install `hello` from Debian's archive (so both include an
+# `apt-get update` over the network) and write lz4. Run as root after tests/setup.sh:
+#   benches/deffile.sh target/release/launcher [ROUNDS]
+set -euo pipefail
+BIN=$(realpath "$1")
+ROUNDS=${2:-3}
+FIXTURES=${LAUNCHER_FIXTURES:-/var/tmp/launcher-fixtures}
+BASE=$FIXTURES-debian/bookworm.sqfs
+USER_NAME=$(cat "$FIXTURES/user")
+work=$(mktemp -d /var/tmp/launcher-bench-def.XXXXXX)
+trap 'umount "$work/tree/proc" "$work/tree/dev" 2>/dev/null || true; rm -rf "$work"' EXIT
+cp "$BIN" "$work/launcher"
+cat >"$work/b.def" <<DEF
+Bootstrap: localimage
+From: $BASE
+
+%post
+    apt-get update
+    apt-get install -y --no-install-recommends hello
+    useradd builder
+DEF
+chmod 0755 "$work"
+chown -R "$USER_NAME:" "$work"
+now() { date +%s.%N; }
+for round in $(seq 1 "$ROUNDS"); do
+    rm -rf "$work/ours.sqfs" "$work/native.sqfs" "$work/tree"
+    s=$(now)
+    (cd "$work" && setpriv --reuid "$USER_NAME" --regid "$USER_NAME" --clear-groups \
+        env -i HOME=/tmp PATH=/usr/bin:/bin ./launcher build --compress lz4 ours.sqfs b.def >/dev/null 2>&1)
+    ours=$(echo "$(now) - $s" | bc)
+    s=$(now)
+    unsquashfs -q -d "$work/tree" "$BASE" >/dev/null
+    cp /etc/resolv.conf "$work/tree/etc/resolv.conf"
+    mount --bind /proc "$work/tree/proc"
+    mount --bind /dev "$work/tree/dev"
+    chroot "$work/tree" /bin/sh -ec 'apt-get update; apt-get install -y --no-install-recommends hello; useradd builder' >/dev/null 2>&1
+    umount "$work/tree/proc" "$work/tree/dev"
+    mksquashfs "$work/tree" "$work/native.sqfs" -comp lz4 -noappend -quiet -no-progress >/dev/null
+    native=$(echo "$(now) - $s" | bc)
+    echo "round $round: launcher build ${ours} s, native ${native} s, ratio $(echo "scale=2; $ours / $native" | bc)"
+done

@@ -1,0 +1,342 @@
+//! End-to-end: `launcher build OUT app.def` as the unprivileged user. %post runs as fake root
+//! (docs/building.md): apt-get from Debian's archive into a Debian 12 base made by
+//! tests/setup-debian.sh, useradd, and the images checked with exec, run and inspect. Bad
+//! definition files fail with one line, leave no image and no staging directory.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fresh directory for one test, owned by the test user (definition files, outputs).
+fn workdir(name: &str) -> PathBuf {
+    let s = setup();
+    let d = s.scratch.join(format!("def-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(s.uid), Some(s.gid)).unwrap();
+    d
+}
+
+fn write_as_user(p: &Path, text: &str) {
+    std::fs::write(p, text).unwrap();
+    let s = setup();
+    std::os::unix::fs::chown(p, Some(s.uid), Some(s.gid)).unwrap();
+}
+
+/// The Debian 12 base (mmdebstrap minbase), squashed as root.
+fn debian_base() -> String {
+    setup();
+    let base = format!("{}-debian/bookworm.sqfs", setup().fixtures.display());
+    assert!(
+        Path::new(&base).is_file(),
+        "{base} is missing: tests/setup-debian.sh makes it"
+    );
+    base
+}
+
+/// `launcher build [extra] OUT DEF` in `dir`, as the test user.
+fn build(dir: &Path, out: &str, def: &str, extra: &[&str]) -> Out {
+    let mut args = vec!["build"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[out, def]);
+    launcher(&args).cwd(dir).run()
+}
+
+/// Staging directories the test user left under /tmp (its $TMPDIR): those of builds whose
+/// process is gone (`launcher-build-PID-...`; tests running at the same time have theirs).
+fn leftover_staging() -> Vec<String> {
+    let uid = setup().uid;
+    std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("launcher-build-")
+                .and_then(|rest| rest.split('-').next())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .filter(|e| e.metadata().map(|m| m.uid() == uid).unwrap_or(false))
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+/// Everything in `dir` but the inputs: what a failed build left behind.
+fn outputs(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".def") && n != "host-file.txt")
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn debian_apt_get_in_post_as_fake_root() {
+    let base = debian_base();
+    let dir = workdir("debian");
+    write_as_user(&dir.join("host-file.txt"), "copied from the host\n");
+    write_as_user(
+        &dir.join("hello.def"),
+        &format!(
+            "Bootstrap: localimage
+From: {base}
+
+%arguments
+    PKG=hello
+
+%files
+    host-file.txt /opt/from-host.txt
+
+%environment
+    export GREETING={{{{ GREETING }}}}
+
+%post
+    apt-get update
+    apt-get install -y --no-install-recommends {{{{ PKG }}}}
+    useradd builder
+    # chown to a user the namespace cannot map: faked, and root's in the image
+    chown builder /opt/from-host.txt
+    id -u > /post-uid
+
+%runscript
+    echo \"runscript args: $*\"
+    exec hello
+
+%labels
+    Maintainer tests
+    Purpose deffile
+
+%test
+    hello | grep -q 'Hello, world!'
+
+%help
+    Says hello.
+"
+        ),
+    );
+    let out = build(
+        &dir,
+        "hello.sif",
+        "hello.def",
+        &["--compress", "lz4", "--build-arg", "GREETING=bonjour"],
+    );
+    out.ok();
+    assert!(out.stderr.contains("running %test"), "{out:?}");
+    let img = dir.join("hello.sif").display().to_string();
+    let hello = launcher(&["exec", &img, "hello"]).run();
+    assert_eq!(hello.ok().stdout, "Hello, world!\n");
+    let run = launcher(&["run", &img, "one", "two three"]).run();
+    assert_eq!(
+        run.ok().stdout,
+        "runscript args: one two three\nHello, world!\n"
+    );
+    assert_eq!(sh(&img, "echo $GREETING"), "bonjour\n");
+    assert_eq!(
+        sh(&img, "cat /opt/from-host.txt /post-uid"),
+        "copied from the host\n0\n"
+    );
+    assert!(sh(&img, "grep ^builder: /etc/passwd").starts_with("builder:x:"));
+    let labels = launcher(&["inspect", "--labels", &img]).run();
+    let labels = &labels.ok().stdout;
+    assert!(labels.contains("Maintainer: tests\n"), "{labels}");
+    assert!(
+        labels.contains("org.label-schema.usage.singularity.deffile.bootstrap: localimage"),
+        "{labels}"
+    );
+    let def = launcher(&["inspect", "--deffile", &img]).run();
+    // The definition as built: build arguments substituted.
+    assert!(
+        def.ok().stdout.contains("export GREETING=bonjour"),
+        "{def:?}"
+    );
+    assert!(def
+        .stdout
+        .contains("apt-get install -y --no-install-recommends hello"));
+    let rs = launcher(&["inspect", "--runscript", &img]).run();
+    assert!(rs.ok().stdout.starts_with("#!/bin/sh\n\n"), "{rs:?}");
+    let help = launcher(&["inspect", "--helpfile", &img]).run();
+    assert!(help.ok().stdout.contains("Says hello."), "{help:?}");
+    // Every file root's, as mksquashfs -all-root writes them.
+    let sif = std::fs::read(&img).unwrap();
+    let offset = sif.windows(4).position(|w| w == b"hsqs").unwrap();
+    let listing = Command::new("unsquashfs")
+        .args(["-o", &offset.to_string(), "-lln", "-d", ""])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let owners: std::collections::BTreeSet<&str> = listing
+        .lines()
+        .filter(|l| l.contains('/'))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        owners.into_iter().collect::<Vec<_>>(),
+        vec!["0/0"],
+        "{listing}"
+    );
+    assert!(listing.contains("/.singularity.d/Singularity"));
+    assert!(leftover_staging().is_empty(), "{:?}", leftover_staging());
+}
+
+/// A def file over the small busybox image (fast: no network, no big tree).
+fn busybox_def(body: &str) -> String {
+    format!(
+        "Bootstrap: localimage\nFrom: {}\n\n{body}",
+        fixture("busybox-gzip.sqfs")
+    )
+}
+
+#[test]
+fn failing_test_fails_the_build_with_its_output() {
+    let dir = workdir("failing-test");
+    write_as_user(
+        &dir.join("t.def"),
+        &busybox_def(
+            "%post\n    echo built > /built\n\n%test\n    echo test-output-marker\n    exit 3\n",
+        ),
+    );
+    let out = build(&dir, "t.sif", "t.def", &["--compress", "lz4"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("test-output-marker"), "{out:?}");
+    let last = out.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("launcher: error: ")
+            && last.contains("t.def:7: %test failed (exit status 3)"),
+        "{out:?}"
+    );
+    assert_eq!(outputs(&dir), Vec::<String>::new());
+    assert!(leftover_staging().is_empty(), "{:?}", leftover_staging());
+    // --notest builds it anyway.
+    build(&dir, "t.sif", "t.def", &["--compress", "lz4", "--notest"]).ok();
+    assert_eq!(
+        sh(&dir.join("t.sif").display().to_string(), "cat /built"),
+        "built\n"
+    );
+}
+
+#[test]
+fn bad_definition_files_fail_with_one_line() {
+    let dir = workdir("bad");
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "unknown-section",
+            busybox_def("%post\n    true\n%frobnicate\n    x\n"),
+            "unknown-section.def:6: %frobnicate: unknown section",
+        ),
+        (
+            "missing-from",
+            "Bootstrap: localimage\n\n%post\n    true\n".to_string(),
+            "missing-from.def:1: header: 'Bootstrap: localimage' needs a 'From:' header",
+        ),
+        (
+            "post-fails",
+            busybox_def("%post\n    echo before\n    false\n    echo never\n"),
+            "post-fails.def:4: %post failed (exit status 1)",
+        ),
+        (
+            "missing-file",
+            busybox_def("%files\n    /no/such/file /opt/x\n"),
+            "missing-file.def:5: %files: '/no/such/file': no such file or directory",
+        ),
+        (
+            "app-section",
+            busybox_def("%appinstall foo\n    make\n"),
+            "app-section.def:4: %appinstall: SCIF app sections",
+        ),
+        (
+            "undefined-arg",
+            busybox_def("%post\n    echo {{ NOPE }}\n"),
+            "undefined-arg.def:5: %post: build argument 'NOPE' is not defined",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let def = format!("{name}.def");
+        write_as_user(&dir.join(&def), text);
+        let out = build(&dir, &format!("{name}.sif"), &def, &["--compress", "lz4"]);
+        assert_ne!(out.code, 0, "{name}: {out:?}");
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("launcher: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{name}: {out:?}");
+        assert!(errors[0].contains(want), "{name}: want {want:?}\n{out:?}");
+        assert!(
+            out.stdout.is_empty() || *name == "post-fails",
+            "{name}: {out:?}"
+        );
+    }
+    assert_eq!(outputs(&dir), Vec::<String>::new());
+    assert!(leftover_staging().is_empty(), "{:?}", leftover_staging());
+}
+
+#[test]
+fn two_stages_and_fake_root_calls() {
+    let dir = workdir("stages");
+    let base = fixture("busybox-gzip.sqfs");
+    write_as_user(
+        &dir.join("two.def"),
+        &format!(
+            "Bootstrap: localimage
+From: {base}
+Stage: build
+
+%post
+    mkdir -p /out
+    echo \"from stage one as $(id -u)\" > /out/artifact
+    # what package managers do, which an unprivileged user cannot: all succeed, faked
+    chown 1234:5678 /out/artifact
+    mknod /dev-node c 1 3 && test ! -e /dev-node
+    mkfifo /a-fifo && test -p /a-fifo
+
+Bootstrap: localimage
+From: {base}
+Stage: final
+
+%files from build
+    /out/artifact /opt/artifact
+
+%runscript
+    cat /opt/artifact
+"
+        ),
+    );
+    let out = build(&dir, "two.sqfs", "two.def", &["--compress", "lz4"]);
+    out.ok();
+    let img = dir.join("two.sqfs").display().to_string();
+    assert_eq!(
+        launcher(&["run", &img]).run().ok().stdout,
+        "from stage one as 0\n"
+    );
+    // The first stage's own files are not in the result.
+    assert_eq!(sh(&img, "test -e /out/artifact || echo absent"), "absent\n");
+}
+
+#[test]
+fn docker_archive_bootstrap_keeps_the_oci_environment() {
+    let dir = workdir("oci");
+    write_as_user(
+        &dir.join("oci.def"),
+        &format!(
+            "Bootstrap: docker-archive\nFrom: {}\n\n%post\n    id -un > /post-user\n\n\
+             %environment\n    export FROM_DEF=yes\n",
+            fixture("busybox-docker.tar")
+        ),
+    );
+    build(&dir, "oci.sif", "oci.def", &["--compress", "lz4"]).ok();
+    let img = dir.join("oci.sif").display().to_string();
+    // The OCI config's Env, then %environment appended; the entrypoint stays the runscript.
+    assert_eq!(
+        sh(&img, "cat /post-user; echo $OCI_VAR $FROM_DEF"),
+        "root\nfrom-oci yes\n"
+    );
+    assert_eq!(
+        launcher(&["run", &img, "x", "y"]).run().ok().stdout,
+        "x y\n"
+    );
+}
