@@ -457,6 +457,10 @@ pub fn parse_env_script(
     let mut out: Vec<(String, String)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut depth: i32 = 0;
+    // An indented line is taken only in a script of plain assignments: Apptainer writes a
+    // `%environment` as the user indented it, while elsewhere indentation marks the body of a
+    // block the depth count may have missed.
+    let plain = parses_fully(script);
     for (n, raw) in script.lines().enumerate() {
         let line = raw.trim();
         let first = line.split_whitespace().next().unwrap_or("");
@@ -471,7 +475,7 @@ pub fn parse_env_script(
         if line == "}" {
             depth -= 1;
         }
-        if depth != 0 || line.starts_with('#') || raw.starts_with([' ', '\t']) {
+        if depth != 0 || line.starts_with('#') || (!plain && raw.starts_with([' ', '\t'])) {
             continue;
         }
         let body = line.strip_prefix("export ").unwrap_or(line).trim();
@@ -972,5 +976,15 @@ mod tests {
         .concat();
         let err = sh.finish(&long).unwrap_err().to_string();
         assert!(err.contains("made X longer than 128 KiB"), "{err}");
+    }
+
+    #[test]
+    fn an_indented_environment_section_is_read_when_it_only_assigns() {
+        let apptainer = "#!/bin/sh\n# Custom environment shell code should follow\n\n    export A=1\n\tB=\"$A:2\"\n";
+        assert!(parses_fully(apptainer));
+        assert_eq!(
+            parse(apptainer, &no_lookup).unwrap(),
+            kv(&[("A", "1"), ("B", "1:2")])
+        );
     }
 }
