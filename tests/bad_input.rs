@@ -738,11 +738,7 @@ fn user_namespaces_disabled() {
     std::fs::write(format!("/proc/{pid}/uid_map"), map(s.uid)).unwrap();
     std::fs::write(format!("/proc/{pid}/gid_map"), map(s.gid)).unwrap();
     let out = child.wait_with_output().unwrap();
-    let out = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let out = Out::from(out);
     assert_clean_failure(
         &out,
         "max_user_namespaces=0",

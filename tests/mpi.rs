@@ -312,11 +312,7 @@ fn host_mpirun(program: &str, args: &[&str]) -> Out {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("spawning mpirun");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 /// The bind model with real parts: the host's Debian Open MPI (libmpi.so.40, its closure,

@@ -50,11 +50,7 @@ fn launch(dir: &Path, system: &str, env: &[(&str, &str)], args: &[&str]) -> Out 
         .args(args)
         .output()
         .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 fn echo(vars: &str) -> Vec<String> {

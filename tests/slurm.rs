@@ -10,47 +10,18 @@
 //! namespace per rank) still works when they are turned off (`no_share_env`).
 
 mod common;
+use common::slurm::{self, cmdline, is_other_test_scratch, mpi_fixture, owned_entries, serial};
 use common::*;
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The test cluster's slurm.conf, started once per test process.
+/// The test cluster (one node), started once per test process.
 fn slurm_conf() -> &'static str {
-    static CONF: OnceLock<String> = OnceLock::new();
-    CONF.get_or_init(|| {
-        setup();
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(repo.join("slurm/test-cluster/start.sh"))
-            .output()
-            .expect("running slurm/test-cluster/start.sh");
-        assert!(
-            out.status.success(),
-            "slurm/test-cluster/start.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = std::env::var("LAUNCHER_SLURM_DIR")
-            .unwrap_or_else(|_| "/var/tmp/launcher-slurm".into());
-        format!("{dir}/etc/slurm.conf")
-    })
-}
-
-/// One job at a time: the node has few CPUs, and the leftover checks look at the whole node.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn mpi_fixture(name: &str) -> String {
-    let dir = std::env::var("LAUNCHER_MPI_FIXTURES")
-        .unwrap_or_else(|_| format!("{}-mpi", setup().fixtures.display()));
-    format!("{dir}/{name}")
+    slurm::slurm_conf(1)
 }
 
 /// Turn off the single-copy mechanisms that fail between user namespaces: what ranks with
@@ -65,28 +36,11 @@ fn no_share_env() -> Vec<(&'static str, &'static str)> {
 
 /// A command run as the test user, with the test cluster's SLURM_CONF, in the scratch dir.
 fn as_user(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let s = setup();
-    let mut c = as_test_user(program, Some(180));
-    c.args(args)
-        .env("SLURM_CONF", slurm_conf())
-        .current_dir(&s.scratch)
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
-}
-
-fn out_of(out: std::process::Output) -> Out {
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    slurm::as_slurm_user(slurm_conf(), program, args, env, 180)
 }
 
 fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
-    out_of(
+    Out::from(
         as_user(program, args, env)
             .output()
             .expect("spawning setpriv"),
@@ -106,7 +60,7 @@ fn srun_with(
     cmd: &[&str],
     env: &[(&str, &str)],
 ) -> Out {
-    out_of(
+    Out::from(
         srun_command(srun_args, launcher_opts, image, cmd, env)
             .output()
             .expect("spawning setpriv"),
@@ -230,7 +184,7 @@ fn run_watching_servers(mut cmd: Command) -> (Out, Samples) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut out = out_of(
+    let mut out = Out::from(
         waiter
             .join()
             .expect("the waiting thread")
@@ -480,7 +434,7 @@ fn ping_pong_up_to_4_mib_with_single_copy_on() {
         let out = srun(&[mpi, "-n", "2"], &mpi_fixture(img), &pingpong, &[]);
         check_pingpong(&out, max, &format!("srun {mpi} {img}"));
     }
-    let out = out_of(
+    let out = Out::from(
         host_starter(
             "mpirun.openmpi",
             &["-np", "2", "--oversubscribe"],
@@ -491,7 +445,7 @@ fn ping_pong_up_to_4_mib_with_single_copy_on() {
         .expect("spawning setpriv"),
     );
     check_pingpong(&out, max, "mpirun.openmpi");
-    let out = out_of(
+    let out = Out::from(
         host_starter(
             "mpiexec.mpich",
             &["-n", "2"],
@@ -565,21 +519,11 @@ fn sbatch_job_script_writes_its_output_file() {
     assert_eq!(std::fs::metadata(&path).unwrap().uid(), s.uid);
 }
 
-/// Entries of `dirs` owned by `uid`.
-fn owned_entries(dirs: &[&str], uid: u32) -> BTreeSet<PathBuf> {
-    dirs.iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|rd| rd.flatten())
-        .filter(|e| e.metadata().map(|m| m.uid() == uid).unwrap_or(false))
-        .map(|e| e.path())
-        .collect()
-}
-
 #[test]
 fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
     let _g = serial();
     let s = setup();
-    let scratch_dirs = ["/tmp", "/var/tmp", "/dev/shm"];
+    let scratch_dirs = ["/tmp", "/var/tmp", "/dev/shm"].map(PathBuf::from);
     let before = owned_entries(&scratch_dirs, s.uid);
     let marker = s.scratch.join("scancel-term");
     let markers: Vec<PathBuf> = (0..2)
@@ -679,24 +623,6 @@ fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
         .collect();
     assert!(new.is_empty(), "left behind: {new:?}");
     assert_no_share_files_left(10);
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            String::from_utf8_lossy(&c)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// Scratch directories of other test processes (their files are theirs).
-fn is_other_test_scratch(p: &Path) -> bool {
-    p.file_name()
-        .map(|n| n.to_string_lossy().starts_with("launcher-e2e-"))
-        .unwrap_or(false)
 }
 
 #[test]

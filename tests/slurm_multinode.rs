@@ -13,52 +13,25 @@
 //! when it runs next); scripts/test.sh stops whichever is up at the end.
 
 mod common;
+use common::slurm::{self, is_other_test_scratch, mpi_fixture, owned_entries, serial};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 const NODES: [&str; 2] = ["node1", "node2"];
 
-fn slurm_dir() -> String {
-    std::env::var("LAUNCHER_SLURM_DIR").unwrap_or_else(|_| "/var/tmp/launcher-slurm".into())
-}
-
-/// The two-node test cluster's slurm.conf, started once per test process.
+/// The two-node test cluster, started once per test process.
 fn slurm_conf() -> &'static str {
-    static CONF: OnceLock<String> = OnceLock::new();
-    CONF.get_or_init(|| {
-        setup();
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("timeout")
-            .args(["-k", "10", "300", "bash"])
-            .arg(repo.join("slurm/test-cluster/start.sh"))
-            .args(["--nodes", "2"])
-            .output()
-            .expect("running slurm/test-cluster/start.sh");
-        assert!(
-            out.status.success(),
-            "slurm/test-cluster/start.sh --nodes 2 failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!("{}/etc/slurm.conf", slurm_dir())
-    })
-}
-
-/// One job at a time: two nodes on few CPUs, and the leftover checks look at whole nodes.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    slurm::slurm_conf(2)
 }
 
 /// A node's slurmd: its processes (step daemons, tasks) share its namespaces.
 fn slurmd_pid(node: &str) -> u32 {
     slurm_conf();
-    let f = format!("{}/run/slurmd-{node}.pid", slurm_dir());
+    let f = format!("{}/run/slurmd-{node}.pid", slurm::slurm_dir());
     std::fs::read_to_string(&f)
         .unwrap_or_else(|e| panic!("{f}: {e}"))
         .trim()
@@ -85,32 +58,9 @@ fn on_node(node: &str, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{}/root{path}", slurmd_pid(node)))
 }
 
-fn mpi_fixture(name: &str) -> String {
-    let dir = std::env::var("LAUNCHER_MPI_FIXTURES")
-        .unwrap_or_else(|_| format!("{}-mpi", setup().fixtures.display()));
-    format!("{dir}/{name}")
-}
-
-fn out_of(out: std::process::Output) -> Out {
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// A command as the test user (at most `limit` seconds), with the cluster's SLURM_CONF.
 fn as_user(program: &str, args: &[&str], env: &[(&str, &str)], limit: u32) -> Command {
-    let s = setup();
-    let mut c = as_test_user(program, Some(limit));
-    c.args(args)
-        .env("SLURM_CONF", slurm_conf())
-        .current_dir(&s.scratch)
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
+    slurm::as_slurm_user(slurm_conf(), program, args, env, limit)
 }
 
 /// `srun [srun_args] --overcommit launcher exec [launcher_opts] IMAGE cmd...`, not started.
@@ -139,7 +89,7 @@ fn srun(
     cmd: &[&str],
     env: &[(&str, &str)],
 ) -> Out {
-    out_of(
+    Out::from(
         srun_command(srun_args, launcher_opts, image, cmd, env)
             .output()
             .expect("spawning srun"),
@@ -307,18 +257,13 @@ fn mpi_jobs_across_two_nodes() {
 }
 
 /// Entries owned by `uid` in each node's /tmp and /dev/shm, and in the shared /var/tmp.
-fn owned_entries(uid: u32) -> BTreeSet<PathBuf> {
+fn node_entries(uid: u32) -> BTreeSet<PathBuf> {
     let mut dirs: Vec<PathBuf> = vec!["/var/tmp".into()];
     for n in NODES {
         dirs.push(on_node(n, "/tmp"));
         dirs.push(on_node(n, "/dev/shm"));
     }
-    dirs.iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|rd| rd.flatten())
-        .filter(|e| e.metadata().map(|m| m.uid() == uid).unwrap_or(false))
-        .map(|e| e.path())
-        .collect()
+    owned_entries(&dirs, uid)
 }
 
 /// Processes of the test user in either node's network namespace.
@@ -343,7 +288,7 @@ fn user_processes_on_nodes() -> Vec<(u32, String)> {
 fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     let _g = serial();
     let s = setup();
-    let before = owned_entries(s.uid);
+    let before = node_entries(s.uid);
     let marker = s.scratch.join("mn-scancel-term");
     let job_name = format!("launcher-mn-scancel-{}", std::process::id());
     let img = fixture("busybox-gzip.sqfs");
@@ -417,7 +362,7 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     assert_ne!(conns[0], conns[1], "one FUSE connection per node");
 
     // Cancel this job only, by its id.
-    let out = out_of(
+    let out = Out::from(
         as_user("squeue", &["-h", "-n", &job_name, "-o", "%i"], &[], 30)
             .output()
             .expect("spawning squeue"),
@@ -427,7 +372,7 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
         !job.is_empty() && job.chars().all(|c| c.is_ascii_digit()),
         "the job's id: {out:?}"
     );
-    let out = out_of(
+    let out = Out::from(
         as_user("scancel", &[&job], &[], 30)
             .output()
             .expect("spawning scancel"),
@@ -455,16 +400,10 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     let left = user_processes_on_nodes();
     assert!(left.is_empty(), "processes left on the nodes: {left:?}");
     assert_fuse_connections_end(&conns, "scancel of the two-node job");
-    let new: Vec<PathBuf> = owned_entries(s.uid)
+    let new: Vec<PathBuf> = node_entries(s.uid)
         .difference(&before)
         .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
         .cloned()
         .collect();
     assert!(new.is_empty(), "left behind: {new:?}");
-}
-
-/// Scratch directories of other test processes (their files are theirs).
-fn is_other_test_scratch(p: &Path) -> bool {
-    p.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("launcher-e2e-"))
 }

@@ -499,27 +499,7 @@ pub fn look_up_in_root(root: &Path, path: &Path) {
 }
 
 fn openat2_in_root(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
-    // SAFETY: open_how is plain data; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| nix::errno::Errno::EINVAL)?;
-    // SAFETY: valid fd, C string and open_how that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c_path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if rc < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+    crate::image::dir::openat2_in_root(root, path, libc::O_PATH)
 }
 
 /// Walk `dst` component by component under `root`, creating what is missing. Symlinks met on

@@ -73,7 +73,7 @@ impl DirImage {
 
     /// `path` opened under the root as if the root were `/`; None when it does not exist.
     fn open_in_root(&self, path: &str, flags: i32) -> Result<Option<OwnedFd>> {
-        match openat2_in_root(&self.root, path, flags) {
+        match openat2_in_root(&self.root, Path::new(path), flags) {
             Ok(fd) => Ok(Some(fd)),
             // Absent, a component that is not a directory, or a symlink loop: as a SquashFS
             // image answers for a path it cannot resolve.
@@ -211,17 +211,23 @@ impl ImageView for DirImage {
 }
 
 /// `openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: symlinks and `..`
-/// resolved as if `root` were `/`, and no /proc magic links, so nothing leads outside.
-fn openat2_in_root(root: &OwnedFd, path: &str, flags: i32) -> nix::Result<OwnedFd> {
+/// resolved as if `root` were `/`, and no /proc magic links, so nothing leads outside. The
+/// one such open: the sandbox view's, and the child's bind sources and destinations
+/// (apply/syscalls.rs).
+pub fn openat2_in_root(root: &OwnedFd, path: &Path, flags: i32) -> nix::Result<OwnedFd> {
     // SAFETY: open_how is plain data; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     // Only O_PATH opens: openat2 refuses other flags beside O_PATH (EINVAL).
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // A relative path, so that "/" itself is the root and not an empty name.
-    let rel = path.trim_start_matches('/');
-    let rel = if rel.is_empty() { "." } else { rel };
-    let c_path = CString::new(Path::new(rel).as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c_path = CString::new(rel.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
     // SAFETY: a valid fd, and a C string and open_how that outlive the call.
     let rc = unsafe {
         libc::syscall(

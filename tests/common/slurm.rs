@@ -1,0 +1,100 @@
+//! The test Slurm (slurm/test-cluster), for the tests that run jobs on it: started once per
+//! test process with the number of nodes that test binary needs, jobs one at a time, and what
+//! the leftover checks look at.
+
+use super::{as_test_user, setup};
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// Where the test cluster keeps its configuration, state and logs.
+pub fn slurm_dir() -> String {
+    std::env::var("LAUNCHER_SLURM_DIR").unwrap_or_else(|_| "/var/tmp/launcher-slurm".into())
+}
+
+/// The cluster's slurm.conf, with `nodes` nodes, started once per test process (a cluster of
+/// another size is stopped first by start.sh).
+pub fn slurm_conf(nodes: u32) -> &'static str {
+    static CONF: OnceLock<String> = OnceLock::new();
+    CONF.get_or_init(|| {
+        setup();
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("timeout")
+            .args(["-k", "10", "300", "bash"])
+            .arg(repo.join("slurm/test-cluster/start.sh"))
+            .args(["--nodes", &nodes.to_string()])
+            .output()
+            .expect("running slurm/test-cluster/start.sh");
+        assert!(
+            out.status.success(),
+            "slurm/test-cluster/start.sh --nodes {nodes} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("{}/etc/slurm.conf", slurm_dir())
+    })
+}
+
+/// One job at a time: few CPUs, and the leftover checks look at whole nodes.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A file of the MPI fixtures (tests/setup-mpi.sh).
+pub fn mpi_fixture(name: &str) -> String {
+    let dir = std::env::var("LAUNCHER_MPI_FIXTURES")
+        .unwrap_or_else(|_| format!("{}-mpi", setup().fixtures.display()));
+    format!("{dir}/{name}")
+}
+
+/// `program args` as the test user (at most `limit` seconds) with `conf` as SLURM_CONF, in
+/// the scratch directory, stdin closed.
+pub fn as_slurm_user(
+    conf: &str,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: u32,
+) -> Command {
+    let s = setup();
+    let mut c = as_test_user(program, Some(limit));
+    c.args(args)
+        .env("SLURM_CONF", conf)
+        .current_dir(&s.scratch)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Entries of `dirs` owned by `uid`.
+pub fn owned_entries(dirs: &[PathBuf], uid: u32) -> BTreeSet<PathBuf> {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.metadata().map(|m| m.uid() == uid).unwrap_or(false))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Scratch directories of other test processes (their files are theirs).
+pub fn is_other_test_scratch(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("launcher-e2e-"))
+}
+
+/// A process's command line, its arguments joined by spaces ("" once it is gone).
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
