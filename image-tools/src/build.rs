@@ -102,6 +102,30 @@ pub struct BuildOptions {
     pub pull: PullOptions,
 }
 
+impl BuildOptions {
+    /// What a built SIF holds besides its root file system: the architecture, time and UUID
+    /// these options ask for, with the image's config, labels and definition file. One place
+    /// for both kinds of build (from a tree or image, and from a definition file).
+    pub(crate) fn sif_contents(
+        &self,
+        oci_config: Option<serde_json::Value>,
+        labels: std::collections::BTreeMap<String, String>,
+        deffile: Option<Vec<u8>>,
+    ) -> SifContents {
+        SifContents {
+            oci_config,
+            labels,
+            deffile,
+            arch: self.arch.split('/').next().unwrap_or("amd64").to_string(),
+            time: self.reproducible.map(i64::from),
+            uuid: match self.reproducible {
+                Some(_) => UuidFrom::Content,
+                None => UuidFrom::Random,
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct BuildReport {
     pub output: PathBuf,
@@ -187,20 +211,11 @@ pub fn build(
         OutputKind::Sif => {
             let sqfs = staging.0.join("rootfs.squashfs");
             let stats = sqfs_write::write_dir(&root, &overrides, &sqfs, &wopts)?;
-            let contents = SifContents {
-                oci_config: config.as_ref().map(oci_config_object),
-                labels: config
-                    .as_ref()
-                    .map(|c| c.labels.clone())
-                    .unwrap_or_default(),
-                deffile: None,
-                arch: opts.arch.split('/').next().unwrap_or("amd64").to_string(),
-                time: opts.reproducible.map(i64::from),
-                uuid: match opts.reproducible {
-                    Some(_) => UuidFrom::Content,
-                    None => UuidFrom::Random,
-                },
-            };
+            let labels = config
+                .as_ref()
+                .map(|c| c.labels.clone())
+                .unwrap_or_default();
+            let contents = opts.sif_contents(config.as_ref().map(oci_config_object), labels, None);
             sif_image::write(out, &sqfs, &contents)?;
             stats
         }

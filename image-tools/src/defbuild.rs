@@ -14,7 +14,7 @@ use crate::deffile::{Bootstrap, Definition, Script, Stage};
 use crate::fakeroot::{self, resolve_in_root, FakerootCommand};
 use crate::oci;
 use crate::registry;
-use crate::sif_image::{self, SifContents, UuidFrom};
+use crate::sif_image;
 use crate::squashfs::write::{self as sqfs_write, WriteOptions};
 use crate::squashfs::{Archive, FileType, Inode};
 use crate::tree::Overrides;
@@ -109,17 +109,11 @@ pub fn build(out: &Path, b: &DefBuild, staging: &Staging) -> Result<BuildReport>
         OutputKind::Sif => {
             let sqfs = staging.0.join("rootfs.squashfs");
             let stats = sqfs_write::write_dir(root, &overrides, &sqfs, &wopts)?;
-            let contents = SifContents {
-                oci_config: None,
-                labels: read_labels(root)?,
-                deffile: Some(b.def.text.clone().into_bytes()),
-                arch: opts.arch.split('/').next().unwrap_or("amd64").to_string(),
-                time: opts.reproducible.map(i64::from),
-                uuid: match opts.reproducible {
-                    Some(_) => UuidFrom::Content,
-                    None => UuidFrom::Random,
-                },
-            };
+            let contents = opts.sif_contents(
+                None,
+                read_labels(root)?,
+                Some(b.def.text.clone().into_bytes()),
+            );
             sif_image::write(out, &sqfs, &contents)?;
             stats
         }

@@ -221,14 +221,15 @@ fn build_root(sys: &dyn Syscalls, plan: &Plan, staging: &Path) -> Result<()> {
 }
 
 /// What the command is started with: its program and its environment.
-struct Ready {
+struct Ready<'a> {
     program: PathBuf,
-    env: Vec<(String, String)>,
+    /// The plan's own, unless the image's shell reported another (no copy on the common path).
+    env: std::borrow::Cow<'a, [(String, String)]>,
 }
 
 /// Inside the container root: working directory, no capabilities, no new privileges, the
 /// environment (from the image's shell when its scripts need one) and the program to execute.
-fn prepare_exec(sys: &dyn Syscalls, plan: &Plan, launcher: Pid) -> Result<Ready> {
+fn prepare_exec<'a>(sys: &dyn Syscalls, plan: &'a Plan, launcher: Pid) -> Result<Ready<'a>> {
     let cwd = std::iter::once(&plan.cwd)
         .chain(plan.cwd_fallbacks.iter())
         .find(|d| sys.chdir(d).is_ok())
@@ -248,7 +249,7 @@ fn prepare_exec(sys: &dyn Syscalls, plan: &Plan, launcher: Pid) -> Result<Ready>
     sys.drop_capabilities()?;
     sys.set_no_new_privs()?;
     let env = match &plan.env_shell {
-        None => plan.env.clone(),
+        None => std::borrow::Cow::Borrowed(plan.env.as_slice()),
         Some(shell) => {
             // What the shell leaves running is ours to end, even after a kill -9 of the
             // launcher (the reaper's duties start here, not at the command).
@@ -257,7 +258,7 @@ fn prepare_exec(sys: &dyn Syscalls, plan: &Plan, launcher: Pid) -> Result<Ready>
                 .run_for_output(&shell.argv(), &shell.base, CAPTURED_MAX_BYTES, launcher)
                 .context("running the image's environment scripts")?;
             debug::step("child: the image's environment scripts sourced by its shell");
-            shell.finish(&report)?
+            std::borrow::Cow::Owned(shell.finish(&report)?)
         }
     };
     let program = find_program(&plan.argv[0], &env)?;

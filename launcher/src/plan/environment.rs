@@ -593,6 +593,17 @@ mod tests {
         Ok(apply_edits(env, &layers.edits))
     }
 
+    /// No host, image, user or launcher variables: the image's scripts alone.
+    fn no_inputs() -> EnvInputs<'static> {
+        EnvInputs {
+            host: &[],
+            cleanenv: false,
+            image_oci_env: &[],
+            user: &[],
+            launcher: &[],
+        }
+    }
+
     #[test]
     fn precedence_host_image_user() {
         let host = kv(&[
@@ -762,18 +773,7 @@ mod tests {
             ("/.singularity.d/env/10-a.sh".to_string(), vars(0, 3000)),
             ("/.singularity.d/env/20-b.sh".to_string(), vars(3000, 6000)),
         ];
-        let err = compute(
-            &EnvInputs {
-                host: &[],
-                cleanenv: false,
-                image_oci_env: &[],
-                user: &[],
-                launcher: &[],
-            },
-            &scripts,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = compute(&no_inputs(), &scripts).unwrap_err().to_string();
         assert!(
             err.starts_with("/.singularity.d/env/20-b.sh: line 1097: ")
                 && err.contains("4096 variables"),
@@ -802,18 +802,7 @@ mod tests {
             ("/.singularity.d/env/10-a.sh".to_string(), half.clone()),
             ("/.singularity.d/env/20-b.sh".to_string(), half),
         ];
-        let err = compute(
-            &EnvInputs {
-                host: &[],
-                cleanenv: false,
-                image_oci_env: &[],
-                user: &[],
-                launcher: &[],
-            },
-            &scripts,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = compute(&no_inputs(), &scripts).unwrap_err().to_string();
         assert!(
             err.starts_with("/.singularity.d/env/20-b.sh: the image's environment scripts are longer than 1 MiB together"),
             "{err}"
