@@ -66,6 +66,37 @@ pub struct ObjectSpec {
 }
 
 impl ObjectSpec {
+    /// The descriptor of this object as object `id`, placed after `end` (the end of the
+    /// furthest object so far) at its alignment: one constructor for a whole-image write and
+    /// for objects added to an existing image (`sign`).
+    fn placed(&self, id: u32, end: u64, extra: Extra, time: i64) -> Result<Descriptor> {
+        let align = match self.alignment {
+            0 if self.data_type == DataType::Partition => PARTITION_ALIGNMENT,
+            0 => 1,
+            a => a,
+        };
+        let size = self.data.len();
+        let start = end
+            .checked_next_multiple_of(align)
+            .filter(|s| s.checked_add(size).is_some_and(|e| e <= i64::MAX as u64))
+            .ok_or_else(|| Error::Invalid(format!("object {id}: file would exceed 2^63 bytes")))?;
+        Ok(Descriptor {
+            id,
+            data_type: self.data_type,
+            group_id: self.group_id,
+            link: self.link,
+            offset: start,
+            size,
+            size_with_padding: start - end + size,
+            created: time,
+            modified: time,
+            uid: 0,
+            gid: 0,
+            name: self.name.clone(),
+            extra,
+        })
+    }
+
     /// An object in group 1, unlinked, unnamed, default alignment, no extra.
     pub fn new(data_type: DataType, data: ObjectData) -> ObjectSpec {
         ObjectSpec {
@@ -219,33 +250,9 @@ pub fn add_objects(path: &Path, objects: &[ObjectSpec], time: Option<i64>) -> Re
                 "{shown}: free slot {slot} would give ID {id}, which object ID is already used"
             )));
         }
-        let align = match spec.alignment {
-            0 if spec.data_type == DataType::Partition => PARTITION_ALIGNMENT,
-            0 => 1,
-            a => a,
-        };
-        let size = spec.data.len();
-        let start = end
-            .checked_next_multiple_of(align)
-            .filter(|s| s.checked_add(size).is_some_and(|e| e <= i64::MAX as u64))
-            .ok_or_else(|| Error::Invalid(format!("object {id}: file would exceed 2^63 bytes")))?;
-        let d = Descriptor {
-            id,
-            data_type: spec.data_type,
-            group_id: spec.group_id,
-            link: spec.link,
-            offset: start,
-            size,
-            size_with_padding: start - end + size,
-            created: time,
-            modified: time,
-            uid: 0,
-            gid: 0,
-            name: spec.name.clone(),
-            extra: spec.extra.clone(),
-        };
+        let d = spec.placed(id, end, spec.extra.clone(), time)?;
         let raw = d.encode()?;
-        end = start + size;
+        end = d.offset + d.size;
         // Later objects see this slot and ID as used.
         sif.descriptors.push(d.clone());
         sif.mark_used(slot);
@@ -323,18 +330,6 @@ impl Plan {
         let mut primary: Option<(u32, String)> = None;
         for (i, spec) in objects.iter().enumerate() {
             let id = i as u32 + 1; // i < cap < u32::MAX
-            let size = spec.data.len();
-            let align = match spec.alignment {
-                0 if spec.data_type == DataType::Partition => PARTITION_ALIGNMENT,
-                0 => 1,
-                a => a,
-            };
-            let start = end
-                .checked_next_multiple_of(align)
-                .filter(|s| s.checked_add(size).is_some_and(|e| e <= i64::MAX as u64))
-                .ok_or_else(|| {
-                    Error::Invalid(format!("object {id}: file would exceed 2^63 bytes"))
-                })?;
             let mut extra = spec.extra.clone();
             if matches!(spec.data_type, DataType::OciRootIndex | DataType::OciBlob)
                 && extra == Extra::None
@@ -363,24 +358,10 @@ impl Plan {
                 }
                 primary = Some((id, arch.clone()));
             }
-            let d = Descriptor {
-                id,
-                data_type: spec.data_type,
-                group_id: spec.group_id,
-                link: spec.link,
-                offset: start,
-                size,
-                size_with_padding: start - end + size,
-                created: time,
-                modified: time,
-                uid: 0,
-                gid: 0,
-                name: spec.name.clone(),
-                extra,
-            };
+            let d = spec.placed(id, end, extra, time)?;
             d.encode()?; // validate now, before creating the file
+            end = d.offset + d.size;
             descriptors.push(d);
-            end = start + size;
         }
 
         let arch = match primary {
