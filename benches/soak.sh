@@ -62,7 +62,11 @@ FUSECTL=/proc/$FUSECTL_PID/root/sys/fs/fuse/connections
 fusectl_mounted() { grep -q ' /sys/fs/fuse/connections .* - fusectl ' "/proc/$FUSECTL_PID/mountinfo" 2>/dev/null; }
 for _ in $(seq 50); do fusectl_mounted && break; sleep 0.1; done
 fusectl_mounted || { echo "benches/soak.sh: mounting fusectl failed" >&2; exit 1; }
-fuse_conns() { ls "$FUSECTL" | sort; }
+# A connection's directory is owned by the uid that mounted it (the kernel's fusectl sets it
+# from the connection's user): count only the test user's, so another user's FUSE mounts on the
+# machine are not taken for a leak. The test user's own other launches still count: run the
+# soak alone.
+fuse_conns() { find "$FUSECTL" -mindepth 1 -maxdepth 1 -uid "$U" -printf '%f\n' | sort; }
 # The rendezvous directories of apply/share.rs for this user (no XDG_RUNTIME_DIR here).
 share_files() { find "/tmp/launcher-$U" "/dev/shm/launcher-$U" -mindepth 1 2>/dev/null; }
 conns_before=$(fuse_conns)
