@@ -187,7 +187,7 @@ impl SiteConfig {
                     continue;
                 }
             };
-            let file = SiteConfig::parse(&text, &path)?;
+            let (file, tree) = SiteConfig::parse_with_tree(&text, &path)?;
             if source == Source::System {
                 config.locked_in = Some(path.clone());
             } else {
@@ -198,7 +198,7 @@ impl SiteConfig {
                         system.display()
                     );
                 }
-                config.refuse_locked(&file, &text, &path)?;
+                config.refuse_locked(&file, &tree, &path)?;
             }
             config.merge(file);
         }
@@ -207,12 +207,16 @@ impl SiteConfig {
 
     /// Parse one file's text; errors read `FILE:LINE: key 'a.b': what`.
     pub fn parse(text: &str, path: &Path) -> Result<SiteConfig> {
+        Ok(SiteConfig::parse_with_tree(text, path)?.0)
+    }
+
+    /// `parse`, with the file's YAML tree too (the lock checks walk its keys): one read of
+    /// the tree for both.
+    fn parse_with_tree(text: &str, path: &Path) -> Result<(SiteConfig, serde_yaml_ng::Value)> {
+        let tree = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text);
         // An empty file (or only comments) is an empty config, not a type error.
-        if matches!(
-            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text),
-            Ok(serde_yaml_ng::Value::Null)
-        ) {
-            return Ok(SiteConfig::default());
+        if let Ok(serde_yaml_ng::Value::Null) = tree {
+            return Ok((SiteConfig::default(), serde_yaml_ng::Value::Null));
         }
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: SiteConfig = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -246,7 +250,10 @@ impl SiteConfig {
             }
         })?;
         config.validate(path)?;
-        Ok(config)
+        // The typed read above names the line of a syntax error; the tree's error is a
+        // fallback that a file serde read cannot reach.
+        let tree = tree.with_context(|| format!("reading {}", path.display()))?;
+        Ok((config, tree))
     }
 
     /// Checks serde cannot express: bind syntax, variable names, absolute paths.
@@ -358,9 +365,14 @@ impl SiteConfig {
         Ok(())
     }
 
-    /// An error when the later file `path` (whose text is `text`) sets anything the system
-    /// file locked, naming the key.
-    fn refuse_locked(&self, file: &SiteConfig, text: &str, path: &Path) -> Result<()> {
+    /// An error when the later file `path` (read as `file`, whose YAML tree is `tree`) sets
+    /// anything the system file locked, naming the key.
+    fn refuse_locked(
+        &self,
+        file: &SiteConfig,
+        tree: &serde_yaml_ng::Value,
+        path: &Path,
+    ) -> Result<()> {
         if self.locked.is_empty() {
             return Ok(());
         }
@@ -417,10 +429,8 @@ impl SiteConfig {
             }
         }
         // Every other key, by where it is in the file.
-        let value: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(text).with_context(|| format!("reading {}", path.display()))?;
         let mut leaves = Vec::new();
-        key_paths(&value, String::new(), &mut leaves);
+        key_paths(tree, String::new(), &mut leaves);
         for (key, _) in leaves.iter().filter(|(k, _)| !under(k, "env")) {
             if let Some(lock) = self.locked.iter().find(|lock| {
                 !LOCK_KEEPS_ENTRIES.contains(&lock.as_str())
