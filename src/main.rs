@@ -368,7 +368,8 @@ fn main() {
 /// - blocks (128 KiB to 1 MiB) from the heap, not one mmap (and munmap) each.
 ///
 /// `exec IMG /bin/true` on a zstd busybox image: 1358 page faults before, 1278 after
-/// (`perf stat -e page-faults`).
+/// (`perf stat -e page-faults`). musl's allocator (the static build) has no such knobs.
+#[cfg(target_env = "gnu")]
 fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters; called before the launch starts any thread.
     unsafe {
@@ -376,6 +377,9 @@ fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
+
+#[cfg(not(target_env = "gnu"))]
+fn tune_allocator() {}
 
 /// The launcher needs no privilege and must not be given any: a setuid bit or file
 /// capabilities would hand them to every user, and the namespaces would inherit them.

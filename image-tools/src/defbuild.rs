@@ -282,7 +282,9 @@ fn set_mtime(p: &Path, mtime: u32) {
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: libc::time_t::from(mtime),
+            // `as _`: time_t is i64 on both glibc and musl (64-bit), but musl's alias is
+            // deprecated in the libc crate.
+            tv_sec: mtime as _,
             tv_nsec: 0,
         },
     ];

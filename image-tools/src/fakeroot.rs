@@ -424,11 +424,12 @@ unsafe fn send_fd(sock: i32, fd: i32) -> libc::c_int {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = ctrl.as_mut_ptr().cast();
-    msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+    // `as _`: the field is a usize in glibc and a u32 in musl.
+    msg.msg_controllen = libc::CMSG_SPACE(4) as _;
     let cmsg = libc::CMSG_FIRSTHDR(&msg);
     (*cmsg).cmsg_level = libc::SOL_SOCKET;
     (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-    (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+    (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
     std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
     if libc::sendmsg(sock, &msg, 0) < 0 {
         -1
@@ -452,7 +453,7 @@ fn recv_fd(sock: i32) -> io::Result<i32> {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = ctrl.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&ctrl);
+        msg.msg_controllen = std::mem::size_of_val(&ctrl) as _;
         if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -107,8 +107,8 @@ fn run_command(
         Err(e) => e,
         Ok(command) => {
             // The reaper needs none of the descriptors it inherited; the command keeps its own.
-            // SAFETY: no descriptor above 2 is used by this process from here on.
-            unsafe { libc::close_range(3, u32::MAX, 0) };
+            // No descriptor above 2 is used by this process from here on.
+            close_from_3();
             crate::apply::supervise::reaper(command, launcher)
         }
     }
@@ -293,8 +293,8 @@ fn keep(chan: Channel) -> anyhow::Error {
         return anyhow!("telling the launcher the root is ready: {e:#}");
     }
     // Keep nothing of the launcher's open files.
-    // SAFETY: no fd is used after this point.
-    unsafe { libc::close_range(3, u32::MAX, 0) };
+    // No fd is used after this point.
+    close_from_3();
     loop {
         // SAFETY: pause has no preconditions; SIGKILL ends it.
         unsafe { libc::pause() };
@@ -453,4 +453,12 @@ mod tests {
             ],
         );
     }
+}
+
+/// Closes every descriptor from 3 up: close_range(2) called through syscall(2), since the libc
+/// crate has no wrapper for it on musl (the static build). Kernels before 5.9 answer ENOSYS and
+/// the descriptors stay open, as they would with the wrapper.
+fn close_from_3() {
+    // SAFETY: close_range takes plain integers; the callers use no descriptor above 2 afterwards.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
 }
