@@ -1,6 +1,7 @@
-//! The Debian package (issue 19): `scripts/package.sh` packages the binary under test, and
+//! The Debian packages (issue 19): `scripts/package.sh` packages the binary under test, and
 //! what it installs works as the unprivileged user: the binary runs an image, the man page
-//! and completions are there and well formed, nothing is put in /etc.
+//! and completions are there and well formed, nothing is put in /etc; and launcher-spank, the
+//! SPANK plugin with its plugstack.conf line.
 
 mod common;
 use common::*;
@@ -23,11 +24,17 @@ fn the_package_installs_a_working_launcher_with_its_man_page_and_completions() {
     let dir = s.scratch.join("package");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let deb = run(Command::new("bash")
+    let debs = run(Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/package.sh"))
         .env("LAUNCHER_BIN", &s.bin)
         .env("LAUNCHER_PACKAGE_DIR", &dir));
-    let deb = deb.trim();
+    let debs: Vec<&str> = debs.lines().collect();
+    assert_eq!(
+        debs.len(),
+        2,
+        "the launcher and launcher-spank packages: {debs:?}"
+    );
+    let deb = debs[0];
     let version = run(Command::new(&s.bin).arg("--version"));
     assert!(
         deb.ends_with(&format!(
@@ -91,4 +98,52 @@ fn the_package_installs_a_working_launcher_with_its_man_page_and_completions() {
     run(Command::new("bash")
         .arg("-n")
         .arg(root.join("usr/share/bash-completion/completions/launcher")));
+
+    // launcher-spank: the plugin in Slurm's plugin directory, its plugstack.conf line as an
+    // example (tests/spank.rs runs the plugin on the test cluster), tied to this launcher and
+    // to the Slurm release it was built for.
+    let spank = debs[1];
+    assert!(
+        spank.ends_with(&format!(
+            "launcher-spank_{}_{}.deb",
+            version.split_whitespace().nth(1).unwrap(),
+            run(Command::new("dpkg").arg("--print-architecture")).trim()
+        )),
+        "{spank}"
+    );
+    let field = |name: &str| run(Command::new("dpkg-deb").args(["-f", spank, name]));
+    assert_eq!(field("Package").trim(), "launcher-spank");
+    let depends = field("Depends");
+    assert!(
+        depends.contains(&format!(
+            "launcher (= {})",
+            version.split_whitespace().nth(1).unwrap()
+        )) && depends.contains("slurm-client (>= "),
+        "{depends}"
+    );
+    let contents = run(Command::new("dpkg-deb").args(["-c", spank]));
+    let plugin = contents
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|p| p.ends_with("/slurm-wlm/spank_launcher.so"))
+        .unwrap_or_else(|| panic!("no spank_launcher.so:\n{contents}"))
+        .trim_start_matches('.')
+        .to_string();
+    assert!(!contents.contains("./etc/"), "nothing in /etc:\n{contents}");
+    let root = dir.join("spank-root");
+    run(Command::new("dpkg-deb").arg("-x").arg(spank).arg(&root));
+    let conf =
+        std::fs::read_to_string(root.join("usr/share/doc/launcher-spank/examples/plugstack.conf"))
+            .unwrap();
+    assert!(
+        conf.lines()
+            .any(|l| l == format!("required {plugin} launcher=/usr/bin/launcher")),
+        "{conf}"
+    );
+    let symbols = run(Command::new("objdump")
+        .arg("-T")
+        .arg(root.join(plugin.trim_start_matches('/'))));
+    for sym in ["slurm_spank_init", "slurm_spank_task_init", "plugin_name"] {
+        assert!(symbols.contains(sym), "{sym} not exported:\n{symbols}");
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Test setup, run as root on a Debian 12 machine (the tests and .ci/run call it; it is idempotent):
-#  - installs the packages the tests use (squashfs-tools, util-linux's setpriv, ...),
+#  - installs the packages the tests use (squashfs-tools, util-linux's setpriv, libslurm-dev, ...),
 #  - creates the unprivileged user the end-to-end tests run the launcher as,
 #  - makes /dev/fuse mode 0666, as on most distributions (these machines ship it 0600),
 #  - builds the fixture images with mksquashfs, one per compressor, from a busybox rootfs.
@@ -21,6 +21,9 @@ need_pkgs=()
 for pair in mksquashfs:squashfs-tools unsquashfs:squashfs-tools setpriv:util-linux gcc:gcc setfattr:attr umoci:umoci skopeo:skopeo setcap:libcap2-bin docker-registry:docker-registry htpasswd:apache2-utils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
+# make and <slurm/spank.h> build the SPANK plugin (slurm/spank: tests/spank.rs, scripts/package.sh).
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+[ -e /usr/include/slurm/spank.h ] || need_pkgs+=(libslurm-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -13,49 +13,19 @@
 //! when it runs next); scripts/test.sh stops whichever is up at the end.
 
 mod common;
-use common::slurm::{self, is_other_test_scratch, mpi_fixture, owned_entries, serial};
+use common::slurm::{
+    self, is_other_test_scratch, mpi_fixture, node_entries, node_of, ns_of, on_node, serial,
+    user_processes_on_nodes,
+};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const NODES: [&str; 2] = ["node1", "node2"];
-
 /// The two-node test cluster, started once per test process.
 fn slurm_conf() -> &'static str {
     slurm::slurm_conf(2)
-}
-
-/// A node's slurmd: its processes (step daemons, tasks) share its namespaces.
-fn slurmd_pid(node: &str) -> u32 {
-    slurm_conf();
-    let f = format!("{}/run/slurmd-{node}.pid", slurm::slurm_dir());
-    std::fs::read_to_string(&f)
-        .unwrap_or_else(|e| panic!("{f}: {e}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{f}: {e}"))
-}
-
-fn ns_of(pid: u32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-        .map(|l| l.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// The node whose network namespace `pid` is in, if any.
-fn node_of(pid: u32) -> Option<&'static str> {
-    let net = ns_of(pid, "net");
-    NODES
-        .into_iter()
-        .find(|n| !net.is_empty() && ns_of(slurmd_pid(n), "net") == net)
-}
-
-/// A path inside a node's own mount namespace (its private /tmp and /dev/shm), seen from here.
-fn on_node(node: &str, path: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{}/root{path}", slurmd_pid(node)))
 }
 
 /// A command as the test user (at most `limit` seconds), with the cluster's SLURM_CONF.
@@ -254,34 +224,6 @@ fn mpi_jobs_across_two_nodes() {
     assert_eq!(sizes, 21, "1 B to 1 MiB: {out:?}");
     // Not MPICH under --mpi=pmi2 yet: across these nodes it sometimes hangs after `hello ok`
     // (in MPI_Finalize), natively as well as in the container (docs/slurm.md, "Several nodes").
-}
-
-/// Entries owned by `uid` in each node's /tmp and /dev/shm, and in the shared /var/tmp.
-fn node_entries(uid: u32) -> BTreeSet<PathBuf> {
-    let mut dirs: Vec<PathBuf> = vec!["/var/tmp".into()];
-    for n in NODES {
-        dirs.push(on_node(n, "/tmp"));
-        dirs.push(on_node(n, "/dev/shm"));
-    }
-    owned_entries(&dirs, uid)
-}
-
-/// Processes of the test user in either node's network namespace.
-fn user_processes_on_nodes() -> Vec<(u32, String)> {
-    let uid = setup().uid;
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid))
-                .filter(|p| node_of(*p).is_some())
-                .map(|p| {
-                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                    (p, String::from_utf8_lossy(&cmd).replace('\0', " "))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -36,6 +36,11 @@
 #   LAUNCHER_SLURM_PORT  slurmctld's port; slurmd uses +1   [16817]
 #   LAUNCHER_SLURM_KILLWAIT seconds between SIGTERM and SIGKILL on scancel/time limit [5]
 #   LAUNCHER_SLURM_NET   the nodes' /24, first three octets (--nodes N >= 2) [10.77.0]
+# SPANK plugins: Slurm reads plugstack.conf beside slurm.conf (ETC/plugstack.conf); it is written
+# here to include ETC/plugstack.conf.d/*.conf, empty unless a test puts a plugin's line there
+# (tests/spank.rs: the launcher's spank_launcher.so). srun and each job step's slurmstepd read it
+# afresh, so adding or removing a line there needs no restart, and an empty directory changes
+# nothing.
 # Stop it with stop.sh (same settings).
 set -euo pipefail
 
@@ -111,6 +116,12 @@ chown munge:munge "$DIR/munge"
 chmod 0755 "$DIR/munge"   # clients (srun as any user) connect to the socket here
 
 conf="$DIR/etc/slurm.conf"
+# The SPANK include directory (see the header); not part of slurm.conf, so no restart.
+mkdir -p "$DIR/etc/plugstack.conf.d"
+chmod 0755 "$DIR/etc/plugstack.conf.d"
+printf '# Written by slurm/test-cluster/start.sh: the plugins tests put in plugstack.conf.d.\ninclude %s/etc/plugstack.conf.d/*.conf\n' "$DIR" >"$DIR/etc/plugstack.conf.new"
+chmod 0644 "$DIR/etc/plugstack.conf.new"
+mv "$DIR/etc/plugstack.conf.new" "$DIR/etc/plugstack.conf"
 # The nodes: this host on the loopback, or node1..nodeN on the bridge (see the header).
 if [ "$NODES" = 1 ]; then
     ctld_addr=127.0.0.1

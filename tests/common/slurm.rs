@@ -98,3 +98,62 @@ pub fn cmdline(pid: u32) -> String {
         })
         .unwrap_or_default()
 }
+
+/// The nodes of the two-node cluster (`slurm_conf(2)`).
+pub const NODES: [&str; 2] = ["node1", "node2"];
+
+/// A node's slurmd (of a cluster with several nodes): its processes (step daemons, tasks)
+/// share its namespaces.
+pub fn slurmd_pid(node: &str) -> u32 {
+    let f = format!("{}/run/slurmd-{node}.pid", slurm_dir());
+    std::fs::read_to_string(&f)
+        .unwrap_or_else(|e| panic!("{f}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{f}: {e}"))
+}
+
+/// A process's namespace of this kind (`user:[INODE]`), "" once it is gone.
+pub fn ns_of(pid: u32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The node whose network namespace `pid` is in, if any.
+pub fn node_of(pid: u32) -> Option<&'static str> {
+    let net = ns_of(pid, "net");
+    NODES
+        .into_iter()
+        .find(|n| !net.is_empty() && ns_of(slurmd_pid(n), "net") == net)
+}
+
+/// A path inside a node's own mount namespace (its private /tmp and /dev/shm), seen from here.
+pub fn on_node(node: &str, path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root{path}", slurmd_pid(node)))
+}
+
+/// Entries owned by `uid` in each node's /tmp and /dev/shm, and in the shared /var/tmp.
+pub fn node_entries(uid: u32) -> BTreeSet<PathBuf> {
+    let mut dirs: Vec<PathBuf> = vec!["/var/tmp".into()];
+    for n in NODES {
+        dirs.push(on_node(n, "/tmp"));
+        dirs.push(on_node(n, "/dev/shm"));
+    }
+    owned_entries(&dirs, uid)
+}
+
+/// Processes of the test user in either node's network namespace.
+pub fn user_processes_on_nodes() -> Vec<(u32, String)> {
+    let uid = setup().uid;
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid))
+                .filter(|p| node_of(*p).is_some())
+                .map(|p| (p, cmdline(p)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
