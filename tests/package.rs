@@ -147,3 +147,64 @@ fn the_package_installs_a_working_launcher_with_its_man_page_and_completions() {
         assert!(symbols.contains(sym), "{sym} not exported:\n{symbols}");
     }
 }
+
+/// The static build (scripts/package-static.sh, issue 19): a musl binary with no program
+/// interpreter and no shared library, archived with its man page and completions, runs an image
+/// as the user. Built here in debug, in a target directory of its own (the suite's build
+/// directory stays the suite's): a few minutes on two cores, the first time.
+#[test]
+fn the_static_build_needs_no_libc_and_runs_an_image_as_the_user() {
+    let s = setup();
+    let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/static-test");
+    run(Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build", "--locked", "-q", "--bin", "launcher", "--target", &target,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir));
+    let bin = target_dir.join(&target).join("debug/launcher");
+    let dir = s.scratch.join("package-static");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tgz = run(Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/package-static.sh"))
+        .env("LAUNCHER_BIN", &bin)
+        .env("LAUNCHER_PACKAGE_DIR", &dir));
+    let tgz = tgz.trim();
+    assert!(tgz.ends_with("-static.tar.gz"), "{tgz}");
+    run(Command::new("tar").arg("-C").arg(&dir).arg("-xzf").arg(tgz));
+    let top = dir.join(
+        Path::new(tgz)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".tar.gz"),
+    );
+    let unpacked = top.join("bin/launcher");
+    let headers = run(Command::new("readelf").arg("-lW").arg(&unpacked));
+    assert!(!headers.contains("INTERP"), "{headers}");
+    for path in [
+        "share/man/man1/launcher.1.gz",
+        "share/bash-completion/completions/launcher",
+        "share/zsh/site-functions/_launcher",
+        "share/fish/vendor_completions.d/launcher.fish",
+    ] {
+        assert!(top.join(path).is_file(), "{path} missing");
+    }
+    // The archive's directories are world-readable; the scratch directory is the test user's
+    // to enter.
+    let out = as_test_user(&unpacked, Some(60))
+        .args([
+            "exec",
+            &fixture("busybox-zstd.sqfs"),
+            "/bin/sh",
+            "-c",
+            "echo from $LAUNCHER_NAME; id -u",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("from busybox-zstd.sqfs\n"), "{stdout}");
+}

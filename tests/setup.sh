@@ -24,10 +24,17 @@ done
 # make and <slurm/spank.h> build the SPANK plugin (slurm/spank: tests/spank.rs, scripts/package.sh).
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 [ -e /usr/include/slurm/spank.h ] || need_pkgs+=(libslurm-dev)
+# The static build (scripts/package-static.sh, tests/package.rs): musl-gcc compiles zstd's C code.
+command -v musl-gcc >/dev/null 2>&1 || need_pkgs+=(musl-tools)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+# The Rust standard library for the static build's target (rustup's, where Rust came from rustup).
+musl_target=$(uname -m)-unknown-linux-musl
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx "$musl_target"; then
+    rustup target add "$musl_target" >/dev/null
 fi
 
 # The unprivileged user: its own uid, home and group, no sudo.
