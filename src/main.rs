@@ -163,8 +163,8 @@ struct RunOpts {
     /// A writable overlay on tmpfs over the image; changes vanish at exit.
     #[arg(long)]
     writable_tmpfs: bool,
-    /// The image is a sandbox directory (`launcher build --sandbox`) whose changes are kept;
-    /// with --fakeroot only (SIF and SquashFS images are read-only).
+    /// The image is a sandbox directory (`launcher build --sandbox`), mounted writable: changes
+    /// are kept in it (SIF and SquashFS images are read-only).
     #[arg(short = 'w', long)]
     writable: bool,
     /// Run as root in a user namespace, set*id and chown calls emulated as in a definition
@@ -254,6 +254,7 @@ impl RunOpts {
         self.cleanenv |= flag(&["CLEANENV"])?;
         self.no_home |= flag(&["NO_HOME"])?;
         self.writable_tmpfs |= flag(&["WRITABLE_TMPFS"])?;
+        self.writable |= flag(&["WRITABLE"])?;
         if self.overlay.is_none() {
             self.overlay = apptainer::value(env, "OVERLAY").map(|(_, v)| v.to_string());
         }
@@ -304,6 +305,7 @@ impl RunOpts {
         });
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
+        o.writable = self.writable;
         if let Some(dir) = &self.overlay {
             o.overlay = Some(overlay_dir(dir)?);
         }
@@ -494,10 +496,9 @@ fn run(cli: Cli) -> Result<i32> {
     } else {
         image
     };
-    let fakeroot = opts.fakeroot || apptainer::flag(&env, &["FAKEROOT"])?;
-    let writable = opts.writable || apptainer::flag(&env, &["WRITABLE"])?;
-    if writable || fakeroot {
-        return fake_root_session(&image, fakeroot, writable, &opts, action);
+    if opts.fakeroot || apptainer::flag(&env, &["FAKEROOT"])? {
+        let writable = opts.writable || apptainer::flag(&env, &["WRITABLE"])?;
+        return fake_root_session(&image, writable, &opts, action);
     }
     if opts.verify {
         // Here, not in the runtime: the signature crates are the binary's alone.
@@ -508,12 +509,10 @@ fn run(cli: Cli) -> Result<i32> {
     launch::launch(&options, cli.debug, &tuning)
 }
 
-/// `--writable` and `--fakeroot`: a sandbox directory changed as fake root, by image-tools'
-/// runner (the runtime's launch is read-only and has no fake root); anything else refused
-/// with what to do instead.
+/// `--fakeroot --writable`: a sandbox directory changed as fake root, by image-tools' runner
+/// (the runtime has no fake root); anything else refused with what to do instead.
 fn fake_root_session(
     image: &std::path::Path,
-    fakeroot: bool,
     writable: bool,
     opts: &RunOpts,
     action: Action,
@@ -527,11 +526,6 @@ fn fake_root_session(
         }
         anyhow::bail!(
             "--fakeroot on '{shown}': fake root runs in a writable sandbox directory: `launcher build --sandbox DIR {shown}`, then `launcher exec --fakeroot --writable DIR CMD` (to build an image as fake root: `launcher build OUT.sif app.def`)"
-        );
-    }
-    if !fakeroot {
-        anyhow::bail!(
-            "--writable '{shown}' without --fakeroot is not supported: add --fakeroot (root in the container, the changes yours on disk), or use --writable-tmpfs or --overlay DIR"
         );
     }
     if !writable {
