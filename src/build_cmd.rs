@@ -19,9 +19,10 @@ pub enum Compress {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// Image to write: NAME.sif (SIF with a SquashFS root) or NAME.sqfs (bare SquashFS).
+    /// Image to write: NAME.sif (SIF with a SquashFS root) or NAME.sqfs (bare SquashFS);
+    /// with --sandbox, a directory.
     pub output: PathBuf,
-    /// A directory, docker-archive:FILE.tar, oci-archive:FILE.tar, oci:DIR[:TAG],
+    /// A directory, a SIF or SquashFS image, docker-archive:FILE.tar, oci-archive:FILE.tar, oci:DIR[:TAG],
     /// docker://REF (pulled from a registry: ubuntu:24.04, ghcr.io/org/img:tag, host:port/repo@sha256:...),
     /// or an Apptainer definition file (app.def; %post runs as fake root, docs/building.md).
     pub source: String,
@@ -58,6 +59,10 @@ pub struct BuildArgs {
     /// Overwrite OUTPUT if it exists.
     #[arg(short = 'F', long)]
     pub force: bool,
+    /// Write a writable directory tree (a sandbox) at OUTPUT instead of an image: run it with
+    /// `launcher exec DIR`, change it with `launcher exec --fakeroot --writable DIR`.
+    #[arg(short = 's', long)]
+    pub sandbox: bool,
 }
 
 /// `launcher pull [OUTPUT] docker://REF`, as Apptainer's `pull`: a build from a registry with
@@ -112,6 +117,7 @@ impl PullArgs {
             arch: self.arch,
             insecure: self.insecure,
             force: self.force,
+            sandbox: false,
         })
     }
 }
@@ -231,17 +237,23 @@ pub fn convert(out: &Path, source: &BuildSource, pull: PullOptions, arch: &str) 
 
 pub fn run(args: BuildArgs) -> Result<i32> {
     let out = &args.output;
-    build::OutputKind::from_path(out)?;
-    if out.exists() && !args.force {
-        bail!("'{}' exists; use --force to overwrite it", out.display());
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            bail!(
-                "'{}': the output directory '{}' does not exist",
-                out.display(),
-                parent.display()
-            );
+    // A sandbox is staged beside its directory (renamed into place when done).
+    let mut tmpdir = std::env::temp_dir();
+    if args.sandbox {
+        tmpdir = image_tools::sandbox::check_target(out, args.force)?;
+    } else {
+        build::OutputKind::from_path(out)?;
+        if out.exists() && !args.force {
+            bail!("'{}' exists; use --force to overwrite it", out.display());
+        }
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                bail!(
+                    "'{}': the output directory '{}' does not exist",
+                    out.display(),
+                    parent.display()
+                );
+            }
         }
     }
     let deffile = read_deffile(&args)?;
@@ -267,48 +279,45 @@ pub fn run(args: BuildArgs) -> Result<i32> {
             epoch
         },
         arch: args.arch.clone(),
-        tmpdir: std::env::temp_dir(),
+        tmpdir,
         threads: 0,
         pull: PullOptions::new(args.insecure),
     };
     let staging = Staging::create(&opts.tmpdir)?;
     clean_up_on_signal(&staging.0, out)?;
     let started = Instant::now();
+    if args.sandbox {
+        let pull = match (&source, &deffile) {
+            (Some(source), _) => build::build_sandbox(out, source, &opts, &staging),
+            (None, Some(def)) => {
+                image_tools::defbuild::build_sandbox(out, &def_build(def, &args, &opts), &staging)
+            }
+            (None, None) => bail!("'{}': nothing to build", args.source),
+        }
+        .with_context(|| format!("building the sandbox '{}'", out.display()))?;
+        drop(staging);
+        if let Some(p) = &pull {
+            print_pull(p);
+        }
+        eprintln!(
+            "launcher: built the sandbox {} in {:.1} s",
+            out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(0);
+    }
     let report = match (&source, &deffile) {
         (Some(source), _) => build::build(out, source, &opts, &staging)
             .with_context(|| format!("building '{}'", out.display()))?,
         (None, Some(def)) => {
-            for a in &def.unused_args {
-                eprintln!("launcher: warning: --build-arg {a} is not used by the definition file");
-            }
-            let b = image_tools::defbuild::DefBuild {
-                def,
-                def_name: &args.source,
-                notest: args.notest,
-                opts: &opts,
-            };
-            image_tools::defbuild::build(out, &b, &staging)
+            image_tools::defbuild::build(out, &def_build(def, &args, &opts), &staging)
                 .with_context(|| format!("building '{}'", out.display()))?
         }
         (None, None) => bail!("'{}': nothing to build", args.source),
     };
     drop(staging);
     if let Some(p) = &report.pull {
-        // One quiet line; "downloaded 0" on a rebuild shows the cache at work.
-        eprintln!(
-            "launcher: pulled {} ({}): {} blobs, downloaded {} ({} bytes{}), cached {}",
-            p.name,
-            p.manifest_digest,
-            p.blobs,
-            p.downloaded,
-            p.bytes_downloaded,
-            if p.resumed > 0 {
-                format!(", {} resumed", p.resumed)
-            } else {
-                String::new()
-            },
-            p.cached
-        );
+        print_pull(p);
     }
     eprintln!(
         "launcher: built {} ({:?}, {} bytes, {} inodes, {} files, {} duplicates) in {:.1} s",
@@ -321,6 +330,41 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         started.elapsed().as_secs_f64()
     );
     Ok(0)
+}
+
+/// One quiet line; "downloaded 0" on a rebuild shows the cache at work.
+fn print_pull(p: &image_tools::registry::PullReport) {
+    eprintln!(
+        "launcher: pulled {} ({}): {} blobs, downloaded {} ({} bytes{}), cached {}",
+        p.name,
+        p.manifest_digest,
+        p.blobs,
+        p.downloaded,
+        p.bytes_downloaded,
+        if p.resumed > 0 {
+            format!(", {} resumed", p.resumed)
+        } else {
+            String::new()
+        },
+        p.cached
+    );
+}
+
+/// A definition-file build of `def` (warning about build arguments it does not use).
+fn def_build<'a>(
+    def: &'a image_tools::deffile::Definition,
+    args: &'a BuildArgs,
+    opts: &'a BuildOptions,
+) -> image_tools::defbuild::DefBuild<'a> {
+    for a in &def.unused_args {
+        eprintln!("launcher: warning: --build-arg {a} is not used by the definition file");
+    }
+    image_tools::defbuild::DefBuild {
+        def,
+        def_name: &args.source,
+        notest: args.notest,
+        opts,
+    }
 }
 
 /// The source as a definition file, parsed with the build arguments, if it is one: a file

@@ -1,6 +1,7 @@
 //! `launcher`: run commands in SquashFS/SIF container images as an unprivileged user.
 
 mod build_cmd;
+mod fakeroot_cmd;
 mod image_source;
 mod sign_cmd;
 mod verify_cmd;
@@ -162,6 +163,14 @@ struct RunOpts {
     /// A writable overlay on tmpfs over the image; changes vanish at exit.
     #[arg(long)]
     writable_tmpfs: bool,
+    /// The image is a sandbox directory (`launcher build --sandbox`), mounted writable: changes
+    /// are kept in it (SIF and SquashFS images are read-only).
+    #[arg(short = 'w', long)]
+    writable: bool,
+    /// Run as root in a user namespace, set*id and chown calls emulated as in a definition
+    /// file's %post (apt-get, dnf and useradd work), in a --writable sandbox directory.
+    #[arg(short = 'f', long)]
+    fakeroot: bool,
     /// A writable layer kept in the directory DIR over the image: changes stay there for the
     /// next launch. A directory only (not an overlay image); not with --writable-tmpfs.
     #[arg(long, value_name = "DIR")]
@@ -245,6 +254,7 @@ impl RunOpts {
         self.cleanenv |= flag(&["CLEANENV"])?;
         self.no_home |= flag(&["NO_HOME"])?;
         self.writable_tmpfs |= flag(&["WRITABLE_TMPFS"])?;
+        self.writable |= flag(&["WRITABLE"])?;
         if self.overlay.is_none() {
             self.overlay = apptainer::value(env, "OVERLAY").map(|(_, v)| v.to_string());
         }
@@ -295,6 +305,7 @@ impl RunOpts {
         });
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
+        o.writable = self.writable;
         if let Some(dir) = &self.overlay {
             o.overlay = Some(overlay_dir(dir)?);
         }
@@ -489,6 +500,10 @@ fn run(cli: Cli) -> Result<i32> {
     } else {
         image
     };
+    if opts.fakeroot || apptainer::flag(&env, &["FAKEROOT"])? {
+        let writable = opts.writable || apptainer::flag(&env, &["WRITABLE"])?;
+        return fake_root_session(&image, writable, &opts, action);
+    }
     if opts.verify {
         // Here, not in the runtime: the signature crates are the binary's alone.
         verify_cmd::check_before_launch(&image, &opts.verify_keys)?;
@@ -496,6 +511,53 @@ fn run(cli: Cli) -> Result<i32> {
     let (options, tuning) = opts.into_options(image, action, &env)?;
     tune_allocator();
     launch::launch(&options, cli.debug, &tuning)
+}
+
+/// `--fakeroot --writable`: a sandbox directory changed as fake root, by image-tools' runner
+/// (the runtime has no fake root); anything else refused with what to do instead.
+fn fake_root_session(
+    image: &std::path::Path,
+    writable: bool,
+    opts: &RunOpts,
+    action: Action,
+) -> Result<i32> {
+    let shown = image.display();
+    if !image.is_dir() {
+        if writable {
+            anyhow::bail!(
+                "'{shown}' is read-only: --writable needs a sandbox directory (make one with `launcher build --sandbox DIR {shown}`), or use --writable-tmpfs or --overlay DIR for changes that are not kept in the image"
+            );
+        }
+        anyhow::bail!(
+            "--fakeroot on '{shown}': fake root runs in a writable sandbox directory: `launcher build --sandbox DIR {shown}`, then `launcher exec --fakeroot --writable DIR CMD` (to build an image as fake root: `launcher build OUT.sif app.def`)"
+        );
+    }
+    if !writable {
+        anyhow::bail!(
+            "--fakeroot on '{shown}' needs --writable: its changes are written into the directory"
+        );
+    }
+    let unsupported = [
+        (!opts.bind.is_empty(), "--bind"),
+        (opts.overlay.is_some(), "--overlay"),
+        (opts.writable_tmpfs, "--writable-tmpfs"),
+        (opts.home.is_some(), "--home"),
+        (opts.pwd.is_some(), "--pwd"),
+        (
+            opts.gpu || opts.nv || opts.nvccli || opts.rocm,
+            "--gpu/--nv/--rocm",
+        ),
+        (opts.mpi.is_some(), "--mpi"),
+        (!opts.device.is_empty(), "--device"),
+        (!opts.env.is_empty() || !opts.env_file.is_empty(), "--env"),
+        (opts.verify, "--verify"),
+    ];
+    if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
+        anyhow::bail!(
+            "{name} is not supported with --fakeroot: a fake-root session has the sandbox, /proc, a minimal /dev, a fresh /tmp and the host's network only"
+        );
+    }
+    fakeroot_cmd::run(image, action)
 }
 
 fn what_of(c: CacheCommand) -> build_cmd::CacheAction {

@@ -244,6 +244,11 @@ fn bad_definition_files_fail_with_one_line() {
             "missing-file.def:5: %files: '/no/such/file': no such file or directory",
         ),
         (
+            "missing-glob",
+            busybox_def("%files\n    /no/such/*.txt /opt/\n"),
+            "missing-glob.def:5: %files: '/no/such/*.txt': no file matches the pattern",
+        ),
+        (
             "app-section",
             busybox_def("%appinstall foo\n    make\n"),
             "app-section.def:4: %appinstall: SCIF app sections",
@@ -300,6 +305,7 @@ Stage: final
 
 %files from build
     /out/artifact /opt/artifact
+    /o?t/*fact /opt/glob/
 
 %runscript
     cat /opt/artifact
@@ -313,6 +319,8 @@ Stage: final
         launcher(&["run", &img]).run().ok().stdout,
         "from stage one as 0\n"
     );
+    // A wildcard source is expanded in the earlier stage's root.
+    assert_eq!(sh(&img, "cat /opt/glob/artifact"), "from stage one as 0\n");
     // The first stage's own files are not in the result.
     assert_eq!(sh(&img, "test -e /out/artifact || echo absent"), "absent\n");
 }
@@ -338,5 +346,195 @@ fn docker_archive_bootstrap_keeps_the_oci_environment() {
     assert_eq!(
         launcher(&["run", &img, "x", "y"]).run().ok().stdout,
         "x y\n"
+    );
+}
+
+/// Entries under `dir` not owned by the test user (a sandbox is the caller's, every file).
+fn not_owned_by_test_user(dir: &Path) -> Vec<String> {
+    let uid = setup().uid;
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-not", "-uid", &uid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn sandbox_from_a_def_file_changed_as_fake_root_then_built_into_a_sif() {
+    let base = debian_base();
+    let dir = workdir("sandbox-debian");
+    write_as_user(
+        &dir.join("sb.def"),
+        &format!(
+            "Bootstrap: localimage\nFrom: {base}\n\n%post\n    echo built > /built\n\n\
+             %runscript\n    exec hello \"$@\"\n"
+        ),
+    );
+    let out = build(&dir, "sb", "sb.def", &["--sandbox"]);
+    out.ok();
+    let sb = dir.join("sb");
+    assert_eq!(
+        std::fs::read_to_string(sb.join("built")).unwrap(),
+        "built\n"
+    );
+    assert!(sb.join(".singularity.d/Singularity").is_file());
+    assert_eq!(not_owned_by_test_user(&sb), Vec::<String>::new());
+    let sbs = sb.display().to_string();
+    // A sandbox runs read-only without --writable.
+    let ro = launcher(&["exec", &sbs, "touch", "/x"]).run();
+    assert_ne!(ro.code, 0, "{ro:?}");
+    // apt-get as fake root; the package stays in the directory.
+    let apt = launcher(&[
+        "exec",
+        "--fakeroot",
+        "--writable",
+        &sbs,
+        "/bin/sh",
+        "-c",
+        "apt-get update && apt-get install -y --no-install-recommends hello && id -u",
+    ])
+    .run();
+    assert!(apt.ok().stdout.ends_with("\n0\n"), "{apt:?}");
+    let hello = launcher(&["exec", &sbs, "hello"]).run();
+    assert_eq!(hello.ok().stdout, "Hello, world!\n");
+    let run = launcher(&["run", "--fakeroot", "--writable", &sbs, "-g", "hi"]).run();
+    assert_eq!(run.ok().stdout, "hi\n");
+    assert_eq!(not_owned_by_test_user(&sb), Vec::<String>::new());
+    // Sandbox → SIF → exec.
+    build(&dir, "sb.sif", "sb/", &["--compress", "lz4"]).ok();
+    let img = dir.join("sb.sif").display().to_string();
+    assert_eq!(
+        launcher(&["exec", &img, "hello"]).run().ok().stdout,
+        "Hello, world!\n"
+    );
+    assert_eq!(sh(&img, "cat /built"), "built\n");
+    // An existing, non-empty sandbox is kept unless --force.
+    let again = build(&dir, "sb", "sb.def", &["--sandbox"]);
+    assert_ne!(again.code, 0, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("exists and is not empty; use --force"),
+        "{again:?}"
+    );
+    assert!(sb.join("usr/bin/hello").is_file());
+    build(&dir, "sb", "sb.def", &["--sandbox", "--force"]).ok();
+    assert!(!sb.join("usr/bin/hello").exists());
+    assert!(leftover_staging().is_empty(), "{:?}", leftover_staging());
+}
+
+#[test]
+fn sandboxes_from_images_and_refusals() {
+    let dir = workdir("sandbox-sources");
+    // From a SquashFS image, a docker archive, and a failing definition file.
+    build(
+        &dir,
+        "from-sqfs",
+        &fixture("busybox-gzip.sqfs"),
+        &["--sandbox"],
+    )
+    .ok();
+    let sqfs_sb = dir.join("from-sqfs").display().to_string();
+    assert_eq!(sh(&sqfs_sb, "echo ok"), "ok\n");
+    let archive = format!("docker-archive:{}", fixture("busybox-docker.tar"));
+    build(&dir, "from-oci", &archive, &["--sandbox"]).ok();
+    let oci_sb = dir.join("from-oci").display().to_string();
+    assert_eq!(sh(&oci_sb, "echo $OCI_VAR"), "from-oci\n");
+    write_as_user(
+        &dir.join("fails.def"),
+        &busybox_def("%post\n    touch /partial\n    false\n"),
+    );
+    let failed = build(&dir, "failed", "fails.def", &["--sandbox"]);
+    assert_ne!(failed.code, 0, "{failed:?}");
+    assert!(
+        failed.stderr.contains("fails.def:4: %post failed"),
+        "{failed:?}"
+    );
+    assert!(!dir.join("failed").exists());
+    // Only the two sandboxes: no staging left beside them.
+    assert_eq!(outputs(&dir), vec!["from-oci", "from-sqfs"]);
+    // Fake root changes a sandbox from a SquashFS image too (busybox: no apt).
+    let touched = launcher(&[
+        "exec",
+        "--fakeroot",
+        "--writable",
+        &sqfs_sb,
+        "/bin/sh",
+        "-c",
+        "echo kept > /kept; chown 1234 /kept; id -u",
+    ])
+    .run();
+    assert_eq!(touched.ok().stdout, "0\n");
+    assert_eq!(sh(&sqfs_sb, "cat /kept"), "kept\n");
+    // --writable alone: the caller's own uid inside, the writes kept in the directory.
+    let mine = launcher(&[
+        "exec",
+        "--writable",
+        &sqfs_sb,
+        "/bin/sh",
+        "-c",
+        "echo mine > /mine; id -u",
+    ])
+    .run();
+    assert_eq!(mine.ok().stdout, format!("{}\n", setup().uid));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("from-sqfs/mine")).unwrap(),
+        "mine\n"
+    );
+    // Exit status of the command.
+    let status = launcher(&["exec", "-f", "-w", &sqfs_sb, "/bin/sh", "-c", "exit 7"]).run();
+    assert_eq!(status.code, 7, "{status:?}");
+    // Refusals: one line each, saying what to do instead.
+    let img = fixture("busybox-gzip.sqfs");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--fakeroot", &img], "launcher build --sandbox DIR"),
+        (
+            &["--fakeroot", "--writable", &img],
+            "is read-only: --writable needs a sandbox directory",
+        ),
+        (&["--writable", &img], "is read-only"),
+        (&["--fakeroot", &sqfs_sb], "needs --writable"),
+        (
+            &["-f", "-w", "-B", "/tmp", &sqfs_sb],
+            "--bind is not supported with --fakeroot",
+        ),
+    ];
+    for (opts, want) in cases {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(opts);
+        args.push("true");
+        let out = launcher(&args).run();
+        assert_eq!(out.code, 255, "{opts:?}: {out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{opts:?}: {out:?}");
+        assert!(lines[0].contains(want), "{opts:?}: want {want:?}: {out:?}");
+    }
+}
+
+#[test]
+fn files_sources_with_wildcards() {
+    let dir = workdir("globs");
+    for f in ["a.txt", "b.txt", "c.dat", ".hidden.txt"] {
+        write_as_user(&dir.join(f), f);
+    }
+    write_as_user(
+        &dir.join("g.def"),
+        &busybox_def("%files\n    *.txt /opt/txt\n    [c].dat /opt/one.dat\n    ?.txt\n"),
+    );
+    build(&dir, "g.sif", "g.def", &["--compress", "lz4"]).ok();
+    let img = dir.join("g.sif").display().to_string();
+    // Several matches go into the destination as a directory; a hidden file is not matched
+    // by `*`; one match is copied as a plain source is; no destination: the same path
+    // (a relative one under /).
+    assert_eq!(
+        sh(
+            &img,
+            "ls -A /opt/txt; cat /opt/one.dat; echo; ls /a.txt /b.txt"
+        ),
+        "a.txt\nb.txt\nc.dat\n/a.txt\n/b.txt\n"
     );
 }

@@ -42,6 +42,8 @@ pub enum BuildSource {
     Oci(oci::Source),
     /// `docker://REF`: pulled from a registry.
     Registry(registry::Reference),
+    /// A SIF file (its primary SquashFS partition) or a bare SquashFS image, unpacked.
+    Image(PathBuf),
 }
 
 impl BuildSource {
@@ -58,12 +60,24 @@ impl BuildSource {
         let p = PathBuf::from(spec);
         match std::fs::metadata(&p) {
             Ok(m) if m.is_dir() => Ok(BuildSource::Directory(p)),
+            Ok(_) if is_image_file(&p) => Ok(BuildSource::Image(p)),
             Ok(_) => Err(Error::Usage(format!(
-                "'{spec}' is a file; to build from an image archive say which kind: docker-archive:{spec} or oci-archive:{spec}"
+                "'{spec}' is a file but not a SIF or SquashFS image; to build from an image archive say which kind: docker-archive:{spec} or oci-archive:{spec}"
             ))),
             Err(e) => Err(Error::Io { path: spec.to_string(), msg: format!("cannot read the source directory: {e}") }),
         }
     }
+}
+
+/// A SIF file or a SquashFS image, by its first bytes.
+fn is_image_file(p: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 64];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut first))
+        .unwrap_or(0);
+    let first = &first[..n];
+    crate::sif::is_sif(first) || first.starts_with(b"hsqs")
 }
 
 /// Output format, from OUT's extension.
@@ -187,16 +201,7 @@ pub fn build(
     staging: &Staging,
 ) -> Result<BuildReport> {
     let kind = OutputKind::from_path(out)?;
-    let mut pull = None;
-    let (root, overrides, config) = match source {
-        BuildSource::Directory(dir) => (dir.clone(), Overrides::new(), None),
-        BuildSource::Oci(src) => stage_image(src, opts, staging)?,
-        BuildSource::Registry(r) => {
-            let pulled = registry::pull(r, &opts.arch, &opts.pull, &staging.0.join("layout"))?;
-            pull = Some(pulled.report);
-            stage_image(&pulled.source, opts, staging)?
-        }
-    };
+    let (root, overrides, config, pull) = stage_source(source, opts, staging, false)?;
     let wopts = WriteOptions {
         compressor: opts.compressor,
         level: opts.level,
@@ -227,6 +232,55 @@ pub fn build(
         stats,
         bytes,
         pull,
+    })
+}
+
+/// `launcher build --sandbox DIR SOURCE`: the source's root as a directory tree at `dir`,
+/// which `sandbox::check_target` allowed; `staging` must be beside it (made in the directory
+/// `check_target` returned), so that the finished tree is renamed into place.
+pub fn build_sandbox(
+    dir: &Path,
+    source: &BuildSource,
+    opts: &BuildOptions,
+    staging: &Staging,
+) -> Result<Option<PullReport>> {
+    let (root, overrides, _, pull) = stage_source(source, opts, staging, true)?;
+    crate::sandbox::install(&root, &overrides, dir, &staging.0)?;
+    Ok(pull)
+}
+
+/// The source's root file system: a directory in place (or copied into the staging when
+/// `copy`, for a sandbox), an image unpacked, an OCI image staged.
+type StagedSource = (PathBuf, Overrides, Option<ImageConfig>, Option<PullReport>);
+
+fn stage_source(
+    source: &BuildSource,
+    opts: &BuildOptions,
+    staging: &Staging,
+    copy: bool,
+) -> Result<StagedSource> {
+    Ok(match source {
+        BuildSource::Directory(dir) if copy => {
+            let root = staging.0.join("root");
+            crate::sandbox::copy_tree(dir, &root)?;
+            (root, Overrides::new(), None, None)
+        }
+        BuildSource::Directory(dir) => (dir.clone(), Overrides::new(), None, None),
+        BuildSource::Image(file) => {
+            let root = staging.0.join("root");
+            std::fs::create_dir(&root).map_err(|e| io_err(&root, e))?;
+            crate::defbuild::unpack_local(file, &root)?;
+            (root, Overrides::new(), None, None)
+        }
+        BuildSource::Oci(src) => {
+            let (root, ov, config) = stage_image(src, opts, staging)?;
+            (root, ov, config, None)
+        }
+        BuildSource::Registry(r) => {
+            let pulled = registry::pull(r, &opts.arch, &opts.pull, &staging.0.join("layout"))?;
+            let (root, ov, config) = stage_image(&pulled.source, opts, staging)?;
+            (root, ov, config, Some(pulled.report))
+        }
     })
 }
 
@@ -353,6 +407,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("docker-archive:"));
+        let d = tempfile::tempdir().unwrap();
+        let sqfs = d.path().join("img");
+        std::fs::write(&sqfs, b"hsqs and more").unwrap();
+        assert_eq!(
+            BuildSource::parse(sqfs.to_str().unwrap()).unwrap(),
+            BuildSource::Image(sqfs)
+        );
         assert!(BuildSource::parse("/no/such/dir")
             .unwrap_err()
             .to_string()

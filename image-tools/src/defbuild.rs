@@ -34,6 +34,10 @@ pub struct DefBuild<'a> {
     pub opts: &'a BuildOptions,
 }
 
+/// Shell words that source the image's environment scripts, as a launch applies them.
+pub const SOURCE_ENV_SCRIPTS: &str =
+    "for f in /.singularity.d/env/*.sh; do [ -f \"$f\" ] && . \"$f\"; done;";
+
 /// The PATH of `%post` and `%test`: the image's environment is not applied to them.
 const BUILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -51,6 +55,61 @@ fn io_err(p: &Path, e: std::io::Error) -> Error {
 /// Builds `out` from the definition. `staging` is the caller's (a signal handler removes it).
 pub fn build(out: &Path, b: &DefBuild, staging: &Staging) -> Result<BuildReport> {
     let kind = OutputKind::from_path(out)?;
+    let (root, overrides, pull) = build_root(b, staging)?;
+    let root = root.as_path();
+    let opts = b.opts;
+    let wopts = WriteOptions {
+        compressor: opts.compressor,
+        level: opts.level,
+        block_size: opts.block_size,
+        threads: opts.threads,
+        mkfs_time: opts.reproducible,
+        clamp_mtime: opts.reproducible,
+        all_root: true,
+        ..WriteOptions::default()
+    };
+    let stats = match kind {
+        OutputKind::Squashfs => sqfs_write::write_dir(root, &overrides, out, &wopts)?,
+        OutputKind::Sif => {
+            let sqfs = staging.0.join("rootfs.squashfs");
+            let stats = sqfs_write::write_dir(root, &overrides, &sqfs, &wopts)?;
+            let contents = opts.sif_contents(
+                None,
+                read_labels(root)?,
+                Some(b.def.text.clone().into_bytes()),
+            );
+            sif_image::write(out, &sqfs, &contents)?;
+            stats
+        }
+    };
+    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    Ok(BuildReport {
+        output: out.to_path_buf(),
+        kind,
+        stats,
+        bytes,
+        pull,
+    })
+}
+
+/// `launcher build --sandbox DIR app.def`: the last stage's root as a directory tree at
+/// `dir` (which `sandbox::check_target` allowed; `staging` beside it), after `%test`.
+pub fn build_sandbox(
+    dir: &Path,
+    b: &DefBuild,
+    staging: &Staging,
+) -> Result<Option<registry::PullReport>> {
+    let (root, overrides, pull) = build_root(b, staging)?;
+    crate::sandbox::install(&root, &overrides, dir, &staging.0)?;
+    Ok(pull)
+}
+
+/// Every stage in order; the last one's root (tested unless `notest`), the ownership and
+/// modes its staging recorded (ownership dropped: everything is root's), and the pull.
+fn build_root(
+    b: &DefBuild,
+    staging: &Staging,
+) -> Result<(PathBuf, Overrides, Option<registry::PullReport>)> {
     let mut roots: Vec<(Option<String>, PathBuf)> = Vec::new();
     let mut pull = None;
     let mut overrides = Overrides::new();
@@ -85,7 +144,7 @@ pub fn build(out: &Path, b: &DefBuild, staging: &Staging) -> Result<BuildReport>
         roots.push((stage.name.clone(), root));
     }
     let (_, root) = roots
-        .last()
+        .pop()
         .ok_or_else(|| fail(format!("{}: no stage to build", b.def_name)))?;
     // Ownership recorded by an OCI staging is dropped: everything is root's (all_root), as
     // in Apptainer's images; device nodes, modes and xattrs the layers recorded stay.
@@ -93,39 +152,7 @@ pub fn build(out: &Path, b: &DefBuild, staging: &Staging) -> Result<BuildReport>
         o.uid = None;
         o.gid = None;
     }
-    let opts = b.opts;
-    let wopts = WriteOptions {
-        compressor: opts.compressor,
-        level: opts.level,
-        block_size: opts.block_size,
-        threads: opts.threads,
-        mkfs_time: opts.reproducible,
-        clamp_mtime: opts.reproducible,
-        all_root: true,
-        ..WriteOptions::default()
-    };
-    let stats = match kind {
-        OutputKind::Squashfs => sqfs_write::write_dir(root, &overrides, out, &wopts)?,
-        OutputKind::Sif => {
-            let sqfs = staging.0.join("rootfs.squashfs");
-            let stats = sqfs_write::write_dir(root, &overrides, &sqfs, &wopts)?;
-            let contents = opts.sif_contents(
-                None,
-                read_labels(root)?,
-                Some(b.def.text.clone().into_bytes()),
-            );
-            sif_image::write(out, &sqfs, &contents)?;
-            stats
-        }
-    };
-    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(BuildReport {
-        output: out.to_path_buf(),
-        kind,
-        stats,
-        bytes,
-        pull,
-    })
+    Ok((root, overrides, pull))
 }
 
 /// The stage's starting root, in the staging directory.
@@ -184,7 +211,7 @@ fn stage_oci(src: &oci::Source, dir: &Path, opts: &BuildOptions) -> Result<(Path
 
 /// `Bootstrap: localimage`: a SIF's primary SquashFS partition, a bare SquashFS file, or a
 /// directory (a sandbox), into `root`.
-fn unpack_local(from: &Path, root: &Path) -> Result<()> {
+pub(crate) fn unpack_local(from: &Path, root: &Path) -> Result<()> {
     let meta = std::fs::metadata(from).map_err(|e| io_err(from, e))?;
     if meta.is_dir() {
         let out = Command::new("cp")
@@ -361,7 +388,7 @@ fn run_stage(
             ),
         };
         for c in &files.copies {
-            copy_in(root, from_root.as_deref(), &c.src, c.dst.as_deref()).map_err(|m| {
+            copy_files(root, from_root.as_deref(), &c.src, c.dst.as_deref()).map_err(|m| {
                 fail(format!(
                     "{}:{}: %files: '{}': {m}",
                     b.def_name, c.line, c.src
@@ -376,8 +403,12 @@ fn run_stage(
     if let Some(s) = stage.post.as_ref().filter(|s| !s.is_empty()) {
         eprintln!("launcher: running %post as fake root");
         let shell = s.shell().unwrap_or("/bin/sh").to_string();
-        let status = fake(root, vec![shell, "-e".into(), "-c".into(), s.body.clone()])
-            .map_err(|e| fail(format!("{}:{}: %post: {e}", b.def_name, s.line)))?;
+        let status = fake(
+            root,
+            vec![shell, "-e".into(), "-c".into(), s.body.clone()],
+            false,
+        )
+        .map_err(|e| fail(format!("{}:{}: %post: {e}", b.def_name, s.line)))?;
         if !status.success() {
             return Err(fail(format!(
                 "{}:{}: %post failed ({})",
@@ -390,10 +421,12 @@ fn run_stage(
     write_metadata(root, stage, b)
 }
 
-/// Runs argv as fake root in `root` with the build's environment.
-fn fake(
+/// Runs argv as fake root in `root` with the build's environment: %post, %test, and
+/// `launcher exec|run|shell --fakeroot --writable DIR` (`inherit_stdin` for a shell).
+pub fn fake(
     root: &Path,
     argv: Vec<String>,
+    inherit_stdin: bool,
 ) -> std::result::Result<std::process::ExitStatus, fakeroot::Error> {
     let mut env = vec![
         ("PATH".to_string(), BUILD_PATH.to_string()),
@@ -419,14 +452,19 @@ fn fake(
             env.push((k.to_string(), v));
         }
     }
-    fakeroot::run(&FakerootCommand { root, argv, env })
+    fakeroot::run(&FakerootCommand {
+        root,
+        argv,
+        env,
+        inherit_stdin,
+    })
 }
 
 /// `%test`: the image's test script, with its environment, as fake root.
 fn run_test(root: &Path, t: &Script, b: &DefBuild) -> Result<()> {
     eprintln!("launcher: running %test (skip it with --notest)");
-    let script = "for f in /.singularity.d/env/*.sh; do [ -f \"$f\" ] && . \"$f\"; done; exec /.singularity.d/test";
-    let status = fake(root, vec!["/bin/sh".into(), "-c".into(), script.into()])
+    let script = format!("{SOURCE_ENV_SCRIPTS} exec /.singularity.d/test");
+    let status = fake(root, vec!["/bin/sh".into(), "-c".into(), script], false)
         .map_err(|e| fail(format!("{}:{}: %test: {e}", b.def_name, t.line)))?;
     if !status.success() {
         return Err(fail(format!(
@@ -446,6 +484,46 @@ fn describe(s: std::process::ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "failed".into(),
     }
+}
+
+/// One `%files` line, its source's wildcards expanded (on the host, or in `from_root`):
+/// each match is copied as a source without wildcards would be; several go into `dst` as a
+/// directory.
+fn copy_files(
+    root: &Path,
+    from_root: Option<&Path>,
+    src: &str,
+    dst: Option<&str>,
+) -> std::result::Result<(), String> {
+    if !crate::glob::has_magic(src) {
+        return copy_in(root, from_root, src, dst);
+    }
+    let in_stage = |p: &str| {
+        from_root.and_then(|r| {
+            let abs = if p.starts_with('/') {
+                p.to_string()
+            } else {
+                format!("/{p}")
+            };
+            resolve_in_root(r, &abs, true).ok()
+        })
+    };
+    let found = match from_root {
+        None => crate::glob::expand(src, &crate::glob::on_host)?,
+        Some(_) => crate::glob::expand(src, &in_stage)?,
+    };
+    let dir_dst;
+    let dst = match dst {
+        Some(d) if found.len() > 1 && !d.ends_with('/') => {
+            dir_dst = format!("{d}/");
+            Some(dir_dst.as_str())
+        }
+        d => d,
+    };
+    for f in &found {
+        copy_in(root, from_root, f, dst).map_err(|m| format!("{f}: {m}"))?;
+    }
+    Ok(())
 }
 
 /// One `%files` line: `src` (a host path, or in `from_root`) to `dst` in `root` (default: the

@@ -33,6 +33,8 @@ pub struct FakerootCommand<'a> {
     /// argv; argv[0] is looked up in the staged root, so it must be absolute.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The caller's stdin (an interactive shell); else /dev/null, as a build wants.
+    pub inherit_stdin: bool,
 }
 
 /// What failed while entering the fake root (the step), or the spawn itself.
@@ -155,8 +157,8 @@ impl Prepared {
     }
 }
 
-/// Runs `cmd` as fake root and waits for it; stdin is /dev/null, stdout and stderr are the
-/// launcher's.
+/// Runs `cmd` as fake root and waits for it; stdin is /dev/null unless `inherit_stdin`,
+/// stdout and stderr are the launcher's.
 pub fn run(cmd: &FakerootCommand) -> Result<ExitStatus, Error> {
     let mut sv = [0i32; 2];
     // SAFETY: sv is a valid array of two ints for socketpair to fill.
@@ -204,7 +206,11 @@ fn run_with(cmd: &FakerootCommand, ours: i32, theirs: i32) -> Result<ExitStatus,
     c.args(cmd.argv.iter().skip(1))
         .env_clear()
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
+        .stdin(if cmd.inherit_stdin {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     // SAFETY: the closure runs in the forked child before exec. It only makes system calls
     // on data prepared before the fork (no allocation, no locks), as a child of a
     // multi-threaded process must.

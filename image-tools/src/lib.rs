@@ -17,6 +17,9 @@ pub mod deffile;
 // Fake root for definition-file builds (user namespace + seccomp).
 #[cfg(feature = "build")]
 pub mod fakeroot;
+// Shell wildcards in %files sources.
+#[cfg(feature = "build")]
+pub mod glob;
 #[cfg(feature = "build")]
 pub mod oci;
 pub mod oci_config;
@@ -27,5 +30,8 @@ pub mod sif_image;
 #[cfg(feature = "verify")]
 pub mod sif_sig;
 pub mod squashfs;
+// `launcher build --sandbox`: a staged root placed as a directory tree.
+#[cfg(feature = "build")]
+pub mod sandbox;
 #[cfg(feature = "build")]
 pub mod tree;

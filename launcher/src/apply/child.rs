@@ -319,6 +319,7 @@ mod tests {
             uid: 4242,
             gid: 4243,
             writable_root: false,
+            writable_sandbox: false,
             overlay_dir: None,
             mounts: vec![MountStep::Bind {
                 src: "/proc".into(),

@@ -66,7 +66,9 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
                 plan.image.path.display()
             )
         })?;
-        sys.make_readonly(&layout.image, true)?;
+        if !plan.writable_sandbox {
+            sys.make_readonly(&layout.image, true)?;
+        }
     }
     if plan.needs_overlay() {
         // `--overlay DIR`: the layers are in the user's directory (found under the host's
@@ -129,7 +131,7 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
     for (n, step) in plan.mounts.iter().enumerate() {
         apply_step(sys, layout, n, step)?;
     }
-    if !plan.writable_root {
+    if !plan.writable_root && !plan.writable_sandbox {
         sys.make_readonly(&layout.newroot, false)?;
     }
     Ok(())
@@ -219,6 +221,7 @@ mod tests {
             uid: 1,
             gid: 1,
             writable_root: writable,
+            writable_sandbox: false,
             overlay_dir: None,
             mounts,
             upper: vec![crate::plan::mount_points::UpperNode {
@@ -376,6 +379,35 @@ mod tests {
         assert!(!calls
             .iter()
             .any(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay")));
+    }
+
+    #[test]
+    fn a_writable_sandbox_is_the_root_itself_never_read_only() {
+        let rec = Recorder::default();
+        let mut p = plan(vec![], false);
+        p.image = ImageDesc {
+            path: "/srv/sandbox".into(),
+            format: crate::image::view::DIRECTORY,
+            squashfs_offset: 0,
+            file_size: 0,
+        };
+        // /data is missing: made in the directory by the mount step, not in an overlay.
+        p.writable_sandbox = true;
+        assemble(&rec, &p, &Layout::in_staging()).unwrap();
+        let calls = rec.calls.into_inner();
+        let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        assert_in_order(
+            &calls,
+            &[
+                mount_call(Some("/oldroot/srv/sandbox"), "/image", None, rbind, None),
+                mount_call(Some("/image"), "/newroot", None, rbind, None),
+            ],
+        );
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::MakeReadonly { .. })
+                || matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay")),
+            "{calls:?}"
+        );
     }
 
     #[test]

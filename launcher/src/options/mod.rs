@@ -54,6 +54,9 @@ pub struct LaunchOptions {
     /// `--pwd DIR`: working directory inside the container.
     pub pwd: Option<PathBuf>,
     pub writable_tmpfs: bool,
+    /// `--writable`: a sandbox directory is the root itself, writable; mount points it lacks
+    /// are made in it.
+    pub writable: bool,
     /// `--overlay DIR`: a writable layer kept in DIR (`DIR/upper`, `DIR/work`) over the image.
     pub overlay: Option<PathBuf>,
     pub cleanenv: bool,
@@ -86,6 +89,7 @@ impl LaunchOptions {
             home: None,
             pwd: None,
             writable_tmpfs: false,
+            writable: false,
             overlay: None,
             cleanenv: false,
             env: Vec::new(),

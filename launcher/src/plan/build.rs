@@ -54,6 +54,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
     let (env, env_shell) = environment(opts, facts, image, &home_dst, &mut table.warnings)?;
     // Files are served (no mount) only by the FUSE server of a read-only image file.
     let overlay_dir = overlay(opts, facts)?;
+    let writable_sandbox = writable(opts, image)?;
     let serve_files = !opts.writable_tmpfs && overlay_dir.is_none() && !image.desc().is_directory();
     let upper = upper_nodes(&mut table.mounts, image, paths, serve_files)?;
     let argv = argv(opts, image, &shell)?;
@@ -64,6 +65,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         uid: host.uid,
         gid: host.gid,
         writable_root: opts.writable_tmpfs || overlay_dir.is_some(),
+        writable_sandbox,
         overlay_dir,
         mounts: table.mounts,
         upper,
@@ -298,6 +300,23 @@ fn overlay(opts: &LaunchOptions, facts: &Gathered) -> Result<Option<PathBuf>> {
             dir.display()
         ),
     }
+}
+
+/// `--writable`: only a sandbox directory, and only alone (the other two make an overlay).
+fn writable(opts: &LaunchOptions, image: &dyn ImageView) -> Result<bool> {
+    if !opts.writable {
+        return Ok(false);
+    }
+    if !image.desc().is_directory() {
+        bail!(
+            "'{}' is read-only: --writable needs a sandbox directory (launcher build --sandbox DIR IMAGE), or use --writable-tmpfs or --overlay DIR",
+            image.desc().path.display()
+        );
+    }
+    if opts.writable_tmpfs || opts.overlay.is_some() {
+        bail!("--writable and --writable-tmpfs or --overlay: choose one");
+    }
+    Ok(true)
 }
 
 /// The environment as planned, and how the child gets the real one when a script needs a

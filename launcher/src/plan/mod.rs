@@ -32,6 +32,9 @@ pub struct Plan {
     pub gid: u32,
     /// `--writable-tmpfs` or `--overlay`: the root stays writable.
     pub writable_root: bool,
+    /// `--writable` on a sandbox directory: the directory itself is the writable root (no
+    /// overlay; missing mount points are made in it).
+    pub writable_sandbox: bool,
     /// `--overlay DIR`: the host directory (canonical) whose `upper/` and `work/` are the
     /// overlay's layers, kept after the launch; None: a tmpfs, discarded.
     pub overlay_dir: Option<PathBuf>,
@@ -59,7 +62,8 @@ impl Plan {
     /// An overlay over the image: for `--writable-tmpfs`, and for a sandbox directory that
     /// lacks mount points (no FUSE server shows them; the directory itself is not changed).
     pub fn needs_overlay(&self) -> bool {
-        self.writable_root || (self.image.is_directory() && !self.upper.is_empty())
+        self.writable_root
+            || (self.image.is_directory() && !self.upper.is_empty() && !self.writable_sandbox)
     }
 
     /// Files the FUSE server shows in place of (or in addition to) the image's.
@@ -116,6 +120,8 @@ impl fmt::Display for Plan {
                 (None, false) => String::new(),
             },
             match (&self.overlay_dir, self.writable_root) {
+                _ if self.writable_sandbox =>
+                    "writable (--writable: changes kept in the directory)",
                 (Some(_), _) => "writable (--overlay)",
                 (None, true) => "writable (--writable-tmpfs, discarded at exit)",
                 (None, false) => "read-only",
