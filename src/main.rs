@@ -479,7 +479,13 @@ fn run(cli: Cli) -> Result<i32> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let image = if image_source::is_source(&image) {
+    let source = image_source::is_source(&image);
+    // The site's signature policy, before anything is pulled or mounted. Here, not in the
+    // runtime: the signature crates are the binary's alone. (The launch loads the config again,
+    // and says its warnings then.)
+    let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
+    verify_cmd::check_site_policy(&image, source, &site)?;
+    let image = if source {
         let nohttps = opts.nohttps || apptainer::flag(&env, &["NOHTTPS"])?;
         image_source::resolve(&image.to_string_lossy(), nohttps, cli.debug)?
     } else {
