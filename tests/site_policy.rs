@@ -160,13 +160,13 @@ fn a_locked_variable_is_the_sites_and_may_not_be_reset() {
         (
             None,
             ["--env", "OMPI_MCA_btl=tcp"],
-            "--env/--env-file OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site \
+            "--env OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site \
              config /etc/launcher/launcher.yaml",
         ),
         (
             None,
             ["--env", "LD_PRELOAD=/tmp/x.so"],
-            "--env/--env-file LD_PRELOAD: the variable LD_PRELOAD is locked",
+            "--env LD_PRELOAD: the variable LD_PRELOAD is locked",
         ),
         (
             Some(("APPTAINERENV_LD_PRELOAD", "/tmp/x.so")),
@@ -179,6 +179,20 @@ fn a_locked_variable_is_the_sites_and_may_not_be_reset() {
         let env: Vec<(&str, &str)> = env.into_iter().collect();
         assert_refused(&launch(&dir, LOCKING, &env, &args(&c)), want);
     }
+    // An env file is named as the user gave it: by option or by Apptainer's variable.
+    let vars = dir.join("vars.env");
+    std::fs::write(&vars, "FREE=1\nLD_PRELOAD=/tmp/x.so\n").unwrap();
+    let vars = vars.display().to_string();
+    let mut c = cmd.clone();
+    c.splice(1..1, ["--env-file".to_string(), vars.clone()]);
+    assert_refused(
+        &launch(&dir, LOCKING, &[], &args(&c)),
+        &format!("--env-file {vars} (LD_PRELOAD): the variable LD_PRELOAD is locked"),
+    );
+    assert_refused(
+        &launch(&dir, LOCKING, &[("APPTAINER_ENV_FILE", &vars)], &args(&cmd)),
+        &format!("APPTAINER_ENV_FILE={vars} (LD_PRELOAD): the variable LD_PRELOAD is locked"),
+    );
     // A user file (and a LAUNCHER_CONFIG file) that sets it is refused by name.
     let xdg = dir.join("xdg/launcher");
     std::fs::create_dir_all(&xdg).unwrap();
@@ -221,6 +235,28 @@ fn an_option_the_site_locked_is_refused() {
         &out,
         "--mpi: mpi support is locked off by the site config /etc/launcher/launcher.yaml (mpi.default)",
     );
+    // The option or variable the user gave is the one named (review finding 14).
+    let off = "gpu: {default: false}\nlocked: [gpu]\n";
+    for (env, flag, by) in [
+        (None, Some("--nv"), "--nv"),
+        (None, Some("--rocm"), "--rocm"),
+        (Some(("APPTAINER_NV", "1")), None, "APPTAINER_NV"),
+        (
+            Some(("SINGULARITY_ROCM", "yes")),
+            Some("--gpu"),
+            "--gpu, SINGULARITY_ROCM",
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        let mut a = vec!["exec"];
+        a.extend(flag);
+        let img = fixture("busybox-gzip.sqfs");
+        a.extend([img.as_str(), "true"]);
+        assert_refused(
+            &launch(&dir, off, &env, &a),
+            &format!("launcher: error: {by}: gpu support is locked off by the site config"),
+        );
+    }
     let out = launch(
         &dir,
         "gpu: {default: true}\nlocked: [gpu]\n",
