@@ -258,6 +258,22 @@ impl RunOpts {
         if self.overlay.is_none() {
             self.overlay = apptainer::value(env, "OVERLAY").map(|(_, v)| v.to_string());
         }
+        // What asked for the GPU, as the user wrote it, for a refusal by the site's lock.
+        let mut gpu_by: Vec<String> = [
+            ("--gpu", self.gpu),
+            ("--nv", self.nv),
+            ("--nvccli", self.nvccli),
+            ("--rocm", self.rocm),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_string())
+        .collect();
+        for key in ["NV", "NVCCLI", "ROCM"] {
+            if flag(&[key])? {
+                gpu_by.extend(apptainer::value(env, key).map(|(name, _)| name));
+            }
+        }
         self.nv |= flag(&["NV"])? | flag(&["NVCCLI"])? | self.nvccli;
         self.rocm |= flag(&["ROCM"])?;
         flag(&["USERNS", "UNSHARE_USERNS"])?;
@@ -267,9 +283,12 @@ impl RunOpts {
         if self.pwd.is_none() {
             self.pwd = apptainer::first(env, &["CWD", "TARGET_CWD"]).map(|(_, v)| v.into());
         }
+        let mut env_file_var = None;
         if self.env_file.is_empty() {
-            self.env_file
-                .extend(apptainer::value(env, "ENV_FILE").map(|(_, v)| PathBuf::from(v)));
+            if let Some((name, v)) = apptainer::value(env, "ENV_FILE") {
+                self.env_file.push(PathBuf::from(v));
+                env_file_var = Some(name);
+            }
         }
         if self.no_mount.is_empty() {
             self.no_mount
@@ -316,6 +335,7 @@ impl RunOpts {
             (false, _, true) => Some(GpuVendor::Amd),
             _ => None,
         };
+        o.asked_by.gpu = (!gpu_by.is_empty()).then(|| gpu_by.join(", "));
         o.no_gpu = self.no_gpu;
         for d in &self.device {
             launcher_runtime::gather::cdi::parse_device_name(d)?;
@@ -325,13 +345,26 @@ impl RunOpts {
             "force" => MpiMode::Force,
             _ => MpiMode::On,
         });
+        o.asked_by.mpi = self.mpi.as_deref().map(|m| match m {
+            "force" => "--mpi=force".to_string(),
+            _ => "--mpi".to_string(),
+        });
         o.no_mpi = self.no_mpi;
         o.share = !self.no_share;
         for f in &self.env_file {
-            o.env.extend(env_args::read_env_file(f)?);
+            let from = match &env_file_var {
+                Some(var) => format!("{var}={}", f.display()),
+                None => format!("--env-file {}", f.display()),
+            };
+            for (k, v) in env_args::read_env_file(f)? {
+                o.asked_by.env.insert(k.clone(), format!("{from} ({k})"));
+                o.env.push((k, v));
+            }
         }
         for e in self.env.iter().flat_map(|e| apptainer::split_env_list(e)) {
-            o.env.push(env_args::parse_assignment(&e)?);
+            let (k, v) = env_args::parse_assignment(&e)?;
+            o.asked_by.env.insert(k.clone(), format!("--env {k}"));
+            o.env.push((k, v));
         }
         Ok((
             o,
@@ -494,7 +527,13 @@ fn run(cli: Cli) -> Result<i32> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let image = if image_source::is_source(&image) {
+    let source = image_source::is_source(&image);
+    // The site's signature policy, before anything is pulled or mounted. Here, not in the
+    // runtime: the signature crates are the binary's alone. (The launch loads the config again,
+    // and says its warnings then.)
+    let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
+    verify_cmd::check_site_policy(&image, source, &site)?;
+    let image = if source {
         let nohttps = opts.nohttps || apptainer::flag(&env, &["NOHTTPS"])?;
         image_source::resolve(&image.to_string_lossy(), nohttps, cli.debug)?
     } else {

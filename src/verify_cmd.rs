@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use image_tools::sif::{DataType, SifFile};
 use image_tools::sif_sig::{self, Keyring, Select};
+use launcher_runtime::gather::site_config::SiteConfig;
 
 /// The site's keyring: every `*.pem` and `*.asc` file in it is a trusted key.
-const SITE_KEYS: &str = "/etc/launcher/keys";
+const SITE_KEYS: &str = launcher_runtime::gather::site_config::DEFAULT_SITE_KEYS;
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -98,8 +99,8 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     for (id, what) in report.uncovered.iter().filter(|_| all_verified) {
         println!("object {id} ({what}): not covered by a verified signature");
     }
-    if let Some(e) = failure(&shown, &report, &keys, &dirs) {
-        return Err(e);
+    if let Some(why) = failure(&report) {
+        bail!("{shown}: {why}{}", no_key_hint(&keys, &report, &dirs));
     }
     let covered: std::collections::BTreeSet<u32> = report
         .signatures
@@ -140,11 +141,7 @@ fn keyring(files: &[PathBuf]) -> Result<(Keyring, Vec<PathBuf>)> {
 /// with the same keys would say (every object group covered); else one line saying why.
 pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
     let shown = image.display().to_string();
-    let mut head = [0u8; 64];
-    let n = std::fs::File::open(image)
-        .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 64), &mut head))
-        .map_err(|e| anyhow!("{shown}: cannot read: {e}"))?;
-    if !image_tools::sif::is_sif(&head[..n]) {
+    if !is_sif(image)? {
         bail!("{shown}: --verify checks SIF signatures, and this is not a SIF image");
     }
     let (keys, dirs) = keyring(key_files)?;
@@ -152,20 +149,97 @@ pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
     if report.signatures.is_empty() {
         bail!("{shown}: has no signature, so --verify refuses it");
     }
-    if let Some(e) = failure(&shown, &report, &keys, &dirs) {
-        return Err(e);
+    if let Some(why) = failure(&report) {
+        bail!("{shown}: {why}{}", no_key_hint(&keys, &report, &dirs));
     }
     Ok(())
 }
 
-/// The one-line error for a report that does not verify: the first failed signature, else the
-/// first uncovered object.
-fn failure(
-    shown: &str,
-    report: &sif_sig::Report,
-    keys: &Keyring,
-    dirs: &[PathBuf],
-) -> Option<anyhow::Error> {
+/// The site's signature policy (`signatures` in the site config, docs/admin.md "Signed
+/// images"): when it applies to `image`, the image must be a SIF whose every object group is
+/// covered by a signature that verifies with a key of the site keyring (the user's keys do not
+/// count); else one line naming the image, the rule and the file. `source`: `image` is a
+/// docker:// (or other) source, to be converted into an unsigned SIF.
+pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Result<()> {
+    let shown = image.display().to_string();
+    let paths = match source {
+        // A source has no path: only a rule for every image applies to it.
+        true => Vec::new(),
+        false => {
+            let given = std::path::absolute(image)
+                .map_err(|e| anyhow!("{shown}: cannot make the path absolute: {e}"))?;
+            let mut paths = vec![given];
+            paths.extend(std::fs::canonicalize(image).ok());
+            paths
+        }
+    };
+    let Some(rule) = site.signature_rule(&paths) else {
+        return Ok(());
+    };
+    let refuse = |why: &str| {
+        anyhow!(
+            "{shown}: refused by the site's signature policy ({} in {}): {why}",
+            rule.rule,
+            rule.file
+        )
+    };
+    if source {
+        return Err(refuse(
+            "a source converted at run time gives an unsigned SIF; run a signed SIF instead",
+        ));
+    }
+    if image.is_dir() {
+        return Err(refuse("a directory image cannot carry a signature"));
+    }
+    if !is_sif(image)? {
+        return Err(refuse(
+            "only a SIF image carries a signature, and this is not one",
+        ));
+    }
+    let mut keys = Keyring::default();
+    if let Err(e) = keys.add_dir(&rule.keys) {
+        return Err(refuse(&format!("the site keyring: {e}")));
+    }
+    if keys.is_empty() {
+        return Err(refuse(&format!(
+            "the site keyring {} holds no key (*.pem, *.asc)",
+            rule.keys.display()
+        )));
+    }
+    let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+    if report.signatures.is_empty() {
+        return Err(refuse("it has no signature"));
+    }
+    match failure(&report) {
+        Some(why) => Err(refuse(&why)),
+        None => Ok(()),
+    }
+}
+
+/// Whether `image` starts as a SIF file does.
+fn is_sif(image: &Path) -> Result<bool> {
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(image)
+        .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 64), &mut head))
+        .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
+    Ok(image_tools::sif::is_sif(&head[..n]))
+}
+
+/// Where keys are looked for, when a signature failed and no key was given at all.
+fn no_key_hint(keys: &Keyring, report: &sif_sig::Report, dirs: &[PathBuf]) -> String {
+    let failed = report.signatures.iter().any(|s| s.error.is_some());
+    match keys.is_empty() && failed {
+        true => format!(
+            "; no key was given: use --key FILE, or put keys in {}/ or {SITE_KEYS}/",
+            dirs[0].display()
+        ),
+        false => String::new(),
+    }
+}
+
+/// Why a report does not verify, in one line: the first failed signature, else the first
+/// uncovered object.
+fn failure(report: &sif_sig::Report) -> Option<String> {
     if let Some(s) = report.signatures.iter().find(|s| s.error.is_some()) {
         let failed = report
             .signatures
@@ -178,22 +252,11 @@ fn failure(
             String::new()
         };
         let e = s.error.as_deref().unwrap_or_default();
-        let hint = if keys.is_empty() {
-            format!(
-                "; no key was given: use --key FILE, or put keys in {}/ or {SITE_KEYS}/",
-                dirs[0].display()
-            )
-        } else {
-            String::new()
-        };
-        return Some(anyhow!(
-            "{shown}: signature {} not verified: {e}{more}{hint}",
-            s.id
-        ));
+        return Some(format!("signature {} not verified: {e}{more}", s.id));
     }
     if let Some((id, what)) = report.uncovered.first() {
-        return Some(anyhow!(
-            "{shown}: object {id} ({what}) is not covered by any verified signature{}",
+        return Some(format!(
+            "object {id} ({what}) is not covered by any verified signature{}",
             if report.uncovered.len() > 1 {
                 format!(" (nor are {} more objects)", report.uncovered.len() - 1)
             } else {

@@ -409,3 +409,26 @@ fn an_overlay_directory_keeps_changes_across_launches() {
         assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
     }
 }
+
+/// Review finding 11: a script that makes one variable longer than execve takes (128 KiB)
+/// left the image's `cat` unable to start, reported as "/bin/sh failed (exit status 126)".
+/// Now one line names the variable, the script and the limit.
+#[test]
+fn a_variable_too_long_for_any_program_is_named_with_its_script_and_the_limit() {
+    let img = activating_image(
+        "too-long-env",
+        "#!/bin/sh\nX=x; i=0\nwhile [ $i -lt 18 ]; do X=$X$X; i=$((i+1)); done\n\
+         export CONDA_BIG=\"$X\"\nunset X i\n",
+    );
+    let out = launcher(&["exec", &img, "/bin/true"]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "the image's environment script /.singularity.d/env/90-environment.sh made \
+             CONDA_BIG longer (256 KiB) than 128 KiB, the longest variable a program can be \
+             started with"
+        ),
+        "{out:?}"
+    );
+}

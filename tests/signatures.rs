@@ -240,32 +240,6 @@ fn writable_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
-
-/// Key pairs made at test time: (private, public), readable by the test user.
-fn openssl_key(dir: &std::path::Path, name: &str, gen: &[&str]) -> (String, String) {
-    let (key, public) = (format!("{name}.pem"), format!("{name}-public.pem"));
-    let mut args = vec!["genpkey"];
-    args.extend(gen);
-    args.extend(["-out", &key]);
-    openssl(dir, &args);
-    openssl(dir, &["pkey", "-in", &key, "-pubout", "-out", &public]);
-    for f in [&key, &public] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    (
-        dir.join(key).display().to_string(),
-        dir.join(public).display().to_string(),
-    )
-}
-
 #[test]
 fn signed_with_launcher_sign_verifies_with_the_public_key_only() {
     let dir = writable_dir("sign");

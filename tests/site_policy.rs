@@ -160,13 +160,13 @@ fn a_locked_variable_is_the_sites_and_may_not_be_reset() {
         (
             None,
             ["--env", "OMPI_MCA_btl=tcp"],
-            "--env/--env-file OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site \
+            "--env OMPI_MCA_btl: the variable OMPI_MCA_btl is locked by the site \
              config /etc/launcher/launcher.yaml",
         ),
         (
             None,
             ["--env", "LD_PRELOAD=/tmp/x.so"],
-            "--env/--env-file LD_PRELOAD: the variable LD_PRELOAD is locked",
+            "--env LD_PRELOAD: the variable LD_PRELOAD is locked",
         ),
         (
             Some(("APPTAINERENV_LD_PRELOAD", "/tmp/x.so")),
@@ -179,6 +179,20 @@ fn a_locked_variable_is_the_sites_and_may_not_be_reset() {
         let env: Vec<(&str, &str)> = env.into_iter().collect();
         assert_refused(&launch(&dir, LOCKING, &env, &args(&c)), want);
     }
+    // An env file is named as the user gave it: by option or by Apptainer's variable.
+    let vars = dir.join("vars.env");
+    std::fs::write(&vars, "FREE=1\nLD_PRELOAD=/tmp/x.so\n").unwrap();
+    let vars = vars.display().to_string();
+    let mut c = cmd.clone();
+    c.splice(1..1, ["--env-file".to_string(), vars.clone()]);
+    assert_refused(
+        &launch(&dir, LOCKING, &[], &args(&c)),
+        &format!("--env-file {vars} (LD_PRELOAD): the variable LD_PRELOAD is locked"),
+    );
+    assert_refused(
+        &launch(&dir, LOCKING, &[("APPTAINER_ENV_FILE", &vars)], &args(&cmd)),
+        &format!("APPTAINER_ENV_FILE={vars} (LD_PRELOAD): the variable LD_PRELOAD is locked"),
+    );
     // A user file (and a LAUNCHER_CONFIG file) that sets it is refused by name.
     let xdg = dir.join("xdg/launcher");
     std::fs::create_dir_all(&xdg).unwrap();
@@ -221,6 +235,28 @@ fn an_option_the_site_locked_is_refused() {
         &out,
         "--mpi: mpi support is locked off by the site config /etc/launcher/launcher.yaml (mpi.default)",
     );
+    // The option or variable the user gave is the one named (review finding 14).
+    let off = "gpu: {default: false}\nlocked: [gpu]\n";
+    for (env, flag, by) in [
+        (None, Some("--nv"), "--nv"),
+        (None, Some("--rocm"), "--rocm"),
+        (Some(("APPTAINER_NV", "1")), None, "APPTAINER_NV"),
+        (
+            Some(("SINGULARITY_ROCM", "yes")),
+            Some("--gpu"),
+            "--gpu, SINGULARITY_ROCM",
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        let mut a = vec!["exec"];
+        a.extend(flag);
+        let img = fixture("busybox-gzip.sqfs");
+        a.extend([img.as_str(), "true"]);
+        assert_refused(
+            &launch(&dir, off, &env, &a),
+            &format!("launcher: error: {by}: gpu support is locked off by the site config"),
+        );
+    }
     let out = launch(
         &dir,
         "gpu: {default: true}\nlocked: [gpu]\n",
@@ -243,5 +279,171 @@ fn an_option_the_site_locked_is_refused() {
     assert_refused(
         &out,
         "job.yaml: key 'locked': only the system file (/etc/launcher/launcher.yaml) may lock settings",
+    );
+}
+
+/// A copy of an upstream signed test file (tests/data/sif) in `dir`, readable by the test user.
+fn upstream(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let from = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/sif")
+        .join(name);
+    let to = dir.join(Path::new(name).file_name().unwrap());
+    std::fs::copy(from, &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    to
+}
+
+/// The site's signature policy (docs/admin.md "Signed images"): under its directories only
+/// images signed by a key of the site keyring run; the user's own keys do not count; a
+/// directory, a SquashFS image or a docker:// source cannot be signed and is refused where the
+/// rule covers it; locked, the user's files cannot turn it off.
+#[test]
+fn the_site_signature_policy_runs_only_images_signed_by_the_sites_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = test_dir("signatures");
+    let (images, elsewhere) = (dir.join("images"), dir.join("elsewhere"));
+    for d in [&images, &elsewhere] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let (site_key, site_public) = openssl_key(&dir, "site", &["-algorithm", "ed25519"]);
+    let (user_key, user_public) = openssl_key(&dir, "user", &["-algorithm", "ed25519"]);
+    // The site keyring at its default place, /etc/launcher/keys (in the overlay); the user's
+    // keyring holds the user's key.
+    for (keyring, public) in [
+        (dir.join("upper/launcher/keys"), &site_public),
+        (dir.join("xdg/launcher/keys"), &user_public),
+    ] {
+        std::fs::create_dir_all(&keyring).unwrap();
+        std::fs::copy(public, keyring.join("key.pem")).unwrap();
+    }
+    let unsigned = elsewhere.join("unsigned.sif");
+    let path = |p: &Path| p.display().to_string();
+    launcher(&["build", &path(&unsigned), &fixture("rootfs")])
+        .run()
+        .ok();
+    for (name, key) in [
+        ("unsigned.sif", None),
+        ("signed.sif", Some(&site_key)),
+        ("theirs.sif", Some(&user_key)),
+    ] {
+        let img = path(&images.join(name));
+        std::fs::copy(&unsigned, &img).unwrap();
+        if let Some(key) = key {
+            launcher(&["sign", "-k", key, &img]).run().ok();
+        }
+    }
+    let system = format!(
+        "signatures:\n  required: true\n  under: [{}]\nlocked: [signatures]\n",
+        images.display()
+    );
+    let exec = |system: &str, extra: &[&str], img: &str| {
+        let mut a = vec!["exec"];
+        a.extend(extra);
+        a.extend([img, "echo", "ran"]);
+        launch(&dir, system, &[], &a)
+    };
+    let refusal = |img: &str, rule: &str, why: &str| {
+        format!(
+            "launcher: error: {img}: refused by the site's signature policy ({rule} in \
+             /etc/launcher/launcher.yaml): {why}"
+        )
+    };
+    let under = format!("signatures.under {}", images.display());
+    let signed = path(&images.join("signed.sif"));
+    assert_eq!(exec(&system, &[], &signed).ok().stdout, "ran\n");
+    // Outside the rule's directories: no signature needed.
+    assert_eq!(exec(&system, &[], &path(&unsigned)).ok().stdout, "ran\n");
+    let img = path(&images.join("unsigned.sif"));
+    assert_refused(
+        &exec(&system, &[], &img),
+        &refusal(&img, &under, "it has no signature"),
+    );
+    // A link from elsewhere is judged by where it leads.
+    let link = path(&elsewhere.join("link.sif"));
+    std::os::unix::fs::symlink(&img, &link).unwrap();
+    assert_refused(
+        &exec(&system, &[], &link),
+        &refusal(&link, &under, "it has no signature"),
+    );
+    // Signed by the user's key, which --verify takes from the user's keyring: the site's rule
+    // still refuses it.
+    let theirs = path(&images.join("theirs.sif"));
+    assert_refused(
+        &exec(&system, &["--verify"], &theirs),
+        &refusal(
+            &theirs,
+            &under,
+            "signature 4 not verified: no DSSE signature verifies with a known key",
+        ),
+    );
+    // Locked: the user's file may not turn it off; unlocked, it may.
+    let user_file = dir.join("xdg/launcher/launcher.yaml");
+    std::fs::write(&user_file, "signatures: {required: false}\n").unwrap();
+    assert_refused(
+        &exec(&system, &[], &img),
+        &format!(
+            "{}: key 'signatures.required': 'signatures' is locked by the site config \
+             /etc/launcher/launcher.yaml",
+            user_file.display()
+        ),
+    );
+    let unlocked = system.replace("locked: [signatures]\n", "");
+    assert_eq!(exec(&unlocked, &[], &img).ok().stdout, "ran\n");
+    std::fs::remove_file(&user_file).unwrap();
+
+    // A rule for every image: what cannot carry a signature is refused before anything is
+    // pulled or mounted.
+    let all = "signatures: {required: true}\n";
+    let rule = "signatures.required";
+    let rootfs = fixture("rootfs");
+    assert_refused(
+        &exec(all, &[], &rootfs),
+        &refusal(&rootfs, rule, "a directory image cannot carry a signature"),
+    );
+    let sqfs = fixture("busybox-gzip.sqfs");
+    assert_refused(
+        &exec(all, &[], &sqfs),
+        &refusal(
+            &sqfs,
+            rule,
+            "only a SIF image carries a signature, and this is not one",
+        ),
+    );
+    let docker = "docker://localhost:1/none:latest";
+    assert_refused(
+        &exec(all, &[], docker),
+        &refusal(
+            docker,
+            rule,
+            "a source converted at run time gives an unsigned SIF; run a signed SIF instead",
+        ),
+    );
+    // Upstream's image carries an OpenPGP signature by a key the site does not hold.
+    let busybox = fixture("singularityce-busybox-amd64.sif");
+    assert_refused(
+        &exec(all, &[], &busybox),
+        &refusal(
+            &busybox,
+            rule,
+            "signature 5 not verified: OpenPGP signature 1: no known key",
+        ),
+    );
+    // Upstream's DSSE-signed test image, with its signer's key in a site keyring named by
+    // `signatures.keys`: the rule lets it through (it holds no root file system to run).
+    let upstream_keys = dir.join("upstream-keys");
+    std::fs::create_dir_all(&upstream_keys).unwrap();
+    upstream(&upstream_keys, "keys/ed25519-public.pem");
+    let dsse = path(&upstream(&dir, "one-group-signed-dsse.sif"));
+    let with_keys = format!(
+        "signatures: {{required: true, keys: {}}}\n",
+        upstream_keys.display()
+    );
+    let out = exec(&with_keys, &[], &dsse);
+    assert!(!out.stderr.contains("signature policy"), "{out:?}");
+    assert_refused(
+        &exec(all, &[], &dsse),
+        &refusal(&dsse, rule, "signature 3 not verified"),
     );
 }

@@ -593,3 +593,31 @@ pub fn env_script_image(name: &str, scripts: &[(&str, String)]) -> String {
     std::fs::remove_dir_all(&t).unwrap();
     path.display().to_string()
 }
+
+/// `openssl ARGS` in `dir`, which must succeed.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A key pair made at test time (`openssl genpkey GEN`) in `dir`: (private, public) PEM files
+/// `NAME.pem` and `NAME-public.pem`, readable by the test user.
+pub fn openssl_key(dir: &Path, name: &str, gen: &[&str]) -> (String, String) {
+    let (key, public) = (format!("{name}.pem"), format!("{name}-public.pem"));
+    let mut args = vec!["genpkey"];
+    args.extend(gen);
+    args.extend(["-out", &key]);
+    openssl(dir, &args);
+    openssl(dir, &["pkey", "-in", &key, "-pubout", "-out", &public]);
+    for f in [&key, &public] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    (
+        dir.join(key).display().to_string(),
+        dir.join(public).display().to_string(),
+    )
+}

@@ -38,12 +38,7 @@ impl HostInfo {
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        let env_home = crate::env_list::get(&env, "HOME");
-        let home = match (env_home, &user) {
-            (Some(h), _) if h.starts_with('/') => PathBuf::from(h),
-            (_, Some(u)) => u.dir.clone(),
-            _ => PathBuf::from("/"),
-        };
+        let home = home(&env, || user.clone());
         let name = user
             .as_ref()
             .map(|u| u.name.clone())
@@ -94,6 +89,15 @@ impl HostInfo {
 
     pub fn env_var(&self, key: &str) -> Option<&str> {
         crate::env_list::get(&self.env, key)
+    }
+}
+
+/// The caller's home: `$HOME` when it is absolute, else the passwd entry's (`user` is asked
+/// only then), else `/`.
+pub fn home(env: &[(String, String)], user: impl FnOnce() -> Option<User>) -> PathBuf {
+    match crate::env_list::get(env, "HOME") {
+        Some(h) if h.starts_with('/') => PathBuf::from(h),
+        _ => user().map(|u| u.dir).unwrap_or_else(|| PathBuf::from("/")),
     }
 }
 

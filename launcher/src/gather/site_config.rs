@@ -43,6 +43,9 @@ pub struct SiteConfig {
     pub mpi: MpiConfig,
     pub cdi: CdiConfig,
     pub host: HostPaths,
+    /// Which images must carry signatures that verify with the site's keys (checked by the
+    /// `launcher` binary before the launch: the signature code is not the runtime's).
+    pub signatures: SignaturePolicy,
     /// Keys of the system file that later files and the user's options may not change
     /// (`gpu.default`, `env.set.NAME`, `binds`, …; docs/admin.md "Locked settings"). Only the
     /// system file may have this key.
@@ -50,6 +53,9 @@ pub struct SiteConfig {
     /// The file whose `locked` list applies, for the refusals' messages.
     #[serde(skip)]
     pub locked_in: Option<PathBuf>,
+    /// The last file that set a `signatures` key, for the refusals' messages.
+    #[serde(skip)]
+    pub signatures_in: Option<PathBuf>,
     /// What loading found worth saying (a user file ignored), one line each, for the user.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -110,6 +116,39 @@ pub struct CdiConfig {
     pub spec_dirs: Option<Vec<PathBuf>>,
 }
 
+/// The site's signature policy, a simpler kin of Apptainer's execution control list: one
+/// rule, "images (under these directories) must be signed by a key in the site keyring", in
+/// place of ECL's groups of whitelist/whitestrict/blacklist by fingerprint (docs/admin.md
+/// "Signed images"). Each value given replaces the one before; lock `signatures` so that the
+/// user's files cannot turn it off.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignaturePolicy {
+    /// Images must be signed (default: no).
+    pub required: Option<bool>,
+    /// Only images whose path (as given, or where its symbolic links lead) is under one of
+    /// these directories (default: every image, and the docker:// and other sources too).
+    pub under: Option<Vec<PathBuf>>,
+    /// The site keyring: its *.pem and *.asc files are the keys that count (default
+    /// /etc/launcher/keys); the user's own keys do not.
+    pub keys: Option<PathBuf>,
+}
+
+/// The signature rule that applies to one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignatureRule {
+    /// The rule as the refusal names it: `signatures.required`, or
+    /// `signatures.under /software/images`.
+    pub rule: String,
+    /// The site keyring directory.
+    pub keys: PathBuf,
+    /// The config file that set the rule.
+    pub file: String,
+}
+
+/// The site keyring when the config names none.
+pub const DEFAULT_SITE_KEYS: &str = "/etc/launcher/keys";
+
 /// Where the launcher reads host facts: changed for unusual layouts (and by the tests).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -125,6 +164,17 @@ impl SiteConfig {
     /// the ones before; a missing system or user file is no error.
     pub fn load(env: &[(String, String)], home: &Path) -> Result<SiteConfig> {
         SiteConfig::load_from(Path::new(SYSTEM_CONFIG), env, home)
+    }
+
+    /// `load` for the calling user, their home from `env` (or the user database): for the
+    /// `launcher` binary, which checks the signature policy before the launch gathers.
+    pub fn load_for_caller(env: &[(String, String)]) -> Result<SiteConfig> {
+        let home = crate::gather::host::home(env, || {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+        });
+        SiteConfig::load(env, &home)
     }
 
     /// `load` with the system file at `system` (the unit tests' and the fuzzer's).
@@ -188,6 +238,9 @@ impl SiteConfig {
                 }
             };
             let (file, tree) = SiteConfig::parse_with_tree(&text, &path)?;
+            if file.signatures != SignaturePolicy::default() {
+                config.signatures_in = Some(path.clone());
+            }
             if source == Source::System {
                 config.locked_in = Some(path.clone());
             } else {
@@ -315,6 +368,12 @@ impl SiteConfig {
             if let Some(p) = p {
                 paths.push((k.to_string(), p));
             }
+        }
+        for (i, d) in self.signatures.under.iter().flatten().enumerate() {
+            paths.push((format!("signatures.under[{i}]"), d));
+        }
+        if let Some(k) = &self.signatures.keys {
+            paths.push(("signatures.keys".to_string(), k));
         }
         for (key, p) in paths {
             if !p.is_absolute() {
@@ -535,6 +594,55 @@ impl SiteConfig {
         if later.host.dev_dir.is_some() {
             self.host.dev_dir = later.host.dev_dir;
         }
+        let (mine, theirs) = (&mut self.signatures, later.signatures);
+        mine.required = theirs.required.or(mine.required);
+        if theirs.under.is_some() {
+            mine.under = theirs.under;
+        }
+        if theirs.keys.is_some() {
+            mine.keys = theirs.keys;
+        }
+    }
+
+    /// The signature rule for an image at `paths` (the path as given, made absolute, and the
+    /// one its links lead to; none for a docker:// or other source), if one applies. A
+    /// directory of `under` is taken as written and as its own links lead.
+    pub fn signature_rule(&self, paths: &[PathBuf]) -> Option<SignatureRule> {
+        let policy = &self.signatures;
+        if policy.required != Some(true) {
+            return None;
+        }
+        let rule = match &policy.under {
+            None => "signatures.required".to_string(),
+            Some(dirs) => {
+                let hit = dirs.iter().find(|dir| {
+                    let forms = [
+                        crate::options::clean_abs(dir).ok(),
+                        std::fs::canonicalize(dir).ok(),
+                    ];
+                    forms.iter().flatten().any(|d| {
+                        paths
+                            .iter()
+                            .any(|p| crate::options::clean_abs(p).is_ok_and(|p| p.starts_with(d)))
+                    })
+                })?;
+                format!("signatures.under {}", hit.display())
+            }
+        };
+        let file = self
+            .signatures_in
+            .as_deref()
+            .unwrap_or(Path::new(SYSTEM_CONFIG))
+            .display()
+            .to_string();
+        Some(SignatureRule {
+            rule,
+            keys: policy
+                .keys
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SITE_KEYS)),
+            file,
+        })
     }
 
     pub fn ld_so_cache(&self) -> PathBuf {
@@ -983,6 +1091,85 @@ host:
         ] {
             parse(&format!("locked: [{lock}]\n")).unwrap();
         }
+    }
+
+    #[test]
+    fn the_signature_rule_applies_to_images_under_its_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let site_dir = tmp.path().join("software/images");
+        std::fs::create_dir_all(&site_dir).unwrap();
+        // A link to the site's directory from elsewhere, and one the other way.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&site_dir, &link).unwrap();
+        let c = parse(&format!(
+            "signatures:\n  required: true\n  under: [{}]\n",
+            link.display()
+        ))
+        .unwrap();
+        let rule = c
+            .signature_rule(&[site_dir.join("a.sif")])
+            .expect("under the directory its link leads to");
+        assert_eq!(rule.rule, format!("signatures.under {}", link.display()));
+        assert_eq!(rule.keys, PathBuf::from(DEFAULT_SITE_KEYS));
+        assert_eq!(rule.file, SYSTEM_CONFIG);
+        assert!(c.signature_rule(&[link.join("x/../a.sif")]).is_some());
+        assert!(c.signature_rule(&[tmp.path().join("home/a.sif")]).is_none());
+        assert!(c
+            .signature_rule(&[tmp.path().join("software/images2/a.sif")])
+            .is_none());
+        // A source (no path) is under no directory.
+        assert!(c.signature_rule(&[]).is_none());
+        // Without `under`, every image and every source.
+        let c = parse("signatures: {required: true, keys: /site/keys}\n").unwrap();
+        let rule = c.signature_rule(&[]).unwrap();
+        assert_eq!(rule.rule, "signatures.required");
+        assert_eq!(rule.keys, PathBuf::from("/site/keys"));
+        for text in ["", "signatures: {required: false, under: [/x]}\n"] {
+            assert!(parse(text).unwrap().signature_rule(&[]).is_none(), "{text}");
+        }
+        let err = parse("signatures: {under: [images]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key 'signatures.under[0]'"), "{err}");
+        let err = parse("signatures: {require: true}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key 'signatures.require'"), "{err}");
+    }
+
+    #[test]
+    fn a_locked_signature_policy_cannot_be_turned_off_and_names_its_file() {
+        let system = "signatures: {required: true}\nlocked: [signatures]\n";
+        for user in [
+            "signatures: {required: false}\n",
+            "signatures: {keys: /home/u/keys}\n",
+            "signatures: {under: [/nowhere]}\n",
+        ] {
+            let err = load_pair(system, user).unwrap_err().to_string();
+            assert!(
+                err.starts_with("DIR/.config/launcher/launcher.yaml: key 'signatures.")
+                    && err.ends_with("'signatures' is locked by the site config DIR/system.yaml"),
+                "{user}: {err}"
+            );
+        }
+        // Unlocked, the user's file decides, and the rule names the file that set it.
+        let c = load_pair(
+            "signatures: {required: false, keys: /site/keys}\n",
+            "signatures: {required: true}\n",
+        )
+        .unwrap();
+        let rule = c.signature_rule(&[]).unwrap();
+        assert_eq!(rule.keys, PathBuf::from("/site/keys"));
+        assert!(
+            rule.file.ends_with("/.config/launcher/launcher.yaml"),
+            "{rule:?}"
+        );
+        let c = load_pair(
+            "signatures: {required: true}\n",
+            "signatures: {required: false}\n",
+        )
+        .unwrap();
+        assert!(c.signature_rule(&[]).is_none());
     }
 
     #[test]

@@ -74,6 +74,24 @@ pub struct LaunchOptions {
     pub no_mpi: bool,
     /// Share one instance with the other ranks of a job step on this node (`--no-share`: off).
     pub share: bool,
+    /// Which option or variable asked for what the site's locks check, for their refusals.
+    pub asked_by: AskedBy,
+}
+
+/// The option or Apptainer variable behind a setting, as the user wrote it: a refusal names
+/// what they typed (`--nv`, `APPTAINER_ROCM`, `--env-file vars.env`), not a list of
+/// possibilities. Empty where options were made otherwise (the tests'): refusals then name
+/// every option that could have asked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AskedBy {
+    /// What turned the GPU on: `--gpu`, `--nv`, `--nvccli`, `--rocm`, `APPTAINER_NV`, … (all
+    /// that did, comma-separated).
+    pub gpu: Option<String>,
+    /// `--mpi` or `--mpi=force`.
+    pub mpi: Option<String>,
+    /// Per variable of `env`, what set it last: `--env NAME`, `--env-file FILE (NAME)`,
+    /// `APPTAINER_ENV_FILE=FILE (NAME)`.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 impl LaunchOptions {
@@ -99,6 +117,7 @@ impl LaunchOptions {
             mpi: None,
             no_mpi: false,
             share: true,
+            asked_by: AskedBy::default(),
         }
     }
 }

@@ -254,6 +254,10 @@ pub const STOCK_SCRIPTS: &[&str] = &[
 
 /// Set by the shell right before it reports: a report without it is not one.
 const REPORT_MARKER: &str = "LAUNCHER_ENV_REPORTED";
+/// In place of a report, when `cat` could not start: `NAME LENGTH SCRIPT` of a variable too
+/// long to start any program with (the kernel refuses execve with E2BIG, and the shell could
+/// only say "exit status 126").
+const TOO_LONG_MARKER: &str = "LAUNCHER_ENV_TOO_LONG";
 
 /// The most a shell's report of the environment may be (`ShellEnv`): the variables the scripts
 /// may produce, with room for a large host environment.
@@ -370,15 +374,39 @@ impl ShellEnv {
     /// The shell's command line. Its output and the scripts' go to stderr (the child sets
     /// that up); the report is `cat /proc/self/environ` into descriptor 3, with a marker that
     /// says the shell got that far (a script that `exec`s or exits 0 reports nothing).
+    ///
+    /// When `cat` fails, the shell looks (with builtins only: no program starts with that
+    /// environment) for a variable longer than execve takes, and reports it in place of the
+    /// environment, with the last script that has a line assigning it (`NAME=`); `cat`'s own
+    /// message ("Argument list too long") is shown only when no such variable explains it.
     pub fn argv(&self) -> Vec<String> {
         let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let scripts: Vec<String> = self.scripts.iter().map(|s| quote(s)).collect();
         let mut text = String::from("set -a\n");
-        for script in &self.scripts {
-            text.push_str(&format!(". {}\n", quote(script)));
+        for script in &scripts {
+            text.push_str(&format!(". {script}\n"));
         }
         text.push_str(&format!(
-            "set +a\nexport {REPORT_MARKER}=1\nexec {} /proc/self/environ >&3\n",
+            "set +a +e\nexport {REPORT_MARKER}=1\n\
+             launcher_err=$({} /proc/self/environ 2>&1 >&3) && exit 0\n",
             quote(&self.cat)
+        ));
+        // `export -p` lines: `export NAME='v'` (dash, busybox, bash as sh), `declare -x NAME`
+        // (bash). A line of a multi-line value that looks like one names a real variable at
+        // worst. LC_ALL=C: ${#v} in bytes.
+        text.push_str(&format!(
+            "launcher_status=$?\nexport -p | {{\nLC_ALL=C\nwhile IFS= read -r l; do\n\
+             l=${{l#declare -x }}; l=${{l#export }}; n=${{l%%=*}}\n\
+             case $n in ''|[0-9]*|*[!A-Za-z0-9_]*) continue ;; esac\n\
+             eval \"z=\\${{#$n}}\"\n\
+             if [ $((${{#n}} + z + 2)) -gt {VALUE_MAX_BYTES} ]; then\n\
+             w=\nfor s in {}; do\n\
+             while IFS= read -r t; do case $t in *\"$n\"=*) w=$s; break ;; esac; done 2>/dev/null < \"$s\"\n\
+             done\n\
+             printf '{TOO_LONG_MARKER}=%s %s %s\\000' \"$n\" \"$z\" \"$w\" >&3\nexit 0\nfi\n\
+             done\nexit 1\n}} && exit 0\n\
+             printf '%s\\n' \"$launcher_err\" >&2\nexit $launcher_status\n",
+            scripts.join(" ")
         ));
         vec![self.shell.clone(), "-c".into(), text]
     }
@@ -393,15 +421,27 @@ impl ShellEnv {
                 CAPTURED_MAX_BYTES >> 20
             );
         }
-        let own = ["_", "SHLVL", "PWD", "OLDPWD", REPORT_MARKER];
+        let own = [
+            "_",
+            "SHLVL",
+            "PWD",
+            "OLDPWD",
+            REPORT_MARKER,
+            TOO_LONG_MARKER,
+        ];
         let mut env = Env::default();
         let mut reported = false;
+        let mut too_long = None;
         for entry in report.split(|&b| b == 0).filter(|e| !e.is_empty()) {
             let entry = String::from_utf8_lossy(entry);
             let Some((k, v)) = entry.split_once('=') else {
                 continue;
             };
             reported |= k == REPORT_MARKER && v == "1";
+            if k == TOO_LONG_MARKER {
+                too_long = Some(v.to_string());
+                continue;
+            }
             if !valid_name(k) || own.contains(&k) {
                 continue;
             }
@@ -416,6 +456,9 @@ impl ShellEnv {
             if env.vars.len() > VARIABLES_MAX + self.base.len() {
                 bail!("the image's environment scripts set more than {VARIABLES_MAX} variables");
             }
+        }
+        if let Some(found) = too_long.filter(|_| !reported) {
+            bail!("{}", too_long_error(&found));
         }
         if !reported {
             bail!(
@@ -432,6 +475,27 @@ impl ShellEnv {
         }
         Ok(apply_edits(env.vars, &self.edits))
     }
+}
+
+/// The error for the shell's `NAME LENGTH SCRIPT` (SCRIPT empty when no script's text names
+/// the variable: it came from a file a script sourced, say).
+fn too_long_error(found: &str) -> String {
+    let mut parts = found.splitn(3, ' ');
+    let name = parts.next().unwrap_or_default();
+    let kib = parts
+        .next()
+        .and_then(|n| n.parse::<usize>().ok())
+        .map(|n| format!(" ({} KiB)", n.div_ceil(1024)))
+        .unwrap_or_default();
+    let by = match parts.next().filter(|s| !s.is_empty()) {
+        Some(script) => format!("the image's environment script {script}"),
+        None => "the image's environment scripts".to_string(),
+    };
+    format!(
+        "{by} made {name} longer{kib} than {} KiB, the longest variable a program can be \
+         started with: the image's shell could not start cat to report the environment",
+        VALUE_MAX_BYTES >> 10
+    )
 }
 
 fn keep_in_cleanenv(k: &str) -> bool {
@@ -899,11 +963,96 @@ mod tests {
         };
         let argv = sh.argv();
         assert_eq!(argv[..2], ["/bin/sh", "-c"]);
-        assert_eq!(
-            argv[2],
-            "set -a\n. '/.singularity.d/env/90-it'\\''s.sh'\nset +a\n\
-             export LAUNCHER_ENV_REPORTED=1\nexec '/bin/cat' /proc/self/environ >&3\n"
+        assert!(
+            argv[2].starts_with(
+                "set -a\n. '/.singularity.d/env/90-it'\\''s.sh'\nset +a +e\n\
+                 export LAUNCHER_ENV_REPORTED=1\n\
+                 launcher_err=$('/bin/cat' /proc/self/environ 2>&1 >&3) && exit 0\n"
+            ),
+            "{}",
+            argv[2]
         );
+        assert!(
+            argv[2].contains("for s in '/.singularity.d/env/90-it'\\''s.sh'; do"),
+            "{}",
+            argv[2]
+        );
+    }
+
+    /// `sh.argv()` run by the host's /bin/sh, its report (descriptor 3) given to `finish`; the
+    /// shell must succeed and print nothing.
+    fn run_shell(sh: &ShellEnv) -> Result<Vec<(String, String)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("report");
+        let out = std::process::Command::new(&sh.argv()[0])
+            .arg("-c")
+            .arg(format!("exec 3>'{}'\n{}", report.display(), sh.argv()[2]))
+            .env_clear()
+            .envs(sh.base.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // cat's "Argument list too long" is not shown when the report explains it.
+        assert!(out.stderr.is_empty(), "{out:?}");
+        sh.finish(&std::fs::read(&report).unwrap())
+    }
+
+    #[test]
+    fn a_variable_too_long_to_start_cat_is_named_with_its_script_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        // 2^18 bytes, made by the shell alone.
+        let doubling = "X=x; i=0; while [ $i -lt 18 ]; do X=$X$X; i=$((i+1)); done\n";
+        let conda = script(
+            "90-conda.sh",
+            &format!("{doubling}export BIG=$X\nunset X\n"),
+        );
+        let small = script("10-small.sh", "SMALL=1\n");
+        let sourced = script(
+            "sourced.sh",
+            &format!("{doubling}export HIDDEN=$X\nunset X\n"),
+        );
+        let indirect = script("95-indirect.sh", &format!(". '{sourced}'\n"));
+        let shell = |scripts: Vec<String>| ShellEnv {
+            shell: "/bin/sh".into(),
+            cat: "/bin/cat".into(),
+            scripts,
+            base: kv(&[("PATH", "/usr/bin:/bin"), ("LANG", "C.UTF-8")]),
+            edits: vec![],
+        };
+        let err = run_shell(&shell(vec![small.clone(), conda.clone()]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "the image's environment script {conda} made BIG longer (256 KiB) than 128 KiB, \
+                 the longest variable a program can be started with: the image's shell could \
+                 not start cat to report the environment"
+            )
+        );
+        // Set by a file a script sourced: no script is named.
+        let err = run_shell(&shell(vec![indirect])).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "the image's environment scripts made HIDDEN longer (256 KiB) than 128 KiB"
+            ),
+            "{err}"
+        );
+        // Under the limit, the report is the environment as before.
+        let env = run_shell(&shell(vec![small])).unwrap();
+        assert_eq!(crate::env_list::get(&env, "SMALL"), Some("1"));
+        assert_eq!(crate::env_list::get(&env, "PATH"), Some("/usr/bin:/bin"));
+        // The marker counts only in place of a report: a variable of that name is the user's.
+        let sh = shell(vec![]);
+        let env = sh
+            .finish(b"LAUNCHER_ENV_TOO_LONG=x\0A=1\0LAUNCHER_ENV_REPORTED=1\0")
+            .unwrap();
+        assert_eq!(env, kv(&[("A", "1")]));
     }
 
     #[test]

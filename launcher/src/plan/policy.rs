@@ -19,12 +19,13 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
     let file = site.lock_file();
     // A default is locked only where the system file gives one: locking `mpi` to keep its
     // library lists says nothing about `--mpi`.
+    let asked = &opts.asked_by;
     for (key, on, off, on_flags, asked_on, asked_off) in [
         (
             "gpu.default",
             site.gpu.default,
             "--no-gpu",
-            "--gpu/--nv/--rocm",
+            asked.gpu.as_deref().unwrap_or("--gpu/--nv/--rocm"),
             opts.gpu.is_some(),
             opts.no_gpu,
         ),
@@ -32,7 +33,7 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
             "mpi.default",
             site.mpi.default,
             "--no-mpi",
-            "--mpi",
+            asked.mpi.as_deref().unwrap_or("--mpi"),
             opts.mpi.is_some(),
             opts.no_mpi,
         ),
@@ -54,7 +55,11 @@ pub fn check(opts: &LaunchOptions, host_env: &[(String, String)], site: &SiteCon
     let vars = site.locked_vars();
     for (k, _) in &opts.env {
         if vars.contains(k) {
-            bail!("--env/--env-file {k}: the variable {k} is locked by the site config {file}");
+            let by = match asked.env.get(k) {
+                Some(by) => by.clone(),
+                None => format!("--env/--env-file {k}"),
+            };
+            bail!("{by}: the variable {k} is locked by the site config {file}");
         }
     }
     for (k, _) in host_env {
@@ -180,6 +185,52 @@ mod tests {
             &s,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_refusal_names_the_option_or_variable_that_asked() {
+        let s = site(
+            "gpu: {default: false}\nmpi: {default: false}\nenv: {unset: [LD_PRELOAD]}\n\
+             locked: [gpu, mpi, env]\n",
+        );
+        for by in ["--nv", "--rocm", "APPTAINER_NV", "--gpu, SINGULARITY_ROCM"] {
+            let mut o = opts();
+            o.gpu = Some(GpuVendor::Any);
+            o.asked_by.gpu = Some(by.into());
+            let err = check(&o, &[], &s).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "{by}: gpu support is locked off by the site config \
+                     /etc/launcher/launcher.yaml (gpu.default)"
+                )
+            );
+        }
+        let mut o = opts();
+        o.mpi = Some(crate::options::MpiMode::Force);
+        o.asked_by.mpi = Some("--mpi=force".into());
+        let err = check(&o, &[], &s).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--mpi=force: mpi support is locked off"),
+            "{err}"
+        );
+        for by in [
+            "--env LD_PRELOAD",
+            "--env-file /home/u/vars.env (LD_PRELOAD)",
+            "APPTAINER_ENV_FILE=/home/u/vars.env (LD_PRELOAD)",
+        ] {
+            let mut o = opts();
+            o.env = env(&[("FREE", "1"), ("LD_PRELOAD", "/tmp/x.so")]);
+            o.asked_by.env.insert("LD_PRELOAD".into(), by.into());
+            let err = check(&o, &[], &s).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "{by}: the variable LD_PRELOAD is locked by the site config \
+                     /etc/launcher/launcher.yaml"
+                )
+            );
+        }
     }
 
     #[test]
