@@ -67,6 +67,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         overlay_dir,
         mounts: table.mounts,
         upper,
+        foreign_server: false,
         env,
         env_shell,
         cwd,
