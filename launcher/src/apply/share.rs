@@ -158,7 +158,51 @@ pub struct Joiner {
     /// No root of this rank's flavour is built: it builds its own in a copy of the base.
     pub own_mounts: bool,
     /// Held shared while this rank's command runs.
-    _user: File,
+    user: File,
+    /// The leader's lock file: a shared lock on it is granted once the leader is gone.
+    leader: File,
+    dir: OwnedFd,
+    /// Where `dir` is.
+    path: PathBuf,
+    key: String,
+}
+
+impl Joiner {
+    /// Call `gone` on a thread of its own if the leader dies while this rank runs, and its
+    /// image server with it. The leader otherwise outlives every rank that joined (it waits
+    /// for them), so this is always a crash (a `kill -9`, the OOM killer).
+    pub fn when_leader_dies(&self, gone: impl FnOnce() + Send + 'static) -> Result<()> {
+        let leader = self
+            .leader
+            .try_clone()
+            .with_context(|| format!("watching {}.leader", self.key))?;
+        std::thread::Builder::new()
+            .name("leader-watch".into())
+            .spawn(move || {
+                // Blocks while the leader holds its lock; a lock of ours is given back at
+                // once, so that a new leader may take the name.
+                if retry_eintr(|| flock(&leader, libc::LOCK_SH)).is_ok() {
+                    let _ = flock(&leader, libc::LOCK_UN);
+                    gone();
+                }
+            })
+            .context("starting the leader's watch")?;
+        Ok(())
+    }
+
+    /// This rank is done: let the leader end the instance, and where the leader died, remove
+    /// what it left (its files, the directory when empty) if no other rank still uses them.
+    pub fn finish(self) {
+        drop(self.user);
+        if !matches!(leader_alive(&self.dir, &self.key), Ok(false)) {
+            return;
+        }
+        let users = open_at(&self.dir, &format!("{}.users", self.key));
+        if users.is_ok_and(|u| flock(&u, libc::LOCK_EX | libc::LOCK_NB).is_ok()) {
+            remove_if_leader_gone(&self.dir, &self.key);
+            remove_dir_if_empty(&self.path);
+        }
+    }
 }
 
 /// Where the rendezvous files may live, in the order the ranks of a step try them (they all
@@ -238,22 +282,28 @@ fn sweep_stale(path: &Path, dir: &OwnedFd, mine: &str) {
     keys.sort();
     keys.dedup();
     for key in keys {
-        let Ok(lock) = open_at(dir, &format!("{key}.lock")) else {
-            continue;
-        };
-        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
-            continue; // being set up or torn down right now
-        }
-        if !matches!(leader_alive(dir, &key), Ok(false)) {
-            continue;
-        }
-        for suffix in ["state", "users", "leader", "lock"] {
-            let _ = nix::unistd::unlinkat(
-                dir,
-                format!("{key}.{suffix}").as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
+        remove_if_leader_gone(dir, &key);
+    }
+}
+
+/// Remove the files of the instance `key` if its leader is gone and nobody is setting it up
+/// or tearing it down.
+fn remove_if_leader_gone(dir: &OwnedFd, key: &str) {
+    let Ok(lock) = open_at(dir, &format!("{key}.lock")) else {
+        return;
+    };
+    if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        return; // being set up or torn down right now
+    }
+    if !matches!(leader_alive(dir, key), Ok(false)) {
+        return;
+    }
+    for suffix in ["state", "users", "leader", "lock"] {
+        let _ = nix::unistd::unlinkat(
+            dir,
+            format!("{key}.{suffix}").as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
 }
 
@@ -266,7 +316,7 @@ fn try_rendezvous(dir: OwnedFd, path: &Path, key: &str, flavour: &str) -> Result
     let lock = lock_file(&dir, &format!("{key}.lock"))?;
     if let Some(state) = read_state(&dir, key)? {
         if leader_alive(&dir, key)? {
-            return match join(&dir, key, flavour, state) {
+            return match join(dir, path, key, flavour, state) {
                 Ok(j) => Ok(Role::Join(j)),
                 Err(e) => Ok(Role::Private(format!(
                     "could not join the running instance: {e:#}"
@@ -350,7 +400,7 @@ pub fn remove_dir_if_empty(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-fn join(dir: &OwnedFd, key: &str, flavour: &str, state: State) -> Result<Joiner> {
+fn join(dir: OwnedFd, path: &Path, key: &str, flavour: &str, state: State) -> Result<Joiner> {
     let open_ns = |pid: i32, kind: &str, expect: u64| -> Result<OwnedFd> {
         let path = format!("/proc/{pid}/ns/{kind}");
         let fd = nix::fcntl::open(
@@ -372,14 +422,19 @@ fn join(dir: &OwnedFd, key: &str, flavour: &str, state: State) -> Result<Joiner>
         }
         _ => (open_ns(state.keeper_pid, "mnt", state.base_mnt_ns)?, true),
     };
-    let user = open_at(dir, &format!("{key}.users"))?;
+    let user = open_at(&dir, &format!("{key}.users"))?;
     flock(&user, libc::LOCK_SH | libc::LOCK_NB).map_err(|e| anyhow!("taking {key}.users: {e}"))?;
+    let leader = open_at(&dir, &format!("{key}.leader"))?;
     Ok(Joiner {
         state,
         user_ns,
         mnt_ns,
         own_mounts,
-        _user: user,
+        user,
+        leader,
+        dir,
+        path: path.to_path_buf(),
+        key: key.to_string(),
     })
 }
 
@@ -627,6 +682,53 @@ mod tests {
         leader.wait_and_close().unwrap();
         remove_dir_if_empty(&dir);
         assert!(!dir.exists(), "rendezvous files left behind");
+    }
+
+    #[test]
+    fn a_joiner_learns_of_its_leaders_death_and_cleans_up_after_it() {
+        let dir = scratch("watch");
+        let uid = my_uid();
+        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
+        else {
+            panic!("the first rank must lead")
+        };
+        let me = std::process::id() as i32;
+        let ino = |p: &str| std::fs::metadata(p).unwrap().ino();
+        leader
+            .publish(&State {
+                leader_pid: me,
+                keeper_pid: me,
+                user_ns: ino("/proc/self/ns/user"),
+                base_mnt_ns: ino("/proc/self/ns/mnt"),
+                flavour: "f".into(),
+                root: None,
+                image_owned_by_caller: false,
+            })
+            .unwrap();
+        let Role::Join(joiner) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
+        else {
+            panic!("the second rank must join")
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        joiner
+            .when_leader_dies(move || {
+                let _ = tx.send(());
+            })
+            .unwrap();
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the watch fired while the leader lives"
+        );
+        // The leader "crashes": its locks go with it, its files stay.
+        drop(leader);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the joiner was not told of its leader's death");
+        joiner.finish();
+        assert!(
+            !dir.exists(),
+            "the last rank out left the dead leader's files"
+        );
     }
 
     #[test]

@@ -295,6 +295,17 @@ fn lead(
 /// is built; else its own root in a mount namespace of its own, over the instance's image.
 fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
     let (forwarded, old_mask) = prepare_supervision()?;
+    // Without its leader, this rank's image server is gone: its command is ended (TERM,
+    // forwarded like the launcher's own), not left running on a dead mount.
+    let me = getpid();
+    let leader = joiner.state.leader_pid;
+    joiner.when_leader_dies(move || {
+        debug::line(format_args!(
+            "launcher: error: launcher {leader}, which serves the image to this node's ranks of \
+             the job step, died; ending this rank"
+        ));
+        let _ = kill(me, Signal::SIGTERM);
+    })?;
     let code = if joiner.own_mounts {
         // The image server was started for the leader's mounts, not these (for a writable
         // root, the same as the leader's: it shows no mount point or file of any plan).
@@ -312,7 +323,7 @@ fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
         run_in_instance(plan, entry, &forwarded, &old_mask, None)?
     };
     kill_leftovers(None);
-    drop(joiner);
+    joiner.finish();
     Ok(code)
 }
 
