@@ -243,6 +243,12 @@ fn the_leader_serves_until_the_last_rank_is_done() {
     let a = first.finish();
     assert_eq!(a.code, 3, "leader's status: {}", a.stderr);
     assert_eq!(b.code, 5, "second rank's status: {}", b.stderr);
+    // The leader ended after the second rank: a normal end, not a death it reports.
+    assert!(
+        !b.stderr.contains("which serves the image"),
+        "a normal end taken for the leader's death: {}",
+        b.stderr
+    );
     assert!(
         b.stdout
             .lines()

@@ -165,6 +165,8 @@ pub struct Joiner {
     /// Where `dir` is.
     path: PathBuf,
     key: String,
+    /// Set when this rank is done: the leader's end from then on is its normal one.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Joiner {
@@ -176,6 +178,7 @@ impl Joiner {
             .leader
             .try_clone()
             .with_context(|| format!("watching {}.leader", self.key))?;
+        let done = self.done.clone();
         std::thread::Builder::new()
             .name("leader-watch".into())
             .spawn(move || {
@@ -183,7 +186,10 @@ impl Joiner {
                 // once, so that a new leader may take the name.
                 if retry_eintr(|| flock(&leader, libc::LOCK_SH)).is_ok() {
                     let _ = flock(&leader, libc::LOCK_UN);
-                    gone();
+                    // A leader that ends after this rank is done (it waits for it) did not die.
+                    if !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        gone();
+                    }
                 }
             })
             .context("starting the leader's watch")?;
@@ -193,6 +199,8 @@ impl Joiner {
     /// This rank is done: let the leader end the instance, and where the leader died, remove
     /// what it left (its files, the directory when empty) if no other rank still uses them.
     pub fn finish(self) {
+        // Before the leader can learn that this rank is done.
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(self.user);
         if !matches!(leader_alive(&self.dir, &self.key), Ok(false)) {
             return;
@@ -435,6 +443,7 @@ fn join(dir: OwnedFd, path: &Path, key: &str, flavour: &str, state: State) -> Re
         dir,
         path: path.to_path_buf(),
         key: key.to_string(),
+        done: Default::default(),
     })
 }
 
