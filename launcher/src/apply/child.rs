@@ -1,8 +1,11 @@
 //! The child's half of a launch, in order: die with the launcher, new user and mount
 //! namespaces, the staging tmpfs, the image mounted with FUSE and its descriptor handed to the
 //! launcher, the root assembled and entered, the working directory, privileges dropped, then a
-//! spawn of the command, whose reaper this process stays. A rank
-//! that joins a shared instance enters its namespaces instead of making them.
+//! spawn of the command, whose reaper this process stays. A rank that joins a shared instance
+//! enters its namespaces instead of making them: the root of its mounts when one is built,
+//! else the instance's base (the image mounted), where it builds its root in a mount
+//! namespace of its own (`Entry`). The keeper of a shared instance and its root keeper hold
+//! those namespaces (`keep`).
 //!
 //! Every step goes through `Syscalls`, so the sequence is unit-tested in order (`Recorder`).
 

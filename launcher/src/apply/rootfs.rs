@@ -5,7 +5,10 @@
 //! directory) at `/image`. The root is the image itself, or an overlay (image below, tmpfs
 //! above) where mount points absent from the image must be created and no FUSE server can
 //! show them (`--writable-tmpfs`, a directory); it is made read-only afterwards unless
-//! `--writable-tmpfs`.
+//! `--writable-tmpfs`, or made by a rank whose image server shows another rank's mount points
+//! (`Plan::for_foreign_server`). A rank of a shared instance with mounts of its own builds
+//! its root the same way in a copy of the instance's staging, with its pieces (upper layer,
+//! staged files, the new root) in a tmpfs of its own at `OWN` (`Layout::in_own_tmpfs`).
 
 use crate::apply::syscalls::Syscalls;
 use crate::plan::mount_points::NodeKind;
