@@ -243,6 +243,12 @@ fn the_leader_serves_until_the_last_rank_is_done() {
     let a = first.finish();
     assert_eq!(a.code, 3, "leader's status: {}", a.stderr);
     assert_eq!(b.code, 5, "second rank's status: {}", b.stderr);
+    // The leader ended after the second rank: a normal end, not a death it reports.
+    assert!(
+        !b.stderr.contains("which serves the image"),
+        "a normal end taken for the leader's death: {}",
+        b.stderr
+    );
     assert!(
         b.stdout
             .lines()
@@ -354,5 +360,136 @@ fn ranks_share_a_sandbox_directory_instance() {
         "{:?}",
         outs.iter().map(|o| &o.stderr).collect::<Vec<_>>()
     );
+    assert_no_files_left();
+}
+
+/// Ranks whose mounts differ (`--writable-tmpfs`, other binds) still share the step's user
+/// namespace and image server (single-copy MPI transfers between them work); each builds its
+/// root in a mount namespace of its own, so its writable layer and its binds are its own.
+#[test]
+fn ranks_with_different_mounts_share_the_user_namespace_not_the_mounts() {
+    let s = setup();
+    let job = job_id(10);
+    let binds = s.scratch.join("different-binds");
+    for (dir, file) in [("a", "only-a"), ("b", "only-b")] {
+        std::fs::create_dir_all(binds.join(dir)).unwrap();
+        std::fs::write(binds.join(dir).join(file), "").unwrap();
+    }
+    let bind = |dir: &str| format!("{}:/data", binds.join(dir).display());
+    let rank_with = |opts: &[&str], before: &str| {
+        let script = format!(
+            "{before}; readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; echo ready; \
+             cat >/dev/null; echo seen=$(ls / | grep written-by | tr '\\n' ' ')"
+        );
+        let mut args = vec!["exec", "--debug"];
+        args.extend(opts);
+        let img = gzip();
+        args.extend([img.as_str(), "/bin/sh", "-c", &script]);
+        launcher(&args)
+            .env("SLURM_JOB_ID", &job)
+            .env("SLURM_STEP_ID", "0")
+    };
+    // The leader first (a writable root, so read-only ranks may join it), then the others,
+    // each once the one before runs its command.
+    let specs: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--writable-tmpfs".into()],
+            "echo 0 >/written-by-0".into(),
+        ),
+        (
+            vec!["--writable-tmpfs".into()],
+            "echo 1 >/written-by-1".into(),
+        ),
+        (vec!["-B".into(), bind("a")], "echo data=$(ls /data)".into()),
+        (vec!["-B".into(), bind("b")], "echo data=$(ls /data)".into()),
+    ];
+    let mut ranks = Vec::new();
+    for (opts, before) in &specs {
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+        let mut r = Live::start(rank_with(&opts, before));
+        r.until_stdout("ready");
+        ranks.push(r);
+    }
+    let running_keepers = keepers(&job);
+    for r in &mut ranks {
+        r.release();
+    }
+    let outs: Vec<Out> = ranks.into_iter().map(Live::finish).collect();
+    let lines: Vec<Vec<&str>> = outs
+        .iter()
+        .map(|o| {
+            o.ok();
+            o.stdout.lines().collect()
+        })
+        .collect();
+    let ns_of = |i: usize, nth: usize| -> &str {
+        // A bind rank prints its data= line first.
+        let skip = usize::from(i >= 2);
+        lines[i].get(skip + nth).copied().unwrap_or_default()
+    };
+    let users: BTreeSet<&str> = (0..4).map(|i| ns_of(i, 0)).collect();
+    let mounts: BTreeSet<&str> = (0..4).map(|i| ns_of(i, 1)).collect();
+    assert_eq!(users.len(), 1, "user namespaces: {lines:?}");
+    assert!(users.iter().all(|u| u.starts_with("user:[")), "{lines:?}");
+    assert_eq!(mounts.len(), 4, "mount namespaces: {lines:?}");
+    // Each writable layer is its rank's own; the read-only ranks see none.
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|l| l.last().copied().unwrap_or_default().trim_end())
+        .collect();
+    assert_eq!(
+        seen,
+        ["seen=written-by-0", "seen=written-by-1", "seen=", "seen="],
+        "{lines:?}"
+    );
+    // Each bind rank sees its own bind only.
+    assert_eq!(lines[2][0], "data=only-a", "{lines:?}");
+    assert_eq!(lines[3][0], "data=only-b", "{lines:?}");
+    assert!(
+        outs[0].stderr.contains("share: leading"),
+        "{}",
+        outs[0].stderr
+    );
+    for o in &outs[1..] {
+        assert!(
+            o.stderr.contains("own mount namespace"),
+            "a rank did not join: {}",
+            o.stderr
+        );
+    }
+    assert_eq!(running_keepers.len(), 1, "keepers: {running_keepers:?}");
+    assert_no_files_left();
+}
+
+/// A read-only leader's server does not show the image's files as the caller's, which a
+/// writable root needs (its overlay copies files up): a writable rank runs alone then, and
+/// says so.
+#[test]
+fn a_writable_rank_does_not_join_a_read_only_leader() {
+    let job = job_id(11);
+    let mut leader = Live::start(rank(&job, "0", "echo ready; cat >/dev/null"));
+    leader.until_stdout("ready");
+    let writable = launcher(&[
+        "exec",
+        "--debug",
+        "--writable-tmpfs",
+        &gzip(),
+        "/bin/sh",
+        "-c",
+        "echo x >/written && cat /written",
+    ])
+    .env("SLURM_JOB_ID", &job)
+    .env("SLURM_STEP_ID", "0")
+    .run();
+    writable.ok();
+    assert_eq!(writable.stdout.trim(), "x");
+    assert!(
+        writable
+            .stderr
+            .contains("its root is writable and a rank with a read-only root leads"),
+        "{}",
+        writable.stderr
+    );
+    leader.finish().ok();
     assert_no_files_left();
 }

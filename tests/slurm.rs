@@ -14,7 +14,7 @@ use common::slurm::{self, cmdline, is_other_test_scratch, mpi_fixture, owned_ent
 use common::*;
 use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -456,6 +456,115 @@ fn ping_pong_up_to_4_mib_with_single_copy_on() {
         .expect("spawning setpriv"),
     );
     check_pingpong(&out, max, "mpiexec.mpich");
+}
+
+/// Ranks whose mounts differ still share the node's user namespace (single copy on), each
+/// with a mount namespace of its own: `--writable-tmpfs` (a writable root per rank) and
+/// per-rank binds, under the host's mpirun.
+#[test]
+fn mpirun_ranks_with_writable_tmpfs_or_different_binds_share_the_user_namespace() {
+    let _g = serial();
+    let s = setup();
+    let img = mpi_fixture("openmpi.sqfs");
+    let bin = s.bin.display().to_string();
+    let mpirun = |args: &[&str]| {
+        let mut all = vec!["-np", "2", "--oversubscribe"];
+        all.extend(args);
+        run("mpirun.openmpi", &all, &[])
+    };
+    let out = mpirun(&[
+        &bin,
+        "exec",
+        "--writable-tmpfs",
+        &img,
+        "pingpong",
+        "--iters",
+        "20",
+    ]);
+    check_pingpong(&out, 4 << 20, "mpirun --writable-tmpfs");
+    // Both ranks write into their root, then wait for each other (through a bound host
+    // directory) before looking: each sees its own file only.
+    let sync = s.scratch.join("writable-sync");
+    std::fs::create_dir_all(&sync).unwrap();
+    std::fs::set_permissions(&sync, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sync_bind = format!("{}:/sync", sync.display());
+    let report = "echo rank=$r user=$(readlink /proc/self/ns/user) \
+                  mnt=$(readlink /proc/self/ns/mnt)";
+    let script = format!(
+        "r=$OMPI_COMM_WORLD_RANK; echo $r >/written-by-$r; touch /sync/done-$r; n=0; \
+         while [ ! -e /sync/done-$((1-r)) ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; \
+         {report} seen=$(ls / | grep written-by | tr '\\n' ,)"
+    );
+    let out = mpirun(&[
+        &bin,
+        "exec",
+        "--writable-tmpfs",
+        "-B",
+        &sync_bind,
+        &img,
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let ranks = check_own_mount_namespaces(&out, "--writable-tmpfs");
+    for (r, line) in ranks.iter().enumerate() {
+        assert!(
+            line.ends_with(&format!(" seen=written-by-{r},")),
+            "rank {r} saw another rank's writable layer: {out:?}"
+        );
+    }
+    // A bind per rank (what a wrapper script might do): each sees its own.
+    let binds = s.scratch.join("rank-binds");
+    for r in 0..2 {
+        std::fs::create_dir_all(binds.join(r.to_string())).unwrap();
+        std::fs::write(binds.join(format!("{r}/only-{r}")), "").unwrap();
+    }
+    let wrapper = format!(
+        "exec {bin} exec -B {}/$OMPI_COMM_WORLD_RANK:/data {img} /bin/sh -c \
+         'r=$OMPI_COMM_WORLD_RANK; {report} data=$(ls /data); exec pingpong --iters 20'",
+        binds.display()
+    );
+    let out = mpirun(&["/bin/sh", "-c", &wrapper]);
+    check_pingpong(&out, 4 << 20, "mpirun, a bind per rank");
+    let ranks = check_own_mount_namespaces(&out, "a bind per rank");
+    for (r, line) in ranks.iter().enumerate() {
+        assert!(
+            line.ends_with(&format!(" data=only-{r}")),
+            "rank {r}: {out:?}"
+        );
+    }
+}
+
+/// The `rank=R user=... mnt=...` lines of two ranks, in rank order: one user namespace, two
+/// mount namespaces.
+fn check_own_mount_namespaces<'a>(out: &'a Out, what: &str) -> Vec<&'a str> {
+    assert_eq!(out.code, 0, "{what}: {out:?}");
+    let mut ranks = lines_with(&out.stdout, "rank=");
+    ranks.sort();
+    assert_eq!(ranks.len(), 2, "{what}: {out:?}");
+    let field = |l: &str, key: &str| -> String {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let users: BTreeSet<String> = ranks.iter().map(|l| field(l, "user=")).collect();
+    let mounts: BTreeSet<String> = ranks.iter().map(|l| field(l, "mnt=")).collect();
+    assert_eq!(
+        users.len(),
+        1,
+        "{what}: ranks in different user namespaces: {out:?}"
+    );
+    assert!(
+        users.iter().all(|u| u.starts_with("user:[")),
+        "{what}: {out:?}"
+    );
+    assert_eq!(
+        mounts.len(),
+        2,
+        "{what}: ranks in one mount namespace: {out:?}"
+    );
+    ranks
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! What is checked: the ranks of a step share one instance per node and never one across
 //! nodes, also when the rendezvous directory is on the shared file system
 //! (`LAUNCHER_SHARE_DIR`); Open MPI jobs (pmix) whose ranks talk across the nodes (TCP over
-//! the bridge); `scancel` of a two-node job leaves nothing on either node.
+//! the bridge), with the host's Open MPI injected (`--mpi`) on both nodes; `scancel` of a
+//! two-node job, and a `kill -9` of one node's leader mid-job, leave nothing on either node.
 //!
 //! This replaces a running single-node test cluster (tests/slurm.rs starts that one again
 //! when it runs next); scripts/test.sh stops whichever is up at the end.
@@ -342,6 +343,138 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     let left = user_processes_on_nodes();
     assert!(left.is_empty(), "processes left on the nodes: {left:?}");
     assert_fuse_connections_end(&conns, "scancel of the two-node job");
+    let new: Vec<PathBuf> = node_entries(s.uid)
+        .difference(&before)
+        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "left behind: {new:?}");
+}
+
+/// Host MPI injection (`--mpi`) on every node: all four ranks, two on each node, load the
+/// host's Open MPI bound into the image (not the image's own), and talk across the nodes.
+#[test]
+fn host_open_mpi_injected_on_both_nodes() {
+    let _g = serial();
+    let img = mpi_fixture("openmpi.sqfs");
+    let script =
+        "LD_DEBUG=libs hello --check-size 4 2>&1 | grep -E 'calling init: .*/libmpi\\.so\\.40$|^hello'";
+    // --label: each line says its task (tasks 0-1 on node1, 2-3 on node2).
+    let out = srun(
+        &["--mpi=pmix", "-N", "2", "-n", "4", "--label"],
+        &["--mpi"],
+        &img,
+        &["/bin/sh", "-c", script],
+        &[("LAUNCHER_CONFIG", "")],
+    );
+    let unlabelled = |text: &str| -> String {
+        text.lines()
+            .map(|l| l.split_once(": ").map_or(l, |(_, rest)| rest))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    check_hello_across_nodes(
+        &Out {
+            code: out.code,
+            stdout: unlabelled(&out.stdout),
+            stderr: out.stderr.clone(),
+        },
+        4,
+    );
+    let inits: BTreeMap<String, Vec<&str>> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("calling init:"))
+        .fold(BTreeMap::new(), |mut m, l| {
+            let (task, rest) = l.split_once(": ").unwrap_or(("?", l));
+            m.entry(task.trim().to_string()).or_default().push(rest);
+            m
+        });
+    assert_eq!(
+        inits.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["0", "1", "2", "3"],
+        "one libmpi per task: {out:?}"
+    );
+    assert!(
+        inits.values().all(|v| v.len() == 1
+            && v[0].ends_with("calling init: /.launcher.d/libs/libmpi.so.40")),
+        "every rank on both nodes loads the host's Open MPI: {out:?}"
+    );
+}
+
+/// A node's leader killed mid-job (`kill -9` of the launcher that serves node2's ranks): the
+/// other rank of node2 is ended with a clear error (its image server is gone), the job ends
+/// with an error, and nothing of it is left on either node.
+#[test]
+fn a_leader_killed_on_one_node_ends_that_nodes_ranks_and_leaves_nothing() {
+    let _g = serial();
+    let s = setup();
+    let before = node_entries(s.uid);
+    let img = fixture("busybox-gzip.sqfs");
+    let sleep = format!("sleep 3{}", std::process::id() % 1000 + 3000);
+    let script = format!("while :; do {sleep} & wait; done");
+    // --kill-on-bad-exit: as an MPI job would (its runtime aborts when a rank dies), the
+    // step ends when a task fails, node1's ranks included.
+    let srun_child = srun_command(
+        &["-N", "2", "-n", "4", "--kill-on-bad-exit=1"],
+        &[],
+        &img,
+        &["/bin/sh", "-c", &script],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawning srun");
+    let wanted = format!("{}\0", sleep.replace(' ', "\0"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = pids_matching(&sleep)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default() == wanted.as_bytes()
+            })
+            .count();
+        if running == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job's four commands never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // node2's leader, from its instance's state file in node2's own /tmp.
+    let rendezvous = on_node("node2", &format!("/tmp/launcher-{}", s.uid));
+    let state = std::fs::read_dir(&rendezvous)
+        .unwrap_or_else(|e| panic!("{}: {e}", rendezvous.display()))
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".state"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .unwrap_or_default();
+    let leader: i32 = state
+        .split_once("\"leader_pid\":")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no leader in node2's state: {state}"));
+    assert_eq!(node_of(leader as u32), Some("node2"));
+    // SAFETY: kill(2) of the launcher this test started (through srun).
+    assert_eq!(unsafe { libc::kill(leader, libc::SIGKILL) }, 0);
+    let done = srun_child.wait_with_output().expect("waiting for srun");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success(), "the job succeeded: {err}");
+    assert!(
+        err.contains(&format!("launcher {leader}, which serves the image")),
+        "node2's other rank did not say why it ended: {err}"
+    );
+    // node1's ranks are ended by Slurm, node2's by the launcher: nothing stays.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !user_processes_on_nodes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = user_processes_on_nodes();
+    assert!(left.is_empty(), "processes left on the nodes: {left:?}");
+    assert_gone(&sleep, "a rank's command survived");
     let new: Vec<PathBuf> = node_entries(s.uid)
         .difference(&before)
         .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))

@@ -50,6 +50,11 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
             "share: leading this node's instance for the job step (rendezvous in {})",
             l.path.display()
         )),
+        Role::Join(j) if j.own_mounts => debug::step(format_args!(
+            "share: joining the user namespace and image of launcher {}, own mount namespace \
+             (mounts differ from the leader's)",
+            j.state.leader_pid
+        )),
         Role::Join(j) => debug::step(format_args!(
             "share: joining the instance of launcher {}",
             j.state.leader_pid
@@ -103,28 +108,33 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     if !opts.share {
         return Role::Private("--no-share".into());
     }
-    // `--overlay DIR` is shared like a read-only root: one overlay mount per node, as two
-    // mounts over one upper directory would corrupt it.
-    if plan.writable_root && plan.overlay_dir.is_none() {
-        return Role::Private("--writable-tmpfs gives each rank its own root".into());
-    }
     let Some(step) = share::job_step(&host.env, nix::unistd::getppid().as_raw()) else {
         return Role::Private("not a rank of a job step".into());
     };
     let role = share::node_name(&host.env)
-        .and_then(|node| {
-            share::key(
-                plan.uid,
-                &node,
-                &step,
-                &plan.image.path,
-                &(&plan.mounts, &plan.upper),
-            )
-        })
+        .and_then(|node| share::key(plan.uid, &node, &step, &plan.image.path))
         .and_then(|key| {
-            share::rendezvous(&share::candidate_dirs(&host.env, plan.uid), plan.uid, &key)
+            // Everything the root is built from: ranks that agree on it use one root.
+            let flavour = share::flavour(&(
+                &plan.mounts,
+                &plan.upper,
+                plan.writable_root,
+                &plan.overlay_dir,
+            ))?;
+            share::rendezvous(
+                &share::candidate_dirs(&host.env, plan.uid),
+                plan.uid,
+                &key,
+                &flavour,
+            )
         });
     let why = match role {
+        // A writable root copies the image's files up as the caller's, which the server
+        // of a read-only leader does not show them as (fuse/server.rs).
+        Ok(Role::Join(j)) if plan.writable_root && !j.state.image_owned_by_caller => {
+            "its root is writable and a rank with a read-only root leads the node's instance"
+                .to_string()
+        }
         Ok(Role::Private(why)) => why,
         Ok(role) => return role,
         Err(e) => format!("{e:#}"),

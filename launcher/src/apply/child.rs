@@ -1,8 +1,11 @@
 //! The child's half of a launch, in order: die with the launcher, new user and mount
 //! namespaces, the staging tmpfs, the image mounted with FUSE and its descriptor handed to the
 //! launcher, the root assembled and entered, the working directory, privileges dropped, then a
-//! spawn of the command, whose reaper this process stays. A rank
-//! that joins a shared instance enters its namespaces instead of making them.
+//! spawn of the command, whose reaper this process stays. A rank that joins a shared instance
+//! enters its namespaces instead of making them: the root of its mounts when one is built,
+//! else the instance's base (the image mounted), where it builds its root in a mount
+//! namespace of its own (`Entry`). The keeper of a shared instance and its root keeper hold
+//! those namespaces (`keep`).
 //!
 //! Every step goes through `Syscalls`, so the sequence is unit-tested in order (`Recorder`).
 
@@ -23,12 +26,16 @@ use std::path::{Path, PathBuf};
 /// into it, which uncovers the host's directory again under /oldroot.
 const STAGING_CANDIDATES: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt"];
 
-/// What the child that creates the instance does once the root is built.
+/// What the child that creates the instance does once the image is mounted.
 pub enum Then<'a> {
-    /// Become the command (a private instance), with this signal mask.
+    /// Build the root and become the command (a private instance), with this signal mask.
     Exec(&'a SigSet),
-    /// Stay in the root, holding the namespaces for the ranks of a shared instance.
-    Keep,
+    /// Keep the namespaces of a shared instance for the ranks of the job step (`keep`).
+    Keep {
+        /// Also build the root of this plan in a mount namespace for the ranks that ask for
+        /// the same mounts (not for `--writable-tmpfs`: each rank has a root of its own).
+        root: bool,
+    },
 }
 
 /// The child that creates an instance. Returns only on error.
@@ -43,11 +50,15 @@ pub fn create_instance(
         Ok(s) => s,
         Err(e) => return e,
     };
-    if let Err(e) = build_root(sys, plan, &staging) {
+    let layout = Layout::in_staging();
+    if let Err(e) = enter_staging(sys, plan, &staging, &layout) {
         return e;
     }
     match then {
         Then::Exec(old_mask) => {
+            if let Err(e) = build_root(sys, plan, &layout) {
+                return e;
+            }
             // The image's shell reads image files like the command: no store may be in
             // progress when it runs (push.rs), so the pushes end before it.
             let early = plan.env_shell.is_some();
@@ -65,30 +76,76 @@ pub fn create_instance(
                 Err(e) => e,
             }
         }
-        Then::Keep => keep(chan),
+        Then::Keep { root } => keep(sys, plan, chan, root),
     }
 }
 
-/// The child of a rank that joins a shared instance: two setns calls, then the command.
-/// Returns only on error.
+/// How the command of a rank of a shared instance enters it.
+pub enum Entry<'a> {
+    /// The root of its mounts is built: the instance's user namespace, then that root's
+    /// mount namespace (two setns calls, no mount).
+    Root {
+        user_ns: &'a OwnedFd,
+        mnt_ns: &'a OwnedFd,
+    },
+    /// Its mounts differ from those of every built root (other binds, `--writable-tmpfs`):
+    /// the instance's user namespace and its base mount namespace (the image mounted, the
+    /// host at /oldroot), then a mount namespace of its own, a copy of the base, where it
+    /// builds its root. It shares the user namespace (single-copy transfers) and the image
+    /// server with the other ranks, and no mount.
+    OwnMounts {
+        user_ns: &'a OwnedFd,
+        base_ns: &'a OwnedFd,
+    },
+}
+
+/// The child of a rank of a shared instance: setns calls, its own root when its mounts are
+/// its own, then the command. Returns only on error.
 pub fn enter_instance(
     sys: &dyn Syscalls,
     plan: &Plan,
     parent: Pid,
-    user_ns: &OwnedFd,
-    mnt_ns: &OwnedFd,
+    entry: Entry,
     old_mask: &SigSet,
 ) -> anyhow::Error {
     let setup = || -> Result<Ready> {
         sys.die_with_parent(parent)?;
-        sys.join_namespaces(user_ns, mnt_ns)?;
-        debug::step("child: entered the shared instance");
+        match entry {
+            Entry::Root { user_ns, mnt_ns } => {
+                sys.join_namespaces(user_ns, mnt_ns)?;
+                debug::step("child: entered the shared instance");
+            }
+            Entry::OwnMounts { user_ns, base_ns } => {
+                sys.join_namespaces(user_ns, base_ns)?;
+                build_own_root(sys, plan)?;
+                debug::step("child: own root built in the shared user namespace");
+            }
+        }
         prepare_exec(sys, plan, parent)
     };
     match setup() {
         Ok(ready) => run_command(sys, plan, &ready, old_mask, parent),
         Err(e) => e,
     }
+}
+
+/// In a copy of the instance's base mount namespace (the staging tmpfs as `/`): a tmpfs of
+/// this process's own for the root's pieces, the root assembled there and entered. The
+/// copy's mounts are this process's alone; the staging tmpfs, the image and the host are
+/// the same objects as the base's (nothing is mounted again).
+fn build_own_root(sys: &dyn Syscalls, plan: &Plan) -> Result<()> {
+    sys.unshare_mount_namespace()?;
+    let layout = Layout::in_own_tmpfs();
+    sys.use_proc(&layout.oldroot.join("proc"));
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        Path::new(rootfs::OWN),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .context("mounting this rank's own tmpfs")?;
+    build_root(sys, plan, &layout)
 }
 
 /// Start the command and stay as its reaper (`supervise::reaper`: it ends whatever the command
@@ -202,12 +259,11 @@ fn mount_staging(sys: &dyn Syscalls) -> Result<PathBuf> {
     Err(last_err.context("mounting the staging tmpfs"))
 }
 
-/// In the child's own mount namespace: pivot into the staging tmpfs, build the container root
-/// there and enter it.
-fn build_root(sys: &dyn Syscalls, plan: &Plan, staging: &Path) -> Result<()> {
+/// In the child's own mount namespace: pivot into the staging tmpfs (the host then under
+/// /oldroot), and bind a sandbox directory at /image.
+fn enter_staging(sys: &dyn Syscalls, plan: &Plan, staging: &Path, layout: &Layout) -> Result<()> {
     sys.pivot_root(staging, &staging.join("oldroot"))?;
     sys.chdir(Path::new("/"))?;
-    let layout = Layout::in_staging();
     sys.use_proc(&layout.oldroot.join("proc"));
     debug::step("child: staging is /");
     if let Some(program) = &plan.program {
@@ -215,9 +271,14 @@ fn build_root(sys: &dyn Syscalls, plan: &Plan, staging: &Path) -> Result<()> {
         // the page cache as the read-ahead decompresses them, before the exec faults them in.
         crate::apply::syscalls::look_up_in_root(&layout.image, Path::new(program));
     }
-    rootfs::assemble(sys, plan, &layout)?;
+    rootfs::bind_image_dir(sys, plan, layout)
+}
+
+/// Build the container root in `layout` and enter it.
+fn build_root(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> {
+    rootfs::assemble(sys, plan, layout)?;
     debug::step("child: container root assembled");
-    rootfs::enter(sys, &layout)
+    rootfs::enter(sys, layout)
 }
 
 /// What the command is started with: its program and its environment.
@@ -286,11 +347,63 @@ fn find_program(name: &str, env: &[(String, String)]) -> Result<PathBuf> {
     bail!("command '{name}' not found in the container (PATH={path})")
 }
 
-/// The keeper of a shared instance: says the root is ready, then waits to be killed.
-fn keep(chan: Channel) -> anyhow::Error {
+/// The keeper of a shared instance (in the staging tmpfs, the instance's base mount
+/// namespace): holds the user namespace and the base for the ranks whose mounts are their
+/// own. With `root`, a child of its own (the root keeper) builds this plan's root in a copy
+/// of the base and holds it for the ranks with the same mounts. Says the instance is ready,
+/// then waits to be killed; the root keeper dies with it (PR_SET_PDEATHSIG).
+fn keep(sys: &dyn Syscalls, plan: &Plan, chan: Channel, root: bool) -> anyhow::Error {
     let _ = nix::sys::prctl::set_name(c"launcher-keep");
+    if let Err(e) = sys.mkdir(Path::new(rootfs::OWN), 0o755) {
+        return e;
+    }
+    if root {
+        let keeper = nix::unistd::getpid();
+        // SAFETY: this process is single-threaded (the launcher's child).
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => return anyhow!("fork of the root keeper: {e}"),
+            Ok(nix::unistd::ForkResult::Child) => exit(hold_root(sys, plan, keeper, chan)),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                // The root keeper says when the instance is ready; a keeper whose root
+                // keeper failed leaves with its status, so the launcher learns of it.
+                drop(chan);
+                // SAFETY: no fd is used after this point.
+                unsafe { libc::close_range(3, u32::MAX, 0) };
+                let code = loop {
+                    match nix::sys::wait::waitpid(child, None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
+                        Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                            break 128 + sig as i32
+                        }
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                        Err(e) => return anyhow!("waiting for the root keeper: {e}"),
+                    }
+                };
+                // SAFETY: _exit has no preconditions.
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+    ready_then_pause(chan)
+}
+
+/// The root keeper: this plan's root in a mount namespace of its own, for the ranks with the
+/// same mounts to join. Returns only on error.
+fn hold_root(sys: &dyn Syscalls, plan: &Plan, keeper: Pid, chan: Channel) -> anyhow::Error {
+    let _ = nix::sys::prctl::set_name(c"launcher-root");
+    if let Err(e) = sys
+        .die_with_parent(keeper)
+        .and_then(|()| build_own_root(sys, plan))
+    {
+        return e;
+    }
+    ready_then_pause(chan)
+}
+
+/// Tell the launcher the instance is ready, then wait to be killed.
+fn ready_then_pause(chan: Channel) -> anyhow::Error {
     if let Err(e) = chan.send(Message::RootReady) {
-        return anyhow!("telling the launcher the root is ready: {e:#}");
+        return anyhow!("telling the launcher the instance is ready: {e:#}");
     }
     // Keep nothing of the launcher's open files.
     // No fd is used after this point.
@@ -328,6 +441,7 @@ mod tests {
                 recursive: true,
             }],
             upper: vec![],
+            foreign_server: false,
             env: vec![("PATH".into(), "/bin".into())],
             env_shell: None,
             cwd: "/work".into(),
@@ -431,7 +545,12 @@ mod tests {
         let ns = |_| -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
         let mask = SigSet::thread_get_mask().unwrap();
         let p = plan();
-        let err = enter_instance(&rec, &p, Pid::this(), &ns(()), &ns(()), &mask);
+        let (user_ns, mnt_ns) = (ns(()), ns(()));
+        let entry = Entry::Root {
+            user_ns: &user_ns,
+            mnt_ns: &mnt_ns,
+        };
+        let err = enter_instance(&rec, &p, Pid::this(), entry, &mask);
         assert_eq!(err.to_string(), "recorded spawn");
         let calls = rec.calls.into_inner();
         assert!(
@@ -447,6 +566,74 @@ mod tests {
                 Call::DropCapabilities,
                 Call::SetNoNewPrivs,
                 Call::BecomeReaper,
+                Call::SpawnCommand {
+                    program: "/bin/true".into(),
+                    argv: vec!["/bin/true".into(), "x".into()],
+                },
+            ],
+        );
+    }
+
+    #[test]
+    fn a_rank_with_mounts_of_its_own_builds_its_root_in_a_copy_of_the_base() {
+        let rec = Recorder::default();
+        let ns = |_| -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
+        let mask = SigSet::thread_get_mask().unwrap();
+        let p = plan().for_foreign_server();
+        let (user_ns, base_ns) = (ns(()), ns(()));
+        let entry = Entry::OwnMounts {
+            user_ns: &user_ns,
+            base_ns: &base_ns,
+        };
+        let err = enter_instance(&rec, &p, Pid::this(), entry, &mask);
+        assert_eq!(err.to_string(), "recorded spawn");
+        let calls = rec.calls.into_inner();
+        // The image is the instance's: no user namespace or FUSE mount of its own.
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::OpenDevFuse | Call::EnterUserNamespace { .. })));
+        assert_in_order(
+            &calls,
+            &[
+                Call::DieWithParent,
+                Call::JoinNamespaces,
+                Call::UnshareMountNamespace,
+                Call::UseProc("/oldroot/proc".into()),
+                mount_call(
+                    Some("tmpfs"),
+                    "/own",
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=0755"),
+                ),
+                // Over a server started for another rank: an overlay, its pieces in the
+                // rank's own tmpfs.
+                mount_call(
+                    Some("overlay"),
+                    "/own/newroot",
+                    Some("overlay"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("lowerdir=/image,upperdir=/own/rw/upper,workdir=/own/rw/work,userxattr"),
+                ),
+                mount_call(
+                    Some("/oldroot/proc"),
+                    "/own/newroot/proc",
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                ),
+                Call::MakeReadonly {
+                    target: "/own/newroot".into(),
+                    recursive: false,
+                },
+                Call::Chdir("/own/newroot".into()),
+                Call::PivotRoot {
+                    new_root: ".".into(),
+                    put_old: ".".into(),
+                },
+                Call::UmountDetach(".".into()),
+                Call::Chdir("/work".into()),
+                Call::DropCapabilities,
                 Call::SpawnCommand {
                     program: "/bin/true".into(),
                     argv: vec!["/bin/true".into(), "x".into()],

@@ -5,7 +5,10 @@
 //! directory) at `/image`. The root is the image itself, or an overlay (image below, tmpfs
 //! above) where mount points absent from the image must be created and no FUSE server can
 //! show them (`--writable-tmpfs`, a directory); it is made read-only afterwards unless
-//! `--writable-tmpfs`.
+//! `--writable-tmpfs`, or made by a rank whose image server shows another rank's mount points
+//! (`Plan::for_foreign_server`). A rank of a shared instance with mounts of its own builds
+//! its root the same way in a copy of the instance's staging, with its pieces (upper layer,
+//! staged files, the new root) in a tmpfs of its own at `OWN` (`Layout::in_own_tmpfs`).
 
 use crate::apply::syscalls::Syscalls;
 use crate::plan::mount_points::NodeKind;
@@ -19,56 +22,80 @@ pub struct Layout {
     pub image: PathBuf,
     pub oldroot: PathBuf,
     pub newroot: PathBuf,
+    /// Holds `upper` and `work`.
+    pub rw: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
     pub files: PathBuf,
 }
 
+/// Where, in the staging tmpfs of a shared instance, a rank with a mount namespace of its own
+/// mounts a tmpfs of its own for its root's pieces (the staging tmpfs is one for all ranks).
+pub const OWN: &str = "/own";
+
 impl Layout {
     /// Paths as seen after pivoting into the staging tmpfs.
     pub fn in_staging() -> Layout {
+        Layout::under(Path::new("/"))
+    }
+
+    /// The same, for a rank's root built in its own tmpfs at `OWN`: the image and the host
+    /// are the instance's, the rest the rank's.
+    pub fn in_own_tmpfs() -> Layout {
+        Layout::under(Path::new(OWN))
+    }
+
+    fn under(own: &Path) -> Layout {
         Layout {
             image: "/image".into(),
             oldroot: "/oldroot".into(),
-            newroot: "/newroot".into(),
-            upper: "/rw/upper".into(),
-            work: "/rw/work".into(),
-            files: "/files".into(),
+            newroot: own.join("newroot"),
+            rw: own.join("rw"),
+            upper: own.join("rw/upper"),
+            work: own.join("rw/work"),
+            files: own.join("files"),
         }
     }
 }
 
-/// Assemble the root at `layout.newroot`.
+/// A sandbox directory, at `layout.image`: resolved under the host's root like any bind
+/// source, and read-only with whatever is mounted under it before anything is built on top.
+/// (An image file is mounted there by FUSE before the pivot.)
+pub fn bind_image_dir(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> {
+    if !plan.image.is_directory() {
+        return Ok(());
+    }
+    let source = sys.source(&layout.oldroot, &plan.image.path)?;
+    sys.mount(
+        Some(&source.path),
+        &layout.image,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .with_context(|| {
+        format!(
+            "binding the sandbox directory {}",
+            plan.image.path.display()
+        )
+    })?;
+    if plan.writable_sandbox {
+        // `--writable DIR`: the sandbox is the root itself, written in place.
+        return Ok(());
+    }
+    sys.make_readonly(&layout.image, true)
+}
+
+/// Assemble the root at `layout.newroot` (the image is at `layout.image`).
 pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> {
     for d in [
         &layout.newroot,
         &layout.files,
-        Path::new("/rw"),
+        &layout.rw,
         &layout.upper,
         &layout.work,
     ] {
         sys.mkdir(d, 0o755)?;
-    }
-    if plan.image.is_directory() {
-        // The sandbox, resolved under the host's root like any bind source, and read-only with
-        // whatever is mounted under it before anything is built on top.
-        let source = sys.source(&layout.oldroot, &plan.image.path)?;
-        sys.mount(
-            Some(&source.path),
-            &layout.image,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )
-        .with_context(|| {
-            format!(
-                "binding the sandbox directory {}",
-                plan.image.path.display()
-            )
-        })?;
-        if !plan.writable_sandbox {
-            sys.make_readonly(&layout.image, true)?;
-        }
     }
     if plan.needs_overlay() {
         // `--overlay DIR`: the layers are in the user's directory (found under the host's
@@ -229,6 +256,7 @@ mod tests {
                 kind: NodeKind::Dir,
                 mode: 0o755,
             }],
+            foreign_server: false,
             env: vec![],
             env_shell: None,
             cwd: "/".into(),
@@ -334,6 +362,7 @@ mod tests {
             squashfs_offset: 0,
             file_size: 0,
         };
+        bind_image_dir(&rec, &p, &Layout::in_staging()).unwrap();
         assemble(&rec, &p, &Layout::in_staging()).unwrap();
         let calls = rec.calls.into_inner();
         let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
@@ -367,6 +396,7 @@ mod tests {
         // With every mount point present: the directory itself is the root, submounts too.
         let rec = Recorder::default();
         p.upper.clear();
+        bind_image_dir(&rec, &p, &Layout::in_staging()).unwrap();
         assemble(&rec, &p, &Layout::in_staging()).unwrap();
         let calls = rec.calls.into_inner();
         assert_in_order(
@@ -393,6 +423,7 @@ mod tests {
         };
         // /data is missing: made in the directory by the mount step, not in an overlay.
         p.writable_sandbox = true;
+        bind_image_dir(&rec, &p, &Layout::in_staging()).unwrap();
         assemble(&rec, &p, &Layout::in_staging()).unwrap();
         let calls = rec.calls.into_inner();
         let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;

@@ -1,13 +1,17 @@
 //! One container instance per node for the ranks of a job step.
 //!
-//! When several ranks of one job step start the same image with the same options on a node,
-//! the first (the leader) creates the user and mount namespaces, the FUSE mount and the
-//! container root; the others join them with setns instead of mounting again. One FUSE server
-//! and one page cache serve the node, and the ranks share a user namespace, which Open MPI and
-//! UCX need for single-copy transfers (CMA: process_vm_readv is refused across user namespaces).
+//! When several ranks of one job step start the same image on a node, the first (the leader)
+//! creates the user namespace and a base mount namespace with the image mounted by FUSE (the
+//! keeper holds them), and the container root of its own mounts in a copy of the base (the
+//! root keeper holds it). A rank with the same mounts joins that root with setns, no mount
+//! at all; a rank whose mounts differ (other binds, `--writable-tmpfs`: its mounts, its
+//! `flavour`, are its own) joins the user namespace and the base, then builds its root in a
+//! mount namespace of its own. One FUSE server and one page cache serve the node, and every
+//! rank of the step is in one user namespace, which Open MPI and UCX need for single-copy
+//! transfers (CMA: process_vm_readv is refused across user namespaces).
 //!
 //! The rendezvous is a per-user directory on node-local storage, with files named after a key
-//! (uid, node, job step, image identity, mount table):
+//! (uid, node, job step, image identity):
 //! - `KEY.lock`: held exclusively while deciding to lead or join, and while tearing down;
 //! - `KEY.state`: written by the leader once the root is ready (pids and namespace inodes);
 //! - `KEY.leader`: held exclusively by the leader for its whole life, so a crashed leader is
@@ -69,15 +73,9 @@ pub fn node_name(env: &[(String, String)]) -> Result<String> {
     Ok(format!("{}/{slurm}", host.to_string_lossy()))
 }
 
-/// The rendezvous key: ranks with equal keys can use one instance. The node is part of it (see
-/// `node_name`), and the mount table, so ranks asking for different binds never share.
-pub fn key(
-    uid: u32,
-    node: &str,
-    job_step: &str,
-    image: &Path,
-    mounts: &impl Serialize,
-) -> Result<String> {
+/// The rendezvous key: ranks with equal keys use one instance (user namespace, image server).
+/// The node is part of it (see `node_name`); the mounts are not (see `flavour`).
+pub fn key(uid: u32, node: &str, job_step: &str, image: &Path) -> Result<String> {
     let meta = std::fs::metadata(image)
         .with_context(|| format!("'{}': reading the image's identity", image.display()))?;
     let mut h = Sha256::new();
@@ -89,18 +87,43 @@ pub fn key(
         meta.mtime(),
         meta.mtime_nsec()
     ));
-    h.update(serde_json::to_vec(mounts).context("serializing the mount table")?);
-    let digest = h.finalize();
-    Ok(digest.iter().take(12).map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
+}
+
+/// What a rank's mounts are, as a name: ranks of an instance with the same flavour can use one
+/// root (one mount namespace); the others build their own.
+pub fn flavour(mounts: &impl Serialize) -> Result<String> {
+    let table = serde_json::to_vec(mounts).context("serializing the mount table")?;
+    Ok(hex(&Sha256::digest(table)))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the leader publishes for the others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub leader_pid: i32,
-    /// A process that stays in the container's namespaces while the instance lives.
+    /// A process that stays in the instance's user namespace and base mount namespace (the
+    /// image mounted, the host at /oldroot, no root built) while the instance lives.
     pub keeper_pid: i32,
     pub user_ns: u64,
+    pub base_mnt_ns: u64,
+    /// The leader's mounts (`flavour`).
+    pub flavour: String,
+    /// The root built for the leader's flavour; None when each rank has a root of its own
+    /// (`--writable-tmpfs`).
+    pub root: Option<RootState>,
+    /// The image server shows the image's files as the caller's (what a writable overlay
+    /// needs to copy files up: the server of a writable leader).
+    pub image_owned_by_caller: bool,
+}
+
+/// A mount namespace with a container root built, and the process that stays in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootState {
+    pub keeper_pid: i32,
     pub mnt_ns: u64,
 }
 
@@ -123,14 +146,71 @@ pub struct Leader {
     lock: Option<File>,
     /// Held for the leader's whole life.
     _alive: File,
+    /// The leader's mounts, published in the state.
+    pub flavour: String,
 }
 
 pub struct Joiner {
     pub state: State,
     pub user_ns: OwnedFd,
+    /// The root's mount namespace of this rank's flavour; else the base (`own_mounts`).
     pub mnt_ns: OwnedFd,
+    /// No root of this rank's flavour is built: it builds its own in a copy of the base.
+    pub own_mounts: bool,
     /// Held shared while this rank's command runs.
-    _user: File,
+    user: File,
+    /// The leader's lock file: a shared lock on it is granted once the leader is gone.
+    leader: File,
+    dir: OwnedFd,
+    /// Where `dir` is.
+    path: PathBuf,
+    key: String,
+    /// Set when this rank is done: the leader's end from then on is its normal one.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Joiner {
+    /// Call `gone` on a thread of its own if the leader dies while this rank runs, and its
+    /// image server with it. The leader otherwise outlives every rank that joined (it waits
+    /// for them), so this is always a crash (a `kill -9`, the OOM killer).
+    pub fn when_leader_dies(&self, gone: impl FnOnce() + Send + 'static) -> Result<()> {
+        let leader = self
+            .leader
+            .try_clone()
+            .with_context(|| format!("watching {}.leader", self.key))?;
+        let done = self.done.clone();
+        std::thread::Builder::new()
+            .name("leader-watch".into())
+            .spawn(move || {
+                // Blocks while the leader holds its lock; a lock of ours is given back at
+                // once, so that a new leader may take the name.
+                if retry_eintr(|| flock(&leader, libc::LOCK_SH)).is_ok() {
+                    let _ = flock(&leader, libc::LOCK_UN);
+                    // A leader that ends after this rank is done (it waits for it) did not die.
+                    if !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        gone();
+                    }
+                }
+            })
+            .context("starting the leader's watch")?;
+        Ok(())
+    }
+
+    /// This rank is done: let the leader end the instance, and where the leader died, remove
+    /// what it left (its files, the directory when empty) if no other rank still uses them.
+    pub fn finish(self) {
+        // Before the leader can learn that this rank is done.
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.user);
+        if !matches!(leader_alive(&self.dir, &self.key), Ok(false)) {
+            return;
+        }
+        let users = open_at(&self.dir, &format!("{}.users", self.key));
+        if users.is_ok_and(|u| flock(&u, libc::LOCK_EX | libc::LOCK_NB).is_ok()) {
+            remove_if_leader_gone(&self.dir, &self.key);
+            remove_dir_if_empty(&self.path);
+        }
+    }
 }
 
 /// Where the rendezvous files may live, in the order the ranks of a step try them (they all
@@ -160,10 +240,11 @@ pub fn candidate_dirs(env: &[(String, String)], uid: u32) -> Vec<PathBuf> {
 
 /// Decide whether to lead, join or launch alone, in the first of `dirs` that is a directory
 /// private to the user (or can be made one). Blocks while another rank is setting up.
-pub fn rendezvous(dirs: &[PathBuf], uid: u32, key: &str) -> Result<Role> {
+/// `flavour`: this rank's mounts.
+pub fn rendezvous(dirs: &[PathBuf], uid: u32, key: &str, flavour: &str) -> Result<Role> {
     let mut refused = Vec::new();
     for dir in dirs {
-        match rendezvous_in(dir, uid, key) {
+        match rendezvous_in(dir, uid, key, flavour) {
             Ok(Some(role)) => return Ok(role),
             Ok(None) => {}
             Err(e) => refused.push(format!("{e:#}")),
@@ -177,13 +258,13 @@ pub fn rendezvous(dirs: &[PathBuf], uid: u32, key: &str) -> Result<Role> {
 
 /// The rendezvous in one directory; an error when the directory is not usable (someone
 /// else's, or open to others), None when it kept vanishing.
-fn rendezvous_in(dir: &Path, uid: u32, key: &str) -> Result<Option<Role>> {
+fn rendezvous_in(dir: &Path, uid: u32, key: &str, flavour: &str) -> Result<Option<Role>> {
     // The directory may vanish between open and use when the last rank of an earlier
     // instance removes it: start over a few times.
     for _ in 0..5 {
         let dir_fd = open_private_dir(dir, uid)?;
         sweep_stale(dir, &dir_fd, key);
-        match try_rendezvous(dir_fd, dir, key) {
+        match try_rendezvous(dir_fd, dir, key, flavour) {
             Ok(role) => return Ok(Some(role)),
             Err(e) if is_enoent(&e) => {}
             Err(e) => return Err(e),
@@ -209,22 +290,28 @@ fn sweep_stale(path: &Path, dir: &OwnedFd, mine: &str) {
     keys.sort();
     keys.dedup();
     for key in keys {
-        let Ok(lock) = open_at(dir, &format!("{key}.lock")) else {
-            continue;
-        };
-        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
-            continue; // being set up or torn down right now
-        }
-        if !matches!(leader_alive(dir, &key), Ok(false)) {
-            continue;
-        }
-        for suffix in ["state", "users", "leader", "lock"] {
-            let _ = nix::unistd::unlinkat(
-                dir,
-                format!("{key}.{suffix}").as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
+        remove_if_leader_gone(dir, &key);
+    }
+}
+
+/// Remove the files of the instance `key` if its leader is gone and nobody is setting it up
+/// or tearing it down.
+fn remove_if_leader_gone(dir: &OwnedFd, key: &str) {
+    let Ok(lock) = open_at(dir, &format!("{key}.lock")) else {
+        return;
+    };
+    if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        return; // being set up or torn down right now
+    }
+    if !matches!(leader_alive(dir, key), Ok(false)) {
+        return;
+    }
+    for suffix in ["state", "users", "leader", "lock"] {
+        let _ = nix::unistd::unlinkat(
+            dir,
+            format!("{key}.{suffix}").as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
 }
 
@@ -233,11 +320,11 @@ fn is_enoent(e: &anyhow::Error) -> bool {
         .any(|c| c.downcast_ref::<Errno>() == Some(&Errno::ENOENT))
 }
 
-fn try_rendezvous(dir: OwnedFd, path: &Path, key: &str) -> Result<Role> {
+fn try_rendezvous(dir: OwnedFd, path: &Path, key: &str, flavour: &str) -> Result<Role> {
     let lock = lock_file(&dir, &format!("{key}.lock"))?;
     if let Some(state) = read_state(&dir, key)? {
         if leader_alive(&dir, key)? {
-            return match join(&dir, key, state) {
+            return match join(dir, path, key, flavour, state) {
                 Ok(j) => Ok(Role::Join(j)),
                 Err(e) => Ok(Role::Private(format!(
                     "could not join the running instance: {e:#}"
@@ -263,6 +350,7 @@ fn try_rendezvous(dir: OwnedFd, path: &Path, key: &str) -> Result<Role> {
         key: key.to_string(),
         lock: Some(lock),
         _alive: alive,
+        flavour: flavour.to_string(),
     }))
 }
 
@@ -320,9 +408,9 @@ pub fn remove_dir_if_empty(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-fn join(dir: &OwnedFd, key: &str, state: State) -> Result<Joiner> {
-    let open_ns = |kind: &str, expect: u64| -> Result<OwnedFd> {
-        let path = format!("/proc/{}/ns/{kind}", state.keeper_pid);
+fn join(dir: OwnedFd, path: &Path, key: &str, flavour: &str, state: State) -> Result<Joiner> {
+    let open_ns = |pid: i32, kind: &str, expect: u64| -> Result<OwnedFd> {
+        let path = format!("/proc/{pid}/ns/{kind}");
         let fd = nix::fcntl::open(
             path.as_str(),
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -335,15 +423,27 @@ fn join(dir: &OwnedFd, key: &str, state: State) -> Result<Joiner> {
         }
         Ok(fd)
     };
-    let user_ns = open_ns("user", state.user_ns)?;
-    let mnt_ns = open_ns("mnt", state.mnt_ns)?;
-    let user = open_at(dir, &format!("{key}.users"))?;
+    let user_ns = open_ns(state.keeper_pid, "user", state.user_ns)?;
+    let (mnt_ns, own_mounts) = match &state.root {
+        Some(root) if state.flavour == flavour => {
+            (open_ns(root.keeper_pid, "mnt", root.mnt_ns)?, false)
+        }
+        _ => (open_ns(state.keeper_pid, "mnt", state.base_mnt_ns)?, true),
+    };
+    let user = open_at(&dir, &format!("{key}.users"))?;
     flock(&user, libc::LOCK_SH | libc::LOCK_NB).map_err(|e| anyhow!("taking {key}.users: {e}"))?;
+    let leader = open_at(&dir, &format!("{key}.leader"))?;
     Ok(Joiner {
         state,
         user_ns,
         mnt_ns,
-        _user: user,
+        own_mounts,
+        user,
+        leader,
+        dir,
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        done: Default::default(),
     })
 }
 
@@ -520,15 +620,18 @@ mod tests {
     }
 
     #[test]
-    fn key_depends_on_node_mounts_and_step() {
+    fn key_depends_on_node_and_step_not_mounts() {
         let img = std::env::current_exe().unwrap();
-        let a = key(1, "n1/", "s1", &img, &vec!["/a"]).unwrap();
-        assert_eq!(a, key(1, "n1/", "s1", &img, &vec!["/a"]).unwrap());
-        assert_ne!(a, key(1, "n1/", "s2", &img, &vec!["/a"]).unwrap());
-        assert_ne!(a, key(1, "n1/", "s1", &img, &vec!["/b"]).unwrap());
-        assert_ne!(a, key(2, "n1/", "s1", &img, &vec!["/a"]).unwrap());
+        let a = key(1, "n1/", "s1", &img).unwrap();
+        assert_eq!(a, key(1, "n1/", "s1", &img).unwrap());
+        assert_ne!(a, key(1, "n1/", "s2", &img).unwrap());
+        assert_ne!(a, key(2, "n1/", "s1", &img).unwrap());
         // The same step on another node never meets this one, even in a shared directory.
-        assert_ne!(a, key(1, "n2/", "s1", &img, &vec!["/a"]).unwrap());
+        assert_ne!(a, key(1, "n2/", "s1", &img).unwrap());
+        // Mounts tell flavours of one instance apart, not instances.
+        let f = flavour(&vec!["/a"]).unwrap();
+        assert_eq!(f, flavour(&vec!["/a"]).unwrap());
+        assert_ne!(f, flavour(&vec!["/b"]).unwrap());
     }
 
     #[test]
@@ -546,7 +649,7 @@ mod tests {
     fn first_leads_then_others_see_a_live_leader_and_the_last_removes_files() {
         let dir = scratch("lead");
         let uid = my_uid();
-        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap()
+        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
         else {
             panic!("the first rank must lead")
         };
@@ -563,17 +666,27 @@ mod tests {
                 leader_pid: me,
                 keeper_pid: me,
                 user_ns: st.st_ino,
-                mnt_ns: mnt,
+                base_mnt_ns: mnt,
+                flavour: "f".into(),
+                root: Some(RootState {
+                    keeper_pid: me,
+                    mnt_ns: mnt,
+                }),
+                image_owned_by_caller: false,
             })
             .unwrap();
-        // A second rank joins (here: the namespaces of this very process).
-        match rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap() {
-            Role::Join(j) => {
-                assert_eq!(j.state.keeper_pid, me);
-                drop(j);
+        // Second ranks join (here: the namespaces of this very process): the root of their
+        // mounts when it is built, the base when their mounts are their own.
+        for (flavour, own_mounts) in [("f", false), ("g", true)] {
+            match rendezvous(std::slice::from_ref(&dir), uid, "k", flavour).unwrap() {
+                Role::Join(j) => {
+                    assert_eq!(j.state.keeper_pid, me);
+                    assert_eq!(j.own_mounts, own_mounts, "flavour {flavour}");
+                    drop(j);
+                }
+                Role::Lead(_) => panic!("a second leader while the first lives"),
+                Role::Private(why) => panic!("fell back to private: {why}"),
             }
-            Role::Lead(_) => panic!("a second leader while the first lives"),
-            Role::Private(why) => panic!("fell back to private: {why}"),
         }
         leader.wait_and_close().unwrap();
         remove_dir_if_empty(&dir);
@@ -581,10 +694,57 @@ mod tests {
     }
 
     #[test]
+    fn a_joiner_learns_of_its_leaders_death_and_cleans_up_after_it() {
+        let dir = scratch("watch");
+        let uid = my_uid();
+        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
+        else {
+            panic!("the first rank must lead")
+        };
+        let me = std::process::id() as i32;
+        let ino = |p: &str| std::fs::metadata(p).unwrap().ino();
+        leader
+            .publish(&State {
+                leader_pid: me,
+                keeper_pid: me,
+                user_ns: ino("/proc/self/ns/user"),
+                base_mnt_ns: ino("/proc/self/ns/mnt"),
+                flavour: "f".into(),
+                root: None,
+                image_owned_by_caller: false,
+            })
+            .unwrap();
+        let Role::Join(joiner) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
+        else {
+            panic!("the second rank must join")
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        joiner
+            .when_leader_dies(move || {
+                let _ = tx.send(());
+            })
+            .unwrap();
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the watch fired while the leader lives"
+        );
+        // The leader "crashes": its locks go with it, its files stay.
+        drop(leader);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the joiner was not told of its leader's death");
+        joiner.finish();
+        assert!(
+            !dir.exists(),
+            "the last rank out left the dead leader's files"
+        );
+    }
+
+    #[test]
     fn a_dead_leader_is_replaced() {
         let dir = scratch("dead");
         let uid = my_uid();
-        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap()
+        let Role::Lead(mut leader) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
         else {
             panic!("the first rank must lead")
         };
@@ -593,13 +753,16 @@ mod tests {
                 leader_pid: 1,
                 keeper_pid: 1,
                 user_ns: 1,
-                mnt_ns: 1,
+                base_mnt_ns: 1,
+                flavour: "f".into(),
+                root: None,
+                image_owned_by_caller: false,
             })
             .unwrap();
         // The leader "crashes": its locks go away with it, the state file stays.
         drop(leader);
         assert!(dir.join("k.state").exists());
-        match rendezvous(std::slice::from_ref(&dir), uid, "k").unwrap() {
+        match rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap() {
             Role::Lead(l) => l.wait_and_close().unwrap(),
             _ => panic!("a stale state must lead to a new leader"),
         }
@@ -610,7 +773,7 @@ mod tests {
     fn files_of_dead_instances_are_swept() {
         let dir = scratch("sweep");
         let uid = my_uid();
-        let Role::Lead(mut dead) = rendezvous(std::slice::from_ref(&dir), uid, "old").unwrap()
+        let Role::Lead(mut dead) = rendezvous(std::slice::from_ref(&dir), uid, "old", "f").unwrap()
         else {
             panic!("must lead")
         };
@@ -618,15 +781,20 @@ mod tests {
             leader_pid: 1,
             keeper_pid: 1,
             user_ns: 1,
-            mnt_ns: 1,
+            base_mnt_ns: 1,
+            flavour: "f".into(),
+            root: None,
+            image_owned_by_caller: false,
         })
         .unwrap();
-        let Role::Lead(live) = rendezvous(std::slice::from_ref(&dir), uid, "live").unwrap() else {
+        let Role::Lead(live) = rendezvous(std::slice::from_ref(&dir), uid, "live", "f").unwrap()
+        else {
             panic!("must lead")
         };
         drop(dead); // killed: its files stay
         assert!(dir.join("old.state").exists());
-        let Role::Lead(third) = rendezvous(std::slice::from_ref(&dir), uid, "new").unwrap() else {
+        let Role::Lead(third) = rendezvous(std::slice::from_ref(&dir), uid, "new", "f").unwrap()
+        else {
             panic!("must lead")
         };
         assert!(!dir.join("old.state").exists() && !dir.join("old.lock").exists());
@@ -646,7 +814,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        match rendezvous(std::slice::from_ref(&dir), my_uid(), "k").unwrap() {
+        match rendezvous(std::slice::from_ref(&dir), my_uid(), "k", "f").unwrap() {
             Role::Private(why) => assert!(why.contains("not a directory private"), "{why}"),
             _ => panic!("must not share through a directory others can write"),
         }
@@ -660,12 +828,12 @@ mod tests {
         std::os::unix::fs::chown(&theirs, Some(my_uid() + 1), None).unwrap();
         let ours = scratch("ours");
         let dirs = [theirs.clone(), ours.clone()];
-        let Role::Lead(leader) = rendezvous(&dirs, my_uid(), "k").unwrap() else {
+        let Role::Lead(leader) = rendezvous(&dirs, my_uid(), "k", "f").unwrap() else {
             panic!("the second directory was not used");
         };
         assert_eq!(leader.path, ours);
         leader.wait_and_close().unwrap();
-        match rendezvous(std::slice::from_ref(&theirs), my_uid(), "k").unwrap() {
+        match rendezvous(std::slice::from_ref(&theirs), my_uid(), "k", "f").unwrap() {
             Role::Private(why) => assert!(
                 why.contains(&format!("owner {}", my_uid() + 1)),
                 "the refusal names the owner: {why}"

@@ -201,7 +201,8 @@ pub fn kill_leftovers(spare: Option<Pid>) {
     }
 }
 
-fn children_of(ppid: i32) -> Vec<i32> {
+/// The processes whose parent is `ppid` (from /proc).
+pub fn children_of(ppid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -19,10 +19,11 @@
 //! root, and the launcher only supervises (and, for a shared instance, leads).
 
 use crate::apply::channel::{Channel, Message};
-use crate::apply::child::{self, Then};
+use crate::apply::child::{self, Entry, Then};
 use crate::apply::share::{self, Role};
 use crate::apply::supervise::{
-    failed_child_status, finish_failed_start, kill_leftovers, prepare_supervision, supervise,
+    children_of, failed_child_status, finish_failed_start, kill_leftovers, prepare_supervision,
+    supervise,
 };
 use crate::apply::syscalls::Real;
 use crate::debug;
@@ -86,7 +87,9 @@ fn serve(
     let parent = getpid();
     let then = match leader {
         None => Then::Exec(&old_mask),
-        Some(_) => Then::Keep,
+        Some(_) => Then::Keep {
+            root: root_is_shared(plan),
+        },
     };
     // SAFETY: the child is single-threaded; the only other threads here (the read-ahead) hold
     // no lock the child takes but malloc's, which glibc makes safe across fork.
@@ -201,8 +204,16 @@ fn start_server(
     Ok(server)
 }
 
-/// The leader of a shared instance: its child (the keeper) built the root and stays in it, so
-/// the namespaces outlive any one rank; this rank's command enters them like any other rank's.
+/// Whether the ranks with this plan's mounts use one root: not with `--writable-tmpfs`, where
+/// each rank writes a root of its own (`--overlay DIR` is shared like a read-only root: one
+/// overlay mount per node, as two mounts over one upper directory would corrupt it).
+fn root_is_shared(plan: &Plan) -> bool {
+    !(plan.writable_root && plan.overlay_dir.is_none())
+}
+
+/// The leader of a shared instance: its child (the keeper) holds the user namespace and the
+/// base mount namespace, its grandchild (the root keeper) this plan's root, so the namespaces
+/// outlive any one rank; this rank's command enters them like any other rank's.
 fn lead(
     plan: &Plan,
     keeper: Pid,
@@ -220,20 +231,50 @@ fn lead(
         return finish_failed_start(keeper);
     }
     let user_ns = open_ns(&format!("/proc/{keeper}/ns/user"))?;
-    let mnt_ns = open_ns(&format!("/proc/{keeper}/ns/mnt"))?;
+    let base_ns = open_ns(&format!("/proc/{keeper}/ns/mnt"))?;
     let ino = |fd: &OwnedFd| -> Result<u64> {
         Ok(nix::sys::stat::fstat(fd)
             .context("stat of the keeper's namespace")?
             .st_ino)
     };
+    let root = match root_is_shared(plan) {
+        false => None,
+        true => {
+            // The keeper's only child.
+            let Some(&pid) = children_of(keeper.as_raw()).first() else {
+                return Err(anyhow!("the root keeper of the shared instance is gone"));
+            };
+            let fd = open_ns(&format!("/proc/{pid}/ns/mnt"))?;
+            Some((pid, fd))
+        }
+    };
     leader.publish(&share::State {
         leader_pid: getpid().as_raw(),
         keeper_pid: keeper.as_raw(),
         user_ns: ino(&user_ns)?,
-        mnt_ns: ino(&mnt_ns)?,
+        base_mnt_ns: ino(&base_ns)?,
+        flavour: leader.flavour.clone(),
+        root: match &root {
+            Some((pid, fd)) => Some(share::RootState {
+                keeper_pid: *pid,
+                mnt_ns: ino(fd)?,
+            }),
+            None => None,
+        },
+        image_owned_by_caller: plan.writable_root,
     })?;
     debug::step("shared instance published");
-    let code = run_in_instance(plan, &user_ns, &mnt_ns, forwarded, old_mask, Some(pusher));
+    let entry = match &root {
+        Some((_, mnt_ns)) => Entry::Root {
+            user_ns: &user_ns,
+            mnt_ns,
+        },
+        None => Entry::OwnMounts {
+            user_ns: &user_ns,
+            base_ns: &base_ns,
+        },
+    };
+    let code = run_in_instance(plan, entry, forwarded, old_mask, Some(pusher));
     // The leader no longer watches for signals while it waits for the other ranks: their
     // listed files are not pushed from here on (push.rs).
     pusher.close_listed();
@@ -250,27 +291,46 @@ fn lead(
     Ok(code)
 }
 
-/// A rank that joins a running shared instance: no mount at all.
+/// A rank that joins a running shared instance: no mount at all when the root of its mounts
+/// is built; else its own root in a mount namespace of its own, over the instance's image.
 fn join(plan: &Plan, joiner: share::Joiner) -> Result<i32> {
     let (forwarded, old_mask) = prepare_supervision()?;
-    let code = run_in_instance(
-        plan,
-        &joiner.user_ns,
-        &joiner.mnt_ns,
-        &forwarded,
-        &old_mask,
-        None,
-    )?;
+    // Without its leader, this rank's image server is gone: its command is ended (TERM,
+    // forwarded like the launcher's own), not left running on a dead mount.
+    let me = getpid();
+    let leader = joiner.state.leader_pid;
+    joiner.when_leader_dies(move || {
+        debug::line(format_args!(
+            "launcher: error: launcher {leader}, which serves the image to this node's ranks of \
+             the job step, died; ending this rank"
+        ));
+        let _ = kill(me, Signal::SIGTERM);
+    })?;
+    let code = if joiner.own_mounts {
+        // The image server was started for the leader's mounts, not these (for a writable
+        // root, the same as the leader's: it shows no mount point or file of any plan).
+        let own = plan.for_foreign_server();
+        let entry = Entry::OwnMounts {
+            user_ns: &joiner.user_ns,
+            base_ns: &joiner.mnt_ns,
+        };
+        run_in_instance(&own, entry, &forwarded, &old_mask, None)?
+    } else {
+        let entry = Entry::Root {
+            user_ns: &joiner.user_ns,
+            mnt_ns: &joiner.mnt_ns,
+        };
+        run_in_instance(plan, entry, &forwarded, &old_mask, None)?
+    };
     kill_leftovers(None);
-    drop(joiner);
+    joiner.finish();
     Ok(code)
 }
 
-/// Fork the command into a shared instance's namespaces (two setns calls) and supervise it.
+/// Fork the command into a shared instance's namespaces and supervise it.
 fn run_in_instance(
     plan: &Plan,
-    user_ns: &OwnedFd,
-    mnt_ns: &OwnedFd,
+    entry: Entry,
     forwarded: &SigSet,
     old_mask: &SigSet,
     pusher: Option<&Pusher>,
@@ -283,8 +343,7 @@ fn run_in_instance(
             &Real::new(),
             plan,
             parent,
-            user_ns,
-            mnt_ns,
+            entry,
             old_mask,
         )),
         ForkResult::Parent { child } => supervise(child, forwarded, pusher),

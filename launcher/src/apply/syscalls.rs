@@ -35,6 +35,8 @@ pub trait Syscalls {
     fn enter_user_namespace(&self, uid: u32, gid: u32) -> Result<()>;
     /// Enter a shared instance's user, then mount namespace.
     fn join_namespaces(&self, user_ns: &OwnedFd, mnt_ns: &OwnedFd) -> Result<()>;
+    /// A mount namespace of our own: a copy of the current one (unshare(CLONE_NEWNS)).
+    fn unshare_mount_namespace(&self) -> Result<()>;
     fn open_dev_fuse(&self) -> Result<OwnedFd>;
     /// Where /proc is visible from now on (the host's /proc under the old root, once pivoted).
     fn use_proc(&self, proc_dir: &Path);
@@ -211,6 +213,10 @@ impl Syscalls for Real {
             .context("entering the shared user namespace")?;
         nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
             .context("entering the shared mount namespace")
+    }
+
+    fn unshare_mount_namespace(&self) -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNS).context("creating a mount namespace of this rank's own")
     }
 
     fn open_dev_fuse(&self) -> Result<OwnedFd> {
@@ -601,6 +607,7 @@ pub enum Call {
         gid: u32,
     },
     JoinNamespaces,
+    UnshareMountNamespace,
     OpenDevFuse,
     UseProc(PathBuf),
     BecomeReaper,
@@ -702,6 +709,10 @@ impl Syscalls for Recorder {
     }
     fn join_namespaces(&self, _user_ns: &OwnedFd, _mnt_ns: &OwnedFd) -> Result<()> {
         self.log(Call::JoinNamespaces);
+        Ok(())
+    }
+    fn unshare_mount_namespace(&self) -> Result<()> {
+        self.log(Call::UnshareMountNamespace);
         Ok(())
     }
     fn open_dev_fuse(&self) -> Result<OwnedFd> {

@@ -69,6 +69,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         overlay_dir,
         mounts: table.mounts,
         upper,
+        foreign_server: false,
         env,
         env_shell,
         cwd,

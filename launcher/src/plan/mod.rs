@@ -43,6 +43,10 @@ pub struct Plan {
     /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
     /// the overlay's upper layer before it is mounted.
     pub upper: Vec<UpperNode>,
+    /// The image server was started for another rank's plan (a rank of a shared job step
+    /// with a mount namespace of its own, see `for_foreign_server`): it shows none of this
+    /// plan's mount points or files, so the root is an overlay whose upper layer has them.
+    pub foreign_server: bool,
     pub env: Vec<(String, String)>,
     /// Some when the image's environment scripts need a shell: the child runs it and the
     /// environment is what it reports, edited (`env` is then the planner's estimate).
@@ -63,7 +67,27 @@ impl Plan {
     /// lacks mount points (no FUSE server shows them; the directory itself is not changed).
     pub fn needs_overlay(&self) -> bool {
         self.writable_root
+            || self.foreign_server
             || (self.image.is_directory() && !self.upper.is_empty() && !self.writable_sandbox)
+    }
+
+    /// This plan for a rank that builds its root over an image server started for another
+    /// rank of its job step (different binds or options, one server and user namespace per
+    /// node): that server shows the other rank's mount points and files, not these, so every
+    /// file is bound and the missing mount points are made in an overlay's upper layer (a
+    /// sandbox directory has no server: nothing changes).
+    pub fn for_foreign_server(&self) -> Plan {
+        let mut plan = self.clone();
+        if plan.image.is_directory() {
+            return plan;
+        }
+        plan.foreign_server = true;
+        for m in &mut plan.mounts {
+            if let MountStep::File { served_at, .. } = m {
+                *served_at = None;
+            }
+        }
+        plan
     }
 
     /// Files the FUSE server shows in place of (or in addition to) the image's.
