@@ -292,9 +292,11 @@ fn keep(chan: Channel) -> anyhow::Error {
     if let Err(e) = chan.send(Message::RootReady) {
         return anyhow!("telling the launcher the root is ready: {e:#}");
     }
-    // Keep nothing of the launcher's open files.
+    // Keep nothing of the launcher's open files, the standard ones included: a pipe the
+    // keeper held would keep a reader waiting for its end (`instance start`'s caller, srun)
+    // for as long as the instance lives.
     // SAFETY: no fd is used after this point.
-    unsafe { libc::close_range(3, u32::MAX, 0) };
+    unsafe { libc::close_range(0, u32::MAX, 0) };
     loop {
         // SAFETY: pause has no preconditions; SIGKILL ends it.
         unsafe { libc::pause() };
@@ -335,6 +337,7 @@ mod tests {
             program: None,
             injected: vec![],
             warnings: vec![],
+            instance: None,
         }
     }
 

@@ -234,6 +234,7 @@ mod tests {
             program: None,
             injected: vec![],
             warnings: vec![],
+            instance: None,
         }
     }
 

@@ -20,6 +20,7 @@
 
 use crate::apply::channel::{Channel, Message};
 use crate::apply::child::{self, Then};
+use crate::apply::instance;
 use crate::apply::share::{self, Role};
 use crate::apply::supervise::{
     failed_child_status, finish_failed_start, kill_leftovers, prepare_supervision, supervise,
@@ -54,10 +55,11 @@ pub fn launch(
     archive: Option<Arc<Archive>>,
     settings: &LaunchSettings,
     role: Role,
+    daemon: Option<instance::Daemon>,
 ) -> Result<i32> {
     match role {
         Role::Join(joiner) => join(plan, joiner),
-        Role::Lead(leader) => serve(plan, archive, settings, Some(leader)),
+        Role::Lead(leader) => serve(plan, archive, settings, Some((leader, daemon))),
         Role::Private(_) => serve(plan, archive, settings, None),
     }
 }
@@ -67,7 +69,7 @@ fn serve(
     plan: &Plan,
     archive: Option<Arc<Archive>>,
     settings: &LaunchSettings,
-    leader: Option<share::Leader>,
+    leader: Option<(share::Leader, Option<instance::Daemon>)>,
 ) -> Result<i32> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let (forwarded, old_mask) = prepare_supervision()?;
@@ -137,7 +139,10 @@ fn serve(
         drop(server);
         return Ok(code);
     };
-    let code = lead(plan, child, &ours, &pusher, leader, &forwarded, &old_mask);
+    let (leader, daemon) = leader;
+    let code = lead(
+        plan, child, &ours, &pusher, leader, daemon, &forwarded, &old_mask,
+    );
     pusher.close_listed();
     drop(server);
     code
@@ -203,12 +208,16 @@ fn start_server(
 
 /// The leader of a shared instance: its child (the keeper) built the root and stays in it, so
 /// the namespaces outlive any one rank; this rank's command enters them like any other rank's.
+/// A named instance's leader (`daemon`) runs the startscript instead, and holds the instance
+/// until it is stopped (`instance::hold`).
+#[allow(clippy::too_many_arguments)]
 fn lead(
     plan: &Plan,
     keeper: Pid,
     chan: &Channel,
     pusher: &Pusher,
     mut leader: share::Leader,
+    daemon: Option<instance::Daemon>,
     forwarded: &SigSet,
     old_mask: &SigSet,
 ) -> Result<i32> {
@@ -226,13 +235,39 @@ fn lead(
             .context("stat of the keeper's namespace")?
             .st_ino)
     };
+    let mnt_ino = ino(&mnt_ns)?;
     leader.publish(&share::State {
         leader_pid: getpid().as_raw(),
         keeper_pid: keeper.as_raw(),
         user_ns: ino(&user_ns)?,
-        mnt_ns: ino(&mnt_ns)?,
+        mnt_ns: mnt_ino,
+        named: plan.instance.clone(),
     })?;
     debug::step("shared instance published");
+    if let Some(daemon) = daemon {
+        let me = getpid();
+        let start = || -> Result<Pid> {
+            // SAFETY: the child execs or exits; it takes no lock another thread may hold but
+            // malloc's, which glibc makes safe across fork.
+            match unsafe { fork() }.context("fork")? {
+                ForkResult::Child => child::exit(child::enter_instance(
+                    &Real::new(),
+                    plan,
+                    me,
+                    &user_ns,
+                    &mnt_ns,
+                    old_mask,
+                )),
+                ForkResult::Parent { child } => Ok(child),
+            }
+        };
+        let start: Option<&dyn Fn() -> Result<Pid>> = if plan.argv.is_empty() {
+            None
+        } else {
+            Some(&start)
+        };
+        return instance::hold(keeper, mnt_ino, leader, daemon, forwarded, start);
+    }
     let code = run_in_instance(plan, &user_ns, &mnt_ns, forwarded, old_mask, Some(pusher));
     // The leader no longer watches for signals while it waits for the other ranks: their
     // listed files are not pushed from here on (push.rs).

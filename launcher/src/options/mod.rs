@@ -4,6 +4,7 @@
 pub mod apptainer;
 pub mod bind;
 pub mod env_args;
+pub mod instance;
 
 use anyhow::{bail, Result};
 use bind::BindSpec;
@@ -17,6 +18,8 @@ pub enum Action {
     Run(Vec<String>),
     /// An interactive shell.
     Shell,
+    /// `instance start`: the image's startscript with these arguments, if it has one.
+    StartInstance(Vec<String>),
 }
 
 /// Which GPU stack `--gpu` brings in.
@@ -71,6 +74,8 @@ pub struct LaunchOptions {
     pub no_mpi: bool,
     /// Share one instance with the other ranks of a job step on this node (`--no-share`: off).
     pub share: bool,
+    /// `instance start` or `instance://NAME`.
+    pub instance: Option<instance::InstanceUse>,
 }
 
 impl LaunchOptions {
@@ -95,6 +100,7 @@ impl LaunchOptions {
             mpi: None,
             no_mpi: false,
             share: true,
+            instance: None,
         }
     }
 }
