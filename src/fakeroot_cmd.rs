@@ -30,6 +30,9 @@ pub fn run(dir: &Path, action: Action) -> Result<i32> {
             "if [ -x /bin/bash ]; then exec /bin/bash; fi; exec /bin/sh",
             Vec::new(),
         ),
+        Action::StartInstance(_) => bail!(
+            "instance start with --fakeroot: a fake-root session runs one command in a sandbox directory and is not kept as an instance"
+        ),
     };
     let mut argv = vec![
         "/bin/sh".to_string(),

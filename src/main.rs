@@ -10,9 +10,12 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use launcher_runtime::launch::{self, Tuning};
 use launcher_runtime::options::bind::{parse_bind_list, BindSpec};
+use launcher_runtime::options::instance::InstanceUse;
+use launcher_runtime::options::{self as options, Action, GpuVendor, LaunchOptions, MpiMode};
 use launcher_runtime::options::{apptainer, env_args};
-use launcher_runtime::options::{Action, GpuVendor, LaunchOptions, MpiMode};
+use nix::sys::signal::Signal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Exit status for the launcher's own failures (bad image, bad option, no namespaces, ...).
 const LAUNCHER_FAILURE: i32 = 255;
@@ -67,6 +70,13 @@ enum Command {
         opts: RunOpts,
         image: PathBuf,
     },
+    /// Named instances of an image, kept running in the background until stopped (or until
+    /// the Slurm job they were started in ends): `start`, `list`, `stop`. Commands run in one
+    /// with `exec instance://NAME ...` (also run, shell).
+    Instance {
+        #[command(subcommand)]
+        what: InstanceCommand,
+    },
     /// Build a SIF or SquashFS image from a directory, a Docker/OCI image or a definition file.
     Build(build_cmd::BuildArgs),
     /// Pull docker://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
@@ -114,6 +124,48 @@ enum Command {
         /// Every section above.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InstanceCommand {
+    /// Start a named instance of IMAGE and return once it is ready; the image's startscript
+    /// (/.singularity.d/startscript), if any, runs in it with ARGS, its output going to
+    /// ~/.launcher/instances/logs/HOST/NAME.{out,err}.
+    Start {
+        #[command(flatten)]
+        opts: Box<RunOpts>,
+        image: PathBuf,
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the user's instances on this node (those whose name matches PATTERN; `*` is any
+    /// run of characters).
+    List {
+        /// Machine-readable output, as Apptainer's.
+        #[arg(short = 'j', long)]
+        json: bool,
+        #[arg(default_value = "*")]
+        pattern: String,
+    },
+    /// Stop the named instance (or those matching a `*` pattern): SIGTERM to every process
+    /// in it, SIGKILL after --timeout seconds.
+    Stop {
+        /// Every instance of the user's on this node.
+        #[arg(short = 'a', long, conflicts_with = "name")]
+        all: bool,
+        /// The signal to stop with (TERM, SIGTERM or 15; default TERM).
+        #[arg(short = 's', long, value_name = "SIG")]
+        signal: Option<String>,
+        /// SIGKILL at once.
+        #[arg(short = 'F', long, conflicts_with = "signal")]
+        force: bool,
+        /// Seconds before what is still running is killed.
+        #[arg(short = 't', long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
     },
 }
 
@@ -240,6 +292,34 @@ struct RunOpts {
 }
 
 impl RunOpts {
+    /// `exec instance://NAME`: the options that set the instance's mounts were given at
+    /// `instance start`; asking for others here is refused (as Apptainer does) rather than
+    /// silently ignored.
+    fn refuse_for_instance(&self, name: &str) -> Result<()> {
+        let given: Vec<&str> = [
+            (!self.bind.is_empty(), "--bind"),
+            (self.contain || self.containall, "--contain"),
+            (self.no_home || self.home.is_some(), "--home/--no-home"),
+            (!self.no_mount.is_empty(), "--no-mount"),
+            (self.writable_tmpfs, "--writable-tmpfs"),
+            (self.overlay.is_some(), "--overlay"),
+            (self.gpu || self.nv || self.nvccli || self.rocm, "--gpu"),
+            (self.mpi.is_some(), "--mpi"),
+            (!self.device.is_empty(), "--device"),
+            (self.verify, "--verify"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            anyhow::bail!(
+                "{}: not with instance://{name}: the instance's mounts were set by `instance start` (give them there)",
+                given.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// The options, with what the command line leaves unset taken from Apptainer's
     /// environment variables in `env` (see `options::apptainer`).
     fn into_options(
@@ -472,6 +552,43 @@ fn run(cli: Cli) -> Result<i32> {
         } => (opts, image, Action::Exec(command)),
         Command::Run { opts, image, args } => (opts, image, Action::Run(args)),
         Command::Shell { opts, image } => (opts, image, Action::Shell),
+        Command::Instance { what } => match what {
+            InstanceCommand::Start {
+                opts,
+                image,
+                name,
+                args,
+            } => {
+                launcher_runtime::options::instance::check_name(&name)?;
+                return launch_with(
+                    *opts,
+                    image,
+                    Action::StartInstance(args),
+                    Some(InstanceUse::Start(name)),
+                    cli.debug,
+                );
+            }
+            InstanceCommand::List { json, pattern } => return instance_list(&pattern, json),
+            InstanceCommand::Stop {
+                all,
+                signal,
+                force,
+                timeout,
+                name,
+            } => {
+                let sig = match (force, signal) {
+                    (true, _) => Signal::SIGKILL,
+                    (false, Some(s)) => parse_signal(&s)?,
+                    (false, None) => Signal::SIGTERM,
+                };
+                let pattern = if all {
+                    "*".to_string()
+                } else {
+                    name.unwrap_or_default()
+                };
+                return launch::stop_instances(&pattern, sig, Duration::from_secs(timeout));
+            }
+        },
         Command::Build(args) => return build_cmd::run(args),
         Command::Pull(args) => return build_cmd::run(args.into_build()?),
         Command::Cache { what } => return build_cmd::cache(what_of(what)),
@@ -524,18 +641,40 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(0);
         }
     };
+    let instance = match options::instance::name_in_uri(&image.to_string_lossy()) {
+        None => None,
+        Some(name) => {
+            let name = name?;
+            opts.refuse_for_instance(&name)?;
+            Some(InstanceUse::Join(name))
+        }
+    };
+    launch_with(opts, image, action, instance, cli.debug)
+}
+
+/// exec, run, shell and `instance start`: resolve the image, check it if asked, launch.
+fn launch_with(
+    opts: RunOpts,
+    image: PathBuf,
+    action: Action,
+    instance: Option<InstanceUse>,
+    debug: bool,
+) -> Result<i32> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let source = image_source::is_source(&image);
+    let joining = matches!(instance, Some(InstanceUse::Join(_)));
+    let source = !joining && image_source::is_source(&image);
     // The site's signature policy, before anything is pulled or mounted. Here, not in the
     // runtime: the signature crates are the binary's alone. (The launch loads the config again,
-    // and says its warnings then.)
-    let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
-    verify_cmd::check_site_policy(&image, source, &site)?;
+    // and says its warnings then.) instance://NAME: checked when the instance was started.
+    if !joining {
+        let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
+        verify_cmd::check_site_policy(&image, source, &site)?;
+    }
     let image = if source {
         let nohttps = opts.nohttps || apptainer::flag(&env, &["NOHTTPS"])?;
-        image_source::resolve(&image.to_string_lossy(), nohttps, cli.debug)?
+        image_source::resolve(&image.to_string_lossy(), nohttps, debug)?
     } else {
         image
     };
@@ -547,9 +686,63 @@ fn run(cli: Cli) -> Result<i32> {
         // Here, not in the runtime: the signature crates are the binary's alone.
         verify_cmd::check_before_launch(&image, &opts.verify_keys)?;
     }
-    let (options, tuning) = opts.into_options(image, action, &env)?;
+    let (mut options, tuning) = opts.into_options(image, action, &env)?;
+    if matches!(instance, Some(InstanceUse::Join(_))) {
+        // A site's APPTAINER_BINDPATH and the like: the instance has its mounts already.
+        options.binds.clear();
+    }
+    options.instance = instance;
     tune_allocator();
-    launch::launch(&options, cli.debug, &tuning)
+    launch::launch(&options, debug, &tuning)
+}
+
+/// `instance list`: Apptainer's columns, or its JSON.
+fn instance_list(pattern: &str, json: bool) -> Result<i32> {
+    let list = launch::instances(pattern)?;
+    if json {
+        let items: Vec<serde_json::Value> = list
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "instance": i.name,
+                    "pid": i.pid,
+                    "ip": "",
+                    "img": i.image,
+                    "logErrPath": i.log_err,
+                    "logOutPath": i.log_out,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "instances": items });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    println!("{:<16} {:<8} {:<15} IMAGE", "INSTANCE NAME", "PID", "IP");
+    for i in &list {
+        println!(
+            "{:<16} {:<8} {:<15} {}",
+            i.name,
+            i.pid,
+            "",
+            i.image.display()
+        );
+    }
+    Ok(0)
+}
+
+/// A signal as Apptainer takes it: TERM, SIGTERM or 15.
+fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow::anyhow!("--signal {s}: no such signal"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| anyhow::anyhow!("--signal {s}: no such signal"))
 }
 
 /// `--fakeroot --writable`: a sandbox directory changed as fake root, by image-tools' runner

@@ -1,6 +1,7 @@
 //! The whole launch as one straight line: options → gather (host facts, image, GPU and MPI
 //! discovery, host paths) → plan → apply.
 
+use crate::apply::instance;
 use crate::apply::share::{self, Role};
 use crate::apply::supervisor::{self, LaunchSettings};
 use crate::debug;
@@ -9,9 +10,12 @@ use crate::gather::paths::HostPaths;
 use crate::gather::site_config::SiteConfig;
 use crate::gather::{gpu, mpi, Gathered};
 use crate::image::Opened;
+use crate::options::instance::InstanceUse;
 use crate::options::LaunchOptions;
-use crate::plan::{self, Plan};
-use anyhow::Result;
+use crate::plan::{self, NamedInstance, Plan};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Run the launch and return the exit status the launcher should leave with.
 pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32> {
@@ -24,7 +28,16 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     plan::policy::check(opts, &host.env, &site)?;
     let mut injection = gpu::gather(opts, &host, &site)?;
     debug::step("host facts gathered");
-    let opened = Opened::open(&opts.image)?;
+    // instance://NAME: the running instance is found first; its image is the one to plan for.
+    let joined = match &opts.instance {
+        Some(InstanceUse::Join(name)) => Some(find_instance(&host, name)?),
+        _ => None,
+    };
+    let image_path = joined
+        .as_ref()
+        .and_then(|j| j.state.named.as_ref())
+        .map_or_else(|| opts.image.clone(), |n| n.image.clone());
+    let opened = Opened::open(&image_path)?;
     let image = opened.view();
     debug::step(format_args!("image opened ({})", image.desc().format));
     // MPI is checked against the image's own MPI, so it is gathered once the image is open.
@@ -36,7 +49,10 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         injection,
         paths,
     };
-    let plan = plan::build(opts, &facts, image)?;
+    let mut plan = plan::build(opts, &facts, image)?;
+    if let Some(InstanceUse::Start(name)) = &opts.instance {
+        plan.instance = Some(named_instance(&facts.host, name, &image_path)?);
+    }
     debug::step("plan built");
     if debug {
         eprint!("{plan}");
@@ -44,7 +60,11 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     for w in &plan.warnings {
         debug::warn(w);
     }
-    let role = share_role(opts, &facts.host, &plan);
+    let role = match (joined, &plan.instance) {
+        (Some(joiner), _) => Role::Join(joiner),
+        (None, Some(named)) => Role::Lead(lead_instance(&facts.host, &plan, named)?),
+        (None, None) => share_role(opts, &facts.host, &plan),
+    };
     match &role {
         Role::Lead(l) => debug::step(format_args!(
             "share: leading this node's instance for the job step (rendezvous in {})",
@@ -71,7 +91,28 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_push: tuning.fuse_push,
         prefetch: tuning.prefetch,
     };
-    let status = supervisor::launch(&plan, opened.archive(), &settings, role);
+    // `instance start`: the caller returns once the detached leader says the instance is up.
+    let daemon = match &plan.instance {
+        None => None,
+        Some(named) => {
+            let logs = instance::open_logs(&named.log_out, &named.log_err)?;
+            let job = crate::gather::host::slurm_step_daemon(&facts.host.env);
+            match instance::detach(logs, job)? {
+                instance::Detached::Caller(code) => {
+                    if code == 0 {
+                        debug::line(format_args!(
+                            "launcher: instance {} started (output in {})",
+                            named.name,
+                            named.log_out.display()
+                        ));
+                    }
+                    return Ok(code);
+                }
+                instance::Detached::Leader(daemon) => Some(daemon),
+            }
+        }
+    };
+    let status = supervisor::launch(&plan, opened.archive(), &settings, role, daemon);
     // The image server's messages reach stderr before the launcher exits; a stderr nobody
     // reads holds the exit for this long at most.
     crate::fuse::report::flush(REPORT_FLUSH_LIMIT);
@@ -114,13 +155,7 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
     let role = share::node_name(&host.env)
         .and_then(|node| share::key(plan.uid, &node, &step, &plan.image.path))
         .and_then(|key| {
-            // Everything the root is built from: ranks that agree on it use one root.
-            let flavour = share::flavour(&(
-                &plan.mounts,
-                &plan.upper,
-                plan.writable_root,
-                &plan.overlay_dir,
-            ))?;
+            let flavour = flavour(plan)?;
             share::rendezvous(
                 &share::candidate_dirs(&host.env, plan.uid),
                 plan.uid,
@@ -143,4 +178,152 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
         "this rank does not share the node's instance with the other ranks of its job step (no single-copy MPI transfers between them): {why}"
     ));
     Role::Private(why)
+}
+
+/// Everything the root is built from: ranks that agree on it use one root.
+fn flavour(plan: &Plan) -> Result<String> {
+    share::flavour(&(
+        &plan.mounts,
+        &plan.upper,
+        plan.writable_root,
+        &plan.overlay_dir,
+    ))
+}
+
+/// The named instance `instance start` creates: its node and log files (Apptainer keeps them
+/// under the home directory too, one folder per host, as homes are shared between nodes).
+fn named_instance(host: &HostInfo, name: &str, image: &Path) -> Result<NamedInstance> {
+    let node = share::node_name(&host.env)?;
+    let image = std::fs::canonicalize(image)
+        .with_context(|| format!("'{}': resolving the image's path", image.display()))?;
+    let logs = log_dir(host, &node);
+    Ok(NamedInstance {
+        name: name.to_string(),
+        image,
+        log_out: logs.join(format!("{name}.out")),
+        log_err: logs.join(format!("{name}.err")),
+        node,
+    })
+}
+
+/// `~/.launcher/instances/logs/NODE/`, NODE the host name (and Slurm's node name, when
+/// several slurmd share a host).
+fn log_dir(host: &HostInfo, node: &str) -> PathBuf {
+    let node = node.trim_end_matches('/').replace('/', "-");
+    host.home.join(".launcher/instances/logs").join(node)
+}
+
+/// The rendezvous for `instance start`: this launch leads, or the name is taken.
+fn lead_instance(host: &HostInfo, plan: &Plan, named: &NamedInstance) -> Result<share::Leader> {
+    let key = share::named_key(plan.uid, &named.node, &named.name);
+    let dirs = share::candidate_dirs(&host.env, plan.uid);
+    match share::rendezvous(&dirs, plan.uid, &key, &flavour(plan)?)? {
+        Role::Lead(leader) => Ok(leader),
+        Role::Join(running) => bail!(
+            "an instance named '{}' is already running (pid {}); stop it first: `launcher instance stop {}`",
+            named.name,
+            running.state.leader_pid,
+            named.name
+        ),
+        Role::Private(why) => bail!("instance '{}': nowhere to keep its state: {why}", named.name),
+    }
+}
+
+/// `instance://NAME`: join the user's running instance of that name on this node.
+fn find_instance(host: &HostInfo, name: &str) -> Result<share::Joiner> {
+    let node = share::node_name(&host.env)?;
+    let key = share::named_key(host.uid, &node, name);
+    share::find_named(&share::candidate_dirs(&host.env, host.uid), host.uid, &key)?.ok_or_else(
+        || {
+            anyhow!(
+                "no instance named '{name}' is running on this node (see `launcher instance list`)"
+            )
+        },
+    )
+}
+
+/// A running named instance, as `instance list` shows it.
+pub struct InstanceInfo {
+    pub name: String,
+    pub pid: i32,
+    pub image: PathBuf,
+    pub log_out: PathBuf,
+    pub log_err: PathBuf,
+}
+
+/// The user's named instances on this node whose names match `pattern` (`*` matches any
+/// run of characters, as in Apptainer's `instance list web*`); the files of dead ones go.
+pub fn instances(pattern: &str) -> Result<Vec<InstanceInfo>> {
+    Ok(listed(pattern)?
+        .1
+        .into_iter()
+        .filter_map(|(_, st)| {
+            let n = st.named?;
+            Some(InstanceInfo {
+                name: n.name,
+                pid: st.leader_pid,
+                image: n.image,
+                log_out: n.log_out,
+                log_err: n.log_err,
+            })
+        })
+        .collect())
+}
+
+type Listed = (Vec<PathBuf>, Vec<(PathBuf, share::State)>, String, u32);
+
+fn listed(pattern: &str) -> Result<Listed> {
+    let host = HostInfo::gather()?;
+    let node = share::node_name(&host.env)?;
+    let dirs = share::candidate_dirs(&host.env, host.uid);
+    let mut states = share::list_named(&dirs, host.uid, &node);
+    states.retain(|(_, s)| {
+        s.named
+            .as_ref()
+            .is_some_and(|n| glob_match(pattern, &n.name))
+    });
+    Ok((dirs, states, node, host.uid))
+}
+
+/// `instance stop`: the instances matching `pattern` (all with "*"), with `signal` (as
+/// Apptainer: SIGTERM, then SIGKILL after `timeout`). An error when none matches.
+pub fn stop_instances(
+    pattern: &str,
+    signal: nix::sys::signal::Signal,
+    timeout: Duration,
+) -> Result<i32> {
+    let (dirs, states, node, uid) = listed(pattern)?;
+    if states.is_empty() {
+        bail!("no instance found with name '{pattern}' on this node");
+    }
+    instance::stop(&dirs, uid, &node, &states, signal, timeout)?;
+    Ok(0)
+}
+
+/// Shell-style matching with `*` only (instance names have no other special character).
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("web", "web"));
+        assert!(!glob_match("web", "web2"));
+        assert!(glob_match("web*", "web2"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("a*c", "abbc"));
+        assert!(!glob_match("a*c", "abcd"));
+    }
 }

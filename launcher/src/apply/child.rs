@@ -165,7 +165,7 @@ fn run_command(
         Ok(command) => {
             // The reaper needs none of the descriptors it inherited; the command keeps its own.
             // No descriptor above 2 is used by this process from here on.
-            close_from_3();
+            close_from(3);
             crate::apply::supervise::reaper(command, launcher)
         }
     }
@@ -367,8 +367,8 @@ fn keep(sys: &dyn Syscalls, plan: &Plan, chan: Channel, root: bool) -> anyhow::E
                 // The root keeper says when the instance is ready; a keeper whose root
                 // keeper failed leaves with its status, so the launcher learns of it.
                 drop(chan);
-                // SAFETY: no fd is used after this point.
-                unsafe { libc::close_range(3, u32::MAX, 0) };
+                // No fd is used after this point.
+                close_from(3);
                 let code = loop {
                     match nix::sys::wait::waitpid(child, None) {
                         Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
@@ -405,9 +405,10 @@ fn ready_then_pause(chan: Channel) -> anyhow::Error {
     if let Err(e) = chan.send(Message::RootReady) {
         return anyhow!("telling the launcher the instance is ready: {e:#}");
     }
-    // Keep nothing of the launcher's open files.
-    // No fd is used after this point.
-    close_from_3();
+    // Keep nothing of the launcher's open files, the standard ones included: a pipe the
+    // keeper held would keep a reader waiting for its end (`instance start`'s caller, srun)
+    // for as long as the instance lives. No fd is used after this point.
+    close_from(0);
     loop {
         // SAFETY: pause has no preconditions; SIGKILL ends it.
         unsafe { libc::pause() };
@@ -450,6 +451,7 @@ mod tests {
             program: None,
             injected: vec![],
             warnings: vec![],
+            instance: None,
         }
     }
 
@@ -646,7 +648,10 @@ mod tests {
 /// Closes every descriptor from 3 up: close_range(2) called through syscall(2), since the libc
 /// crate has no wrapper for it on musl (the static build). Kernels before 5.9 answer ENOSYS and
 /// the descriptors stay open, as they would with the wrapper.
-fn close_from_3() {
-    // SAFETY: close_range takes plain integers; the callers use no descriptor above 2 afterwards.
-    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+/// Close every descriptor from `first` up: close_range(2) through syscall(2), as the libc crate
+/// has no wrapper for it on musl.
+fn close_from(first: u32) {
+    // SAFETY: close_range takes plain integers; the callers use no descriptor from `first` up
+    // afterwards.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
 }

@@ -265,6 +265,7 @@ mod tests {
             program: None,
             injected: vec![],
             warnings: vec![],
+            instance: None,
         }
     }
 

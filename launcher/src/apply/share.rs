@@ -118,6 +118,9 @@ pub struct State {
     /// The image server shows the image's files as the caller's (what a writable overlay
     /// needs to copy files up: the server of a writable leader).
     pub image_owned_by_caller: bool,
+    /// A named instance's own facts (`launcher instance start`); None for a job step's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named: Option<crate::plan::NamedInstance>,
 }
 
 /// A mount namespace with a container root built, and the process that stays in it.
@@ -315,6 +318,95 @@ fn remove_if_leader_gone(dir: &OwnedFd, key: &str) {
     }
 }
 
+/// The rendezvous key of a named instance: the name (kept readable for `instance list`'s
+/// sweep) and a digest of the user and node, so that two nodes sharing a rendezvous
+/// directory (`LAUNCHER_SHARE_DIR` on a parallel file system) keep their instances apart.
+/// Names are checked by `options::instance::check_name` (no '.', which ends a key).
+pub fn named_key(uid: u32, node: &str, name: &str) -> String {
+    let digest = Sha256::digest(format!("uid={uid}\0node={node}\0"));
+    let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{NAMED_PREFIX}{name}_{short}")
+}
+
+/// Keys of named instances start with this; a job step's key is a bare hex digest.
+const NAMED_PREFIX: &str = "inst_";
+
+/// Join the live named instance with this key, looked for in each of `dirs` that exists and
+/// is private to the user (none is created). None when no such instance lives.
+pub fn find_named(dirs: &[PathBuf], uid: u32, key: &str) -> Result<Option<Joiner>> {
+    for dir in dirs {
+        if !dir.is_dir() {
+            continue;
+        }
+        let Ok(fd) = open_private_dir(dir, uid) else {
+            continue;
+        };
+        // No file is created for a name that has no instance (the lock would be).
+        let state_name = format!("{key}.state");
+        if fstatat(&fd, state_name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) == Err(Errno::ENOENT) {
+            continue;
+        }
+        let lock = lock_file(&fd, &format!("{key}.lock"))?;
+        let state = read_state(&fd, key)?;
+        let Some(state) = state.filter(|_| matches!(leader_alive(&fd, key), Ok(true))) else {
+            // Ended while we waited for the lock (its files are gone, but the lock we just
+            // made), or died: holding the lock, no leader can be starting.
+            for suffix in ["state", "users", "leader", "lock"] {
+                let _ = nix::unistd::unlinkat(
+                    &fd,
+                    format!("{key}.{suffix}").as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
+            continue;
+        };
+        // The instance's root, whatever this launch's options (instance:// takes none that
+        // change mounts).
+        let flavour = state.flavour.clone();
+        let joined = join(fd, dir, key, &flavour, state)?;
+        drop(lock);
+        return Ok(Some(joined));
+    }
+    Ok(None)
+}
+
+/// The live named instances of this node in each of `dirs` that exists and is private to
+/// the user, with the directory each is in; the files of dead ones are removed on the way.
+pub fn list_named(dirs: &[PathBuf], uid: u32, node: &str) -> Vec<(PathBuf, State)> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        if !dir.is_dir() {
+            continue;
+        }
+        let Ok(fd) = open_private_dir(dir, uid) else {
+            continue;
+        };
+        sweep_stale(dir, &fd, "");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut keys: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let key = name.strip_suffix(".state")?;
+                key.starts_with(NAMED_PREFIX).then(|| key.to_string())
+            })
+            .collect();
+        keys.sort();
+        for key in keys {
+            let Ok(Some(state)) = read_state(&fd, &key) else {
+                continue;
+            };
+            let ours = state.named.as_ref().is_some_and(|n| n.node == node);
+            if ours && matches!(leader_alive(&fd, &key), Ok(true)) {
+                out.push((dir.clone(), state));
+            }
+        }
+    }
+    out
+}
+
 fn is_enoent(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.downcast_ref::<Errno>() == Some(&Errno::ENOENT))
@@ -391,6 +483,37 @@ impl Leader {
         let users = open_at(&self.dir, &format!("{}.users", self.key))?;
         retry_eintr(|| flock(&users, libc::LOCK_EX))
             .context("waiting for the ranks that joined")?;
+        for suffix in ["users", "leader", "lock"] {
+            let _ = nix::unistd::unlinkat(
+                &self.dir,
+                format!("{}.{suffix}", self.key).as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        Ok(())
+    }
+
+    /// A named instance's end: let nobody in any more, then call `end_members` until every
+    /// rank that joined is gone (it kills the instance's processes, which ends their
+    /// launchers), at most `tries` times, and remove the files.
+    pub fn close_ending(mut self, tries: u32, mut end_members: impl FnMut()) -> Result<()> {
+        let _lock = match self.lock.take() {
+            Some(held) => held,
+            None => lock_file(&self.dir, &format!("{}.lock", self.key))?,
+        };
+        let _ = nix::unistd::unlinkat(
+            &self.dir,
+            format!("{}.state", self.key).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let users = open_at(&self.dir, &format!("{}.users", self.key))?;
+        for _ in 0..tries {
+            end_members();
+            if flock(&users, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         for suffix in ["users", "leader", "lock"] {
             let _ = nix::unistd::unlinkat(
                 &self.dir,
@@ -673,6 +796,7 @@ mod tests {
                     mnt_ns: mnt,
                 }),
                 image_owned_by_caller: false,
+                named: None,
             })
             .unwrap();
         // Second ranks join (here: the namespaces of this very process): the root of their
@@ -712,6 +836,7 @@ mod tests {
                 flavour: "f".into(),
                 root: None,
                 image_owned_by_caller: false,
+                named: None,
             })
             .unwrap();
         let Role::Join(joiner) = rendezvous(std::slice::from_ref(&dir), uid, "k", "f").unwrap()
@@ -757,6 +882,7 @@ mod tests {
                 flavour: "f".into(),
                 root: None,
                 image_owned_by_caller: false,
+                named: None,
             })
             .unwrap();
         // The leader "crashes": its locks go away with it, the state file stays.
@@ -785,6 +911,7 @@ mod tests {
             flavour: "f".into(),
             root: None,
             image_owned_by_caller: false,
+            named: None,
         })
         .unwrap();
         let Role::Lead(live) = rendezvous(std::slice::from_ref(&dir), uid, "live", "f").unwrap()

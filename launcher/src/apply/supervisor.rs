@@ -20,6 +20,7 @@
 
 use crate::apply::channel::{Channel, Message};
 use crate::apply::child::{self, Entry, Then};
+use crate::apply::instance;
 use crate::apply::share::{self, Role};
 use crate::apply::supervise::{
     children_of, failed_child_status, finish_failed_start, kill_leftovers, prepare_supervision,
@@ -55,10 +56,11 @@ pub fn launch(
     archive: Option<Arc<Archive>>,
     settings: &LaunchSettings,
     role: Role,
+    daemon: Option<instance::Daemon>,
 ) -> Result<i32> {
     match role {
         Role::Join(joiner) => join(plan, joiner),
-        Role::Lead(leader) => serve(plan, archive, settings, Some(leader)),
+        Role::Lead(leader) => serve(plan, archive, settings, Some((leader, daemon))),
         Role::Private(_) => serve(plan, archive, settings, None),
     }
 }
@@ -68,7 +70,7 @@ fn serve(
     plan: &Plan,
     archive: Option<Arc<Archive>>,
     settings: &LaunchSettings,
-    leader: Option<share::Leader>,
+    leader: Option<(share::Leader, Option<instance::Daemon>)>,
 ) -> Result<i32> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let (forwarded, old_mask) = prepare_supervision()?;
@@ -140,7 +142,10 @@ fn serve(
         drop(server);
         return Ok(code);
     };
-    let code = lead(plan, child, &ours, &pusher, leader, &forwarded, &old_mask);
+    let (leader, daemon) = leader;
+    let code = lead(
+        plan, child, &ours, &pusher, leader, daemon, &forwarded, &old_mask,
+    );
     pusher.close_listed();
     drop(server);
     code
@@ -206,20 +211,25 @@ fn start_server(
 
 /// Whether the ranks with this plan's mounts use one root: not with `--writable-tmpfs`, where
 /// each rank writes a root of its own (`--overlay DIR` is shared like a read-only root: one
-/// overlay mount per node, as two mounts over one upper directory would corrupt it).
+/// overlay mount per node, as two mounts over one upper directory would corrupt it). A named
+/// instance always has one root, writable or not: every `exec instance://` sees its changes.
 fn root_is_shared(plan: &Plan) -> bool {
-    !(plan.writable_root && plan.overlay_dir.is_none())
+    plan.instance.is_some() || !(plan.writable_root && plan.overlay_dir.is_none())
 }
 
 /// The leader of a shared instance: its child (the keeper) holds the user namespace and the
 /// base mount namespace, its grandchild (the root keeper) this plan's root, so the namespaces
 /// outlive any one rank; this rank's command enters them like any other rank's.
+/// A named instance's leader (`daemon`) runs the startscript instead, and holds the instance
+/// until it is stopped (`instance::hold`).
+#[allow(clippy::too_many_arguments)]
 fn lead(
     plan: &Plan,
     keeper: Pid,
     chan: &Channel,
     pusher: &Pusher,
     mut leader: share::Leader,
+    daemon: Option<instance::Daemon>,
     forwarded: &SigSet,
     old_mask: &SigSet,
 ) -> Result<i32> {
@@ -262,9 +272,10 @@ fn lead(
             None => None,
         },
         image_owned_by_caller: plan.writable_root,
+        named: plan.instance.clone(),
     })?;
     debug::step("shared instance published");
-    let entry = match &root {
+    let entry = || match &root {
         Some((_, mnt_ns)) => Entry::Root {
             user_ns: &user_ns,
             mnt_ns,
@@ -274,7 +285,34 @@ fn lead(
             base_ns: &base_ns,
         },
     };
-    let code = run_in_instance(plan, entry, forwarded, old_mask, Some(pusher));
+    if let Some(daemon) = daemon {
+        let Some((root_keeper, root_ns)) = &root else {
+            return Err(anyhow!("a named instance without a root of its own"));
+        };
+        let root = (Pid::from_raw(*root_keeper), ino(root_ns)?);
+        let me = getpid();
+        let start = || -> Result<Pid> {
+            // SAFETY: the child execs or exits; it takes no lock another thread may hold but
+            // malloc's, which glibc makes safe across fork.
+            match unsafe { fork() }.context("fork")? {
+                ForkResult::Child => child::exit(child::enter_instance(
+                    &Real::new(),
+                    plan,
+                    me,
+                    entry(),
+                    old_mask,
+                )),
+                ForkResult::Parent { child } => Ok(child),
+            }
+        };
+        let start: Option<&dyn Fn() -> Result<Pid>> = if plan.argv.is_empty() {
+            None
+        } else {
+            Some(&start)
+        };
+        return instance::hold(keeper, root, leader, daemon, forwarded, start);
+    }
+    let code = run_in_instance(plan, entry(), forwarded, old_mask, Some(pusher));
     // The leader no longer watches for signals while it waits for the other ranks: their
     // listed files are not pushed from here on (push.rs).
     pusher.close_listed();

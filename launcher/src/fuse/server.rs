@@ -290,6 +290,27 @@ fn kind(k: squashfs::FileType) -> FileType {
     }
 }
 
+/// The attributes of a negative lookup reply: only the node id (0: "no such name") counts.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 impl Filesystem for ImageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each is an optimisation the kernel may refuse; refusal is not an error.
@@ -328,8 +349,12 @@ impl Filesystem for ImageFs {
                     p.on_lookup(attr.ino, &inode);
                 }
             }
-            // Negative entries are cached too: the image cannot gain the name later.
-            Ok(None) => reply.error(Errno::ENOENT),
+            // A negative entry the kernel keeps (node id 0 with a timeout): the image cannot
+            // gain the name later. An ENOENT error would be cached for no time at all, and
+            // every later miss (perl and python search their paths for each module) would be
+            // a round trip. benches/instance.sh, perl loading 5 modules in a warm instance:
+            // docs/performance.md.
+            Ok(None) => reply.entry(&TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(e),
         }
     }

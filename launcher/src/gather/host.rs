@@ -139,6 +139,41 @@ pub fn canonical_host_path(path: &Path, what: &str) -> Result<PathBuf> {
         .with_context(|| format!("{what} '{}' does not exist on the host", path.display()))
 }
 
+/// In a Slurm job (`SLURM_JOB_ID` set), the `slurmstepd` this process descends from, held as a
+/// pidfd: it exits when the job step it runs ends, by scancel, a time limit or the batch
+/// script's end, which is how a named instance started in a job learns that the job is over
+/// (`apply::instance`). None outside a job, or when no ancestor is a slurmstepd (a shell on
+/// the node that only carries a job's variables).
+pub fn slurm_step_daemon(env: &[(String, String)]) -> Option<std::os::fd::OwnedFd> {
+    crate::env_list::get_nonempty(env, "SLURM_JOB_ID")?;
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut pid = nix::unistd::getppid().as_raw();
+    while pid > 1 {
+        if comm(pid).is_some_and(|c| c.trim_end() == "slurmstepd") {
+            // SAFETY: pidfd_open with a pid and no flags; a non-negative result is a new fd.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+            let fd =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            // Still that process (not a pid reused since it was read): the pidfd refers to
+            // whatever has the pid now, so look again.
+            return comm(pid)
+                .is_some_and(|c| c.trim_end() == "slurmstepd")
+                .then_some(fd);
+        }
+        pid = parent(pid)?;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

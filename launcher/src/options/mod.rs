@@ -4,6 +4,7 @@
 pub mod apptainer;
 pub mod bind;
 pub mod env_args;
+pub mod instance;
 
 use anyhow::{bail, Result};
 use bind::BindSpec;
@@ -17,6 +18,8 @@ pub enum Action {
     Run(Vec<String>),
     /// An interactive shell.
     Shell,
+    /// `instance start`: the image's startscript with these arguments, if it has one.
+    StartInstance(Vec<String>),
 }
 
 /// Which GPU stack `--gpu` brings in.
@@ -76,6 +79,8 @@ pub struct LaunchOptions {
     pub share: bool,
     /// Which option or variable asked for what the site's locks check, for their refusals.
     pub asked_by: AskedBy,
+    /// `instance start` or `instance://NAME`.
+    pub instance: Option<instance::InstanceUse>,
 }
 
 /// The option or Apptainer variable behind a setting, as the user wrote it: a refusal names
@@ -118,6 +123,7 @@ impl LaunchOptions {
             no_mpi: false,
             share: true,
             asked_by: AskedBy::default(),
+            instance: None,
         }
     }
 }

@@ -58,7 +58,10 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
     let serve_files = !opts.writable_tmpfs && overlay_dir.is_none() && !image.desc().is_directory();
     let upper = upper_nodes(&mut table.mounts, image, paths, serve_files)?;
     let argv = argv(opts, image, &shell)?;
-    let program = program_in_image(image, &argv[0], &env)?;
+    let program = match argv.first() {
+        Some(name) => program_in_image(image, name, &env)?,
+        None => None,
+    };
 
     Ok(Plan {
         image: image.desc().clone(),
@@ -78,6 +81,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         program,
         injected,
         warnings: table.warnings,
+        instance: None,
     })
 }
 
@@ -450,6 +454,7 @@ fn argv(opts: &LaunchOptions, image: &dyn ImageView, shell: &str) -> Result<Vec<
         }
         Action::Shell => vec![shell.to_string()],
         Action::Run(args) => run_argv(image, args)?,
+        Action::StartInstance(args) => start_argv(image, args)?,
     })
 }
 
@@ -578,6 +583,18 @@ fn run_argv(image: &dyn ImageView, args: &[String]) -> Result<Vec<String>> {
         "image '{}' has no runscript (/.singularity.d/runscript) and no OCI entrypoint or cmd; use `launcher exec IMAGE COMMAND`",
         image.desc().path.display()
     )
+}
+
+/// `launcher instance start`: the image's startscript with the arguments, as Apptainer runs
+/// it; an empty command line (the instance only holds its mounts) when the image has none.
+fn start_argv(image: &dyn ImageView, args: &[String]) -> Result<Vec<String>> {
+    const STARTSCRIPT: &str = "/.singularity.d/startscript";
+    if image.kind(STARTSCRIPT)? != Some(EntryKind::File) {
+        return Ok(Vec::new());
+    }
+    Ok(std::iter::once(STARTSCRIPT.to_string())
+        .chain(args.iter().cloned())
+        .collect())
 }
 
 /// Map a host path into the container through the binds that show it, longest source first.
@@ -877,5 +894,19 @@ mod tests {
             .insert("/.singularity.d/runscript".into(), b"#!/bin/sh\n".to_vec());
         let p = build(&opts(Action::Run(vec!["x".into()])), &facts(host()), &img).unwrap();
         assert_eq!(p.argv, vec!["/.singularity.d/runscript", "x"]);
+    }
+
+    #[test]
+    fn instance_start_runs_the_startscript_if_any() {
+        let mut img = image();
+        let start = || opts(Action::StartInstance(vec!["a".into()]));
+        let p = build(&start(), &facts(host()), &img).unwrap();
+        assert!(p.argv.is_empty() && p.program.is_none(), "{p}");
+        img.files.insert(
+            "/.singularity.d/startscript".into(),
+            b"#!/bin/sh\n".to_vec(),
+        );
+        let p = build(&start(), &facts(host()), &img).unwrap();
+        assert_eq!(p.argv, vec!["/.singularity.d/startscript", "a"]);
     }
 }

@@ -60,6 +60,22 @@ pub struct Plan {
     /// Site config and host integration (GPU, CDI): what was brought in, for --debug.
     pub injected: Vec<String>,
     pub warnings: Vec<String>,
+    /// `instance start`: the named instance this launch creates and holds.
+    pub instance: Option<NamedInstance>,
+}
+
+/// A named instance (`launcher instance start IMAGE NAME`): what `instance list` shows and
+/// `exec instance://NAME` needs, published by its leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NamedInstance {
+    pub name: String,
+    pub image: PathBuf,
+    /// The node it runs on (`apply::share::node_name`): a shared rendezvous directory holds
+    /// other nodes' instances too.
+    pub node: String,
+    /// Where the instance's (and its startscript's) output goes.
+    pub log_out: PathBuf,
+    pub log_err: PathBuf,
 }
 
 impl Plan {
@@ -197,6 +213,15 @@ impl fmt::Display for Plan {
                     writeln!(f, "    link   {} -> {}", dst.display(), target.display())?
                 }
             }
+        }
+        if let Some(i) = &self.instance {
+            writeln!(
+                f,
+                "  instance: {} (held until `instance stop`; output to {} and {})",
+                i.name,
+                i.log_out.display(),
+                i.log_err.display()
+            )?;
         }
         writeln!(f, "  cwd: {}", self.cwd.display())?;
         writeln!(f, "  argv: {:?}", self.argv)?;
