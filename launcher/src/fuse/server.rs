@@ -6,6 +6,7 @@
 //! the image lacks are served as virtual nodes (`virtual_nodes`), with ids above any inode
 //! reference.
 
+use crate::fuse::counts::{Op, RequestCounts};
 use crate::fuse::virtual_nodes::{Parent, VirtualNodes};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -71,6 +72,8 @@ pub struct ImageFs {
     virt: VirtualNodes,
     /// Owner of the virtual nodes: the caller.
     caller: (u32, u32),
+    /// Requests answered, by opcode (printed by `--debug`).
+    counts: Arc<RequestCounts>,
 }
 
 impl ImageFs {
@@ -92,7 +95,14 @@ impl ImageFs {
             pusher: None,
             virt: VirtualNodes::default(),
             caller: (0, 0),
+            counts: Arc::default(),
         }
+    }
+
+    /// Count the requests answered into `counts`.
+    pub fn with_counts(mut self, counts: Arc<RequestCounts>) -> ImageFs {
+        self.counts = counts;
+        self
     }
 
     /// Serve these mount points the image lacks, owned by `caller`.
@@ -309,6 +319,7 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counts.count(Op::Lookup);
         if let Some(idx) = self.virt.child(self.parent_key(parent), name.as_bytes()) {
             return reply.entry(&TTL, &self.virtual_attr(idx), Generation(0));
         }
@@ -335,6 +346,7 @@ impl Filesystem for ImageFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.counts.count(Op::Getattr);
         match self.node(ino) {
             Ok(node) => reply.attr(&TTL, &self.node_attr(&node)),
             Err(e) => reply.error(e),
@@ -342,6 +354,7 @@ impl Filesystem for ImageFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.counts.count(Op::Readlink);
         let target = match self.node(ino) {
             Ok(Node::Image(i)) => self.archive.read_link(&i).map_err(|e| self.fail(e)),
             Ok(Node::Virtual(_)) => Err(Errno::EINVAL),
@@ -354,10 +367,45 @@ impl Filesystem for ImageFs {
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.count(Op::Open);
         // ENOSYS with FUSE_NO_OPEN_SUPPORT: the kernel stops sending OPEN and RELEASE (two
         // round trips per file) and keeps the page cache across opens. No per-file state is
         // needed; writes are refused by the read-only mount.
         reply.error(Errno::ENOSYS)
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        // Nothing to free: node ids are inode references. Counted per node (a BATCH_FORGET
+        // request arrives here once per node it names).
+        self.counts.count(Op::Forget);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.counts.count(Op::Flush);
+        // Nothing to flush on a read-only image; ENOSYS makes the kernel stop sending FLUSH
+        // at every close.
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.counts.count(Op::Release);
+        reply.ok()
     }
 
     fn read(
@@ -371,6 +419,7 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.counts.count(Op::Read);
         let inode = match self.node(ino) {
             Ok(Node::Image(i)) => i,
             Ok(Node::Virtual(idx)) => {
@@ -398,6 +447,7 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.count(Op::Opendir);
         let entries = match self.read_listing(ino) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -423,6 +473,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.counts.count(Op::Readdir);
         let entries = match self.listing(fh, ino) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -461,6 +512,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.counts.count(Op::Readdirplus);
         let entries = match self.listing(fh, ino) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -527,6 +579,7 @@ impl Filesystem for ImageFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.counts.count(Op::Releasedir);
         if let Ok(mut dirs) = self.dirs.lock() {
             dirs.remove(&fh.0);
         }
@@ -534,6 +587,7 @@ impl Filesystem for ImageFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.counts.count(Op::Statfs);
         let sb = self.archive.superblock();
         let bsize = sb.block_size.max(1);
         let blocks = sb.bytes_used.div_ceil(u64::from(bsize));
@@ -550,6 +604,7 @@ impl Filesystem for ImageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.counts.count(Op::Getxattr);
         let xattrs = match self.xattrs(ino) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
@@ -563,6 +618,7 @@ impl Filesystem for ImageFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.counts.count(Op::Listxattr);
         let xattrs = match self.xattrs(ino) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
@@ -582,6 +638,7 @@ impl Filesystem for ImageFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.counts.count(Op::Access);
         // default_permissions: the kernel checks modes itself.
         reply.ok()
     }
