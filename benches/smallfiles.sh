@@ -4,7 +4,9 @@
 # mounted afresh per run from one loop device (mounted by root, find + cat as the test user,
 # then unmounted: the mount is in the kernel's time as the launcher's own start-up is in its). The image file is in
 # the host page cache for both (warm-up runs). Runs alternate (benches/paired.py); ratios are
-# paired per round, to the kernel. Then the launcher's FUSE requests per file, from --debug:
+# paired per round, to the kernel's find + cat. Each is also timed with no reads (/bin/true: the
+# kernel's mount and unmount, the launcher's start-up), so that the reads' own cost is the
+# difference of medians. Then the launcher's FUSE requests per file, from --debug:
 # with pushes and prefetch off (deterministic), and as launched by default.
 #
 # Usage (as root): benches/smallfiles.sh [LAUNCHER [ROUNDS [OTHER_LAUNCHER...]]]
@@ -50,15 +52,25 @@ rc=\$?
 umount $KMNT || exit 1
 exit \$rc
 K
-cmds=(sh "$W/kernel-findcat.sh")
-names=("kernel squashfs, fresh loop mount")
+# The same with no reads: what the mount (kernel) or the start-up (launcher) costs alone, so
+# that the reads' own share can be told apart (find + cat minus this).
+cat >"$W/kernel-empty.sh" <<K
+mount -t squashfs -o ro $LOOP $KMNT || exit 1
+$as_user PATH=$KMNT/bin $KMNT/bin/true
+rc=\$?
+umount $KMNT || exit 1
+exit \$rc
+K
+cmds=(sh "$W/kernel-findcat.sh" :: sh "$W/kernel-empty.sh")
+names=("kernel squashfs, fresh mount: find + cat" "kernel squashfs, fresh mount: /bin/true (no reads)")
 i=0
 for l in "$launcher" "$@"; do
     install -m 755 "$l" "$W/launcher.s$i"
     printf 'exec %s %s exec %s /bin/sh -c %q\n' "$as_user" "$W/launcher.s$i" "$IMG" "$findcat" \
         >"$W/launcher-findcat.s$i.sh"
-    cmds+=(:: sh "$W/launcher-findcat.s$i.sh")
-    names+=("launcher $l")
+    printf 'exec %s %s exec %s /bin/true\n' "$as_user" "$W/launcher.s$i" "$IMG" >"$W/launcher-empty.s$i.sh"
+    cmds+=(:: sh "$W/launcher-findcat.s$i.sh" :: sh "$W/launcher-empty.s$i.sh")
+    names+=("launcher $l: find + cat" "launcher $l: /bin/true (no reads)")
     i=$((i + 1))
 done
 
