@@ -7,6 +7,8 @@
 # (tests/setup.sh) and the test user; writes its small-file image to /var/tmp/launcher-ab.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 old=$1 new=$2 rounds=${3:-200}
 FIX=${LAUNCHER_FIXTURES:-/var/tmp/launcher-fixtures}
 USER_NAME=$(cat "$FIX/user")
@@ -17,18 +19,7 @@ mkdir -p "$W"
 chmod 755 "$W"
 install -m 755 "$old" "$W/launcher.A"
 install -m 755 "$new" "$W/launcher.B"
-if [ ! -e "$W/smallfiles.sqfs" ]; then
-    rm -rf "$W/tree"
-    cp -a "$FIX/rootfs" "$W/tree"
-    rm -rf "$W/tree/data"
-    for d in $(seq 0 19); do
-        mkdir -p "$W/tree/data/small/d$d"
-        head -c $((100 * 4096)) /dev/urandom | split -b 4096 -a 2 -d - "$W/tree/data/small/d$d/f"
-    done
-    mksquashfs "$W/tree" "$W/smallfiles.sqfs" -comp zstd -noappend -quiet -no-progress
-    chmod 644 "$W/smallfiles.sqfs"
-    rm -rf "$W/tree"
-fi
+smallfiles_image "$W/smallfiles.sqfs" "$FIX/rootfs"
 as_user=(setpriv --reuid="$U" --regid="$G" --clear-groups env -i HOME="$HOMEDIR" USER="$USER_NAME"
     LOGNAME="$USER_NAME" PATH=/usr/local/bin:/usr/bin:/bin)
 cd /

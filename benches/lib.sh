@@ -53,3 +53,23 @@ build_launcher() {
         BUILD_NOTE="BUILD FAILED (see Failures); measured an older binary if one was there"
     fi
 }
+
+# smallfiles_image IMAGE ROOTFS: unless IMAGE exists, a zstd SquashFS of ROOTFS (a busybox root)
+# plus /data/small/d0..d19 with 100 files of 4 KiB of random data each (2,000 files), readable
+# by all. Used by ab.sh and smallfiles.sh.
+smallfiles_image() {
+    local img=$1 rootfs=$2 tree d
+    [ -e "$img" ] && return 0
+    tree=$(mktemp -d "$(dirname "$img")/tree.XXXXXX")
+    cp -a "$rootfs/." "$tree/"
+    chmod --reference="$rootfs" "$tree"
+    rm -rf "$tree/data"
+    for d in $(seq 0 19); do
+        mkdir -p "$tree/data/small/d$d"
+        head -c $((100 * 4096)) /dev/urandom | split -b 4096 -a 2 -d - "$tree/data/small/d$d/f"
+    done
+    mksquashfs "$tree" "$img.tmp" -comp zstd -noappend -quiet -no-progress
+    chmod 644 "$img.tmp"
+    mv "$img.tmp" "$img"
+    rm -rf "$tree"
+}

@@ -616,6 +616,8 @@ CHV=$(USER=root ch-run --version 2>&1 | head -n1)
     if ((NFAIL)); then cat "$FAILS"; else echo "None."; fi
     echo
     echo "Build times (\`launcher build\` against mksquashfs): [performance-build.md](performance-build.md), from \`benches/build.sh\`."
+    echo
+    echo "Small files against the kernel on fresh mounts, FUSE requests per file, zstd start-up: [performance-smallfiles.md](performance-smallfiles.md), from \`benches/smallfiles.sh\`."
 } >"$OUTPUT.tmp"
 mv "$OUTPUT.tmp" "$OUTPUT"
 chmod 0644 "$OUTPUT"

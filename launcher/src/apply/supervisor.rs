@@ -28,6 +28,7 @@ use crate::apply::supervise::{
 };
 use crate::apply::syscalls::Real;
 use crate::debug;
+use crate::fuse::counts::RequestCounts;
 use crate::fuse::push::{Batch, Kind, Pusher};
 use crate::fuse::server::ImageFs;
 use crate::plan::Plan;
@@ -137,6 +138,7 @@ fn serve(
         let code = supervise(child, &forwarded, Some(&pusher));
         // No store may be left in progress when the threads die with the process (push.rs).
         pusher.close_listed();
+        Server::report_counts(&server);
         let code = code?;
         kill_leftovers(None);
         drop(server);
@@ -147,6 +149,7 @@ fn serve(
         plan, child, &ours, &pusher, leader, daemon, &forwarded, &old_mask,
     );
     pusher.close_listed();
+    Server::report_counts(&server);
     drop(server);
     code
 }
@@ -165,6 +168,22 @@ fn end_stores_on_request(chan: Channel, pusher: Pusher) {
         });
 }
 
+/// The running image server.
+struct Server {
+    /// Dropped last: unmounts and ends the worker threads.
+    _session: fuser::BackgroundSession,
+    counts: Arc<RequestCounts>,
+}
+
+impl Server {
+    /// `--debug`: the requests the command's file accesses cost (benches/smallfiles.sh).
+    fn report_counts(server: &Option<Server>) {
+        if let Some(s) = server {
+            debug::step(format_args!("FUSE requests: {}", s.counts));
+        }
+    }
+}
+
 /// In the parent: the FUSE handshake on the child's descriptor, then worker threads, the
 /// push thread, and the mount points the image lacks.
 fn start_server(
@@ -174,7 +193,7 @@ fn start_server(
     fuse_fd: OwnedFd,
     pusher: Pusher,
     push_rx: Receiver<(Kind, Batch)>,
-) -> Result<fuser::BackgroundSession> {
+) -> Result<Server> {
     let mut config = fuser::Config::default();
     config.n_threads = Some(settings.fuse_threads.max(1));
     config.clone_fd = true;
@@ -195,6 +214,8 @@ fn start_server(
         .map_err(|e| anyhow!("'{}': placing mount points: {e}", plan.image.path.display()))?;
         fs = fs.with_virtual_nodes(virt, (plan.uid, plan.gid));
     }
+    let counts = Arc::new(RequestCounts::default());
+    fs = fs.with_counts(counts.clone());
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
     let notifier = session.notifier();
@@ -203,10 +224,14 @@ fn start_server(
         .context("starting the FUSE server threads")?;
     debug::step("parent: FUSE server threads started");
     // The push thread lives as long as the launcher (it holds a sender itself).
-    let _ = std::thread::Builder::new()
-        .name("push".into())
-        .spawn(move || crate::fuse::push::run(push_rx, pusher, notifier, archive));
-    Ok(server)
+    let _ = std::thread::Builder::new().name("push".into()).spawn({
+        let counts = counts.clone();
+        move || crate::fuse::push::run(push_rx, pusher, notifier, archive, counts)
+    });
+    Ok(Server {
+        _session: server,
+        counts,
+    })
 }
 
 /// Whether the ranks with this plan's mounts use one root: not with `--writable-tmpfs`, where

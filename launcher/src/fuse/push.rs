@@ -25,6 +25,7 @@
 //!   exits. What is left is a SIGKILL with no signal before it, during one small store that
 //!   waits on a READ (docs/reliability.md).
 
+use crate::fuse::counts::RequestCounts;
 use fuser::{INodeNo, Notifier};
 use image_tools::squashfs::{Archive, Inode};
 use std::collections::HashSet;
@@ -229,7 +230,13 @@ impl Drop for Done<'_> {
 }
 
 /// The pushing thread's loop; ends when the file system is gone.
-pub fn run(rx: Receiver<(Kind, Batch)>, pusher: Pusher, notifier: Notifier, archive: Arc<Archive>) {
+pub fn run(
+    rx: Receiver<(Kind, Batch)>,
+    pusher: Pusher,
+    notifier: Notifier,
+    archive: Arc<Archive>,
+    counts: Arc<RequestCounts>,
+) {
     let mut buf = vec![0u8; CHUNK];
     for (kind, batch) in rx {
         let gate = pusher.gate(kind);
@@ -251,6 +258,9 @@ pub fn run(rx: Receiver<(Kind, Batch)>, pusher: Pusher, notifier: Notifier, arch
                         pusher.mark_hot(ino);
                     }
                     break;
+                }
+                if offset == 0 {
+                    counts.pushed_file();
                 }
                 offset += n as u64;
             }
