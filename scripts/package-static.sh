@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Writes a static build of the launcher (musl libc, no shared library needed at all) into
-# target/packages/launcher-VERSION-ARCH-static.tar.gz and prints its path. The archive holds
+# target/packages/launcher-VERSION-ARCH-static.tar.gz and prints its path, and the bare binary
+# as target/packages/launcher-ARCH-linux-musl (stripped of debug data). The archive holds
 # bin/launcher, its man page and completions under share/, for nodes whose glibc is older than
 # what the .deb (scripts/package.sh) depends on, or that are not Debian: unpack it anywhere, for
 # example into /opt/launcher, and put bin/ on PATH.
@@ -49,4 +50,5 @@ cp "$ROOT/README.md" "$D/README.md"
 mkdir -p "$OUT"
 TGZ=$OUT/$NAME.tar.gz
 tar -C "$STAGE" --owner=0 --group=0 --numeric-owner --sort=name -czf "$TGZ" "$NAME"
+install -m 755 "$D/bin/launcher" "$OUT/launcher-$(uname -m)-linux-musl"
 echo "$TGZ"

@@ -173,6 +173,10 @@ fn the_static_build_needs_no_libc_and_runs_an_image_as_the_user() {
         .env("LAUNCHER_PACKAGE_DIR", &dir));
     let tgz = tgz.trim();
     assert!(tgz.ends_with("-static.tar.gz"), "{tgz}");
+    // The bare binary beside it, for sites that copy one file.
+    let bare = dir.join(format!("launcher-{}-linux-musl", std::env::consts::ARCH));
+    let version = run(Command::new(&bare).arg("--version"));
+    assert!(version.starts_with("launcher "), "{version}");
     run(Command::new("tar").arg("-C").arg(&dir).arg("-xzf").arg(tgz));
     let top = dir.join(
         Path::new(tgz)
