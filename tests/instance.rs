@@ -80,6 +80,20 @@ fn keeper_of(leader: i32) -> u32 {
         .unwrap_or_else(|| panic!("no keeper among the children of {leader}: {children}"))
 }
 
+/// The keeper (the instance's base mount namespace: the image mounted, no root built) and
+/// its child the root keeper (the root's namespace, where the instance's commands run).
+fn keepers_of(leader: i32) -> (u32, u32) {
+    let keeper = keeper_of(leader);
+    let children =
+        std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).unwrap();
+    let root = children
+        .split_whitespace()
+        .map(|c| c.parse::<u32>().unwrap())
+        .next()
+        .unwrap_or_else(|| panic!("no root keeper under the keeper {keeper}"));
+    (keeper, root)
+}
+
 /// What a stopped (or killed) instance must not leave: a process in its namespace, its
 /// leader, its FUSE connection, its rendezvous files, an entry in `instance list`.
 fn assert_all_gone(instance: &str, leader: i32, ns: u64, conns: &[common::FuseConn]) {
@@ -124,8 +138,8 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Start `instance` of `image` with these options; its leader, keeper's mount namespace and
-/// FUSE connections.
+/// Start `instance` of `image` with these options; its leader, its root's mount namespace
+/// and its FUSE connections.
 fn start(opts: &[&str], image: &str, instance: &str) -> (i32, u64, Vec<common::FuseConn>) {
     let mut args = vec!["instance", "start"];
     args.extend(opts);
@@ -135,14 +149,13 @@ fn start(opts: &[&str], image: &str, instance: &str) -> (i32, u64, Vec<common::F
     assert!(out.stdout.is_empty(), "{:?}", out.stdout);
     assert!(out.stderr.lines().count() <= 1, "{:?}", out.stderr);
     let leader = pid_of(instance);
-    let keeper = keeper_of(leader);
+    let (keeper, root) = keepers_of(leader);
+    // The keeper's base namespace has the image mounted (read-only root or writable's lower
+    // layer alike): one connection, which the leader's end ends.
     let mountinfo = std::fs::read_to_string(format!("/proc/{keeper}/mountinfo")).unwrap();
     let conns = fuse_connections(&mountinfo);
-    // Under --writable-tmpfs the image is the overlay's lower layer, mounted before the pivot
-    // and not in the keeper's table; the leader's end (checked) ends its connection then.
-    let expected = usize::from(!opts.contains(&"--writable-tmpfs"));
-    assert_eq!(conns.len(), expected, "{mountinfo}");
-    (leader, mnt_ns(keeper), conns)
+    assert_eq!(conns.len(), 1, "{mountinfo}");
+    (leader, mnt_ns(root), conns)
 }
 
 #[test]
@@ -300,8 +313,8 @@ fn the_startscript_runs_with_its_arguments_and_logs() {
     let out = launcher(&["instance", "start", &img, &inst, "a", "b c"]).run();
     out.ok();
     let leader = pid_of(&inst);
-    let keeper = keeper_of(leader);
-    let ns = mnt_ns(keeper);
+    let (keeper, root) = keepers_of(leader);
+    let ns = mnt_ns(root);
     let conns =
         fuse_connections(&std::fs::read_to_string(format!("/proc/{keeper}/mountinfo")).unwrap());
     let host = nix::unistd::gethostname()
@@ -455,11 +468,11 @@ fn scancel_of_the_job_that_started_an_instance_leaves_nothing() {
     let conns =
         fuse_connections(&std::fs::read_to_string(format!("/proc/{keeper}/mountinfo")).unwrap());
     assert_eq!(conns.len(), 1);
-    // The leader and its keeper (a fork of it, same command line).
+    // The leader, its keeper and the root keeper (forks of it, same command line).
     let leader_cmd = format!("instance start {} {inst}", fixture("busybox-gzip.sqfs"));
     assert_eq!(
         common::pids_matching(&leader_cmd).len(),
-        2,
+        3,
         "no leader running"
     );
     let out = Out::from(

@@ -367,8 +367,9 @@ fn keep(sys: &dyn Syscalls, plan: &Plan, chan: Channel, root: bool) -> anyhow::E
                 // The root keeper says when the instance is ready; a keeper whose root
                 // keeper failed leaves with its status, so the launcher learns of it.
                 drop(chan);
-                // No fd is used after this point.
-                close_from(3);
+                // No fd is used after this point; the standard ones go too, as in
+                // `ready_then_pause`.
+                close_from(0);
                 let code = loop {
                     match nix::sys::wait::waitpid(child, None) {
                         Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
