@@ -15,12 +15,11 @@
 
 mod common;
 use common::slurm::{
-    self, is_other_test_scratch, mpi_fixture, node_entries, node_of, ns_of, on_node, serial,
-    user_processes_on_nodes,
+    self, assert_nodes_clean, by_node, mpi_fixture, node_entries, node_of, on_node,
+    one_instance_per_node, serial,
 };
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -273,36 +272,15 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     };
     // Two ranks on each node, one instance per node: a user namespace, the rendezvous files
     // in the node's own /tmp, a FUSE connection.
-    let mut per_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for p in &sleeps {
-        let node = node_of(*p).unwrap_or_else(|| panic!("sleep {p} is on no node"));
-        per_node.entry(node).or_default().push(*p);
-    }
-    assert_eq!(
-        per_node.values().map(Vec::len).collect::<Vec<_>>(),
-        [2, 2],
-        "{per_node:?}"
-    );
-    let mut conns = Vec::new();
-    for (node, pids) in &per_node {
-        let ns: BTreeSet<String> = pids.iter().map(|p| ns_of(*p, "user")).collect();
-        assert_eq!(ns.len(), 1, "{node}: ranks in {ns:?}");
+    let per_node = by_node(&sleeps, 2);
+    for node in per_node.keys() {
         let rendezvous = on_node(node, &format!("/tmp/launcher-{}", s.uid));
         let files = std::fs::read_dir(&rendezvous)
             .map(|d| d.count())
             .unwrap_or(0);
         assert!(files > 0, "{node}: no rendezvous files in its /tmp");
-        let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", pids[0]))
-            .unwrap_or_else(|e| panic!("{node}: mountinfo of {}: {e}", pids[0]));
-        let c = fuse_connections(&mountinfo);
-        assert_eq!(
-            c.len(),
-            1,
-            "{node}: the instance's FUSE connection: {mountinfo}"
-        );
-        conns.extend(c);
     }
-    assert_ne!(conns[0], conns[1], "one FUSE connection per node");
+    let conns = one_instance_per_node(&per_node);
 
     // Cancel this job only, by its id.
     let out = Out::from(
@@ -336,19 +314,8 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     // Nothing of the job on either node: no process of the user, no FUSE connection, no new
     // file in a node's /tmp or /dev/shm or in /var/tmp (the rendezvous directories included:
     // the last rank out on each node removes them).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !user_processes_on_nodes().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let left = user_processes_on_nodes();
-    assert!(left.is_empty(), "processes left on the nodes: {left:?}");
     assert_fuse_connections_end(&conns, "scancel of the two-node job");
-    let new: Vec<PathBuf> = node_entries(s.uid)
-        .difference(&before)
-        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
-        .cloned()
-        .collect();
-    assert!(new.is_empty(), "left behind: {new:?}");
+    assert_nodes_clean(&before);
 }
 
 /// Host MPI injection (`--mpi`) on every node: all four ranks, two on each node, load the
@@ -468,17 +435,6 @@ fn a_leader_killed_on_one_node_ends_that_nodes_ranks_and_leaves_nothing() {
         "node2's other rank did not say why it ended: {err}"
     );
     // node1's ranks are ended by Slurm, node2's by the launcher: nothing stays.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !user_processes_on_nodes().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let left = user_processes_on_nodes();
-    assert!(left.is_empty(), "processes left on the nodes: {left:?}");
+    assert_nodes_clean(&before);
     assert_gone(&sleep, "a rank's command survived");
-    let new: Vec<PathBuf> = node_entries(s.uid)
-        .difference(&before)
-        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
-        .cloned()
-        .collect();
-    assert!(new.is_empty(), "left behind: {new:?}");
 }

@@ -10,10 +10,10 @@
 
 mod common;
 use common::slurm::{
-    self, is_other_test_scratch, node_entries, node_of, ns_of, serial, user_processes_on_nodes,
+    self, assert_nodes_clean, by_node, node_entries, ns_of, one_instance_per_node, serial,
 };
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -438,26 +438,7 @@ fn scancel_leaves_nothing_on_either_node() {
         std::thread::sleep(Duration::from_millis(100));
     };
     // Two tasks per node, one instance (user namespace, FUSE connection) per node.
-    let mut per_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for p in &sleeps {
-        let node = node_of(*p).unwrap_or_else(|| panic!("sleep {p} is on no node"));
-        per_node.entry(node).or_default().push(*p);
-    }
-    assert_eq!(
-        per_node.values().map(Vec::len).collect::<Vec<_>>(),
-        [2, 2],
-        "{per_node:?}"
-    );
-    let mut conns = Vec::new();
-    for (node, pids) in &per_node {
-        let ns: BTreeSet<String> = pids.iter().map(|p| ns_of(*p, "user")).collect();
-        assert_eq!(ns.len(), 1, "{node}: tasks in {ns:?}");
-        let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", pids[0]))
-            .unwrap_or_else(|e| panic!("{node}: mountinfo of {}: {e}", pids[0]));
-        let c = fuse_connections(&mountinfo);
-        assert_eq!(c.len(), 1, "{node}: the instance's FUSE connection");
-        conns.extend(c);
-    }
+    let conns = one_instance_per_node(&by_node(&sleeps, 2));
 
     let out = Out::from(
         slurm::as_slurm_user(slurm_conf(), "scancel", &["-n", &job_name], &[], 30)
@@ -469,17 +450,6 @@ fn scancel_leaves_nothing_on_either_node() {
     let srun_err = String::from_utf8_lossy(&done.stderr);
     assert!(srun_err.contains("CANCELLED"), "srun said: {srun_err}");
     assert_gone("sleep 3434", "left running after scancel");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !user_processes_on_nodes().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let left = user_processes_on_nodes();
-    assert!(left.is_empty(), "processes left on the nodes: {left:?}");
     assert_fuse_connections_end(&conns, "scancel of the container step");
-    let new: Vec<PathBuf> = node_entries(s.uid)
-        .difference(&before)
-        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
-        .cloned()
-        .collect();
-    assert!(new.is_empty(), "left behind: {new:?}");
+    assert_nodes_clean(&before);
 }

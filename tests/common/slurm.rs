@@ -2,12 +2,13 @@
 //! test process with the number of nodes that test binary needs, jobs one at a time, and what
 //! the leftover checks look at.
 
-use super::{as_test_user, setup};
-use std::collections::BTreeSet;
+use super::{as_test_user, fuse_connections, setup, FuseConn};
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Where the test cluster keeps its configuration, state and logs.
 pub fn slurm_dir() -> String {
@@ -156,4 +157,59 @@ pub fn user_processes_on_nodes() -> Vec<(u32, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The tasks `pids` of a job on the two nodes, by node; each node must run `each` of them.
+pub fn by_node(pids: &[u32], each: usize) -> BTreeMap<&'static str, Vec<u32>> {
+    let mut per_node: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
+    for p in pids {
+        let node = node_of(*p).unwrap_or_else(|| panic!("task {p} is on no node"));
+        per_node.entry(node).or_default().push(*p);
+    }
+    assert_eq!(
+        per_node.values().map(Vec::len).collect::<Vec<_>>(),
+        vec![each; NODES.len()],
+        "{per_node:?}"
+    );
+    per_node
+}
+
+/// One instance per node: the node's tasks in one user namespace, one FUSE connection in
+/// their mount table, a different one on each node. The connections, for the end checks.
+pub fn one_instance_per_node(per_node: &BTreeMap<&str, Vec<u32>>) -> Vec<FuseConn> {
+    let mut conns = Vec::new();
+    for (node, pids) in per_node {
+        let ns: BTreeSet<String> = pids.iter().map(|p| ns_of(*p, "user")).collect();
+        assert_eq!(ns.len(), 1, "{node}: tasks in {ns:?}");
+        let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", pids[0]))
+            .unwrap_or_else(|e| panic!("{node}: mountinfo of {}: {e}", pids[0]));
+        let c = fuse_connections(&mountinfo);
+        assert_eq!(
+            c.len(),
+            1,
+            "{node}: the instance's FUSE connection: {mountinfo}"
+        );
+        conns.extend(c);
+    }
+    assert_ne!(conns[0], conns[1], "one FUSE connection per node");
+    conns
+}
+
+/// Nothing of the user's job left on the nodes: no process (waited for up to 15 s), no new
+/// entry in a node's /tmp or /dev/shm or in /var/tmp since `before` (the test's own scratch
+/// directory, and other tests', aside).
+pub fn assert_nodes_clean(before: &BTreeSet<PathBuf>) {
+    let s = setup();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !user_processes_on_nodes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = user_processes_on_nodes();
+    assert!(left.is_empty(), "processes left on the nodes: {left:?}");
+    let new: Vec<PathBuf> = node_entries(s.uid)
+        .difference(before)
+        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "left behind: {new:?}");
 }
