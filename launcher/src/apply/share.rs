@@ -309,7 +309,15 @@ fn remove_if_leader_gone(dir: &OwnedFd, key: &str) {
     if !matches!(leader_alive(dir, key), Ok(false)) {
         return;
     }
-    for suffix in ["state", "users", "leader", "lock"] {
+    remove_files(dir, key, &ALL_FILES);
+}
+
+/// The files of an instance in its rendezvous directory, by suffix.
+const ALL_FILES: [&str; 4] = ["state", "users", "leader", "lock"];
+
+/// Remove these files of the instance `key` (those already gone are no error).
+fn remove_files(dir: &OwnedFd, key: &str, suffixes: &[&str]) {
+    for suffix in suffixes {
         let _ = nix::unistd::unlinkat(
             dir,
             format!("{key}.{suffix}").as_str(),
@@ -351,13 +359,7 @@ pub fn find_named(dirs: &[PathBuf], uid: u32, key: &str) -> Result<Option<Joiner
         let Some(state) = state.filter(|_| matches!(leader_alive(&fd, key), Ok(true))) else {
             // Ended while we waited for the lock (its files are gone, but the lock we just
             // made), or died: holding the lock, no leader can be starting.
-            for suffix in ["state", "users", "leader", "lock"] {
-                let _ = nix::unistd::unlinkat(
-                    &fd,
-                    format!("{key}.{suffix}").as_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-            }
+            remove_files(&fd, key, &ALL_FILES);
             continue;
         };
         // The instance's root, whatever this launch's options (instance:// takes none that
@@ -424,11 +426,7 @@ fn try_rendezvous(dir: OwnedFd, path: &Path, key: &str, flavour: &str) -> Result
             };
         }
         // A leader that died: its files are stale, and this rank starts a new instance.
-        let _ = nix::unistd::unlinkat(
-            &dir,
-            format!("{key}.state").as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        remove_files(&dir, key, &ALL_FILES[..1]);
     }
     let alive = open_at(&dir, &format!("{key}.leader"))?;
     if let Err(e) = flock(&alive, libc::LOCK_EX | libc::LOCK_NB) {
@@ -471,42 +469,30 @@ impl Leader {
 
     /// Let nobody in any more, wait until every rank that joined is done, remove the files.
     pub fn wait_and_close(mut self) -> Result<()> {
-        let _lock = match self.lock.take() {
+        let (_lock, users) = self.shut()?;
+        retry_eintr(|| flock(&users, libc::LOCK_EX))
+            .context("waiting for the ranks that joined")?;
+        remove_files(&self.dir, &self.key, &ALL_FILES[1..]);
+        Ok(())
+    }
+
+    /// Let nobody in any more: the lock taken (if not still held), the state removed. The
+    /// lock, held until the files are gone, and the users' file.
+    fn shut(&mut self) -> Result<(File, File)> {
+        let lock = match self.lock.take() {
             Some(held) => held,
             None => lock_file(&self.dir, &format!("{}.lock", self.key))?,
         };
-        let _ = nix::unistd::unlinkat(
-            &self.dir,
-            format!("{}.state", self.key).as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        remove_files(&self.dir, &self.key, &ALL_FILES[..1]);
         let users = open_at(&self.dir, &format!("{}.users", self.key))?;
-        retry_eintr(|| flock(&users, libc::LOCK_EX))
-            .context("waiting for the ranks that joined")?;
-        for suffix in ["users", "leader", "lock"] {
-            let _ = nix::unistd::unlinkat(
-                &self.dir,
-                format!("{}.{suffix}", self.key).as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
-        Ok(())
+        Ok((lock, users))
     }
 
     /// A named instance's end: let nobody in any more, then call `end_members` until every
     /// rank that joined is gone (it kills the instance's processes, which ends their
     /// launchers), at most `tries` times, and remove the files.
     pub fn close_ending(mut self, tries: u32, mut end_members: impl FnMut()) -> Result<()> {
-        let _lock = match self.lock.take() {
-            Some(held) => held,
-            None => lock_file(&self.dir, &format!("{}.lock", self.key))?,
-        };
-        let _ = nix::unistd::unlinkat(
-            &self.dir,
-            format!("{}.state", self.key).as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-        let users = open_at(&self.dir, &format!("{}.users", self.key))?;
+        let (_lock, users) = self.shut()?;
         for _ in 0..tries {
             end_members();
             if flock(&users, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
@@ -514,13 +500,7 @@ impl Leader {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        for suffix in ["users", "leader", "lock"] {
-            let _ = nix::unistd::unlinkat(
-                &self.dir,
-                format!("{}.{suffix}", self.key).as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
+        remove_files(&self.dir, &self.key, &ALL_FILES[1..]);
         Ok(())
     }
 }
