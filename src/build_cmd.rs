@@ -23,6 +23,7 @@ pub struct BuildArgs {
     /// with --sandbox, a directory.
     pub output: PathBuf,
     /// A directory, a SIF or SquashFS image, docker-archive:FILE.tar, oci-archive:FILE.tar, oci:DIR[:TAG],
+    /// tar:ROOTFS.tar (a root file system tarball, plain/gz/xz/zst),
     /// docker://REF (pulled from a registry: ubuntu:24.04, ghcr.io/org/img:tag, host:port/repo@sha256:...),
     /// or an Apptainer definition file (app.def; %post runs as fake root, docs/building.md).
     pub source: String,

@@ -18,7 +18,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Prefixes of the sources that are built into the cache before a launch.
-const PREFIXES: &[&str] = &["docker://", "docker-archive:", "oci-archive:", "oci:"];
+const PREFIXES: &[&str] = &[
+    "docker://",
+    "docker-archive:",
+    "oci-archive:",
+    "oci:",
+    "tar:",
+];
 
 /// Whether `image` names a source to build rather than an image file or directory. An
 /// existing path wins (a directory may be called `oci:x`).
@@ -97,7 +103,8 @@ pub fn resolve(spec: &str, insecure: bool, debug: bool) -> Result<PathBuf> {
 fn archive_key(spec: &str, source: &BuildSource) -> Result<String> {
     let path = match source {
         BuildSource::Oci(image_tools::oci::Source::DockerArchive(p))
-        | BuildSource::Oci(image_tools::oci::Source::OciArchive(p)) => p.clone(),
+        | BuildSource::Oci(image_tools::oci::Source::OciArchive(p))
+        | BuildSource::Oci(image_tools::oci::Source::RootfsTar(p)) => p.clone(),
         // A layout changes through its index.
         BuildSource::Oci(image_tools::oci::Source::OciLayout { dir, .. }) => dir.join("index.json"),
         _ => anyhow::bail!("'{spec}': not an image source"),

@@ -50,7 +50,7 @@ enum Command {
         #[command(flatten)]
         opts: RunOpts,
         /// Image: a .sif or .sqfs file, a sandbox directory, or docker://REF (also
-        /// docker-archive:, oci-archive:, oci:), built once into the cache.
+        /// docker-archive:, oci-archive:, oci:, tar:), built once into the cache.
         image: PathBuf,
         /// Command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]

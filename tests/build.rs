@@ -564,3 +564,102 @@ fn interrupted_build_leaves_nothing_behind() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&src).unwrap();
 }
+
+/// `tar:ROOTFS.tar` (issue 17): a root file system tarball, as `tar` or
+/// `mmdebstrap --mode=unshare` write it, plain or compressed, builds an image whose owners are
+/// the tar's (not the unprivileged builder's), and `exec tar:...` converts it once into the
+/// cache. A missing file or a file that is no tar is one line.
+#[test]
+fn build_from_a_root_file_system_tarball() {
+    let s = setup();
+    let dir = s.scratch.join("rootfs-tar");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("extra")).unwrap();
+    std::fs::write(dir.join("extra/owned"), "kept\n").unwrap();
+    let plain = dir.join("root.tar");
+    // As root: the busybox root as root:root, and one file owned by 1234:5678 (what a
+    // package's service user would own).
+    let tar = |args: &[&str]| {
+        let st = Command::new("tar").args(args).status().unwrap();
+        assert!(st.success(), "tar {args:?}");
+    };
+    let p = plain.display().to_string();
+    tar(&[
+        "-C",
+        &fixture("rootfs"),
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "-cf",
+        &p,
+        ".",
+    ]);
+    tar(&[
+        "-C",
+        &dir.join("extra").display().to_string(),
+        "--owner=1234",
+        "--group=5678",
+        "--numeric-owner",
+        "-rf",
+        &p,
+        "./owned",
+    ]);
+    let mut sources = vec![p.clone()];
+    for (flag, ext) in [("-9", "gz"), ("-9", "xz"), ("-19", "zst")] {
+        let out = dir.join(format!("root.tar.{ext}"));
+        let program = match ext {
+            "gz" => "gzip",
+            "xz" => "xz",
+            _ => "zstd",
+        };
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{program} {flag} -c < {} > {}", p, out.display()))
+            .status()
+            .unwrap();
+        assert!(st.success(), "{program}");
+        sources.push(out.display().to_string());
+    }
+    for src in &sources {
+        std::os::unix::fs::chown(src, Some(s.uid), Some(s.gid)).unwrap();
+    }
+    std::os::unix::fs::chown(&dir, Some(s.uid), Some(s.gid)).unwrap();
+    for (i, src) in sources.iter().enumerate() {
+        let out = scratch(&format!("tar-{i}.sif"));
+        build(&out, &format!("tar:{src}"), &[]).ok();
+        let o = out.display().to_string();
+        assert_eq!(sh(&o, "cat /owned; echo $((1 + 1))"), "kept\n2\n", "{src}");
+        let offset = sif_offset(&out);
+        let lls = Command::new("unsquashfs")
+            .args(["-o", &offset.to_string(), "-lln"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let lls = String::from_utf8_lossy(&lls.stdout).into_owned();
+        let line = |name: &str| {
+            lls.lines()
+                .find(|l| l.ends_with(name))
+                .unwrap_or_else(|| panic!("{name} not in the image: {lls}"))
+                .to_string()
+        };
+        assert!(line("/bin/busybox").contains(" 0/0 "), "{src}: {lls}");
+        assert!(line("/owned").contains(" 1234/5678 "), "{src}: {lls}");
+    }
+    // At run time, like the other archive sources: converted once into the cache.
+    let run = launcher(&["exec", &format!("tar:{}", sources[1]), "cat", "/owned"]).run();
+    assert_eq!(run.ok().stdout, "kept\n");
+    // Errors: one line each, naming the source.
+    let out = scratch("tar-bad.sif");
+    let o = out.display().to_string();
+    for (src, want) in [
+        ("tar:/no/such/root.tar".to_string(), "/no/such/root.tar"),
+        (format!("tar:{}", fixture("big.sha256")), "big.sha256"),
+    ] {
+        let r = launcher(&["build", &o, &src]).run();
+        assert_eq!(r.code, 255, "{src}: {r:?}");
+        assert!(r.stderr.contains(want), "{src}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{src}: {r:?}");
+    }
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

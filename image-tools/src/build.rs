@@ -51,7 +51,7 @@ impl BuildSource {
         if spec.starts_with("docker://") {
             return Ok(BuildSource::Registry(registry::Reference::parse(spec)?));
         }
-        if ["docker-archive:", "oci-archive:", "oci:"]
+        if ["docker-archive:", "oci-archive:", "oci:", "tar:"]
             .iter()
             .any(|p| spec.starts_with(p))
         {
@@ -62,7 +62,7 @@ impl BuildSource {
             Ok(m) if m.is_dir() => Ok(BuildSource::Directory(p)),
             Ok(_) if is_image_file(&p) => Ok(BuildSource::Image(p)),
             Ok(_) => Err(Error::Usage(format!(
-                "'{spec}' is a file but not a SIF or SquashFS image; to build from an image archive say which kind: docker-archive:{spec} or oci-archive:{spec}"
+                "'{spec}' is a file but not a SIF or SquashFS image; to build from an archive say which kind: docker-archive:{spec}, oci-archive:{spec}, or tar:{spec} for a root file system tarball"
             ))),
             Err(e) => Err(Error::Io { path: spec.to_string(), msg: format!("cannot read the source directory: {e}") }),
         }

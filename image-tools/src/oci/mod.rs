@@ -51,6 +51,10 @@ pub enum Source {
         dir: PathBuf,
         reference: Option<String>,
     },
+    /// `tar:PATH`: a plain root file system tarball (what `tar -C root -c .` or
+    /// `mmdebstrap --mode=unshare ... out.tar` writes), plain or gzip-, zstd- or
+    /// xz-compressed: its one layer, no config.
+    RootfsTar(PathBuf),
 }
 
 impl Source {
@@ -73,6 +77,9 @@ impl Source {
         if let Some(p) = spec.strip_prefix("oci-archive:") {
             return Ok(Source::OciArchive(nonempty(p)?));
         }
+        if let Some(p) = spec.strip_prefix("tar:") {
+            return Ok(Source::RootfsTar(nonempty(p)?));
+        }
         if let Some(rest) = spec.strip_prefix("oci:") {
             let (dir, reference) = match rest.rsplit_once(':') {
                 Some((d, t)) if !t.contains('/') && !Path::new(rest).is_dir() => {
@@ -86,7 +93,7 @@ impl Source {
             });
         }
         Err(Error::Invalid(format!(
-            "{spec:?}: unknown image source (expected docker-archive:PATH, oci-archive:PATH or oci:DIR[:TAG])"
+            "{spec:?}: unknown image source (expected docker-archive:PATH, oci-archive:PATH, oci:DIR[:TAG] or tar:PATH)"
         )))
     }
 }
@@ -96,6 +103,7 @@ impl fmt::Display for Source {
         match self {
             Source::DockerArchive(p) => write!(f, "docker-archive:{}", p.display()),
             Source::OciArchive(p) => write!(f, "oci-archive:{}", p.display()),
+            Source::RootfsTar(p) => write!(f, "tar:{}", p.display()),
             Source::OciLayout {
                 dir,
                 reference: None,
@@ -117,9 +125,9 @@ pub struct Staged {
     pub overrides: crate::tree::Overrides,
     pub config: ImageConfig,
     /// `sha256:<hex>` of the image manifest. A docker archive has no manifest: there
-    /// it is the config digest (the Docker image ID).
+    /// it is the config digest (the Docker image ID). Empty for a root file system tarball.
     pub manifest_digest: String,
-    /// `sha256:<hex>` of the config blob.
+    /// `sha256:<hex>` of the config blob; empty for a root file system tarball.
     pub config_digest: String,
 }
 
@@ -168,6 +176,7 @@ fn stage_into(
             let r = image::resolve_layout(&store, reference.as_deref(), arch)?;
             (store, r)
         }
+        Source::RootfsTar(p) => return stage_rootfs_tar(p, &source.to_string(), root),
     };
     let mut unpacker = Unpacker::new(root);
     let n = resolved.layers.len();
@@ -180,6 +189,45 @@ fn stage_into(
         );
         apply_layer(&store, layer, &mut unpacker, &what)?;
     }
+    Ok((resolved, unpacker.overrides))
+}
+
+/// A root file system tarball as the image's one layer, with the same containment and
+/// ownership records as an OCI layer's (whiteouts mean nothing in it but are handled the
+/// same); no config: the image has no environment, entrypoint or labels of its own.
+fn stage_rootfs_tar(
+    path: &Path,
+    name: &str,
+    root: &Path,
+) -> Result<(Resolved, crate::tree::Overrides)> {
+    let file = match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!("{name}: no such file")))
+        }
+        r => r.map_err(Error::io(format!("{name}: opening")))?,
+    };
+    if file
+        .metadata()
+        .map_err(Error::io(format!("{name}: reading")))?
+        .is_dir()
+    {
+        return Err(Error::Invalid(format!(
+            "{name}: is a directory (build from a directory by naming it without tar:)"
+        )));
+    }
+    let mut unpacker = Unpacker::new(root);
+    unpack_stream(
+        BufReader::with_capacity(1 << 20, file),
+        None,
+        &mut unpacker,
+        name,
+    )?;
+    let resolved = Resolved {
+        manifest_digest: String::new(),
+        config_digest: String::new(),
+        config: serde_json::Value::Object(Default::default()),
+        layers: Vec::new(),
+    };
     Ok((resolved, unpacker.overrides))
 }
 
@@ -199,6 +247,7 @@ pub mod fuzzing {
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
 
 /// Indexes an archive in place; a compressed one (`docker save | gzip`) is first
 /// decompressed to `scratch`, since members are then read by offset.
@@ -230,17 +279,25 @@ fn decoder<'a, R: BufRead + 'a>(
     what: &str,
 ) -> Result<Box<dyn Read + 'a>> {
     let mt = media_type.unwrap_or("");
-    let (gzip, zstd) = if mt.ends_with("gzip") {
-        (true, false)
+    let (gzip, zstd, xz) = if mt.ends_with("gzip") {
+        (true, false, false)
     } else if mt.ends_with("zstd") {
-        (false, true)
+        (false, true, false)
     } else {
         let head = r
             .fill_buf()
             .map_err(Error::io(format!("{what}: reading")))?;
-        (head.starts_with(GZIP_MAGIC), head.starts_with(ZSTD_MAGIC))
+        (
+            head.starts_with(GZIP_MAGIC),
+            head.starts_with(ZSTD_MAGIC),
+            head.starts_with(XZ_MAGIC),
+        )
     };
-    Ok(if gzip {
+    Ok(if xz {
+        // Root file system tarballs (`tar -cJf`, mmdebstrap's .tar.xz); no OCI media type
+        // names xz.
+        Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(r))
+    } else if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(r))
     } else if zstd {
         Box::new(
