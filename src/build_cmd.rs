@@ -71,14 +71,15 @@ pub struct BuildArgs {
 #[derive(Args)]
 pub struct PullArgs {
     /// The SIF file to write (default: NAME_TAG.sif, in --dir or the current directory), then
-    /// the image: docker://REF.
+    /// the image: docker://REF (built into a SIF), or oras://REF (a SIF file kept in a
+    /// registry, fetched as it is).
     #[arg(required = true, num_args = 1..=2, value_name = "[OUTPUT] URI")]
     pub args: Vec<String>,
     /// Where the default-named file goes.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Talk plain HTTP to the registry (a local one) instead of HTTPS.
-    #[arg(long)]
+    #[arg(long, alias = "nohttps")]
     pub insecure: bool,
     /// Platform to take from a multi-arch image (default: this host's).
     #[arg(long, default_value = host_arch())]
@@ -88,7 +89,75 @@ pub struct PullArgs {
     pub force: bool,
 }
 
+/// `launcher push IMAGE.sif oras://REF`, as Apptainer's `push`: the SIF file as an OCI
+/// artifact in a registry.
+#[derive(Args)]
+pub struct PushArgs {
+    /// The SIF file to push.
+    pub image: PathBuf,
+    /// Where: oras://HOST[:PORT]/REPOSITORY[:TAG] (tag `latest` when none is given).
+    pub uri: String,
+    /// Talk plain HTTP to the registry (a local one) instead of HTTPS.
+    #[arg(long, alias = "nohttps")]
+    pub insecure: bool,
+}
+
+/// `launcher push`: the SIF file (told by its magic, not its name) into the registry.
+pub fn push(args: PushArgs) -> Result<i32> {
+    use image_tools::registry::{oras, PullOptions};
+    if !args.uri.starts_with("oras://") {
+        bail!(
+            "'{}': launcher push takes oras://REF (a SIF file kept in an OCI registry)",
+            args.uri
+        );
+    }
+    let reference = oras::parse(&args.uri)?;
+    let shown = args.image.display();
+    if let Err(e) = image_tools::sif::SifFile::open(&args.image) {
+        bail!("'{shown}': not a SIF file ({e}); oras:// keeps SIF files: build one with `launcher build OUT.sif {shown}`");
+    }
+    let digest = oras::push_sif(&args.image, &reference, &PullOptions::new(args.insecure))?;
+    eprintln!("launcher: pushed {shown} to oras://{reference} (manifest {digest})");
+    Ok(0)
+}
+
 impl PullArgs {
+    /// `pull`: a SIF artifact (`oras://`) is fetched as it is; a `docker://` image is built.
+    pub fn run(self) -> Result<i32> {
+        match self.args.as_slice() {
+            [.., uri] if uri.starts_with("oras://") => self.pull_oras(),
+            _ => run(self.into_build()?),
+        }
+    }
+
+    fn pull_oras(self) -> Result<i32> {
+        use image_tools::registry::{oras, PullOptions};
+        let (out, uri) = match self.args.as_slice() {
+            [uri] => (None, uri.clone()),
+            [out, uri] => (Some(PathBuf::from(out)), uri.clone()),
+            _ => bail!("usage: launcher pull [OUTPUT] oras://REF"),
+        };
+        let reference = oras::parse(&uri)?;
+        let output = match out {
+            Some(o) => o,
+            None => self
+                .dir
+                .unwrap_or_default()
+                .join(default_pull_name(&reference.to_string())?),
+        };
+        if output.exists() && !self.force {
+            bail!("'{}' exists; use --force to overwrite it", output.display());
+        }
+        let pulled = oras::pull_sif(&reference, &PullOptions::new(self.insecure))?;
+        oras::copy_out(&pulled, &output)?;
+        eprintln!(
+            "launcher: {uri} ({}) written to {}",
+            pulled.digest,
+            output.display()
+        );
+        Ok(0)
+    }
+
     pub fn into_build(self) -> Result<BuildArgs> {
         let (out, uri) = match self.args.as_slice() {
             [uri] => (None, uri.clone()),

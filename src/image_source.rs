@@ -1,5 +1,6 @@
 //! Image sources at run time, as Apptainer takes them: `exec docker://alpine:3.20 ...` (and
-//! `docker-archive:`, `oci-archive:`, `oci:`) builds a SIF once into the cache and runs that.
+//! `docker-archive:`, `oci-archive:`, `oci:`, `tar:`) builds a SIF once into the cache and runs
+//! that; `oras://` is a SIF already, fetched into the blob cache and run from there.
 //!
 //! The runtime crate only reads images; pulling and converting need image-tools' `build`
 //! feature, so this lives in the binary. Cached SIFs are `<cache>/sif/<key>.sif`, the key being
@@ -24,6 +25,7 @@ const PREFIXES: &[&str] = &[
     "oci-archive:",
     "oci:",
     "tar:",
+    "oras://",
 ];
 
 /// Whether `image` names a source to build rather than an image file or directory. An
@@ -38,6 +40,26 @@ pub fn is_source(image: &Path) -> bool {
 pub fn resolve(spec: &str, insecure: bool, debug: bool) -> Result<PathBuf> {
     let arch = build_cmd::host_arch();
     let pull = PullOptions::new(insecure);
+    if spec.starts_with("oras://") {
+        // A SIF file already: fetched into the blob cache (once; its digest checked) and run
+        // from there, nothing converted.
+        let r = image_tools::registry::oras::parse(spec)?;
+        let pulled = image_tools::registry::oras::pull_sif(&r, &pull)
+            .with_context(|| format!("fetching {spec}"))?;
+        if debug {
+            eprintln!(
+                "launcher: debug: {spec} (manifest {}): SIF {} {}",
+                pulled.manifest_digest,
+                pulled.path.display(),
+                if pulled.downloaded {
+                    "downloaded"
+                } else {
+                    "cached"
+                }
+            );
+        }
+        return Ok(pulled.path);
+    }
     let (key, source) = if spec.starts_with("docker://") {
         let mut r = Reference::parse(spec)?;
         let digest = registry::resolve(&r, arch, &pull)

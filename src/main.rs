@@ -79,8 +79,10 @@ enum Command {
     },
     /// Build a SIF or SquashFS image from a directory, a Docker/OCI image or a definition file.
     Build(build_cmd::BuildArgs),
-    /// Pull docker://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
+    /// Pull docker://REF or oras://REF into a SIF file, named NAME_TAG.sif unless OUTPUT is given.
     Pull(build_cmd::PullArgs),
+    /// Push a SIF file to an OCI registry as oras://REF, as Apptainer does.
+    Push(build_cmd::PushArgs),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell
     /// (e.g. `launcher completion bash > /etc/bash_completion.d/launcher`).
     Completion { shell: clap_complete::Shell },
@@ -590,7 +592,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
         },
         Command::Build(args) => return build_cmd::run(args),
-        Command::Pull(args) => return build_cmd::run(args.into_build()?),
+        Command::Pull(args) => return args.run(),
+        Command::Push(args) => return build_cmd::push(args),
         Command::Cache { what } => return build_cmd::cache(what_of(what)),
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

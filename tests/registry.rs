@@ -693,3 +693,124 @@ fn exec_docker_source_converts_once_into_the_cache() {
     assert_eq!(sifs.len(), 1, "{sifs:?}");
     assert!(other.is_empty(), "left behind: {other:?}");
 }
+
+/// `oras://` (issue 17): a SIF pushed to the registry as Apptainer pushes it, pulled back
+/// byte for byte (by name and with Apptainer's default file name), run straight from the
+/// registry (fetched once into the blob cache), with credentials where the registry wants
+/// them. Not a SIF, or not a SIF artifact: one line each.
+#[test]
+fn oras_push_pull_and_exec_of_a_sif() {
+    let hash = Command::new("htpasswd")
+        .args(["-Bbn", "pusher", "0ras-pw"])
+        .output()
+        .expect("running htpasswd (apache2-utils; tests/setup.sh installs it)");
+    assert!(hash.status.success());
+    let reg = Registry::start("oras", Some(&String::from_utf8_lossy(&hash.stdout)));
+    let config_dir = setup().scratch.join("docker-config-oras");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let auth = Command::new("sh")
+        .args(["-c", "printf %s 'pusher:0ras-pw' | base64 -w0"])
+        .output()
+        .unwrap();
+    std::fs::write(
+        config_dir.join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+            reg.host(),
+            String::from_utf8_lossy(&auth.stdout)
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(config_dir.join("config.json"), Some(setup().uid), None).unwrap();
+    let docker_config = config_dir.display().to_string();
+    let cache = cache_dir("oras");
+    let c = cache.display().to_string();
+    let run = |args: &[&str]| {
+        launcher(args)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("XDG_CACHE_HOME", &c)
+            .run()
+    };
+    let sif = fixture("singularityce-busybox-amd64.sif");
+    let uri = format!("oras://{}/lab/busybox:1.0", reg.host());
+
+    // Without credentials the registry's refusal, in one line.
+    let anon = launcher(&["push", "--insecure", &sif, &uri]).run();
+    assert_eq!(anon.code, 255, "{anon:?}");
+    assert!(anon.stderr.contains("requires authentication"), "{anon:?}");
+    assert_eq!(anon.stderr.lines().count(), 1, "{anon:?}");
+
+    run(&["push", "--nohttps", &sif, &uri]).ok();
+    // The manifest is Apptainer's: the SIF config type, one SIF layer with its file name.
+    let manifest = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "pusher:0ras-pw",
+        ])
+        .arg(format!("docker://{}/lab/busybox:1.0", reg.host()))
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest.stdout).into_owned();
+    assert!(
+        manifest.contains("application/vnd.sylabs.sif.config.v1+json")
+            && manifest.contains("application/vnd.sylabs.sif.layer.v1.sif")
+            && manifest.contains("singularityce-busybox-amd64.sif"),
+        "{manifest}"
+    );
+
+    let dir = setup().scratch.join("oras-pulled");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let d = dir.display().to_string();
+    run(&["pull", "--insecure", "--dir", &d, &uri]).ok();
+    assert_eq!(
+        sha256(&dir.join("busybox_1.0.sif")),
+        sha256(Path::new(&sif))
+    );
+    let named = dir.join("again.sif").display().to_string();
+    run(&["pull", "--insecure", &named, &uri]).ok();
+    assert_eq!(sha256(Path::new(&named)), sha256(Path::new(&sif)));
+    let exists = run(&["pull", "--insecure", &named, &uri]);
+    assert_eq!(exists.code, 255, "{exists:?}");
+    assert!(exists.stderr.contains("--force"), "{exists:?}");
+
+    // Run from the registry (a cache of its own): the SIF is fetched once, the second run
+    // downloads nothing.
+    let run_cache = cache_dir("oras-run").display().to_string();
+    let exec = |args: &[&str]| {
+        launcher(args)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("XDG_CACHE_HOME", &run_cache)
+            .run()
+    };
+    let before = reg.blob_gets(0).len();
+    let out = exec(&["exec", "--nohttps", &uri, "/bin/sh", "-c", "echo from-oras"]);
+    assert_eq!(out.ok().stdout, "from-oras\n");
+    let once = reg.blob_gets(0).len();
+    assert!(once > before, "the first run fetched nothing");
+    exec(&["exec", "--nohttps", &uri, "/bin/true"]).ok();
+    assert_eq!(reg.blob_gets(0).len(), once, "the second run fetched again");
+
+    // Not a SIF file to push; a container image is no SIF artifact to pull.
+    let not_sif = run(&["push", "--insecure", &fixture("busybox-zstd.sqfs"), &uri]);
+    assert_eq!(not_sif.code, 255, "{not_sif:?}");
+    assert!(not_sif.stderr.contains("not a SIF file"), "{not_sif:?}");
+    assert_eq!(not_sif.stderr.lines().count(), 1, "{not_sif:?}");
+    reg.push(
+        &format!("oci:{}:test", fixture("oci-layout")),
+        "lab/container:1",
+        &["--dest-creds", "pusher:0ras-pw"],
+    );
+    let container = format!("oras://{}/lab/container:1", reg.host());
+    let wrong = run(&["pull", "--insecure", "--force", &named, &container]);
+    assert_eq!(wrong.code, 255, "{wrong:?}");
+    assert!(
+        wrong.stderr.contains("not a SIF artifact") && wrong.stderr.contains("docker://"),
+        "{wrong:?}"
+    );
+    assert_eq!(wrong.stderr.lines().count(), 1, "{wrong:?}");
+}

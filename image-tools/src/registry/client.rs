@@ -17,6 +17,22 @@ const RETRIES: u32 = 3;
 /// Cap on small documents read whole (manifests, tokens, error bodies).
 pub(crate) const MAX_DOCUMENT: u64 = 8 << 20;
 
+/// The methods `Client::send` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Head,
+    Post,
+    Put,
+}
+
+/// What a POST or PUT sends.
+pub(crate) enum Payload<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// A file, streamed (an image of gigabytes is never held in memory).
+    File(&'a Path),
+}
+
 pub(crate) struct Client {
     agent: ureq::Agent,
     reference: Reference,
@@ -124,6 +140,99 @@ impl Client {
                 _ => return Err(self.status_error(what, resp)),
             }
         }
+    }
+
+    /// A request that is not a GET: HEAD, or POST/PUT with `payload`, to `target` (a URL, a
+    /// path from the registry's root such as an upload `Location`, or a path under
+    /// `/v2/<repository>/`). Answers one 401 challenge and retries connection errors and 5xx
+    /// answers; returns every other answer for the caller to judge, but 401 and 403, which
+    /// become errors naming `what`.
+    pub(crate) fn send(
+        &mut self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, String)],
+        payload: &Payload,
+        what: &str,
+    ) -> Result<Response<Body>> {
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target.to_string()
+        } else if target.starts_with('/') {
+            format!("{}{target}", self.base)
+        } else {
+            format!("{}/v2/{}/{target}", self.base, self.reference.repository)
+        };
+        let mut answered_challenge = false;
+        let mut attempt = 0;
+        loop {
+            let mut extra: Vec<(&str, String)> = headers.to_vec();
+            if let Some(a) = &self.authorization {
+                extra.push(("Authorization", a.clone()));
+            }
+            let result = match (method, payload) {
+                (Method::Head, _) => {
+                    let mut req = self.agent.head(&url);
+                    for (k, v) in &extra {
+                        req = req.header(*k, v.as_str());
+                    }
+                    req.call()
+                }
+                (Method::Post | Method::Put, _) => {
+                    let mut req = match method {
+                        Method::Post => self.agent.post(&url),
+                        _ => self.agent.put(&url),
+                    };
+                    for (k, v) in &extra {
+                        req = req.header(*k, v.as_str());
+                    }
+                    match payload {
+                        Payload::Empty => req.send_empty(),
+                        Payload::Bytes(b) => req.send(*b),
+                        Payload::File(path) => {
+                            // Opened for each attempt: a retry sends the file from its start.
+                            let f = std::fs::File::open(path).map_err(Error::io(format!(
+                                "{what}: opening {}",
+                                path.display()
+                            )))?;
+                            req.send(f)
+                        }
+                    }
+                }
+            };
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) if retryable(&e) && attempt < RETRIES => {
+                    attempt += 1;
+                    backoff(attempt);
+                    continue;
+                }
+                Err(e) => return Err(self.network_error(what, &e)),
+            };
+            let status = resp.status();
+            match status.as_u16() {
+                401 if !answered_challenge => {
+                    answered_challenge = true;
+                    self.answer_challenge(&resp, what)?;
+                }
+                401 | 403 => return Err(self.denied(what, status)),
+                500..=599 if attempt < RETRIES => {
+                    attempt += 1;
+                    backoff(attempt);
+                }
+                _ => return Ok(resp),
+            }
+        }
+    }
+
+    /// An answer `send` returned that is not the one wanted, as an error naming `what`.
+    pub(crate) fn unexpected(&self, what: &str, resp: Response<Body>) -> Error {
+        if resp.status().as_u16() == 404 {
+            return Error::NotFound(format!(
+                "{what}: no such repository (HTTP 404 from {})",
+                self.reference.registry
+            ));
+        }
+        self.status_error(what, resp)
     }
 
     /// Sets `authorization` from a 401's `WWW-Authenticate` challenges.

@@ -19,6 +19,7 @@ mod auth;
 mod cache;
 mod client;
 mod error;
+pub mod oras;
 mod reference;
 
 use std::io::IsTerminal;
