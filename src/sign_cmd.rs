@@ -1,5 +1,7 @@
-//! `launcher sign`: adds DSSE signatures to a SIF image, in the format Apptainer and
-//! SingularityCE write and verify (`apptainer verify --key PUBLIC_KEY`).
+//! `launcher sign`: adds signatures to a SIF image, in the formats Apptainer and
+//! SingularityCE write and verify: a DSSE envelope with a PEM key (`apptainer verify --key
+//! PUBLIC_KEY`), an OpenPGP clear-signed message with an OpenPGP secret key (`apptainer
+//! verify` with the public key in its keyring).
 
 use std::path::PathBuf;
 
@@ -8,8 +10,10 @@ use image_tools::sif_sig::{self, PrivateKey, SignSelect};
 
 #[derive(clap::Args, Debug)]
 pub struct SignArgs {
-    /// The private key to sign with: PEM, Ed25519 or ECDSA P-256/P-384 (PKCS#8 or SEC1) or RSA
-    /// (PKCS#8 or PKCS#1), not encrypted.
+    /// The private key to sign with, its kind told by its content: an OpenPGP secret key
+    /// (armored or binary, as `gpg --export-secret-keys` writes it; a protected one is unlocked
+    /// with $LAUNCHER_SIGN_PASSPHRASE), or a PEM key, Ed25519 or ECDSA P-256/P-384 (PKCS#8 or
+    /// SEC1) or RSA (PKCS#8 or PKCS#1), not encrypted.
     #[arg(short = 'k', long = "key", value_name = "PRIVATE_KEY", required = true)]
     key: PathBuf,
     /// Sign only object group ID (default: one signature per object group).
@@ -29,7 +33,10 @@ pub struct SignArgs {
 }
 
 pub fn run(args: SignArgs) -> Result<i32> {
-    let key = PrivateKey::from_file(&args.key).map_err(|e| anyhow!(e))?;
+    let passphrase = std::env::var(sif_sig::PASSPHRASE_ENV)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let key = PrivateKey::from_file(&args.key, passphrase.as_deref()).map_err(|e| anyhow!(e))?;
     let select = match (args.group, args.object) {
         (Some(g), _) => SignSelect::Group(g),
         (None, Some(id)) => SignSelect::Object(id),
@@ -37,11 +44,15 @@ pub fn run(args: SignArgs) -> Result<i32> {
     };
     let signed = sif_sig::sign(&args.image, &key, select).map_err(|e| anyhow!(e))?;
     let shown = args.image.display();
-    let who = format!("{} {}", key.public().key_type(), key.public().fingerprint());
+    let mut who = format!("{} {}", key.public().key_type(), key.public().fingerprint());
+    if let Some(sub) = key.signing_subkey() {
+        who.push_str(&format!(" (signing subkey {sub})"));
+    }
+    let format = key.format();
     for s in &signed {
         let objects: Vec<String> = s.objects.iter().map(|o| o.to_string()).collect();
         println!(
-            "signature {} (DSSE) for group {}: objects {}, signer {who}",
+            "signature {} ({format}) for group {}: objects {}, signer {who}",
             s.id,
             s.group,
             objects.join(", ")

@@ -9,6 +9,7 @@
 
 mod keys;
 mod sign;
+mod sign_pgp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -23,6 +24,7 @@ use sha2::{Sha224, Sha256, Sha384, Sha512, Sha512_224, Sha512_256};
 use crate::sif::{DataType, Descriptor, Extra, HashType, Link, SifFile, DESCRIPTOR_SIZE};
 pub use keys::{Keyring, PublicKey};
 pub use sign::{sign, PrivateKey, SignSelect, Signed};
+pub use sign_pgp::PASSPHRASE_ENV;
 
 /// Largest Signature object read (an envelope with a few RSA-4096 signatures is a few KiB).
 const MAX_SIGNATURE_SIZE: u64 = 1 << 20;
