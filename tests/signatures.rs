@@ -580,3 +580,65 @@ fn a_protected_openpgp_key_signs_only_with_its_passphrase() {
         "{out:?}"
     );
 }
+
+/// `verify --json` prints `apptainer verify --json`'s document: a count of signatures and one
+/// entry per verified object (or per object whose digest does not match), the OpenPGP signer
+/// named; printed also when the image fails.
+#[test]
+fn verify_json_prints_apptainers_document() {
+    let img = data("one-group-signed-pgp.sif");
+    let out = launcher(&["verify", "--json", "--key", &pgp(), &img]).run();
+    out.ok();
+    let entry = r#"    {
+      "Signer": {
+        "Partition": "FS",
+        "Name": "Unit Test \u003cunit@test.com\u003e",
+        "Fingerprint": "12045c8c0b1004d058de4beda20c27ee7ff7ba84",
+        "KeyLocal": true,
+        "KeyCheck": true,
+        "DataCheck": true
+      }
+    }"#;
+    assert_eq!(
+        out.stdout,
+        format!("{{\n  \"Signatures\": 1,\n  \"SignerKeys\": [\n{entry},\n{entry}\n  ]\n}}\n"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr, "", "{out:?}");
+    // A changed partition byte: the object that does not match, DataCheck false; one error
+    // line on stderr as without --json.
+    let bad = format!("{img}.json-tampered.sif");
+    let mut bytes = std::fs::read(&img).unwrap();
+    let sif = image_tools::sif::SifFile::open(std::path::Path::new(&img)).unwrap();
+    bytes[sif.descriptor(2).unwrap().offset as usize + 1] ^= 0x01;
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = launcher(&["verify", "-j", "-k", &pgp(), &bad]).run();
+    one_error_line(&out, &bad, "object 2 does not match the signed digest");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["Signatures"], 1, "{out:?}");
+    let keys = v["SignerKeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{out:?}");
+    assert_eq!(keys[0]["Signer"]["DataCheck"], false);
+    assert_eq!(keys[0]["Signer"]["KeyCheck"], true);
+    // No key verifies it: counted, no entry. DSSE: verified objects, no entity named.
+    let out = launcher(&["verify", "-j", "-k", &ed(), &img]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "{\n  \"Signatures\": 1,\n  \"SignerKeys\": null\n}\n"
+    );
+    let out = launcher(&[
+        "verify",
+        "-j",
+        "-k",
+        &ed(),
+        &data("one-group-signed-dsse.sif"),
+    ])
+    .run();
+    out.ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let keys = v["SignerKeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{out:?}");
+    assert_eq!(keys[0]["Signer"]["Name"], "unknown");
+    assert_eq!(keys[0]["Signer"]["DataCheck"], true);
+}
