@@ -64,18 +64,21 @@ impl PrivateKey {
         passphrase: Option<&str>,
         source: &str,
     ) -> Result<PrivateKey, String> {
-        let Ok(text) = std::str::from_utf8(data) else {
-            // A binary OpenPGP key starts with a Secret-Key packet (tag 5): old format
-            // 0x94..0x97, new format 0xC5.
-            return match data.first() {
-                Some(0x94..=0x97 | 0xC5) => Self::from_pgp(data, false, passphrase, source),
-                Some(0x98..=0x9B | 0xC6) => Err(format!(
+        // A binary OpenPGP key starts with a Secret-Key packet (tag 5: old format 0x94..0x97,
+        // new format 0xC5), a public one with a Public-Key packet (tag 6).
+        match data.first() {
+            Some(0x94..=0x97 | 0xC5) => return Self::from_pgp(data, false, passphrase, source),
+            Some(0x98..=0x9B | 0xC6) => {
+                return Err(format!(
                     "{source}: is an OpenPGP public key; signing needs the secret key (gpg --export-secret-keys --armor)"
-                )),
-                _ => Err(format!(
-                    "{source}: not a PEM private key or an OpenPGP secret key"
-                )),
-            };
+                ))
+            }
+            _ => {}
+        }
+        let Ok(text) = std::str::from_utf8(data) else {
+            return Err(format!(
+                "{source}: not a PEM private key or an OpenPGP secret key"
+            ));
         };
         if text.contains("-----BEGIN PGP PRIVATE KEY BLOCK-----") {
             Self::from_pgp(data, true, passphrase, source)
@@ -151,7 +154,7 @@ impl PrivateKey {
             ));
         } else {
             return Err(format!(
-                "{source}: not a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)"
+                "{source}: not a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) or an OpenPGP secret key"
             ));
         };
         let public = match &kind {

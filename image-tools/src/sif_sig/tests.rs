@@ -1009,4 +1009,24 @@ fn protected_openpgp_keys_need_their_passphrase() {
         e.contains("holds 2 OpenPGP secret keys") && !e.contains('\n'),
         "{e}"
     );
+    // A binary public key, binary garbage, a truncated binary secret key: one line each.
+    let bin = gpg.dir.path().join("bin");
+    for (bytes, want) in [
+        (
+            gpg.run("", &["--export", "q@test"]),
+            "is an OpenPGP public key",
+        ),
+        (
+            vec![0xff, 0xfe, 0x00, 0x01],
+            "not a PEM private key or an OpenPGP secret key",
+        ),
+        (
+            gpg.run("", &["--export-secret-keys", "q@test"])[..40].to_vec(),
+            "not an OpenPGP secret key",
+        ),
+    ] {
+        std::fs::write(&bin, bytes).expect("writes");
+        let e = PrivateKey::from_file(&bin, None).err().unwrap_or_default();
+        assert!(e.contains(want) && !e.contains('\n'), "{want}: {e}");
+    }
 }
