@@ -14,8 +14,18 @@ pub struct SignArgs {
     /// (armored or binary, as `gpg --export-secret-keys` writes it; a protected one is unlocked
     /// with $LAUNCHER_SIGN_PASSPHRASE), or a PEM key, Ed25519 or ECDSA P-256/P-384 (PKCS#8 or
     /// SEC1) or RSA (PKCS#8 or PKCS#1), not encrypted.
-    #[arg(short = 'k', long = "key", value_name = "PRIVATE_KEY", required = true)]
-    key: PathBuf,
+    #[arg(
+        short = 'k',
+        long = "key",
+        value_name = "PRIVATE_KEY",
+        required_unless_present = "keyidx"
+    )]
+    key: Option<PathBuf>,
+    /// Sign with the OpenPGP secret key at place N (from 0) of the --key file, or, without
+    /// --key, of Apptainer's keyring ($APPTAINER_KEYSDIR/pgp-secret, else
+    /// ~/.apptainer/keys/pgp-secret), as `apptainer sign --keyidx N`.
+    #[arg(long = "keyidx", value_name = "N")]
+    keyidx: Option<usize>,
     /// Sign only object group ID (default: one signature per object group).
     #[arg(
         short = 'g',
@@ -36,7 +46,12 @@ pub fn run(args: SignArgs) -> Result<i32> {
     let passphrase = std::env::var(sif_sig::PASSPHRASE_ENV)
         .ok()
         .filter(|p| !p.is_empty());
-    let key = PrivateKey::from_file(&args.key, passphrase.as_deref()).map_err(|e| anyhow!(e))?;
+    let path = match &args.key {
+        Some(k) => k.clone(),
+        None => apptainer_secret_keyring()?,
+    };
+    let key =
+        PrivateKey::from_file(&path, passphrase.as_deref(), args.keyidx).map_err(|e| anyhow!(e))?;
     let select = match (args.group, args.object) {
         (Some(g), _) => SignSelect::Group(g),
         (None, Some(id)) => SignSelect::Object(id),
@@ -64,4 +79,25 @@ pub fn run(args: SignArgs) -> Result<i32> {
         if signed.len() == 1 { "" } else { "s" }
     );
     Ok(0)
+}
+
+/// Apptainer's secret keyring, as Apptainer finds it: `$APPTAINER_KEYSDIR` (or
+/// `$SINGULARITY_SYPGPDIR`), else `keys/` in `$APPTAINER_CONFIGDIR` (or
+/// `$SINGULARITY_CONFIGDIR`), else `~/.apptainer/keys`; the file `pgp-secret` there.
+fn apptainer_secret_keyring() -> Result<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = var("APPTAINER_KEYSDIR")
+        .or_else(|| var("SINGULARITY_SYPGPDIR"))
+        .or_else(|| {
+            var("APPTAINER_CONFIGDIR")
+                .or_else(|| var("SINGULARITY_CONFIGDIR"))
+                .map(|d| d.join("keys"))
+        })
+        .or_else(|| var("HOME").map(|h| h.join(".apptainer/keys")))
+        .ok_or_else(|| anyhow!("--keyidx without --key: HOME is not set, so Apptainer's keyring cannot be found; give --key FILE"))?;
+    Ok(dir.join("pgp-secret"))
 }

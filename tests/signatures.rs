@@ -642,3 +642,74 @@ fn verify_json_prints_apptainers_document() {
     assert_eq!(keys[0]["Signer"]["Name"], "unknown");
     assert_eq!(keys[0]["Signer"]["DataCheck"], true);
 }
+
+/// `--keyidx N` picks the Nth secret key of Apptainer's keyring (binary `pgp-secret`, found by
+/// `$APPTAINER_KEYSDIR` or `~/.apptainer/keys`) or of the `--key` file, as `apptainer sign
+/// --keyidx N` does.
+#[test]
+fn keyidx_selects_a_key_of_apptainers_keyring() {
+    let dir = writable_dir("pgp-keyidx");
+    let gpg = Gpg::new(&dir);
+    let (ed_fp, _, ed_public) = gpg.key("Ed <ed@test>", "ed25519", "");
+    let (rsa_fp, _, rsa_public) = gpg.key("Rsa <rsa@test>", "rsa2048", "");
+    // Apptainer's keyring holds its entities one after the other, binary.
+    let home = dir.join("home");
+    let keys = home.join(".apptainer/keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let mut ring = gpg.run("", &["--export-secret-keys", "ed@test"]);
+    ring.extend(gpg.run("", &["--export-secret-keys", "rsa@test"]));
+    std::fs::write(keys.join("pgp-secret"), &ring).unwrap();
+    for p in [&home, &home.join(".apptainer"), &keys] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        keys.join("pgp-secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let h = home.display().to_string();
+    let img = dir.join("img.sif").display().to_string();
+    for (idx, env, fp, public) in [
+        ("1", ("HOME", h.clone()), &rsa_fp, &rsa_public),
+        (
+            "0",
+            ("APPTAINER_KEYSDIR", keys.display().to_string()),
+            &ed_fp,
+            &ed_public,
+        ),
+    ] {
+        std::fs::copy(data("one-group.sif"), &img).unwrap();
+        let out = launcher(&["sign", "--keyidx", idx, &img])
+            .env(env.0, &env.1)
+            .run();
+        out.ok();
+        assert!(
+            out.stdout.contains(&format!("signer pgp {fp}\n")),
+            "{out:?}"
+        );
+        launcher(&["verify", "--key", public, &img]).run().ok();
+    }
+    let ring = keys.join("pgp-secret").display().to_string();
+    let out = launcher(&["sign", "--keyidx", "2", &img])
+        .env("HOME", &h)
+        .run();
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            255,
+            format!("launcher: error: {ring}: holds 2 OpenPGP secret keys; there is no key index 2 (they count from 0)\n").as_str()
+        ),
+        "{out:?}"
+    );
+    // The keyring as --key: one key must be chosen.
+    let out = launcher(&["sign", "--key", &ring, &img]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.contains("holds 2 OpenPGP secret keys (")
+            && out.stderr.contains("choose one with --keyidx N"),
+        "{out:?}"
+    );
+    launcher(&["sign", "--key", &ring, "--keyidx", "0", &img])
+        .run()
+        .ok();
+}

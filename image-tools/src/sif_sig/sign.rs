@@ -42,8 +42,14 @@ enum PrivateKind {
 impl PrivateKey {
     /// Reads a private key, its kind told by its content: an OpenPGP secret key, armored
     /// (`BEGIN PGP PRIVATE KEY BLOCK`) or binary, unlocked with `passphrase` when it is
-    /// protected; or a PEM private key (see [`PrivateKey::from_pem`]).
-    pub fn from_file(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey, String> {
+    /// protected; or a PEM private key (see [`PrivateKey::from_pem`]). `index`: the key at
+    /// that place (from 0) of a file of several OpenPGP secret keys, as Apptainer's keyring
+    /// (`--keyidx`); without it the file must hold one key.
+    pub fn from_file(
+        path: &Path,
+        passphrase: Option<&str>,
+        index: Option<usize>,
+    ) -> Result<PrivateKey, String> {
         let shown = path.display().to_string();
         let f = File::open(path).map_err(|e| format!("{shown}: cannot open key file: {e}"))?;
         let mut data = Vec::new();
@@ -55,19 +61,22 @@ impl PrivateKey {
                 "{shown}: key file is larger than {MAX_KEY_FILE} bytes"
             ));
         }
-        Self::from_bytes(&data, passphrase, &shown)
+        Self::from_bytes(&data, passphrase, index, &shown)
     }
 
     /// As [`PrivateKey::from_file`], from the file's bytes; `source` names it in messages.
     pub fn from_bytes(
         data: &[u8],
         passphrase: Option<&str>,
+        index: Option<usize>,
         source: &str,
     ) -> Result<PrivateKey, String> {
         // A binary OpenPGP key starts with a Secret-Key packet (tag 5: old format 0x94..0x97,
         // new format 0xC5), a public one with a Public-Key packet (tag 6).
         match data.first() {
-            Some(0x94..=0x97 | 0xC5) => return Self::from_pgp(data, false, passphrase, source),
+            Some(0x94..=0x97 | 0xC5) => {
+                return Self::from_pgp(data, false, passphrase, index, source)
+            }
             Some(0x98..=0x9B | 0xC6) => {
                 return Err(format!(
                     "{source}: is an OpenPGP public key; signing needs the secret key (gpg --export-secret-keys --armor)"
@@ -81,10 +90,14 @@ impl PrivateKey {
             ));
         };
         if text.contains("-----BEGIN PGP PRIVATE KEY BLOCK-----") {
-            Self::from_pgp(data, true, passphrase, source)
+            Self::from_pgp(data, true, passphrase, index, source)
         } else if text.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
             Err(format!(
                 "{source}: is an OpenPGP public key; signing needs the secret key (gpg --export-secret-keys --armor)"
+            ))
+        } else if index.is_some() {
+            Err(format!(
+                "{source}: a key index selects an OpenPGP secret key in a keyring, and this is not one"
             ))
         } else {
             Self::from_pem(text, source)
@@ -95,9 +108,10 @@ impl PrivateKey {
         data: &[u8],
         armored: bool,
         passphrase: Option<&str>,
+        index: Option<usize>,
         source: &str,
     ) -> Result<PrivateKey, String> {
-        let signer = PgpSigner::read(data, armored, passphrase, source)?;
+        let signer = PgpSigner::read(data, armored, passphrase, index, source)?;
         let public = PublicKey {
             source: source.to_string(),
             kind: KeyKind::Pgp(Box::new(signer.public())),

@@ -34,11 +34,13 @@ impl PgpSigner {
     /// Reads one OpenPGP secret key, armored (`BEGIN PGP PRIVATE KEY BLOCK`) or binary (as
     /// `gpg --export-secret-keys` writes it with or without `--armor`), picks the key that
     /// signs as gpg does (the newest valid signing subkey, else the primary key if it may
-    /// sign) and checks `passphrase` unlocks it. `source` names the file in messages.
+    /// sign) and checks `passphrase` unlocks it. `index`: the key at that place of a file of
+    /// several (Apptainer's `--keyidx`). `source` names the file in messages.
     pub(crate) fn read(
         data: &[u8],
         armored: bool,
         passphrase: Option<&str>,
+        index: Option<usize>,
         source: &str,
     ) -> Result<PgpSigner, String> {
         let bad = |e: pgp::errors::Error| format!("{source}: not an OpenPGP secret key: {e}");
@@ -55,16 +57,23 @@ impl PgpSigner {
                 keys.push(k.map_err(bad)?);
             }
         }
-        let key = match keys.len() {
-            0 => return Err(format!("{source}: holds no OpenPGP secret key")),
-            1 => keys.remove(0),
-            n => {
+        let key = match (keys.len(), index) {
+            (0, _) => return Err(format!("{source}: holds no OpenPGP secret key")),
+            (n, Some(i)) if i >= n => {
+                return Err(format!(
+                    "{source}: holds {n} OpenPGP secret key{}; there is no key index {i} (they count from 0)",
+                    if n == 1 { "" } else { "s" }
+                ))
+            }
+            (_, Some(i)) => keys.swap_remove(i),
+            (1, None) => keys.remove(0),
+            (n, None) => {
                 let fps: Vec<String> = keys
                     .iter()
                     .map(|k| hex(k.primary_key.fingerprint().as_bytes()))
                     .collect();
                 return Err(format!(
-                    "{source}: holds {n} OpenPGP secret keys ({}); export the one to sign with (gpg --export-secret-keys --armor FINGERPRINT)",
+                    "{source}: holds {n} OpenPGP secret keys ({}); choose one with --keyidx N (from 0), or export the one to sign with (gpg --export-secret-keys --armor FINGERPRINT)",
                     fps.join(", ")
                 ));
             }

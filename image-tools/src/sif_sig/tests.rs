@@ -506,7 +506,7 @@ fn signed_with_openssl_keys_verifies_with_the_public_key_only() {
     let keys = openssl_keys(dir.path());
     assert_eq!(keys.len(), 7);
     for (n, (private, public)) in keys.iter().enumerate() {
-        let key = PrivateKey::from_file(private, None).expect("private key loads");
+        let key = PrivateKey::from_file(private, None, None).expect("private key loads");
         assert_eq!(
             key.public().fingerprint(),
             public_keyring(public).keys[0].fingerprint()
@@ -550,7 +550,7 @@ fn signing_writes_what_upstream_writes() {
     std::fs::copy(data("one-group.sif"), &img).expect("copy");
     sign(
         &img,
-        &PrivateKey::from_file(private, None).expect("loads"),
+        &PrivateKey::from_file(private, None, None).expect("loads"),
         SignSelect::Groups,
     )
     .expect("signs");
@@ -594,7 +594,7 @@ fn signing_writes_what_upstream_writes() {
 fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (private, public) = &openssl_keys(dir.path())[0];
-    let key = PrivateKey::from_file(private, None).expect("loads");
+    let key = PrivateKey::from_file(private, None, None).expect("loads");
     // Two groups: one signature each, or one for the group asked.
     let img = dir.path().join("two.sif");
     let objects_again = || {
@@ -660,7 +660,7 @@ fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
         "{e}"
     );
     assert_eq!(std::fs::read(&junk).expect("reads"), b"hello");
-    let e = PrivateKey::from_file(public, None)
+    let e = PrivateKey::from_file(public, None, None)
         .err()
         .unwrap_or_default();
     assert!(e.contains("is a public key"), "{e}");
@@ -699,7 +699,7 @@ fn signing_two_groups_writes_upstreams_payloads() {
     std::fs::write(&img, &bytes).expect("writes");
     let s = sign(
         &img,
-        &PrivateKey::from_file(private, None).expect("loads"),
+        &PrivateKey::from_file(private, None, None).expect("loads"),
         SignSelect::Groups,
     )
     .expect("signs");
@@ -818,7 +818,7 @@ fn openpgp_signing_writes_what_upstream_writes() {
     let gpg = Gpg::new();
     let fp = gpg.key("Ed <ed@test>", "", "ed25519", "sign");
     let (secret, public) = gpg.export("ed@test", "", false);
-    let key = PrivateKey::from_file(&secret, None).expect("loads");
+    let key = PrivateKey::from_file(&secret, None, None).expect("loads");
     assert_eq!(key.format(), Format::PgpMetadata);
     assert_eq!(key.public().fingerprint(), fp);
     assert_eq!(key.signing_subkey(), None);
@@ -933,7 +933,7 @@ fn openpgp_keys_of_each_kind_sign_and_verify() {
         ("sub@test", &sub_fp, true, Some(&sub_signing)),
     ] {
         let (secret, public) = gpg.export(uid, "", binary);
-        let key = PrivateKey::from_file(&secret, None).expect("loads");
+        let key = PrivateKey::from_file(&secret, None, None).expect("loads");
         assert_eq!(&key.public().fingerprint(), fp);
         assert_eq!(key.signing_subkey().as_ref(), subkey);
         let img = gpg.dir.path().join(format!("{uid}-{binary}.sif"));
@@ -968,21 +968,21 @@ fn protected_openpgp_keys_need_their_passphrase() {
     let fp = gpg.key("P <p@test>", "sekrit", "ed25519", "sign");
     let (secret, public) = gpg.export("p@test", "sekrit", false);
     let shown = secret.display().to_string();
-    let e = PrivateKey::from_file(&secret, None)
+    let e = PrivateKey::from_file(&secret, None, None)
         .err()
         .unwrap_or_default();
     assert_eq!(
         e,
         format!("{shown}: the OpenPGP secret key {fp} is protected by a passphrase; set LAUNCHER_SIGN_PASSPHRASE to it")
     );
-    let e = PrivateKey::from_file(&secret, Some("wrong"))
+    let e = PrivateKey::from_file(&secret, Some("wrong"), None)
         .err()
         .unwrap_or_default();
     assert_eq!(
         e,
         format!("{shown}: wrong passphrase for the OpenPGP secret key {fp} (from LAUNCHER_SIGN_PASSPHRASE)")
     );
-    let key = PrivateKey::from_file(&secret, Some("sekrit")).expect("unlocks");
+    let key = PrivateKey::from_file(&secret, Some("sekrit"), None).expect("unlocks");
     let img = gpg.dir.path().join("p.sif");
     std::fs::copy(data("one-group.sif"), &img).expect("copy");
     sign(&img, &key, SignSelect::Groups).expect("signs");
@@ -990,7 +990,7 @@ fn protected_openpgp_keys_need_their_passphrase() {
         .expect("reads")
         .ok());
     // The public key, or two secret keys in one file: one line each.
-    let e = PrivateKey::from_file(&public, None)
+    let e = PrivateKey::from_file(&public, None, None)
         .err()
         .unwrap_or_default();
     assert!(
@@ -1004,11 +1004,31 @@ fn protected_openpgp_keys_need_their_passphrase() {
         gpg.run("sekrit", &["--armor", "--export-secret-keys"]),
     )
     .expect("writes");
-    let e = PrivateKey::from_file(&both, None).err().unwrap_or_default();
+    let e = PrivateKey::from_file(&both, None, None)
+        .err()
+        .unwrap_or_default();
     assert!(
         e.contains("holds 2 OpenPGP secret keys") && !e.contains('\n'),
         "{e}"
     );
+    // An index picks one of them (as Apptainer's --keyidx); past the end, one line.
+    let e = PrivateKey::from_file(&both, None, Some(0))
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("is protected by a passphrase"), "{e}");
+    let q = PrivateKey::from_file(&both, None, Some(1)).expect("loads");
+    assert_ne!(q.public().fingerprint(), fp);
+    let e = PrivateKey::from_file(&both, None, Some(2))
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.ends_with("holds 2 OpenPGP secret keys; there is no key index 2 (they count from 0)"),
+        "{e}"
+    );
+    let e = PrivateKey::from_file(&public, None, Some(0))
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("is an OpenPGP public key"), "{e}");
     // A binary public key, binary garbage, a truncated binary secret key: one line each.
     let bin = gpg.dir.path().join("bin");
     for (bytes, want) in [
@@ -1026,7 +1046,9 @@ fn protected_openpgp_keys_need_their_passphrase() {
         ),
     ] {
         std::fs::write(&bin, bytes).expect("writes");
-        let e = PrivateKey::from_file(&bin, None).err().unwrap_or_default();
+        let e = PrivateKey::from_file(&bin, None, None)
+            .err()
+            .unwrap_or_default();
         assert!(e.contains(want) && !e.contains('\n'), "{want}: {e}");
     }
 }
