@@ -1,5 +1,7 @@
-//! `launcher sign`: adds DSSE signatures to a SIF image, in the format Apptainer and
-//! SingularityCE write and verify (`apptainer verify --key PUBLIC_KEY`).
+//! `launcher sign`: adds signatures to a SIF image, in the formats Apptainer and
+//! SingularityCE write and verify: a DSSE envelope with a PEM key (`apptainer verify --key
+//! PUBLIC_KEY`), an OpenPGP clear-signed message with an OpenPGP secret key (`apptainer
+//! verify` with the public key in its keyring).
 
 use std::path::PathBuf;
 
@@ -8,10 +10,22 @@ use image_tools::sif_sig::{self, PrivateKey, SignSelect};
 
 #[derive(clap::Args, Debug)]
 pub struct SignArgs {
-    /// The private key to sign with: PEM, Ed25519 or ECDSA P-256/P-384 (PKCS#8 or SEC1) or RSA
-    /// (PKCS#8 or PKCS#1), not encrypted.
-    #[arg(short = 'k', long = "key", value_name = "PRIVATE_KEY", required = true)]
-    key: PathBuf,
+    /// The private key to sign with, its kind told by its content: an OpenPGP secret key
+    /// (armored or binary, as `gpg --export-secret-keys` writes it; a protected one is unlocked
+    /// with $LAUNCHER_SIGN_PASSPHRASE), or a PEM key, Ed25519 or ECDSA P-256/P-384 (PKCS#8 or
+    /// SEC1) or RSA (PKCS#8 or PKCS#1), not encrypted.
+    #[arg(
+        short = 'k',
+        long = "key",
+        value_name = "PRIVATE_KEY",
+        required_unless_present = "keyidx"
+    )]
+    key: Option<PathBuf>,
+    /// Sign with the OpenPGP secret key at place N (from 0) of the --key file, or, without
+    /// --key, of Apptainer's keyring ($APPTAINER_KEYSDIR/pgp-secret, else
+    /// ~/.apptainer/keys/pgp-secret), as `apptainer sign --keyidx N`.
+    #[arg(long = "keyidx", value_name = "N")]
+    keyidx: Option<usize>,
     /// Sign only object group ID (default: one signature per object group).
     #[arg(
         short = 'g',
@@ -29,7 +43,15 @@ pub struct SignArgs {
 }
 
 pub fn run(args: SignArgs) -> Result<i32> {
-    let key = PrivateKey::from_file(&args.key).map_err(|e| anyhow!(e))?;
+    let passphrase = std::env::var(sif_sig::PASSPHRASE_ENV)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let path = match &args.key {
+        Some(k) => k.clone(),
+        None => apptainer_secret_keyring()?,
+    };
+    let key =
+        PrivateKey::from_file(&path, passphrase.as_deref(), args.keyidx).map_err(|e| anyhow!(e))?;
     let select = match (args.group, args.object) {
         (Some(g), _) => SignSelect::Group(g),
         (None, Some(id)) => SignSelect::Object(id),
@@ -37,11 +59,15 @@ pub fn run(args: SignArgs) -> Result<i32> {
     };
     let signed = sif_sig::sign(&args.image, &key, select).map_err(|e| anyhow!(e))?;
     let shown = args.image.display();
-    let who = format!("{} {}", key.public().key_type(), key.public().fingerprint());
+    let mut who = format!("{} {}", key.public().key_type(), key.public().fingerprint());
+    if let Some(sub) = key.signing_subkey() {
+        who.push_str(&format!(" (signing subkey {sub})"));
+    }
+    let format = key.format();
     for s in &signed {
         let objects: Vec<String> = s.objects.iter().map(|o| o.to_string()).collect();
         println!(
-            "signature {} (DSSE) for group {}: objects {}, signer {who}",
+            "signature {} ({format}) for group {}: objects {}, signer {who}",
             s.id,
             s.group,
             objects.join(", ")
@@ -53,4 +79,25 @@ pub fn run(args: SignArgs) -> Result<i32> {
         if signed.len() == 1 { "" } else { "s" }
     );
     Ok(0)
+}
+
+/// Apptainer's secret keyring, as Apptainer finds it: `$APPTAINER_KEYSDIR` (or
+/// `$SINGULARITY_SYPGPDIR`), else `keys/` in `$APPTAINER_CONFIGDIR` (or
+/// `$SINGULARITY_CONFIGDIR`), else `~/.apptainer/keys`; the file `pgp-secret` there.
+fn apptainer_secret_keyring() -> Result<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = var("APPTAINER_KEYSDIR")
+        .or_else(|| var("SINGULARITY_SYPGPDIR"))
+        .or_else(|| {
+            var("APPTAINER_CONFIGDIR")
+                .or_else(|| var("SINGULARITY_CONFIGDIR"))
+                .map(|d| d.join("keys"))
+        })
+        .or_else(|| var("HOME").map(|h| h.join(".apptainer/keys")))
+        .ok_or_else(|| anyhow!("--keyidx without --key: HOME is not set, so Apptainer's keyring cannot be found; give --key FILE"))?;
+    Ok(dir.join("pgp-secret"))
 }

@@ -35,6 +35,11 @@ pub struct VerifyArgs {
     /// Verify only the signatures that cover object ID (e.g. a legacy signature of one object).
     #[arg(short = 'i', long = "sif-id", value_name = "ID")]
     object: Option<u32>,
+    /// Print the result as `apptainer verify --json` does (on standard output, also when the
+    /// image does not verify): the number of signatures, and one entry per object a signature
+    /// verified, or the object whose digest does not match.
+    #[arg(short = 'j', long)]
+    json: bool,
     /// Image file (.sif).
     image: PathBuf,
 }
@@ -56,7 +61,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         .iter()
         .any(|d| d.data_type == DataType::Signature);
     let asked = !args.keys.is_empty() || args.all || args.group.is_some() || args.object.is_some();
-    if !signed && !asked {
+    if !signed && !asked && !args.json {
         return digests_only(&args.image, &shown);
     }
 
@@ -69,6 +74,9 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         (false, None, None) => Select::Groups,
     };
     let report = sif_sig::verify(&args.image, &keys, select).map_err(|e| anyhow!(e))?;
+    if args.json {
+        print!("{}", apptainer_json(&report, &sif));
+    }
     if report.signatures.is_empty() {
         match select {
             Select::Group(g) => bail!("{shown}: no signature covers object group {g}"),
@@ -76,7 +84,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
             _ => bail!("{shown}: has no signature"),
         }
     }
-    for s in &report.signatures {
+    for s in report.signatures.iter().filter(|_| !args.json) {
         let format = s.format.map(|f| format!(" ({f})")).unwrap_or_default();
         println!(
             "signature {}{format} for {}: objects {}",
@@ -96,11 +104,18 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         }
     }
     let all_verified = report.signatures.iter().all(|s| s.error.is_none());
-    for (id, what) in report.uncovered.iter().filter(|_| all_verified) {
+    for (id, what) in report
+        .uncovered
+        .iter()
+        .filter(|_| all_verified && !args.json)
+    {
         println!("object {id} ({what}): not covered by a verified signature");
     }
     if let Some(why) = failure(&report) {
         bail!("{shown}: {why}{}", no_key_hint(&keys, &report, &dirs));
+    }
+    if args.json {
+        return Ok(0);
     }
     let covered: std::collections::BTreeSet<u32> = report
         .signatures
@@ -118,6 +133,73 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         list(&covered.into_iter().collect::<Vec<_>>())
     );
     Ok(0)
+}
+
+/// `apptainer verify --json`'s document for `report`, byte for byte as Go's encoder writes it
+/// (two-space indent, `<`, `>` and `&` escaped, `null` for no entries). As there, an entry
+/// names its signer only for an OpenPGP signature (DSSE signatures have no entity upstream:
+/// name "unknown", no fingerprint, `KeyCheck` false); `KeyLocal`: the key came from `--key` or
+/// the user's keyring, not the site's.
+fn apptainer_json(report: &sif_sig::Report, sif: &SifFile) -> String {
+    let string = |v: &str| -> String {
+        serde_json::to_string(v)
+            .unwrap_or_default()
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026")
+    };
+    let mut entries = Vec::new();
+    for s in &report.signatures {
+        let pgp = s.format.is_some_and(|f| f != sif_sig::Format::Dsse);
+        let signer = s.signer_keys.first().filter(|_| pgp);
+        let name = signer
+            .and_then(|k| k.user_id())
+            .unwrap_or_else(|| "unknown".into());
+        let fingerprint = signer.map(|k| k.fingerprint()).unwrap_or_default();
+        let local = signer.is_some_and(|k| !k.source.starts_with(&format!("{SITE_KEYS}/")));
+        let verified = s.objects.iter().filter(|_| s.error.is_none());
+        let checks = verified
+            .map(|id| (*id, true))
+            .chain(s.mismatch.map(|id| (id, false)));
+        for (id, data_ok) in checks {
+            let partition = sif
+                .descriptor(id)
+                .map_or("Unknown", |d| apptainer_type(d.data_type));
+            entries.push(format!(
+                "    {{\n      \"Signer\": {{\n        \"Partition\": {},\n        \"Name\": {},\n        \"Fingerprint\": {},\n        \"KeyLocal\": {local},\n        \"KeyCheck\": {},\n        \"DataCheck\": {data_ok}\n      }}\n    }}",
+                string(partition),
+                string(&name),
+                string(&fingerprint),
+                signer.is_some(),
+            ));
+        }
+    }
+    let keys = match entries.is_empty() {
+        true => "null".to_string(),
+        false => format!("[\n{}\n  ]", entries.join(",\n")),
+    };
+    format!(
+        "{{\n  \"Signatures\": {},\n  \"SignerKeys\": {keys}\n}}\n",
+        report.signatures.len()
+    )
+}
+
+/// The names upstream's SIF library gives data types (what Apptainer's JSON shows).
+fn apptainer_type(t: DataType) -> &'static str {
+    match t {
+        DataType::Deffile => "Def.FILE",
+        DataType::EnvVar => "Env.Vars",
+        DataType::Labels => "JSON.Labels",
+        DataType::Partition => "FS",
+        DataType::Signature => "Signature",
+        DataType::GenericJson => "JSON.Generic",
+        DataType::Generic => "Generic/Raw",
+        DataType::CryptoMessage => "Cryptographic Message",
+        DataType::Sbom => "SBOM",
+        DataType::OciRootIndex => "OCI.RootIndex",
+        DataType::OciBlob => "OCI.Blob",
+        _ => "Unknown",
+    }
 }
 
 /// The keys given, then those of the user's and the site's keyring directories (a directory

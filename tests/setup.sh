@@ -24,6 +24,11 @@ done
 # make and <slurm/spank.h> build the SPANK plugin (slurm/spank: tests/spank.rs, scripts/package.sh).
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 [ -e /usr/include/slurm/spank.h ] || need_pkgs+=(libslurm-dev)
+# OpenPGP keys for `launcher sign` and `gpg --verify` of what it writes (tests/signatures.rs,
+# image-tools' sif_sig tests): gpg with its agent.
+for tool in gpg gpg-agent gpgconf; do
+    command -v "$tool" >/dev/null 2>&1 || { need_pkgs+=(gnupg); break; }
+done
 # The static build (scripts/package-static.sh, tests/package.rs): musl-gcc compiles zstd's C code.
 command -v musl-gcc >/dev/null 2>&1 || need_pkgs+=(musl-tools)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

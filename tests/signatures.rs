@@ -369,3 +369,347 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     one_error_line(&out, &img, "does not match the signed digest");
     assert_eq!(out.stdout, "", "{out:?}");
 }
+
+/// GnuPG as the test user, with a home of its own under `dir`; its agent is stopped on drop.
+struct Gpg {
+    home: PathBuf,
+}
+
+impl Gpg {
+    fn new(dir: &std::path::Path) -> Gpg {
+        let s = setup();
+        let home = dir.join("gnupg");
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir(&home).unwrap();
+        // Protected keys with a small S2K count: gpg's calibrated default takes tens of
+        // seconds to unlock in a debug build of the launcher.
+        let conf = home.join("gpg-agent.conf");
+        std::fs::write(&conf, "s2k-count 65536\n").unwrap();
+        for p in [&home, &conf] {
+            std::os::unix::fs::chown(p, Some(s.uid), Some(s.gid)).unwrap();
+        }
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Gpg { home }
+    }
+
+    fn output(&self, passphrase: &str, args: &[&str]) -> std::process::Output {
+        as_test_user("gpg", Some(120))
+            .arg("--homedir")
+            .arg(&self.home)
+            .args([
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                passphrase,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self, passphrase: &str, args: &[&str]) -> Vec<u8> {
+        let out = self.output(passphrase, args);
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A new signing key for `uid` (`algo` as `--quick-gen-key` takes it), its armored secret
+    /// and public keys written beside the home: (fingerprint, secret file, public file).
+    fn key(&self, uid: &str, algo: &str, passphrase: &str) -> (String, String, String) {
+        self.run(passphrase, &["--quick-gen-key", uid, algo, "sign", "never"]);
+        let list = String::from_utf8(self.run("", &["--with-colons", "--list-keys", uid])).unwrap();
+        let fp = list
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:::::::::"))
+            .unwrap()
+            .trim_end_matches(':')
+            .to_ascii_lowercase();
+        let dir = self.home.parent().unwrap();
+        let secret = dir.join(format!("{algo}-secret.asc"));
+        let public = dir.join(format!("{algo}-public.asc"));
+        let data = self.run(passphrase, &["--armor", "--export-secret-keys", uid]);
+        std::fs::write(&secret, data).unwrap();
+        std::fs::write(&public, self.run("", &["--armor", "--export", uid])).unwrap();
+        for f in [&secret, &public] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        (
+            fp,
+            secret.display().to_string(),
+            public.display().to_string(),
+        )
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = as_test_user("gpgconf", Some(30))
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
+
+/// Signature object 3 of `img` written to a file of its own: the clear-signed message.
+fn extract_signature(img: &str) -> String {
+    let sif = image_tools::sif::SifFile::open(std::path::Path::new(img)).unwrap();
+    let d = sif.descriptor(3).unwrap();
+    let bytes = std::fs::read(img).unwrap();
+    let msg = format!("{img}.msg");
+    std::fs::write(
+        &msg,
+        &bytes[d.offset as usize..(d.offset + d.size) as usize],
+    )
+    .unwrap();
+    std::fs::set_permissions(&msg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    msg
+}
+
+/// `launcher sign` with keys gpg made (Ed25519 and RSA): the OpenPGP signature verifies with
+/// the public key, with `gpg --verify` too, and fails after a one-byte change of the signed
+/// partition; a PEM key still writes DSSE.
+#[test]
+fn signed_with_an_openpgp_key_verifies_with_launcher_and_gpg() {
+    let dir = writable_dir("pgp-sign");
+    let gpg = Gpg::new(&dir);
+    for (uid, algo) in [("Ed <ed@test>", "ed25519"), ("Rsa <rsa@test>", "rsa2048")] {
+        let (fp, secret, public) = gpg.key(uid, algo, "");
+        let img = dir.join(format!("{algo}.sif")).display().to_string();
+        std::fs::copy(data("one-group.sif"), &img).unwrap();
+        let out = launcher(&["sign", "--key", &secret, &img]).run();
+        out.ok();
+        assert!(
+            out.stdout.contains(&format!(
+                "signature 3 (OpenPGP) for group 1: objects 1, 2, signer pgp {fp}\n"
+            )) && out.stdout.contains(&format!("{img}: 1 signature added")),
+            "{out:?}"
+        );
+        let out = launcher(&["verify", "--key", &public, &img]).run();
+        out.ok();
+        assert!(
+            out.stdout
+                .contains(&format!("  signer pgp {fp} ({public})"))
+                && out.stdout.contains("  verified"),
+            "{out:?}"
+        );
+        // gpg verifies the message itself: the signed text is the image metadata JSON.
+        let msg = extract_signature(&img);
+        let out = gpg.output("", &["--verify", &msg]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.contains(&format!("Good signature from \"{uid}\"")),
+            "{err}"
+        );
+        let text = std::fs::read_to_string(&msg).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n{\"version\":1,"),
+            "{text}"
+        );
+        // One byte of the partition changed.
+        let sif = image_tools::sif::SifFile::open(std::path::Path::new(&img)).unwrap();
+        let at = sif.descriptor(2).unwrap().offset + 3;
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes[at as usize] ^= 0x01;
+        std::fs::write(&img, &bytes).unwrap();
+        let out = launcher(&["verify", "--key", &public, &img]).run();
+        one_error_line(&out, &img, "object 2 does not match the signed digest");
+    }
+    // A PEM key still writes a DSSE envelope.
+    let (key, public) = openssl_key(&dir, "pem", &["-algorithm", "ed25519"]);
+    let img = dir.join("pem.sif").display().to_string();
+    std::fs::copy(data("one-group.sif"), &img).unwrap();
+    let out = launcher(&["sign", "--key", &key, &img]).run();
+    out.ok();
+    assert!(
+        out.stdout
+            .contains("signature 3 (DSSE) for group 1: objects 1, 2, signer ed25519 SHA256:"),
+        "{out:?}"
+    );
+    launcher(&["verify", "--key", &public, &img]).run().ok();
+    assert!(std::fs::read(&img)
+        .unwrap()
+        .windows(12)
+        .any(|w| w == b"\"payloadType"));
+}
+
+#[test]
+fn a_protected_openpgp_key_signs_only_with_its_passphrase() {
+    let dir = writable_dir("pgp-sign-protected");
+    let gpg = Gpg::new(&dir);
+    let (fp, secret, public) = gpg.key("Prot <prot@test>", "ed25519", "sekrit");
+    let img = dir.join("img.sif").display().to_string();
+    std::fs::copy(data("one-group.sif"), &img).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    for (env, want) in [
+        (
+            None,
+            format!("launcher: error: {secret}: the OpenPGP secret key {fp} is protected by a passphrase; set LAUNCHER_SIGN_PASSPHRASE to it\n"),
+        ),
+        (
+            Some("wrong"),
+            format!("launcher: error: {secret}: wrong passphrase for the OpenPGP secret key {fp} (from LAUNCHER_SIGN_PASSPHRASE)\n"),
+        ),
+    ] {
+        let mut l = launcher(&["sign", "--key", &secret, &img]);
+        if let Some(p) = env {
+            l = l.env("LAUNCHER_SIGN_PASSPHRASE", p);
+        }
+        let out = l.run();
+        assert_eq!((out.code, out.stderr.as_str()), (255, want.as_str()), "{out:?}");
+        assert_eq!(std::fs::read(&img).unwrap(), before);
+    }
+    launcher(&["sign", "--key", &secret, &img])
+        .env("LAUNCHER_SIGN_PASSPHRASE", "sekrit")
+        .run()
+        .ok();
+    launcher(&["verify", "--key", &public, &img]).run().ok();
+    let out = gpg.output("", &["--verify", &extract_signature(&img)]);
+    assert!(out.status.success(), "{out:?}");
+    // The public key is not a signing key.
+    let out = launcher(&["sign", "--key", &public, &img]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("is an OpenPGP public key; signing needs the secret key"),
+        "{out:?}"
+    );
+}
+
+/// `verify --json` prints `apptainer verify --json`'s document: a count of signatures and one
+/// entry per verified object (or per object whose digest does not match), the OpenPGP signer
+/// named; printed also when the image fails.
+#[test]
+fn verify_json_prints_apptainers_document() {
+    let img = data("one-group-signed-pgp.sif");
+    let out = launcher(&["verify", "--json", "--key", &pgp(), &img]).run();
+    out.ok();
+    let entry = r#"    {
+      "Signer": {
+        "Partition": "FS",
+        "Name": "Unit Test \u003cunit@test.com\u003e",
+        "Fingerprint": "12045c8c0b1004d058de4beda20c27ee7ff7ba84",
+        "KeyLocal": true,
+        "KeyCheck": true,
+        "DataCheck": true
+      }
+    }"#;
+    assert_eq!(
+        out.stdout,
+        format!("{{\n  \"Signatures\": 1,\n  \"SignerKeys\": [\n{entry},\n{entry}\n  ]\n}}\n"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr, "", "{out:?}");
+    // A changed partition byte: the object that does not match, DataCheck false; one error
+    // line on stderr as without --json.
+    let bad = format!("{img}.json-tampered.sif");
+    let mut bytes = std::fs::read(&img).unwrap();
+    let sif = image_tools::sif::SifFile::open(std::path::Path::new(&img)).unwrap();
+    bytes[sif.descriptor(2).unwrap().offset as usize + 1] ^= 0x01;
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = launcher(&["verify", "-j", "-k", &pgp(), &bad]).run();
+    one_error_line(&out, &bad, "object 2 does not match the signed digest");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["Signatures"], 1, "{out:?}");
+    let keys = v["SignerKeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{out:?}");
+    assert_eq!(keys[0]["Signer"]["DataCheck"], false);
+    assert_eq!(keys[0]["Signer"]["KeyCheck"], true);
+    // No key verifies it: counted, no entry. DSSE: verified objects, no entity named.
+    let out = launcher(&["verify", "-j", "-k", &ed(), &img]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "{\n  \"Signatures\": 1,\n  \"SignerKeys\": null\n}\n"
+    );
+    let out = launcher(&[
+        "verify",
+        "-j",
+        "-k",
+        &ed(),
+        &data("one-group-signed-dsse.sif"),
+    ])
+    .run();
+    out.ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let keys = v["SignerKeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{out:?}");
+    assert_eq!(keys[0]["Signer"]["Name"], "unknown");
+    assert_eq!(keys[0]["Signer"]["DataCheck"], true);
+}
+
+/// `--keyidx N` picks the Nth secret key of Apptainer's keyring (binary `pgp-secret`, found by
+/// `$APPTAINER_KEYSDIR` or `~/.apptainer/keys`) or of the `--key` file, as `apptainer sign
+/// --keyidx N` does.
+#[test]
+fn keyidx_selects_a_key_of_apptainers_keyring() {
+    let dir = writable_dir("pgp-keyidx");
+    let gpg = Gpg::new(&dir);
+    let (ed_fp, _, ed_public) = gpg.key("Ed <ed@test>", "ed25519", "");
+    let (rsa_fp, _, rsa_public) = gpg.key("Rsa <rsa@test>", "rsa2048", "");
+    // Apptainer's keyring holds its entities one after the other, binary.
+    let home = dir.join("home");
+    let keys = home.join(".apptainer/keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let mut ring = gpg.run("", &["--export-secret-keys", "ed@test"]);
+    ring.extend(gpg.run("", &["--export-secret-keys", "rsa@test"]));
+    std::fs::write(keys.join("pgp-secret"), &ring).unwrap();
+    for p in [&home, &home.join(".apptainer"), &keys] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        keys.join("pgp-secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let h = home.display().to_string();
+    let img = dir.join("img.sif").display().to_string();
+    for (idx, env, fp, public) in [
+        ("1", ("HOME", h.clone()), &rsa_fp, &rsa_public),
+        (
+            "0",
+            ("APPTAINER_KEYSDIR", keys.display().to_string()),
+            &ed_fp,
+            &ed_public,
+        ),
+    ] {
+        std::fs::copy(data("one-group.sif"), &img).unwrap();
+        let out = launcher(&["sign", "--keyidx", idx, &img])
+            .env(env.0, &env.1)
+            .run();
+        out.ok();
+        assert!(
+            out.stdout.contains(&format!("signer pgp {fp}\n")),
+            "{out:?}"
+        );
+        launcher(&["verify", "--key", public, &img]).run().ok();
+    }
+    let ring = keys.join("pgp-secret").display().to_string();
+    let out = launcher(&["sign", "--keyidx", "2", &img])
+        .env("HOME", &h)
+        .run();
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            255,
+            format!("launcher: error: {ring}: holds 2 OpenPGP secret keys; there is no key index 2 (they count from 0)\n").as_str()
+        ),
+        "{out:?}"
+    );
+    // The keyring as --key: one key must be chosen.
+    let out = launcher(&["sign", "--key", &ring, &img]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.contains("holds 2 OpenPGP secret keys (")
+            && out.stderr.contains("choose one with --keyidx N"),
+        "{out:?}"
+    );
+    launcher(&["sign", "--key", &ring, "--keyidx", "0", &img])
+        .run()
+        .ok();
+}

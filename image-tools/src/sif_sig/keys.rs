@@ -36,6 +36,12 @@ pub(crate) enum KeyKind {
     Pgp(Box<SignedPublicKey>),
 }
 
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// Why a signature did not verify with a key.
 pub(crate) type VerifyError = String;
 
@@ -66,6 +72,21 @@ impl PublicKey {
                 )
             }
         }
+    }
+
+    /// The primary user ID of an OpenPGP key (the one marked primary, else the first), as
+    /// Apptainer names a signing entity; `None` for other keys.
+    pub fn user_id(&self) -> Option<String> {
+        let KeyKind::Pgp(k) = &self.kind else {
+            return None;
+        };
+        let user = k
+            .details
+            .users
+            .iter()
+            .find(|u| u.is_primary())
+            .or_else(|| k.details.users.first())?;
+        Some(String::from_utf8_lossy(user.id.id()).into_owned())
     }
 
     /// "ed25519 SHA256:… (file)".

@@ -9,6 +9,7 @@
 
 mod keys;
 mod sign;
+mod sign_pgp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -23,6 +24,7 @@ use sha2::{Sha224, Sha256, Sha384, Sha512, Sha512_224, Sha512_256};
 use crate::sif::{DataType, Descriptor, Extra, HashType, Link, SifFile, DESCRIPTOR_SIZE};
 pub use keys::{Keyring, PublicKey};
 pub use sign::{sign, PrivateKey, SignSelect, Signed};
+pub use sign_pgp::PASSPHRASE_ENV;
 
 /// Largest Signature object read (an envelope with a few RSA-4096 signatures is a few KiB).
 const MAX_SIGNATURE_SIZE: u64 = 1 << 20;
@@ -75,6 +77,11 @@ pub struct SignatureReport {
     pub objects: Vec<u32>,
     /// One line per signer: "ed25519 SHA256:… (key.pem)".
     pub signers: Vec<String>,
+    /// The keys of `signers`, in the same order.
+    pub signer_keys: Vec<PublicKey>,
+    /// The object whose digest (of its bytes or its descriptor) does not match, when that is
+    /// why the signature fails.
+    pub mismatch: Option<u32>,
     /// Signatures of a DSSE envelope that no known key verifies, one line each: skipped, as
     /// upstream does, when another signature of the envelope verifies.
     pub skipped: Vec<String>,
@@ -156,6 +163,8 @@ pub fn verify(path: &Path, keys: &Keyring, select: Select) -> Result<Report, Str
             },
             objects: objects.iter().map(|o| o.id).collect(),
             signers: Vec::new(),
+            signer_keys: Vec::new(),
+            mismatch: None,
             skipped: Vec::new(),
             error: None,
         };
@@ -276,7 +285,7 @@ impl Image<'_> {
             .map_err(|_| "is not text: neither a DSSE envelope nor an OpenPGP signature")?;
         let signed = if text.starts_with('{') {
             r.format = Some(Format::Dsse);
-            check_dsse(text, hash, keys, &mut r.signers, &mut r.skipped)?
+            check_dsse(text, hash, keys, r)?
         } else if text.starts_with(CLEARSIGN_BEGIN) {
             // Named before the check, so a failure says which kind; the signed text decides.
             r.format = Some(if text.contains("\n\nSIFHASH:\n") {
@@ -284,7 +293,7 @@ impl Image<'_> {
             } else {
                 Format::PgpMetadata
             });
-            let plain = check_clearsigned(text, fingerprint.as_deref(), keys, &mut r.signers)?;
+            let plain = check_clearsigned(text, fingerprint.as_deref(), keys, r)?;
             r.format = Some(if plain.starts_with(LEGACY_PREFIX) {
                 Format::PgpLegacy
             } else {
@@ -298,7 +307,7 @@ impl Image<'_> {
             );
         };
         if r.format == Some(Format::PgpLegacy) {
-            return self.check_legacy(&signed, hash, objects);
+            return self.check_legacy(&signed, hash, objects, &mut r.mismatch);
         }
         let g = match sig.link {
             Link::Group(g) => g,
@@ -309,7 +318,7 @@ impl Image<'_> {
                 ))
             }
         };
-        self.check_metadata(&signed, g, objects, only)?;
+        self.check_metadata(&signed, g, objects, only, &mut r.mismatch)?;
         if let Some(id) = only {
             r.objects = vec![id];
         }
@@ -322,6 +331,7 @@ impl Image<'_> {
         plain: &str,
         hash: HashType,
         objects: &[&Descriptor],
+        mismatch: &mut Option<u32>,
     ) -> Result<(), String> {
         let hex_digest = plain
             .strip_prefix(LEGACY_PREFIX)
@@ -340,6 +350,7 @@ impl Image<'_> {
             self.hash_object(o, h.as_mut())?;
         }
         if h.finalize_reset()[..] != want.value[..] {
+            *mismatch = objects.first().map(|o| o.id);
             let ids: Vec<String> = objects.iter().map(|o| o.id.to_string()).collect();
             return Err(format!(
                 "object{} {} do{} not match the signed digest",
@@ -360,6 +371,7 @@ impl Image<'_> {
         group: u32,
         objects: &[&Descriptor],
         only: Option<u32>,
+        mismatch: &mut Option<u32>,
     ) -> Result<(), String> {
         let md: Metadata =
             serde_json::from_str(json).map_err(|e| format!("signed metadata is not valid: {e}"))?;
@@ -421,6 +433,7 @@ impl Image<'_> {
             let mut h = want.hasher();
             h.update(&integrity_fields(&raw, o.id - min_id));
             if h.finalize_reset()[..] != want.value[..] {
+                *mismatch = Some(o.id);
                 return Err(format!(
                     "descriptor of object {} does not match the signed digest",
                     o.id
@@ -431,6 +444,7 @@ impl Image<'_> {
             let mut h = want.hasher();
             self.hash_object(o, h.as_mut())?;
             if h.finalize_reset()[..] != want.value[..] {
+                *mismatch = Some(o.id);
                 return Err(format!("object {} does not match the signed digest", o.id));
             }
         }
@@ -545,9 +559,9 @@ fn check_dsse(
     text: &str,
     hash: HashType,
     keys: &Keyring,
-    signers: &mut Vec<String>,
-    skipped: &mut Vec<String>,
+    r: &mut SignatureReport,
 ) -> Result<String, String> {
+    let skipped = &mut r.skipped;
     let env: Envelope =
         serde_json::from_str(text).map_err(|e| format!("DSSE envelope is not valid: {e}"))?;
     if env.payload_type != METADATA_MEDIA_TYPE {
@@ -587,12 +601,16 @@ fn check_dsse(
             }
         });
         match found {
-            Some(at) => signers.push(unused.remove(at).describe()),
+            Some(at) => {
+                let k = unused.remove(at);
+                r.signers.push(k.describe());
+                r.signer_keys.push(k.clone());
+            }
             None if !tried => skipped.push(format!("DSSE signature {n} ({who}): no known key")),
             None => skipped.push(format!("DSSE signature {n} ({who}): {}", why.join("; "))),
         }
     }
-    if signers.is_empty() {
+    if r.signers.is_empty() {
         return Err(format!(
             "no DSSE signature verifies with a known key: {}",
             skipped.join("; ")
@@ -608,7 +626,7 @@ fn check_clearsigned(
     text: &str,
     fingerprint: Option<&str>,
     keys: &Keyring,
-    signers: &mut Vec<String>,
+    r: &mut SignatureReport,
 ) -> Result<String, String> {
     use pgp::composed::CleartextSignedMessage;
     use pgp::crypto::hash::HashAlgorithm;
@@ -656,7 +674,8 @@ fn check_clearsigned(
                 ));
             }
         }
-        signers.push(k.describe());
+        r.signers.push(k.describe());
+        r.signer_keys.push(k.clone());
     }
     // The plaintext as the signer wrote it: dash-escaping removed.
     let mut out = String::with_capacity(msg.text().len() + 1);

@@ -1,7 +1,9 @@
-//! Signing SIF images as upstream's `integrity.Signer` does with a key pair (the DSSE path
-//! `apptainer sign --keyidx`/`--key` and `singularity sign --key` take): one Signature object
-//! per object group, in no group, linked to the group, hash type SHA-256, no fingerprint; its
-//! bytes a DSSE envelope whose payload is the image metadata JSON (format notes §11).
+//! Signing SIF images as upstream's `integrity.Signer` does: one Signature object per object
+//! group, in no group, linked to the group, its bytes signing the image metadata JSON (format
+//! notes §11). With a PEM key pair (`apptainer sign --key`, `singularity sign --key`): a DSSE
+//! envelope, hash type SHA-256, no fingerprint. With an OpenPGP secret key (`apptainer sign
+//! --keyidx`): an OpenPGP clear-signed message, the hash it used and the primary key's
+//! fingerprint in the descriptor.
 
 use std::fs::File;
 use std::io::Read;
@@ -14,15 +16,18 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::keys::{hex, KeyKind, MAX_KEY_FILE};
-use super::{integrity_fields, pae, PublicKey, METADATA_MEDIA_TYPE};
+use super::sign_pgp::PgpSigner;
+use super::{integrity_fields, pae, Format, PublicKey, METADATA_MEDIA_TYPE};
 use crate::sif::{
     add_objects, DataType, Descriptor, Extra, HashType, Link, ObjectData, ObjectSpec, SifFile,
 };
 
-/// A private key that signs DSSE envelopes.
+/// A private key that signs: a PEM key (DSSE envelopes) or an OpenPGP secret key
+/// (clear-signed messages).
 pub struct PrivateKey {
     kind: PrivateKind,
-    /// The matching public key (its fingerprint is the envelope's `keyid`).
+    /// The matching public key (its fingerprint is the envelope's `keyid`, or the primary
+    /// OpenPGP fingerprint the descriptor records).
     public: PublicKey,
 }
 
@@ -31,28 +36,95 @@ enum PrivateKind {
     Rsa(Box<rsa::RsaPrivateKey>),
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
+    Pgp(Box<PgpSigner>),
 }
 
 impl PrivateKey {
-    /// Reads a PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`: Ed25519, RSA, ECDSA P-256/P-384),
-    /// PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`). Encrypted keys are
-    /// refused.
-    pub fn from_file(path: &Path) -> Result<PrivateKey, String> {
+    /// Reads a private key, its kind told by its content: an OpenPGP secret key, armored
+    /// (`BEGIN PGP PRIVATE KEY BLOCK`) or binary, unlocked with `passphrase` when it is
+    /// protected; or a PEM private key (see [`PrivateKey::from_pem`]). `index`: the key at
+    /// that place (from 0) of a file of several OpenPGP secret keys, as Apptainer's keyring
+    /// (`--keyidx`); without it the file must hold one key.
+    pub fn from_file(
+        path: &Path,
+        passphrase: Option<&str>,
+        index: Option<usize>,
+    ) -> Result<PrivateKey, String> {
         let shown = path.display().to_string();
         let f = File::open(path).map_err(|e| format!("{shown}: cannot open key file: {e}"))?;
-        let mut text = String::new();
+        let mut data = Vec::new();
         f.take(MAX_KEY_FILE + 1)
-            .read_to_string(&mut text)
+            .read_to_end(&mut data)
             .map_err(|e| format!("{shown}: cannot read key file: {e}"))?;
-        if text.len() as u64 > MAX_KEY_FILE {
+        if data.len() as u64 > MAX_KEY_FILE {
             return Err(format!(
                 "{shown}: key file is larger than {MAX_KEY_FILE} bytes"
             ));
         }
-        Self::from_pem(&text, &shown)
+        Self::from_bytes(&data, passphrase, index, &shown)
     }
 
-    /// As [`PrivateKey::from_file`], from the file's text; `source` names it in messages.
+    /// As [`PrivateKey::from_file`], from the file's bytes; `source` names it in messages.
+    pub fn from_bytes(
+        data: &[u8],
+        passphrase: Option<&str>,
+        index: Option<usize>,
+        source: &str,
+    ) -> Result<PrivateKey, String> {
+        // A binary OpenPGP key starts with a Secret-Key packet (tag 5: old format 0x94..0x97,
+        // new format 0xC5), a public one with a Public-Key packet (tag 6).
+        match data.first() {
+            Some(0x94..=0x97 | 0xC5) => {
+                return Self::from_pgp(data, false, passphrase, index, source)
+            }
+            Some(0x98..=0x9B | 0xC6) => {
+                return Err(format!(
+                    "{source}: is an OpenPGP public key; signing needs the secret key (gpg --export-secret-keys --armor)"
+                ))
+            }
+            _ => {}
+        }
+        let Ok(text) = std::str::from_utf8(data) else {
+            return Err(format!(
+                "{source}: not a PEM private key or an OpenPGP secret key"
+            ));
+        };
+        if text.contains("-----BEGIN PGP PRIVATE KEY BLOCK-----") {
+            Self::from_pgp(data, true, passphrase, index, source)
+        } else if text.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+            Err(format!(
+                "{source}: is an OpenPGP public key; signing needs the secret key (gpg --export-secret-keys --armor)"
+            ))
+        } else if index.is_some() {
+            Err(format!(
+                "{source}: a key index selects an OpenPGP secret key in a keyring, and this is not one"
+            ))
+        } else {
+            Self::from_pem(text, source)
+        }
+    }
+
+    fn from_pgp(
+        data: &[u8],
+        armored: bool,
+        passphrase: Option<&str>,
+        index: Option<usize>,
+        source: &str,
+    ) -> Result<PrivateKey, String> {
+        let signer = PgpSigner::read(data, armored, passphrase, index, source)?;
+        let public = PublicKey {
+            source: source.to_string(),
+            kind: KeyKind::Pgp(Box::new(signer.public())),
+        };
+        Ok(PrivateKey {
+            kind: PrivateKind::Pgp(Box::new(signer)),
+            public,
+        })
+    }
+
+    /// Reads a PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`: Ed25519, RSA, ECDSA P-256/P-384),
+    /// PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`). Encrypted keys are
+    /// refused. `source` names the file in messages.
     pub fn from_pem(text: &str, source: &str) -> Result<PrivateKey, String> {
         let kind = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
             || text.contains("Proc-Type: 4,ENCRYPTED")
@@ -96,7 +168,7 @@ impl PrivateKey {
             ));
         } else {
             return Err(format!(
-                "{source}: not a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)"
+                "{source}: not a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) or an OpenPGP secret key"
             ));
         };
         let public = match &kind {
@@ -104,6 +176,7 @@ impl PrivateKey {
             PrivateKind::Rsa(k) => KeyKind::Rsa(k.to_public_key()),
             PrivateKind::P256(k) => KeyKind::P256(*k.verifying_key()),
             PrivateKind::P384(k) => KeyKind::P384(*k.verifying_key()),
+            PrivateKind::Pgp(s) => KeyKind::Pgp(Box::new(s.public())),
         };
         Ok(PrivateKey {
             kind,
@@ -117,6 +190,44 @@ impl PrivateKey {
     /// The matching public key.
     pub fn public(&self) -> &PublicKey {
         &self.public
+    }
+
+    /// The signature format this key writes.
+    pub fn format(&self) -> Format {
+        match self.kind {
+            PrivateKind::Pgp(_) => Format::PgpMetadata,
+            _ => Format::Dsse,
+        }
+    }
+
+    /// For an OpenPGP key that signs with a subkey: that subkey's fingerprint.
+    pub fn signing_subkey(&self) -> Option<String> {
+        match &self.kind {
+            PrivateKind::Pgp(s) if s.signs_with_subkey() => Some(s.signing_key_fingerprint()),
+            _ => None,
+        }
+    }
+
+    /// The Signature object's bytes for image metadata `payload`, the hash type and signer
+    /// fingerprint its descriptor records.
+    fn sign_metadata(&self, payload: &[u8]) -> Result<(Vec<u8>, HashType, Option<String>), String> {
+        if let PrivateKind::Pgp(s) = &self.kind {
+            let text = std::str::from_utf8(payload).map_err(|_| "metadata is not text")?;
+            let (bytes, hash) = s.clearsign(text)?;
+            return Ok((bytes, hash, Some(s.fingerprint())));
+        }
+        let sig = self.sign(&pae(METADATA_MEDIA_TYPE, payload))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let env = EnvelopeOut {
+            payload_type: METADATA_MEDIA_TYPE,
+            payload: b64.encode(payload),
+            signatures: vec![SignatureOut {
+                keyid: self.public.fingerprint(),
+                sig: b64.encode(sig),
+            }],
+        };
+        let bytes = serde_json::to_vec(&env).map_err(|e| format!("encode envelope: {e}"))?;
+        Ok((bytes, HashType::Sha256, None))
     }
 
     /// Signs the DSSE pre-authentication encoding `msg` as sigstore's signers do with SHA-256:
@@ -142,6 +253,9 @@ impl PrivateKey {
                     .sign_prehash(&digest)
                     .map_err(|e| format!("ECDSA signing failed: {e}"))?;
                 s.to_der().as_bytes().to_vec()
+            }
+            PrivateKind::Pgp(_) => {
+                return Err("an OpenPGP key does not sign DSSE envelopes".into());
             }
         })
     }
@@ -211,7 +325,7 @@ struct SignatureOut {
     sig: String,
 }
 
-/// Adds a DSSE signature by `key` for each selected object group of the SIF at `path`. The
+/// Adds a signature by `key` (DSSE or OpenPGP, by the key's kind) for each selected object group of the SIF at `path`. The
 /// image is rewritten through a temporary file beside it and renamed into place, so it is
 /// either fully signed or untouched.
 pub fn sign(path: &Path, key: &PrivateKey, select: SignSelect) -> Result<Vec<Signed>, String> {
@@ -309,24 +423,11 @@ pub fn sign(path: &Path, key: &PrivateKey, select: SignSelect) -> Result<Vec<Sig
             objects: out,
         };
         let payload = serde_json::to_vec(&md).map_err(|e| format!("encode metadata: {e}"))?;
-        let sig = key.sign(&pae(METADATA_MEDIA_TYPE, &payload))?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let env = EnvelopeOut {
-            payload_type: METADATA_MEDIA_TYPE,
-            payload: b64.encode(&payload),
-            signatures: vec![SignatureOut {
-                keyid: key.public.fingerprint(),
-                sig: b64.encode(sig),
-            }],
-        };
-        let bytes = serde_json::to_vec(&env).map_err(|e| format!("encode envelope: {e}"))?;
+        let (bytes, hash, fingerprint) = key.sign_metadata(&payload)?;
         let mut spec = ObjectSpec::new(DataType::Signature, ObjectData::Bytes(bytes));
         spec.group_id = None;
         spec.link = Link::Group(*g);
-        spec.extra = Extra::Signature {
-            hash: HashType::Sha256,
-            fingerprint: None,
-        };
+        spec.extra = Extra::Signature { hash, fingerprint };
         specs.push(spec);
         signed.push(Signed {
             id: 0,

@@ -506,7 +506,7 @@ fn signed_with_openssl_keys_verifies_with_the_public_key_only() {
     let keys = openssl_keys(dir.path());
     assert_eq!(keys.len(), 7);
     for (n, (private, public)) in keys.iter().enumerate() {
-        let key = PrivateKey::from_file(private).expect("private key loads");
+        let key = PrivateKey::from_file(private, None, None).expect("private key loads");
         assert_eq!(
             key.public().fingerprint(),
             public_keyring(public).keys[0].fingerprint()
@@ -550,7 +550,7 @@ fn signing_writes_what_upstream_writes() {
     std::fs::copy(data("one-group.sif"), &img).expect("copy");
     sign(
         &img,
-        &PrivateKey::from_file(private).expect("loads"),
+        &PrivateKey::from_file(private, None, None).expect("loads"),
         SignSelect::Groups,
     )
     .expect("signs");
@@ -594,7 +594,7 @@ fn signing_writes_what_upstream_writes() {
 fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (private, public) = &openssl_keys(dir.path())[0];
-    let key = PrivateKey::from_file(private).expect("loads");
+    let key = PrivateKey::from_file(private, None, None).expect("loads");
     // Two groups: one signature each, or one for the group asked.
     let img = dir.path().join("two.sif");
     let objects_again = || {
@@ -660,7 +660,9 @@ fn signing_selects_groups_and_refuses_what_it_cannot_sign() {
         "{e}"
     );
     assert_eq!(std::fs::read(&junk).expect("reads"), b"hello");
-    let e = PrivateKey::from_file(public).err().unwrap_or_default();
+    let e = PrivateKey::from_file(public, None, None)
+        .err()
+        .unwrap_or_default();
     assert!(e.contains("is a public key"), "{e}");
     // No temporary file is left beside the image.
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -697,7 +699,7 @@ fn signing_two_groups_writes_upstreams_payloads() {
     std::fs::write(&img, &bytes).expect("writes");
     let s = sign(
         &img,
-        &PrivateKey::from_file(private).expect("loads"),
+        &PrivateKey::from_file(private, None, None).expect("loads"),
         SignSelect::Groups,
     )
     .expect("signs");
@@ -723,4 +725,330 @@ fn signing_two_groups_writes_upstreams_payloads() {
     assert!(verify(&img, &public_keyring(public), Select::Groups)
         .expect("reads")
         .ok());
+}
+
+/// A GnuPG home in a temporary directory; its agent is stopped on drop.
+struct Gpg {
+    dir: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("g")).expect("mkdir");
+        // Protected keys with a small S2K count: the default (calibrated to ~100 ms in gpg)
+        // takes tens of seconds to unlock in a debug build.
+        std::fs::write(dir.path().join("g/gpg-agent.conf"), "s2k-count 65536\n").expect("writes");
+        Gpg { dir }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("g")
+    }
+
+    /// Runs gpg in batch mode with `passphrase`; returns its stdout.
+    fn run(&self, passphrase: &str, args: &[&str]) -> Vec<u8> {
+        let out = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.home())
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase"])
+            .arg(passphrase)
+            .args(args)
+            .output()
+            .expect("gpg runs");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A new key for `uid` (`algo`, `usage` as `--quick-gen-key` takes them); returns its
+    /// primary fingerprint (lowercase hex).
+    fn key(&self, uid: &str, passphrase: &str, algo: &str, usage: &str) -> String {
+        self.run(passphrase, &["--quick-gen-key", uid, algo, usage, "never"]);
+        let list = self.run("", &["--with-colons", "--list-keys", uid]);
+        let list = String::from_utf8(list).expect("text");
+        let fpr = list
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:::::::::"))
+            .expect("fingerprint");
+        fpr.trim_end_matches(':').to_ascii_lowercase()
+    }
+
+    /// Writes `uid`'s secret key (armored unless `binary`) and public key; returns the paths.
+    fn export(&self, uid: &str, passphrase: &str, binary: bool) -> (PathBuf, PathBuf) {
+        let name = uid.replace(['@', ' ', '<', '>'], "_");
+        let secret = self.dir.path().join(format!("{name}.asc"));
+        let public = self.dir.path().join(format!("{name}-public.asc"));
+        let mut args = vec!["--export-secret-keys", uid];
+        if !binary {
+            args.insert(0, "--armor");
+        }
+        std::fs::write(&secret, self.run(passphrase, &args)).expect("writes");
+        std::fs::write(&public, self.run("", &["--armor", "--export", uid])).expect("writes");
+        (secret, public)
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.home())
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
+
+/// The clear-signed message of Signature object `id`.
+fn signature_text(img: &std::path::Path, id: u32) -> String {
+    let sif = SifFile::open(img).expect("opens");
+    let d = sif.descriptor(id).expect("signature");
+    let bytes = std::fs::read(img).expect("reads");
+    String::from_utf8(bytes[d.offset as usize..d.end() as usize].to_vec()).expect("text")
+}
+
+/// Upstream's one-group-signed-pgp.sif is one-group.sif signed with an OpenPGP key: ours,
+/// with a gpg key, must differ only in the signature's bytes, the sizes that follow from them
+/// and the fingerprint; the signed text (the image metadata JSON) must be upstream's.
+#[test]
+fn openpgp_signing_writes_what_upstream_writes() {
+    let gpg = Gpg::new();
+    let fp = gpg.key("Ed <ed@test>", "", "ed25519", "sign");
+    let (secret, public) = gpg.export("ed@test", "", false);
+    let key = PrivateKey::from_file(&secret, None, None).expect("loads");
+    assert_eq!(key.format(), Format::PgpMetadata);
+    assert_eq!(key.public().fingerprint(), fp);
+    assert_eq!(key.signing_subkey(), None);
+    let img = gpg.dir.path().join("one-group.sif");
+    std::fs::copy(data("one-group.sif"), &img).expect("copy");
+    let signed = sign(&img, &key, SignSelect::Groups).expect("signs");
+    assert_eq!((signed[0].id, signed[0].group), (3, 1));
+    let ours = std::fs::read(&img).expect("reads");
+    let theirs = std::fs::read(data("one-group-signed-pgp.sif")).expect("reads");
+    let sif = SifFile::open(&img).expect("opens");
+    let up = SifFile::open(&data("one-group-signed-pgp.sif")).expect("opens");
+    let (s, u) = (
+        sif.descriptor(3).expect("ours"),
+        up.descriptor(3).expect("theirs"),
+    );
+    assert_eq!(
+        (s.offset, s.link, s.group_id),
+        (u.offset, u.link, u.group_id)
+    );
+    assert_eq!(
+        s.extra,
+        Extra::Signature {
+            hash: HashType::Sha256,
+            fingerprint: Some(fp.clone())
+        }
+    );
+    // Header data size (120..128), the signature's size fields (slot 2, 25..41) and its
+    // fingerprint (extra 4..24) differ.
+    let slot = sif.header.descriptors_offset as usize + 2 * DESCRIPTOR_SIZE;
+    for i in 0..s.offset as usize {
+        if (120..128).contains(&i)
+            || (slot + 25..slot + 41).contains(&i)
+            || (slot + 205..slot + 225).contains(&i)
+        {
+            continue;
+        }
+        assert_eq!(ours[i], theirs[i], "byte {i}");
+    }
+    let (mine, upstream) = (
+        signature_text(&img, 3),
+        signature_text(&data("one-group-signed-pgp.sif"), 3),
+    );
+    let body = |t: &str| -> String {
+        let start = t.find("\n\n").expect("headers end") + 2;
+        let end = t
+            .find("\n-----BEGIN PGP SIGNATURE-----")
+            .expect("signature");
+        t[start..end].to_string()
+    };
+    assert_eq!(body(&mine), body(&upstream));
+    assert!(mine.starts_with("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n{\"version\":1,"));
+    assert!(mine.ends_with("\n-----END PGP SIGNATURE-----"), "{mine}");
+    // No armor checksum line, as upstream's writer.
+    assert!(!mine.lines().any(|l| l.starts_with('=')), "{mine}");
+    let r = verify(&img, &public_keyring(&public), Select::All).expect("reads");
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.signatures[0].format, Some(Format::PgpMetadata));
+    assert!(r.signatures[0].signers[0].starts_with(&format!("pgp {fp} (")));
+    // Upstream's key does not verify it; ours does not verify upstream's.
+    let r = verify(&img, &keyring(&[PGP]), Select::All).expect("reads");
+    assert!(!r.ok());
+    let r = verify(
+        &data("one-group-signed-pgp.sif"),
+        &public_keyring(&public),
+        Select::All,
+    )
+    .expect("reads");
+    assert!(!r.ok());
+}
+
+/// RSA and Ed25519 keys, armored and binary; a key whose primary only certifies signs with
+/// its newest signing subkey (as gpg does) and its primary fingerprint goes in the
+/// descriptor; every one-byte change of the signed partition fails.
+#[test]
+fn openpgp_keys_of_each_kind_sign_and_verify() {
+    let gpg = Gpg::new();
+    let rsa_fp = gpg.key("R <rsa@test>", "", "rsa2048", "sign");
+    let sub_fp = gpg.key("S <sub@test>", "", "ed25519", "cert");
+    gpg.run(
+        "",
+        &[
+            "--quick-add-key",
+            &sub_fp.to_ascii_uppercase(),
+            "ed25519",
+            "sign",
+            "never",
+        ],
+    );
+    gpg.run(
+        "",
+        &[
+            "--quick-add-key",
+            &sub_fp.to_ascii_uppercase(),
+            "cv25519",
+            "encr",
+            "never",
+        ],
+    );
+    let list = String::from_utf8(gpg.run("", &["--with-colons", "--list-keys", "sub@test"]))
+        .expect("text");
+    // The signing subkey: the second fpr line (after the primary's), before the encryption one.
+    let sub_signing = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("fpr:::::::::"))
+        .nth(1)
+        .expect("subkey")
+        .trim_end_matches(':')
+        .to_ascii_lowercase();
+    for (uid, fp, binary, subkey) in [
+        ("rsa@test", &rsa_fp, false, None),
+        ("sub@test", &sub_fp, false, Some(&sub_signing)),
+        ("sub@test", &sub_fp, true, Some(&sub_signing)),
+    ] {
+        let (secret, public) = gpg.export(uid, "", binary);
+        let key = PrivateKey::from_file(&secret, None, None).expect("loads");
+        assert_eq!(&key.public().fingerprint(), fp);
+        assert_eq!(key.signing_subkey().as_ref(), subkey);
+        let img = gpg.dir.path().join(format!("{uid}-{binary}.sif"));
+        std::fs::copy(data("one-group.sif"), &img).expect("copy");
+        sign(&img, &key, SignSelect::Groups).expect("signs");
+        let sif = SifFile::open(&img).expect("opens");
+        assert_eq!(
+            sif.descriptor(3).expect("signature").extra,
+            Extra::Signature {
+                hash: HashType::Sha256,
+                fingerprint: Some(fp.clone())
+            }
+        );
+        let r = verify(&img, &public_keyring(&public), Select::Groups).expect("reads");
+        assert!(r.ok(), "{uid}: {r:?}");
+        let part = sif.descriptor(2).expect("partition").clone();
+        let good = std::fs::read(&img).expect("reads");
+        for at in [part.offset, part.offset + part.size / 2, part.end() - 1] {
+            let mut bad = good.clone();
+            bad[at as usize] ^= 0x01;
+            std::fs::write(&img, &bad).expect("writes");
+            let r = verify(&img, &public_keyring(&public), Select::Groups).expect("reads");
+            let e = r.signatures[0].error.clone().unwrap_or_default();
+            assert!(e.contains("object 2 does not match"), "{uid} at {at}: {e}");
+        }
+    }
+}
+
+#[test]
+fn protected_openpgp_keys_need_their_passphrase() {
+    let gpg = Gpg::new();
+    let fp = gpg.key("P <p@test>", "sekrit", "ed25519", "sign");
+    let (secret, public) = gpg.export("p@test", "sekrit", false);
+    let shown = secret.display().to_string();
+    let e = PrivateKey::from_file(&secret, None, None)
+        .err()
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        format!("{shown}: the OpenPGP secret key {fp} is protected by a passphrase; set LAUNCHER_SIGN_PASSPHRASE to it")
+    );
+    let e = PrivateKey::from_file(&secret, Some("wrong"), None)
+        .err()
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        format!("{shown}: wrong passphrase for the OpenPGP secret key {fp} (from LAUNCHER_SIGN_PASSPHRASE)")
+    );
+    let key = PrivateKey::from_file(&secret, Some("sekrit"), None).expect("unlocks");
+    let img = gpg.dir.path().join("p.sif");
+    std::fs::copy(data("one-group.sif"), &img).expect("copy");
+    sign(&img, &key, SignSelect::Groups).expect("signs");
+    assert!(verify(&img, &public_keyring(&public), Select::Groups)
+        .expect("reads")
+        .ok());
+    // The public key, or two secret keys in one file: one line each.
+    let e = PrivateKey::from_file(&public, None, None)
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.contains("is an OpenPGP public key; signing needs the secret key"),
+        "{e}"
+    );
+    gpg.key("Q <q@test>", "", "ed25519", "sign");
+    let both = gpg.dir.path().join("both.asc");
+    std::fs::write(
+        &both,
+        gpg.run("sekrit", &["--armor", "--export-secret-keys"]),
+    )
+    .expect("writes");
+    let e = PrivateKey::from_file(&both, None, None)
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.contains("holds 2 OpenPGP secret keys") && !e.contains('\n'),
+        "{e}"
+    );
+    // An index picks one of them (as Apptainer's --keyidx); past the end, one line.
+    let e = PrivateKey::from_file(&both, None, Some(0))
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("is protected by a passphrase"), "{e}");
+    let q = PrivateKey::from_file(&both, None, Some(1)).expect("loads");
+    assert_ne!(q.public().fingerprint(), fp);
+    let e = PrivateKey::from_file(&both, None, Some(2))
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.ends_with("holds 2 OpenPGP secret keys; there is no key index 2 (they count from 0)"),
+        "{e}"
+    );
+    let e = PrivateKey::from_file(&public, None, Some(0))
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("is an OpenPGP public key"), "{e}");
+    // A binary public key, binary garbage, a truncated binary secret key: one line each.
+    let bin = gpg.dir.path().join("bin");
+    for (bytes, want) in [
+        (
+            gpg.run("", &["--export", "q@test"]),
+            "is an OpenPGP public key",
+        ),
+        (
+            vec![0xff, 0xfe, 0x00, 0x01],
+            "not a PEM private key or an OpenPGP secret key",
+        ),
+        (
+            gpg.run("", &["--export-secret-keys", "q@test"])[..40].to_vec(),
+            "not an OpenPGP secret key",
+        ),
+    ] {
+        std::fs::write(&bin, bytes).expect("writes");
+        let e = PrivateKey::from_file(&bin, None, None)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains(want) && !e.contains('\n'), "{want}: {e}");
+    }
 }
