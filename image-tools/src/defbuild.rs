@@ -2,7 +2,8 @@
 //!
 //! Per stage, in order: the root is staged in a directory the caller owns (`From:` unpacked
 //! from a SIF/SquashFS file, copied from a directory, or an OCI/Docker image staged as
-//! `build` stages one); `%setup` runs on the host as the caller; `%files` are copied in;
+//! `build` stages one), or, for an image build from a SIF/SquashFS file or `docker`, is an
+//! overlay on that base's tree unpacked once into the cache (`basecache`, `OverlayRoot`); `%setup` runs on the host as the caller; `%files` are copied in;
 //! `%post` runs as fake root in the staged root (`fakeroot`); the Apptainer metadata files
 //! are written. The last stage's root is then written as SquashFS with every file root's
 //! (as `mksquashfs -all-root`), wrapped in a SIF with the definition as its own object, and
