@@ -709,3 +709,50 @@ fn concurrent_builds_of_one_base_share_one_cached_tree() {
         assert_eq!(sh(&img, "test -s /pid && echo ok"), "ok\n");
     }
 }
+
+/// Where the overlay cannot be mounted (here: a cache path overlayfs options cannot name),
+/// the cached tree is copied; where there is no cache to keep it in, the base is unpacked
+/// afresh. Either way the build works and the cached tree stays as it was.
+#[test]
+fn without_an_overlay_or_a_cache_the_base_is_copied_or_unpacked() {
+    let dir = workdir("reuse-fallback");
+    let cache = dir.join("cache,with-comma");
+    let c = cache.display().to_string();
+    write_as_user(
+        &dir.join("f.def"),
+        &busybox_def("%post\n    echo changed >> /etc/passwd\n    rm /bin/vi\n"),
+    );
+    for (out, cachedir, want) in [
+        ("a.sqfs", c.as_str(), "unpacked into the cache local-"),
+        ("b.sqfs", c.as_str(), "reused the cached tree local-"),
+        (
+            "c.sqfs",
+            "/proc/no-such-cache",
+            "no cache to keep the unpacked base in",
+        ),
+    ] {
+        let o = launcher(&["build", "--compress", "lz4", out, "f.def"])
+            .cwd(&dir)
+            .env("LAUNCHER_CACHEDIR", cachedir)
+            .run();
+        o.ok();
+        assert!(o.stderr.contains(want), "{o:?}");
+        if cachedir == c {
+            assert!(o.stderr.contains("no overlay on it"), "{o:?}");
+        }
+        let img = dir.join(out).display().to_string();
+        assert_eq!(
+            sh(
+                &img,
+                "grep -c changed /etc/passwd; test -e /bin/vi || echo gone"
+            ),
+            "1\ngone\n"
+        );
+    }
+    let (trees, _) = cached_bases(&cache);
+    let tree = cache.join("bases").join(&trees[0]).join("root");
+    assert!(tree.join("bin/vi").exists());
+    assert!(!std::fs::read_to_string(tree.join("etc/passwd"))
+        .unwrap()
+        .contains("changed"));
+}

@@ -209,8 +209,11 @@ fn bootstrap(
                 let key = basecache::local_key(from).map_err(at)?;
                 let source = format!("localimage {}", from.display());
                 let fill = |root: &Path| unpack_local(from, root).map(|()| Overrides::new());
-                let (root, ov, keep) = on_cached_base(&dir, &key, &source, fill).map_err(at)?;
-                return Ok((root, ov, None, keep));
+                if let Some((root, ov, keep)) =
+                    on_cached_base(&dir, &key, &source, fill).map_err(at)?
+                {
+                    return Ok((root, ov, None, keep));
+                }
             }
             let root = dir.join("root");
             std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
@@ -239,8 +242,9 @@ fn bootstrap(
                     crate::build::remove_tree(&tmp);
                     Ok(ov)
                 };
-                let (root, ov, keep) = on_cached_base(&dir, &key, &source, fill)?;
-                return Ok((root, ov, Some(pulled.report), keep));
+                if let Some((root, ov, keep)) = on_cached_base(&dir, &key, &source, fill)? {
+                    return Ok((root, ov, Some(pulled.report), keep));
+                }
             }
             let (root, ov) = stage_oci(&pulled.source, &dir, b.opts)?;
             Ok((root, ov, Some(pulled.report), Kept::default()))
@@ -254,14 +258,29 @@ fn bootstrap(
 /// The cached tree of the base `key` (unpacked by `fill` if not cached yet) under an overlay
 /// whose changes go to `dir` (the stage's staging directory): the merged root as this process
 /// reaches it. Where the kernel refuses the overlay, a copy of the cached tree (reflinked
-/// where the file system can, as `cp -a` does by default).
+/// where the file system can, as `cp -a` does by default). None where there is no cache to
+/// keep a tree in (no home directory, a read-only one): the caller stages afresh.
 fn on_cached_base(
     dir: &Path,
     key: &str,
     source: &str,
     fill: impl FnOnce(&Path) -> Result<Overrides>,
-) -> Result<(PathBuf, Overrides, Kept)> {
-    let cache_root = registry::Cache::default_dir()?;
+) -> Result<Option<(PathBuf, Overrides, Kept)>> {
+    let cache_root = match registry::Cache::default_dir()
+        .map_err(Error::from)
+        .and_then(|c| {
+            let bases = basecache::dir(&c);
+            std::fs::create_dir_all(&bases).map_err(|e| io_err(&bases, e))?;
+            Ok(c)
+        }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "launcher: base: no cache to keep the unpacked base in ({e}); unpacking it afresh"
+            );
+            return Ok(None);
+        }
+    };
     let entry = basecache::get_or_fill(&cache_root, key, source, fill)?;
     let overrides = entry.overrides()?;
     let how = if entry.reused {
@@ -276,21 +295,21 @@ fn on_cached_base(
     match fakeroot::OverlayRoot::mount(&entry.root(), &upper, &work, &merged) {
         Ok(ov) => {
             eprintln!("launcher: base: {how} {key} ({source}), under an overlay");
-            Ok((
+            Ok(Some((
                 ov.path().to_path_buf(),
                 overrides,
                 Kept {
                     overlay: Some(ov),
                     _base: Some(entry),
                 },
-            ))
+            )))
         }
         Err(e) => {
             eprintln!("launcher: base: {how} {key} ({source}); no overlay on it ({e}): copying it");
             let root = dir.join("root");
             std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
             unpack_local(&entry.root(), &root)?;
-            Ok((root, overrides, Kept::default()))
+            Ok(Some((root, overrides, Kept::default())))
         }
     }
 }
