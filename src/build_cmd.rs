@@ -36,6 +36,10 @@ pub struct BuildArgs {
     /// Definition files: do not run %test after the build.
     #[arg(short = 'T', long)]
     pub notest: bool,
+    /// Definition files: unpack the base afresh, neither reusing nor keeping an unpacked tree
+    /// in the cache (the blob cache of docker:// pulls is still used).
+    #[arg(long)]
+    pub disable_cache: bool,
     /// Accepted for Apptainer's spelling: definition files always build as fake root.
     #[arg(short = 'f', long)]
     pub fakeroot: bool,
@@ -179,6 +183,7 @@ impl PullArgs {
             build_arg: Vec::new(),
             build_arg_file: None,
             notest: false,
+            disable_cache: false,
             fakeroot: false,
             compress: Compress::Zstd,
             level: None,
@@ -217,16 +222,28 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                 "  {n} converted images (exec docker://...), {:.1} MiB",
                 mib(bytes)
             );
+            let bases = image_tools::basecache::list(&root)?;
+            println!(
+                "  {} unpacked bases (definition-file builds), {:.1} MiB",
+                bases.len(),
+                mib(bases.iter().map(|b| b.bytes).sum())
+            );
+            for b in &bases {
+                println!("    {} {:.1} MiB {}", b.key, mib(b.bytes), b.source);
+            }
         }
         CacheAction::Clean { days, force } => {
             let older = days.map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400)));
             if !force {
                 let u = cache_usage(&root)?;
+                let bases = image_tools::basecache::list(&root)?;
                 println!(
-                    "would remove up to {} blobs and {} partial downloads ({:.1} MiB) from {}{}; run with --force to remove them",
+                    "would remove up to {} blobs and {} partial downloads ({:.1} MiB), {} unpacked bases ({:.1} MiB) from {}{}; run with --force to remove them",
                     u.blobs,
                     u.partial,
                     mib(u.bytes),
+                    bases.len(),
+                    mib(bases.iter().map(|b| b.bytes).sum()),
                     root.display(),
                     days.map(|d| format!(" (those unused for {d} days)")).unwrap_or_default()
                 );
@@ -242,6 +259,17 @@ pub fn cache(action: CacheAction) -> Result<i32> {
             );
             let (n, bytes) = crate::image_source::cached_images(&root, older, true)?;
             println!("removed {n} converted images ({:.1} MiB)", mib(bytes));
+            let b = image_tools::basecache::clean(&root, older)?;
+            println!(
+                "removed {} unpacked bases ({:.1} MiB){}",
+                b.trees,
+                mib(b.bytes),
+                if b.in_use > 0 {
+                    format!("; {} in use by a running build, left", b.in_use)
+                } else {
+                    String::new()
+                }
+            );
         }
     }
     Ok(0)
@@ -433,6 +461,7 @@ fn def_build<'a>(
         def,
         def_name: &args.source,
         notest: args.notest,
+        reuse_base: !args.disable_cache,
         opts,
     }
 }

@@ -42,7 +42,7 @@ pub fn run(dir: &Path, action: Action) -> Result<i32> {
     ];
     argv.extend(args);
     // The caller's stdin, as a launch gives it (a shell, a pipe); a build's %post has none.
-    let status = fake(dir, argv, true)
+    let status = fake(dir, None, argv, true)
         .with_context(|| format!("running as fake root in '{}'", dir.display()))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {

@@ -538,3 +538,221 @@ fn files_sources_with_wildcards() {
         "a.txt\nb.txt\nc.dat\n/a.txt\n/b.txt\n"
     );
 }
+
+/// `unsquashfs -lls` of an image: one line per entry, its type and mode first.
+fn listing(img: &Path) -> String {
+    let out = Command::new("unsquashfs")
+        .args(["-lls", "-d", ""])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The unpacked bases in a cache directory (`bases/KEY`), and anything else there but the
+/// trees' locks (a temporary tree left behind).
+fn cached_bases(cache: &Path) -> (Vec<String>, Vec<String>) {
+    let (mut trees, mut other) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(cache.join("bases")).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".lock") {
+            continue;
+        }
+        if n.starts_with("local-") || n.starts_with("docker-") {
+            trees.push(n);
+        } else {
+            other.push(n);
+        }
+    }
+    trees.sort();
+    (trees, other)
+}
+
+/// A rebuild on the same base reuses its unpacked tree (under an overlay) instead of
+/// unpacking it again; what %post changes or deletes stays in its own build; the images are
+/// the same as from a fresh unpack; a changed base file is a new base.
+#[test]
+fn rebuilds_reuse_the_unpacked_base_without_leaking_changes() {
+    let dir = workdir("reuse");
+    let cache = dir.join("cache");
+    let c = cache.display().to_string();
+    let base = dir.join("base.sqfs");
+    std::fs::copy(fixture("busybox-gzip.sqfs"), &base).unwrap();
+    let s = setup();
+    std::os::unix::fs::chown(&base, Some(s.uid), Some(s.gid)).unwrap();
+    write_as_user(
+        &dir.join("r.def"),
+        "Bootstrap: localimage\nFrom: base.sqfs\n\n%post\n    echo leaked >> /etc/passwd\n    \
+         rm /bin/vi\n    rm -r /usr\n    mkdir -p /opt/new && echo new > /opt/new/file\n\n\
+         %test\n    grep -c leaked /etc/passwd\n",
+    );
+    let run = |args: &[&str]| {
+        let mut a = vec!["build", "--compress", "lz4", "--reproducible"];
+        a.extend_from_slice(args);
+        launcher(&a).cwd(&dir).env("LAUNCHER_CACHEDIR", &c).run()
+    };
+    let first = run(&["one.sqfs", "r.def"]);
+    first.ok();
+    assert!(
+        first
+            .stderr
+            .contains("base: unpacked into the cache local-"),
+        "{first:?}"
+    );
+    // %test ran on the overlay too, and saw the append once.
+    assert!(first.stdout.starts_with("1\n"), "{first:?}");
+    let second = run(&["two.sqfs", "r.def"]);
+    second.ok();
+    assert!(
+        second
+            .stderr
+            .contains("base: reused the cached tree local-"),
+        "{second:?}"
+    );
+    assert!(second.stdout.starts_with("1\n"), "{second:?}");
+    let fresh = run(&["--disable-cache", "fresh.sqfs", "r.def"]);
+    fresh.ok();
+    assert!(!fresh.stderr.contains("base:"), "{fresh:?}");
+    // Byte for byte the same image, reused or not.
+    let bytes = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    assert!(bytes("one.sqfs") == bytes("two.sqfs"));
+    assert!(bytes("one.sqfs") == bytes("fresh.sqfs"));
+    // The cached tree is the base as unpacked: nothing %post did reached it.
+    let (trees, other) = cached_bases(&cache);
+    assert_eq!((trees.len(), other.len()), (1, 0), "{trees:?} {other:?}");
+    let tree = cache.join("bases").join(&trees[0]).join("root");
+    let passwd = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();
+    assert!(!passwd.contains("leaked"));
+    assert!(tree.join("bin/vi").exists() && tree.join("usr").is_dir());
+    assert!(!tree.join("opt/new").exists());
+    // Deleted files are absent from the image, and the overlay's whiteouts (character
+    // devices 0:0) did not come along; no other special file appeared.
+    let l = listing(&dir.join("two.sqfs"));
+    assert!(!l.contains("/bin/vi\n") && !l.contains(" /usr"), "{l}");
+    assert!(l.contains(" /opt/new/file\n"), "{l}");
+    assert!(
+        !l.lines().any(|x| x.starts_with('c') || x.starts_with('b')),
+        "{l}"
+    );
+    assert_eq!(
+        sh(
+            &dir.join("two.sqfs").display().to_string(),
+            "grep -c leaked /etc/passwd"
+        ),
+        "1\n"
+    );
+    // A different file under the same name, with the old time: a new base, not the old tree.
+    let mtime = std::fs::metadata(&base).unwrap().modified().unwrap();
+    std::fs::copy(fixture("busybox-zstd.sqfs"), &base).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&base)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let changed = run(&["three.sqfs", "r.def"]);
+    changed.ok();
+    assert!(
+        changed
+            .stderr
+            .contains("base: unpacked into the cache local-"),
+        "{changed:?}"
+    );
+    assert_eq!(cached_bases(&cache).0.len(), 2);
+    // Listed, and removed, by `launcher cache`.
+    let list = launcher(&["cache", "list"])
+        .env("LAUNCHER_CACHEDIR", &c)
+        .run();
+    list.ok();
+    assert!(list.stdout.contains("2 unpacked bases"), "{list:?}");
+    assert!(list.stdout.contains("localimage base.sqfs"), "{list:?}");
+    let clean = launcher(&["cache", "clean", "--force"])
+        .env("LAUNCHER_CACHEDIR", &c)
+        .run();
+    clean.ok();
+    assert!(
+        clean.stdout.contains("removed 2 unpacked bases"),
+        "{clean:?}"
+    );
+    assert_eq!(cached_bases(&cache), (vec![], vec![]));
+    assert!(leftover_staging().is_empty(), "{:?}", leftover_staging());
+}
+
+/// Two builds of one base at once, on an empty cache: both succeed, one tree is kept.
+#[test]
+fn concurrent_builds_of_one_base_share_one_cached_tree() {
+    let dir = workdir("reuse-concurrent");
+    let cache = dir.join("cache");
+    let c = cache.display().to_string();
+    write_as_user(
+        &dir.join("c.def"),
+        &busybox_def("%post\n    echo $$ > /pid\n"),
+    );
+    let children: Vec<_> = ["a.sqfs", "b.sqfs"]
+        .iter()
+        .map(|out| {
+            launcher(&["build", "--compress", "lz4", out, "c.def"])
+                .cwd(&dir)
+                .env("LAUNCHER_CACHEDIR", &c)
+                .spawn()
+        })
+        .collect();
+    for ch in children {
+        let out = ch.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let (trees, other) = cached_bases(&cache);
+    assert_eq!((trees.len(), other.len()), (1, 0), "{trees:?} {other:?}");
+    for img in ["a.sqfs", "b.sqfs"] {
+        let img = dir.join(img).display().to_string();
+        assert_eq!(sh(&img, "test -s /pid && echo ok"), "ok\n");
+    }
+}
+
+/// Where the overlay cannot be mounted (here: a cache path overlayfs options cannot name),
+/// the cached tree is copied; where there is no cache to keep it in, the base is unpacked
+/// afresh. Either way the build works and the cached tree stays as it was.
+#[test]
+fn without_an_overlay_or_a_cache_the_base_is_copied_or_unpacked() {
+    let dir = workdir("reuse-fallback");
+    let cache = dir.join("cache,with-comma");
+    let c = cache.display().to_string();
+    write_as_user(
+        &dir.join("f.def"),
+        &busybox_def("%post\n    echo changed >> /etc/passwd\n    rm /bin/vi\n"),
+    );
+    for (out, cachedir, want) in [
+        ("a.sqfs", c.as_str(), "unpacked into the cache local-"),
+        ("b.sqfs", c.as_str(), "reused the cached tree local-"),
+        (
+            "c.sqfs",
+            "/proc/no-such-cache",
+            "no cache to keep the unpacked base in",
+        ),
+    ] {
+        let o = launcher(&["build", "--compress", "lz4", out, "f.def"])
+            .cwd(&dir)
+            .env("LAUNCHER_CACHEDIR", cachedir)
+            .run();
+        o.ok();
+        assert!(o.stderr.contains(want), "{o:?}");
+        if cachedir == c {
+            assert!(o.stderr.contains("no overlay on it"), "{o:?}");
+        }
+        let img = dir.join(out).display().to_string();
+        assert_eq!(
+            sh(
+                &img,
+                "grep -c changed /etc/passwd; test -e /bin/vi || echo gone"
+            ),
+            "1\ngone\n"
+        );
+    }
+    let (trees, _) = cached_bases(&cache);
+    let tree = cache.join("bases").join(&trees[0]).join("root");
+    assert!(tree.join("bin/vi").exists());
+    assert!(!std::fs::read_to_string(tree.join("etc/passwd"))
+        .unwrap()
+        .contains("changed"));
+}

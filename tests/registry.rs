@@ -582,11 +582,25 @@ fn definition_file_bootstraps_from_the_registry() {
         sh(&img, "cat /built; echo $OCI_VAR"),
         "built as 0\nfrom-oci\n"
     );
+    assert!(
+        out.stderr.contains("base: unpacked into the cache docker-"),
+        "{out:?}"
+    );
     let out = build(&sif, &def, &cache, &["--insecure", "--compress", "lz4"]);
     out.ok();
     assert!(
         out.stderr.contains("downloaded 0 (0 bytes), cached 2"),
         "{out:?}"
+    );
+    // The layers are not staged again either: the unpacked tree (and what its layers
+    // recorded: the OCI environment) comes from the cache.
+    assert!(
+        out.stderr.contains("base: reused the cached tree docker-"),
+        "{out:?}"
+    );
+    assert_eq!(
+        sh(&img, "cat /built; echo $OCI_VAR"),
+        "built as 0\nfrom-oci\n"
     );
 }
 

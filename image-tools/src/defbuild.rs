@@ -2,13 +2,15 @@
 //!
 //! Per stage, in order: the root is staged in a directory the caller owns (`From:` unpacked
 //! from a SIF/SquashFS file, copied from a directory, or an OCI/Docker image staged as
-//! `build` stages one); `%setup` runs on the host as the caller; `%files` are copied in;
+//! `build` stages one), or, for an image build from a SIF/SquashFS file or `docker`, is an
+//! overlay on that base's tree unpacked once into the cache (`basecache`, `OverlayRoot`); `%setup` runs on the host as the caller; `%files` are copied in;
 //! `%post` runs as fake root in the staged root (`fakeroot`); the Apptainer metadata files
 //! are written. The last stage's root is then written as SquashFS with every file root's
 //! (as `mksquashfs -all-root`), wrapped in a SIF with the definition as its own object, and
 //! `%test` runs first unless `notest`. Everything lives in the caller's staging directory,
 //! removed on success and failure; OUT is written under a temporary name and renamed.
 
+use crate::basecache;
 use crate::build::{BuildOptions, BuildReport, Error, OutputKind, Result, Staging};
 use crate::deffile::{Bootstrap, Definition, Script, Stage};
 use crate::fakeroot::{self, resolve_in_root, FakerootCommand};
@@ -31,7 +33,18 @@ pub struct DefBuild<'a> {
     pub def_name: &'a str,
     /// Skip `%test`.
     pub notest: bool,
+    /// Build image files on a cached unpacked base (`basecache`) under an overlay, instead
+    /// of unpacking the base afresh (`--disable-cache` turns it off; sandboxes never do).
+    pub reuse_base: bool,
     pub opts: &'a BuildOptions,
+}
+
+/// What keeps a stage's root there: the overlay's keeper process, then the cached base's
+/// lock (dropped in this order: unmounted first, then released to `cache clean`).
+#[derive(Default)]
+struct Kept {
+    overlay: Option<fakeroot::OverlayRoot>,
+    _base: Option<basecache::Entry>,
 }
 
 /// Shell words that source the image's environment scripts, as a launch applies them.
@@ -55,7 +68,8 @@ fn io_err(p: &Path, e: std::io::Error) -> Error {
 /// Builds `out` from the definition. `staging` is the caller's (a signal handler removes it).
 pub fn build(out: &Path, b: &DefBuild, staging: &Staging) -> Result<BuildReport> {
     let kind = OutputKind::from_path(out)?;
-    let (root, overrides, pull) = build_root(b, staging)?;
+    // `_kept` holds the overlays (and so the roots) until the image is written.
+    let (root, overrides, pull, _kept) = build_root(b, staging, b.reuse_base)?;
     let root = root.as_path();
     let opts = b.opts;
     let wopts = WriteOptions {
@@ -99,18 +113,22 @@ pub fn build_sandbox(
     b: &DefBuild,
     staging: &Staging,
 ) -> Result<Option<registry::PullReport>> {
-    let (root, overrides, pull) = build_root(b, staging)?;
+    // The tree is renamed into place: a fresh unpack, not an overlay.
+    let (root, overrides, pull, _kept) = build_root(b, staging, false)?;
     crate::sandbox::install(&root, &overrides, dir, &staging.0)?;
     Ok(pull)
 }
 
 /// Every stage in order; the last one's root (tested unless `notest`), the ownership and
 /// modes its staging recorded (ownership dropped: everything is root's), and the pull.
+#[allow(clippy::type_complexity)]
 fn build_root(
     b: &DefBuild,
     staging: &Staging,
-) -> Result<(PathBuf, Overrides, Option<registry::PullReport>)> {
+    reuse: bool,
+) -> Result<(PathBuf, Overrides, Option<registry::PullReport>, Vec<Kept>)> {
     let mut roots: Vec<(Option<String>, PathBuf)> = Vec::new();
+    let mut kept: Vec<Kept> = Vec::new();
     let mut pull = None;
     let mut overrides = Overrides::new();
     let n = b.def.stages.len();
@@ -128,20 +146,22 @@ fn build_root(
                 stage.from
             );
         }
-        let (root, ov, pulled) = bootstrap(stage, i, b, staging)?;
+        let (root, ov, pulled, keep) = bootstrap(stage, i, b, staging, reuse)?;
         if pulled.is_some() {
             pull = pulled;
         }
-        run_stage(stage, &root, &roots, b)?;
+        let overlay = keep.overlay.as_ref();
+        run_stage(stage, &root, overlay, &roots, b)?;
         if i + 1 == n {
             overrides = ov;
             if !b.notest {
                 if let Some(t) = stage.test.as_ref().filter(|t| !t.is_empty()) {
-                    run_test(&root, t, b)?;
+                    run_test(&root, overlay, t, b)?;
                 }
             }
         }
         roots.push((stage.name.clone(), root));
+        kept.push(keep);
     }
     let (_, root) = roots
         .pop()
@@ -152,16 +172,19 @@ fn build_root(
         o.uid = None;
         o.gid = None;
     }
-    Ok((root, overrides, pull))
+    Ok((root, overrides, pull, kept))
 }
 
-/// The stage's starting root, in the staging directory.
+/// The stage's starting root, in the staging directory: unpacked there, or (`reuse`) an
+/// overlay on the cached unpacked base.
+#[allow(clippy::type_complexity)]
 fn bootstrap(
     stage: &Stage,
     i: usize,
     b: &DefBuild,
     staging: &Staging,
-) -> Result<(PathBuf, Overrides, Option<registry::PullReport>)> {
+    reuse: bool,
+) -> Result<(PathBuf, Overrides, Option<registry::PullReport>, Kept)> {
     let dir = staging.0.join(format!("stage-{i}"));
     let at = |e: Error| {
         fail(format!(
@@ -169,21 +192,33 @@ fn bootstrap(
             b.def_name, stage.line, stage.from
         ))
     };
-    let oci_source = |spec: String| -> Result<(PathBuf, Overrides, Option<registry::PullReport>)> {
+    let oci_source = |spec: String| -> Result<_> {
         let src = oci::Source::parse(&spec).map_err(|e| at(e.into()))?;
-        stage_oci(&src, &dir, b.opts).map(|(r, o)| (r, o, None))
+        stage_oci(&src, &dir, b.opts).map(|(r, o)| (r, o, None, Kept::default()))
     };
     match stage.bootstrap {
         Bootstrap::Scratch => {
             let root = dir.join("root");
             std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
-            Ok((root, Overrides::new(), None))
+            Ok((root, Overrides::new(), None, Kept::default()))
         }
         Bootstrap::LocalImage => {
+            let from = Path::new(&stage.from);
+            // A directory base is copied, not unpacked: nothing to reuse.
+            if reuse && from.is_file() {
+                let key = basecache::local_key(from).map_err(at)?;
+                let source = format!("localimage {}", from.display());
+                let fill = |root: &Path| unpack_local(from, root).map(|()| Overrides::new());
+                if let Some((root, ov, keep)) =
+                    on_cached_base(&dir, &key, &source, fill).map_err(at)?
+                {
+                    return Ok((root, ov, None, keep));
+                }
+            }
             let root = dir.join("root");
             std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
-            unpack_local(Path::new(&stage.from), &root).map_err(at)?;
-            Ok((root, Overrides::new(), None))
+            unpack_local(from, &root).map_err(at)?;
+            Ok((root, Overrides::new(), None, Kept::default()))
         }
         Bootstrap::Docker => {
             let spec = if stage.from.starts_with("docker://") {
@@ -194,12 +229,88 @@ fn bootstrap(
             let r = registry::Reference::parse(&spec).map_err(|e| at(e.into()))?;
             let pulled = registry::pull(&r, &b.opts.arch, &b.opts.pull, &dir.join("layout"))
                 .map_err(|e| at(e.into()))?;
+            if let Some(key) =
+                basecache::docker_key(&pulled.report.manifest_digest).filter(|_| reuse)
+            {
+                let source = format!("docker {spec}@{}", pulled.report.manifest_digest);
+                let fill = |root: &Path| {
+                    // Staged beside the tree's directory, then renamed to it.
+                    let tmp = root.parent().unwrap_or(root).join("oci");
+                    let (staged, ov) = stage_oci(&pulled.source, &tmp, b.opts)?;
+                    std::fs::remove_dir(root).map_err(|e| io_err(root, e))?;
+                    std::fs::rename(&staged, root).map_err(|e| io_err(root, e))?;
+                    crate::build::remove_tree(&tmp);
+                    Ok(ov)
+                };
+                if let Some((root, ov, keep)) = on_cached_base(&dir, &key, &source, fill)? {
+                    return Ok((root, ov, Some(pulled.report), keep));
+                }
+            }
             let (root, ov) = stage_oci(&pulled.source, &dir, b.opts)?;
-            Ok((root, ov, Some(pulled.report)))
+            Ok((root, ov, Some(pulled.report), Kept::default()))
         }
         Bootstrap::Oci => oci_source(format!("oci:{}", stage.from)),
         Bootstrap::OciArchive => oci_source(format!("oci-archive:{}", stage.from)),
         Bootstrap::DockerArchive => oci_source(format!("docker-archive:{}", stage.from)),
+    }
+}
+
+/// The cached tree of the base `key` (unpacked by `fill` if not cached yet) under an overlay
+/// whose changes go to `dir` (the stage's staging directory): the merged root as this process
+/// reaches it. Where the kernel refuses the overlay, a copy of the cached tree (reflinked
+/// where the file system can, as `cp -a` does by default). None where there is no cache to
+/// keep a tree in (no home directory, a read-only one): the caller stages afresh.
+fn on_cached_base(
+    dir: &Path,
+    key: &str,
+    source: &str,
+    fill: impl FnOnce(&Path) -> Result<Overrides>,
+) -> Result<Option<(PathBuf, Overrides, Kept)>> {
+    let cache_root = match registry::Cache::default_dir()
+        .map_err(Error::from)
+        .and_then(|c| {
+            let bases = basecache::dir(&c);
+            std::fs::create_dir_all(&bases).map_err(|e| io_err(&bases, e))?;
+            Ok(c)
+        }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "launcher: base: no cache to keep the unpacked base in ({e}); unpacking it afresh"
+            );
+            return Ok(None);
+        }
+    };
+    let entry = basecache::get_or_fill(&cache_root, key, source, fill)?;
+    let overrides = entry.overrides()?;
+    let how = if entry.reused {
+        "reused the cached tree"
+    } else {
+        "unpacked into the cache"
+    };
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).map_err(|e| io_err(d, e))?;
+    }
+    match fakeroot::OverlayRoot::mount(&entry.root(), &upper, &work, &merged) {
+        Ok(ov) => {
+            eprintln!("launcher: base: {how} {key} ({source}), under an overlay");
+            Ok(Some((
+                ov.path().to_path_buf(),
+                overrides,
+                Kept {
+                    overlay: Some(ov),
+                    _base: Some(entry),
+                },
+            )))
+        }
+        Err(e) => {
+            eprintln!("launcher: base: {how} {key} ({source}); no overlay on it ({e}): copying it");
+            let root = dir.join("root");
+            std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
+            unpack_local(&entry.root(), &root)?;
+            Ok(Some((root, overrides, Kept::default())))
+        }
     }
 }
 
@@ -349,6 +460,7 @@ fn copy_file(a: &Archive, inode: &Inode, f: &std::fs::File) -> Result<()> {
 fn run_stage(
     stage: &Stage,
     root: &Path,
+    overlay: Option<&fakeroot::OverlayRoot>,
     earlier: &[(Option<String>, PathBuf)],
     b: &DefBuild,
 ) -> Result<()> {
@@ -405,6 +517,7 @@ fn run_stage(
         let shell = s.shell().unwrap_or("/bin/sh").to_string();
         let status = fake(
             root,
+            overlay,
             vec![shell, "-e".into(), "-c".into(), s.body.clone()],
             false,
         )
@@ -425,6 +538,7 @@ fn run_stage(
 /// `launcher exec|run|shell --fakeroot --writable DIR` (`inherit_stdin` for a shell).
 pub fn fake(
     root: &Path,
+    overlay: Option<&fakeroot::OverlayRoot>,
     argv: Vec<String>,
     inherit_stdin: bool,
 ) -> std::result::Result<std::process::ExitStatus, fakeroot::Error> {
@@ -457,15 +571,26 @@ pub fn fake(
         argv,
         env,
         inherit_stdin,
+        overlay,
     })
 }
 
 /// `%test`: the image's test script, with its environment, as fake root.
-fn run_test(root: &Path, t: &Script, b: &DefBuild) -> Result<()> {
+fn run_test(
+    root: &Path,
+    overlay: Option<&fakeroot::OverlayRoot>,
+    t: &Script,
+    b: &DefBuild,
+) -> Result<()> {
     eprintln!("launcher: running %test (skip it with --notest)");
     let script = format!("{SOURCE_ENV_SCRIPTS} exec /.singularity.d/test");
-    let status = fake(root, vec!["/bin/sh".into(), "-c".into(), script], false)
-        .map_err(|e| fail(format!("{}:{}: %test: {e}", b.def_name, t.line)))?;
+    let status = fake(
+        root,
+        overlay,
+        vec!["/bin/sh".into(), "-c".into(), script],
+        false,
+    )
+    .map_err(|e| fail(format!("{}:{}: %test: {e}", b.def_name, t.line)))?;
     if !status.success() {
         return Err(fail(format!(
             "{}:{}: %test failed ({}); its output is above; --notest skips it",

@@ -35,6 +35,9 @@ pub struct FakerootCommand<'a> {
     pub env: Vec<(String, String)>,
     /// The caller's stdin (an interactive shell); else /dev/null, as a build wants.
     pub inherit_stdin: bool,
+    /// `root` is this overlay's merged view (`OverlayRoot::path`): the command runs in a
+    /// user namespace nested in the overlay keeper's, which holds the mount.
+    pub overlay: Option<&'a OverlayRoot>,
 }
 
 /// What failed while entering the fake root (the step), or the spawn itself.
@@ -66,6 +69,7 @@ const STEPS: &[&str] = &[
     "installing the seccomp filter",
     "PR_SET_PDEATHSIG",
     "passing the seccomp listener to the launcher",
+    "joining the overlay keeper's namespaces",
 ];
 
 /// Paths the child needs, made before the fork (no allocation after it).
@@ -86,6 +90,20 @@ struct Prepared {
     filter: Vec<libc::sock_filter>,
     /// The child's end of the socket the seccomp listener is sent over.
     sock: i32,
+    /// The overlay keeper's user and mount namespaces (descriptors), joined first.
+    join: Option<(i32, i32)>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some((u, m)) = self.join {
+            // SAFETY: both descriptors were opened by Prepared::new and are closed only here.
+            unsafe {
+                libc::close(u);
+                libc::close(m);
+            }
+        }
+    }
 }
 
 fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
@@ -94,7 +112,9 @@ fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
 }
 
 impl Prepared {
-    fn new(root: &Path, sock: i32) -> Result<Prepared, Error> {
+    /// `root` is the staged root as the launcher sees it; with `overlay`, the mounts are
+    /// made at the merged directory's path in the keeper's mount namespace instead.
+    fn new(root: &Path, sock: i32, overlay: Option<&OverlayRoot>) -> Result<Prepared, Error> {
         let step = |s: &str| {
             let s = s.to_string();
             move |e: io::Error| Error { step: s, source: e }
@@ -121,7 +141,19 @@ impl Prepared {
         let host_resolv_ok = Path::new("/etc/resolv.conf").exists();
         let c = |p: &Path| cstr(p).map_err(step("preparing paths"));
         // SAFETY: getuid and getgid have no preconditions and cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (mut uid, mut gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut join = None;
+        let mut root = root;
+        let resolv = match overlay {
+            None => resolv,
+            Some(o) => {
+                // In the keeper's namespace the caller is already 0: the nested one maps 0 to 0.
+                (uid, gid) = (0, 0);
+                join = Some(o.namespaces().map_err(step(STEPS[17]))?);
+                root = o.inner.as_path();
+                resolv.map(|_| root.join("etc/resolv.conf"))
+            }
+        };
         let dev = root.join("dev");
         Ok(Prepared {
             root: c(root)?,
@@ -153,6 +185,7 @@ impl Prepared {
             gid_map: format!("0 {gid} 1\n").into_bytes(),
             filter: filter(true),
             sock,
+            join,
         })
     }
 }
@@ -187,7 +220,7 @@ pub fn run(cmd: &FakerootCommand) -> Result<ExitStatus, Error> {
 }
 
 fn run_with(cmd: &FakerootCommand, ours: i32, theirs: i32) -> Result<ExitStatus, Error> {
-    let prep = Prepared::new(cmd.root, theirs)?;
+    let prep = Prepared::new(cmd.root, theirs, cmd.overlay)?;
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two ints for pipe2 to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -300,6 +333,10 @@ fn enter(p: &Prepared) -> Result<(), (usize, io::Error)> {
             15,
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
         )?;
+        if let Some((user, mnt)) = p.join {
+            check(17, libc::setns(user, libc::CLONE_NEWUSER))?;
+            check(17, libc::setns(mnt, libc::CLONE_NEWNS))?;
+        }
         check(0, libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS))?;
         write_proc(c"/proc/self/setgroups", b"deny").map_err(|e| (1, e))?;
         write_proc(c"/proc/self/uid_map", &p.uid_map).map_err(|e| (2, e))?;
@@ -992,6 +1029,246 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result
     let mut p = root.to_path_buf();
     p.extend(cur.iter());
     Ok(p)
+}
+
+/// What failed while the overlay keeper set up its mount (by step number, as `STEPS`).
+const KEEPER_STEPS: &[&str] = &[
+    "PR_SET_PDEATHSIG",
+    "unshare(CLONE_NEWUSER|CLONE_NEWNS) (are unprivileged user namespaces enabled?)",
+    "writing /proc/self/setgroups",
+    "writing /proc/self/uid_map",
+    "writing /proc/self/gid_map",
+    "making / a private mount",
+    "mounting the overlay (unprivileged overlayfs needs Linux 5.11 or later)",
+    "closing inherited descriptors",
+];
+
+/// A writable root made of a read-only tree (`lower`, never written) and the changes made
+/// on top of it (`upper`), as an overlayfs mount that a keeper process holds in a user and
+/// mount namespace of its own (uid and gid 0 mapped to the caller, `userxattr`, as the
+/// kernel allows without privilege since Linux 5.11). The launcher reaches the merged view
+/// through `/proc/KEEPER/root` (`path`); fake-root commands join the keeper's namespaces
+/// (`FakerootCommand::overlay`). Dropping it kills the keeper, which unmounts the overlay.
+pub struct OverlayRoot {
+    pid: libc::pid_t,
+    /// The merged directory's path in the keeper's mount namespace.
+    inner: PathBuf,
+    /// The merged directory as this process reaches it.
+    path: PathBuf,
+}
+
+impl OverlayRoot {
+    /// Mounts `lower` + `upper` (with `work`, an empty directory on `upper`'s file system)
+    /// on the directory `merged`.
+    pub fn mount(
+        lower: &Path,
+        upper: &Path,
+        work: &Path,
+        merged: &Path,
+    ) -> Result<OverlayRoot, Error> {
+        let prep_err = |e: io::Error| Error {
+            step: "preparing the overlay".into(),
+            source: e,
+        };
+        for p in [lower, upper, work, merged] {
+            if p.as_os_str().as_bytes().iter().any(|b| b",:\\".contains(b)) {
+                return Err(prep_err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: overlayfs options cannot hold a path with ',', ':' or '\\'",
+                        p.display()
+                    ),
+                )));
+            }
+        }
+        let opts = cstr(format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .map_err(prep_err)?;
+        let target = cstr(merged).map_err(prep_err)?;
+        // SAFETY: getuid and getgid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let uid_map = format!("0 {uid} 1\n").into_bytes();
+        let gid_map = format!("0 {gid} 1\n").into_bytes();
+        let mut fds = [0i32; 2];
+        // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(prep_err(io::Error::last_os_error()));
+        }
+        let (read_fd, write_fd) = (fds[0], fds[1]);
+        // SAFETY: fork has no preconditions. The child of this multi-threaded process makes
+        // only system calls on data prepared above (no allocation, no locks) and never
+        // returns: it reports and waits for SIGKILL, or exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above; every pointer is to a NUL-terminated string or buffer
+            // prepared before the fork.
+            unsafe { keeper(write_fd, read_fd, &opts, &target, &uid_map, &gid_map) }
+        }
+        let fork_err = io::Error::last_os_error();
+        // SAFETY: write_fd is ours and open; the child has its own copy.
+        unsafe { libc::close(write_fd) };
+        if pid < 0 {
+            // SAFETY: read_fd is ours and open.
+            unsafe { libc::close(read_fd) };
+            return Err(Error {
+                step: "starting the overlay keeper".into(),
+                source: fork_err,
+            });
+        }
+        let mut b = [0u8; 5];
+        let mut got = 0usize;
+        while got < b.len() {
+            // SAFETY: read_fd is open; the buffer has b.len() - got bytes from got.
+            let n = unsafe { libc::read(read_fd, b[got..].as_mut_ptr().cast(), b.len() - got) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        // SAFETY: read_fd is ours and open.
+        unsafe { libc::close(read_fd) };
+        let me = OverlayRoot {
+            pid,
+            inner: merged.to_path_buf(),
+            path: Path::new(&format!("/proc/{pid}/root"))
+                .join(merged.strip_prefix("/").unwrap_or(merged)),
+        };
+        match (got, b[0]) {
+            (5, 255) => Ok(me),
+            (5, step) => Err(Error {
+                step: KEEPER_STEPS
+                    .get(step as usize)
+                    .copied()
+                    .unwrap_or("setting up")
+                    .to_string(),
+                source: io::Error::from_raw_os_error(i32::from_ne_bytes([b[1], b[2], b[3], b[4]])),
+            }),
+            _ => Err(Error {
+                step: "starting the overlay keeper".into(),
+                source: io::Error::other("it exited before reporting"),
+            }),
+        }
+    }
+
+    /// The merged root as this process reaches it (`/proc/KEEPER/root/...`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The keeper's user and mount namespaces, opened (close-on-exec).
+    fn namespaces(&self) -> io::Result<(i32, i32)> {
+        let open = |ns: &str| -> io::Result<i32> {
+            let p = cstr(format!("/proc/{}/ns/{ns}", self.pid))?;
+            // SAFETY: p is NUL-terminated.
+            let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        };
+        let user = open("user")?;
+        match open("mnt") {
+            Ok(mnt) => Ok((user, mnt)),
+            Err(e) => {
+                // SAFETY: user was opened above.
+                unsafe { libc::close(user) };
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for OverlayRoot {
+    fn drop(&mut self) {
+        // SAFETY: pid is our child, not yet waited for, so it cannot have been reused.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The overlay keeper, in the forked child: namespaces, maps, the mount, then a report on
+/// `report` (255, or the failed step and errno) and a wait for SIGKILL (or the parent's death).
+///
+/// # Safety
+/// Called only in a freshly forked child, with open descriptors and NUL-terminated strings.
+unsafe fn keeper(
+    report: i32,
+    parent_end: i32,
+    opts: &CStr,
+    target: &CStr,
+    uid_map: &[u8],
+    gid_map: &[u8],
+) -> ! {
+    let fail = |step: u8| -> ! {
+        let e = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(0)
+            .to_ne_bytes();
+        let b = [step, e[0], e[1], e[2], e[3]];
+        libc::write(report, b.as_ptr().cast(), b.len());
+        libc::_exit(1)
+    };
+    libc::close(parent_end);
+    // Descriptors of the launcher (other keepers' pipes, output files) are not the keeper's
+    // to hold open: it never execs, so close-on-exec would not close them.
+    if report > 3 && libc::syscall(libc::SYS_close_range, 3u32, (report - 1) as u32, 0u32) != 0 {
+        fail(7);
+    }
+    if libc::syscall(libc::SYS_close_range, (report + 1) as u32, u32::MAX, 0u32) != 0 {
+        fail(7);
+    }
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+        fail(0);
+    }
+    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+        fail(1);
+    }
+    if write_proc(c"/proc/self/setgroups", b"deny").is_err() {
+        fail(2);
+    }
+    if write_proc(c"/proc/self/uid_map", uid_map).is_err() {
+        fail(3);
+    }
+    if write_proc(c"/proc/self/gid_map", gid_map).is_err() {
+        fail(4);
+    }
+    let null = std::ptr::null::<libc::c_char>();
+    if libc::mount(
+        null,
+        c"/".as_ptr(),
+        null,
+        libc::MS_REC | libc::MS_PRIVATE,
+        std::ptr::null(),
+    ) != 0
+    {
+        fail(5);
+    }
+    if libc::mount(
+        c"overlay".as_ptr(),
+        target.as_ptr(),
+        c"overlay".as_ptr(),
+        0,
+        opts.as_ptr().cast(),
+    ) != 0
+    {
+        fail(6);
+    }
+    let ok = [255u8, 0, 0, 0, 0];
+    libc::write(report, ok.as_ptr().cast(), ok.len());
+    libc::close(report);
+    loop {
+        libc::pause();
+    }
 }
 
 #[cfg(test)]

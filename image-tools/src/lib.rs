@@ -6,6 +6,9 @@
 //! The launcher's runtime turns it off: a launch compiles and links no HTTP stack.
 //! Checking SIF signatures (`sif_sig`: OpenPGP, DSSE with Ed25519/RSA/ECDSA) is the `verify`
 //! feature, off by default and on for the `launcher` binary.
+// Unpacked bases of definition-file builds, kept for the next build of the same base.
+#[cfg(feature = "build")]
+pub mod basecache;
 #[cfg(feature = "build")]
 pub mod build;
 // Definition files: pure parsing, used only by builds.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A special file that the staging tree holds as an empty regular file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Special {
     CharDevice { major: u32, minor: u32 },
     BlockDevice { major: u32, minor: u32 },
@@ -17,7 +17,7 @@ pub enum Special {
 }
 
 /// What to store for one path instead of what is on disk; `None` fields keep the disk's value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EntryOverride {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
