@@ -415,6 +415,15 @@ fn ready_then_pause(chan: Channel) -> anyhow::Error {
     }
 }
 
+/// Closes every descriptor from `first` up: close_range(2) called through syscall(2), since the
+/// libc crate has no wrapper for it on musl (the static build). Kernels before 5.9 answer ENOSYS
+/// and the descriptors stay open, as they would with the wrapper.
+fn close_from(first: u32) {
+    // SAFETY: close_range takes plain integers; the callers use no descriptor from `first` up
+    // afterwards.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,15 +652,4 @@ mod tests {
             ],
         );
     }
-}
-
-/// Closes every descriptor from 3 up: close_range(2) called through syscall(2), since the libc
-/// crate has no wrapper for it on musl (the static build). Kernels before 5.9 answer ENOSYS and
-/// the descriptors stay open, as they would with the wrapper.
-/// Close every descriptor from `first` up: close_range(2) through syscall(2), as the libc crate
-/// has no wrapper for it on musl.
-fn close_from(first: u32) {
-    // SAFETY: close_range takes plain integers; the callers use no descriptor from `first` up
-    // afterwards.
-    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
 }
