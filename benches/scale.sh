@@ -19,7 +19,7 @@
 #         srun -N NODES -n NODES*R --ntasks-per-node R --overcommit /bin/true
 #     (the order reversed every other round) and reports each one's median and the median over
 #     rounds of launcher / native; rows: one node R = 1 2 4 8 16 32 64, then 2 and 4 nodes with
-#     R = 1 and 8 per node. IMG: a zstd SquashFS of a busybox root (about 1 MB).
+#     R = 1 and 8 per node. IMG: a zstd SquashFS of a busybox root (1.3 MB).
 #  2. a 1.0 GiB image (the busybox root plus 4 files of 256 MiB of random data, zstd; made in
 #     /var/tmp and removed at the end), its pages dropped from the page cache, then
 #         salloc -N 2 -n 2*R --overcommit srun -N 2 -n 2*R --ntasks-per-node R --overcommit -l \
@@ -44,7 +44,7 @@ while (($#)); do
         --rounds) ROUNDS=$2; shift ;;
         --skip-startup) STARTUP=0 ;;
         --skip-lazy) LAZY=0 ;;
-        -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "scale.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
