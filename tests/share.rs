@@ -189,6 +189,33 @@ fn ranks_of_a_step_share_one_server_and_user_namespace() {
         "{:?}",
         outs.iter().map(|o| &o.stderr).collect::<Vec<_>>()
     );
+    // --debug: each rank's bytes read from the image file; the leader, which serves the
+    // commands' files, read more than any joining rank, which only plans (benches/scale.sh).
+    let bytes_read = |o: &Out| -> (u64, u64) {
+        let l = o
+            .stderr
+            .lines()
+            .find_map(|l| l.split_once("image bytes read: ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("no 'image bytes read' line: {}", o.stderr));
+        let (n, m) = l.split_once(" of ").expect("N of M");
+        (n.parse().unwrap(), m.parse().unwrap())
+    };
+    let leader_read = outs
+        .iter()
+        .find(|o| o.stderr.contains("share: leading"))
+        .map(bytes_read)
+        .unwrap();
+    assert!(
+        leader_read.0 > 0 && leader_read.0 <= leader_read.1,
+        "{leader_read:?}"
+    );
+    for o in outs.iter().filter(|o| o.stderr.contains("share: joining")) {
+        let (n, m) = bytes_read(o);
+        assert!(
+            n < leader_read.0 && m == leader_read.1,
+            "{n} of {m}, leader {leader_read:?}"
+        );
+    }
     // Other tests run side by side: count the servers in the ranks' namespace.
     let ours: Vec<_> = servers
         .iter()

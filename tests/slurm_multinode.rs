@@ -223,7 +223,8 @@ fn mpi_jobs_across_two_nodes() {
         .count();
     assert_eq!(sizes, 21, "1 B to 1 MiB: {out:?}");
     // Not MPICH under --mpi=pmi2 yet: across these nodes it sometimes hangs after `hello ok`
-    // (in MPI_Finalize), natively as well as in the container (docs/slurm.md, "Several nodes").
+    // (in MPI_Finalize: three ranks in a PMI-2 read, one spinning in UCX), natively as well as
+    // in the container (docs/slurm.md, "Several nodes").
 }
 
 #[test]

@@ -369,6 +369,48 @@ fn a_launcher_that_cannot_start_fails_the_task_and_runs_nothing_on_the_host() {
     );
 }
 
+/// `srun --multi-prog FILE` with `--container-image`: slurmstepd picks each task's command from
+/// FILE after the plugin's hook, so the plugin cannot run it in the image. srun refuses it in
+/// one line before any task starts; the same file without the option runs on the host, and a
+/// plain step with two arguments is not mistaken for it.
+#[test]
+fn multi_prog_with_container_image_is_refused_in_one_line() {
+    let _g = serial();
+    let s = setup();
+    let marker = s.scratch.join("spank-multi-prog-ran");
+    let file = s.scratch.join("spank-multi-prog.conf");
+    std::fs::write(&file, format!("0-1 touch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let name = file.display().to_string();
+    let out = srun(
+        &["-N", "1", "-n", "2", &image_opt(), "--multi-prog", &name],
+        &[],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!marker.exists(), "a task ran: {out:?}");
+    let named: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("--multi-prog"))
+        .collect();
+    assert_eq!(named.len(), 1, "one line says why: {out:?}");
+    assert!(
+        named[0].contains("launcher-spank: --container-image cannot be used with --multi-prog"),
+        "{out:?}"
+    );
+
+    // Without the option the plugin does nothing to it: the file runs on the host.
+    let out = srun(&["-N", "1", "-n", "2", "--multi-prog", &name], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(marker.exists(), "{out:?}");
+    std::fs::remove_file(&marker).unwrap();
+
+    // Two arguments that are not a file and its text run in the image as usual.
+    let out = srun(&["-N", "1", &image_opt(), "echo", &name], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), name, "{out:?}");
+}
+
 #[test]
 fn srun_over_two_nodes_runs_in_the_image_on_both() {
     let _g = serial();

@@ -22,6 +22,9 @@
  *     launcher=PATH      the launcher to run (default /usr/bin/launcher)
  *     mount_home=yes|no  the default of --container-mount-home (default yes, as the launcher)
  *
+ * `srun --multi-prog` with --container-image is refused by srun in one line (slurmstepd chooses
+ * each task's command after the hook: is_multi_prog below).
+ *
  * Errors: a bad option value is refused by srun before anything starts, in one line; a launcher
  * that cannot be started fails the task with one line (slurm_error) and a non-zero status; the
  * launcher reports its own errors (a missing image) in one line and fails the task. A task never
@@ -367,6 +370,60 @@ static const char *task_tmpdir(char **env)
 	return "/tmp";
 }
 
+/*
+ * Whether the step is `srun --multi-prog FILE`. Slurm 22.05 has no SPANK item or variable for
+ * it: srun replaces the step's argv with {FILE, FILE's contents} (S_JOB_ARGV, seen in srun's
+ * local_user_init and in each task), and slurmstepd derives each task's command from the
+ * contents after this plugin's hook. So: two arguments, the second exactly the contents of
+ * the file the first names (relative to the working directory, srun's and by default the
+ * task's). A plain `srun PROG ARG` matches only if ARG is PROG's whole text.
+ */
+static int is_multi_prog(int argc, char **argv)
+{
+	size_t want, got = 0;
+	char buf[4096];
+	ssize_t n;
+	int fd, same = 1;
+
+	if (argc != 2 || !argv[0] || !argv[1])
+		return 0;
+	want = strlen(argv[1]);
+	fd = open(argv[0], O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return 0;
+	while (same && (n = read(fd, buf, sizeof(buf))) > 0) {
+		if (got + (size_t)n > want || memcmp(buf, argv[1] + got, (size_t)n))
+			same = 0;
+		got += (size_t)n;
+	}
+	close(fd);
+	return same && n == 0 && got == want;
+}
+
+static int refuse_multi_prog(spank_t sp)
+{
+	int argc = 0;
+	char **argv = NULL;
+
+	if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS ||
+	    !is_multi_prog(argc, argv))
+		return 0;
+	slurm_error(PREFIX "--container-image cannot be used with --multi-prog (each task's "
+		    "command is chosen by slurmstepd after the plugin runs); run one srun per "
+		    "program, or `--multi-prog` with `launcher exec IMAGE ...` in the file");
+	return -1;
+}
+
+/* In srun, once the step's argv is known and before any task starts: refuse --multi-prog. */
+int slurm_spank_local_user_init(spank_t sp, int ac, char **av)
+{
+	(void)ac;
+	(void)av;
+	if (!opt_image)
+		return 0;
+	return refuse_multi_prog(sp);
+}
+
 int slurm_spank_task_init(spank_t sp, int ac, char **av)
 {
 	struct strv argv = {0}, env = {0};
@@ -387,6 +444,10 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 		slurm_error(PREFIX "--container-image: the task has no command to run");
 		return -1;
 	}
+	/* Again in the task: should srun not have refused (another srun), the file must not
+	 * become the command. */
+	if (refuse_multi_prog(sp))
+		return -1;
 	if (spank_get_item(sp, S_JOB_ENV, &task_env) != ESPANK_SUCCESS || !task_env) {
 		slurm_error(PREFIX "cannot read the task's environment");
 		return -1;

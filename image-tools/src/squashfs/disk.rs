@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{corrupt, Error, Result};
 
@@ -14,6 +15,10 @@ pub(crate) struct Disk {
     base: u64,
     /// Image length (`bytes_used`); no read goes past it.
     len: u64,
+    /// Bytes read from the file so far: `--debug` prints it, to show that a launch reads a
+    /// few MB of a large image, not all of it (docs/slurm.md, "Scale"). One relaxed add per
+    /// `pread`, which itself costs a system call.
+    read: AtomicU64,
 }
 
 /// Reads up to this size go through the thread's reused buffer; larger ones get their own.
@@ -28,7 +33,17 @@ thread_local! {
 
 impl Disk {
     pub(crate) fn new(file: File, base: u64, len: u64) -> Disk {
-        Disk { file, base, len }
+        Disk {
+            file,
+            base,
+            len,
+            read: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes read from the image file so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -54,6 +69,7 @@ impl Disk {
             .base
             .checked_add(pos)
             .ok_or_else(|| corrupt(format!("{what}: position {pos} overflows")))?;
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.file
             .read_exact_at(buf, at)
             .map_err(|e| Error::io(format_args!("reading {what} at image offset {pos}"), e))
@@ -131,5 +147,18 @@ mod tests {
         assert!(d
             .with_bytes(3 << 20, 1, what, |_| -> Result<()> { panic!("called") })
             .is_err());
+    }
+
+    #[test]
+    fn counts_the_bytes_read_from_the_file() {
+        let d = disk(&[7u8; 10_000]);
+        let what = &"test";
+        assert_eq!(d.bytes_read(), 0);
+        d.with_bytes(100, 4096, what, |_| Ok(())).unwrap();
+        assert_eq!(d.read_upto(9_000, 4096, what).unwrap().len(), 1000);
+        assert_eq!(d.bytes_read(), 5096);
+        // A read refused as past the end reads nothing.
+        assert!(d.with_bytes(9_999, 2, what, |_| Ok(())).is_err());
+        assert_eq!(d.bytes_read(), 5096);
     }
 }

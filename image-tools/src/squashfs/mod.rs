@@ -167,6 +167,11 @@ impl Archive {
         })
     }
 
+    /// Bytes read from the image file since it was opened, the superblock aside (`--debug`).
+    pub fn bytes_read(&self) -> u64 {
+        self.disk.bytes_read()
+    }
+
     pub fn superblock(&self) -> &Superblock {
         &self.sb
     }

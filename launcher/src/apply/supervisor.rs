@@ -60,7 +60,14 @@ pub fn launch(
     daemon: Option<instance::Daemon>,
 ) -> Result<i32> {
     match role {
-        Role::Join(joiner) => join(plan, joiner),
+        Role::Join(joiner) => {
+            let code = join(plan, joiner);
+            // A joining rank reads the image only to plan (its leader serves the files).
+            if let Some(archive) = &archive {
+                report_image_reads(archive);
+            }
+            code
+        }
         Role::Lead(leader) => serve(plan, archive, settings, Some((leader, daemon))),
         Role::Private(_) => serve(plan, archive, settings, None),
     }
@@ -173,15 +180,28 @@ struct Server {
     /// Dropped last: unmounts and ends the worker threads.
     _session: fuser::BackgroundSession,
     counts: Arc<RequestCounts>,
+    archive: Arc<Archive>,
 }
 
 impl Server {
-    /// `--debug`: the requests the command's file accesses cost (benches/smallfiles.sh).
+    /// `--debug`: the requests the command's file accesses cost (benches/smallfiles.sh), and
+    /// the bytes of the image file read.
     fn report_counts(server: &Option<Server>) {
         if let Some(s) = server {
             debug::step(format_args!("FUSE requests: {}", s.counts));
+            report_image_reads(&s.archive);
         }
     }
+}
+
+/// `--debug`: the bytes of the image file this launcher read, to plan and to serve
+/// (benches/scale.sh: a node reads a few MB of a 1 GB image for `/bin/true`, not the image).
+fn report_image_reads(archive: &Archive) {
+    debug::step(format_args!(
+        "image bytes read: {} of {}",
+        archive.bytes_read(),
+        archive.superblock().bytes_used
+    ));
 }
 
 /// In the parent: the FUSE handshake on the child's descriptor, then worker threads, the
@@ -216,6 +236,7 @@ fn start_server(
     }
     let counts = Arc::new(RequestCounts::default());
     fs = fs.with_counts(counts.clone());
+    let image = archive.clone();
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
     let notifier = session.notifier();
@@ -231,6 +252,7 @@ fn start_server(
     Ok(Server {
         _session: server,
         counts,
+        archive: image,
     })
 }
 
