@@ -2,6 +2,7 @@
 
 mod build_cmd;
 mod fakeroot_cmd;
+mod foreign;
 mod image_source;
 mod sign_cmd;
 mod verify_cmd;
@@ -96,8 +97,8 @@ enum Command {
     /// Verify a SIF image's signatures (DSSE or OpenPGP, as Apptainer writes them) with the
     /// given and installed public keys; an unsigned image's recorded digests.
     Verify(verify_cmd::VerifyArgs),
-    /// Sign a SIF image with a PEM private key: one DSSE signature per object group, as
-    /// Apptainer and SingularityCE write them.
+    /// Sign a SIF image with an OpenPGP secret key (a clear-signed object per group) or a PEM
+    /// private key (DSSE), as Apptainer and SingularityCE write them.
     Sign(sign_cmd::SignArgs),
     /// Show what an image holds: SIF descriptors, SquashFS facts, labels, runscript.
     Inspect {
@@ -190,6 +191,10 @@ enum CacheCommand {
 /// environment variable (`APPTAINER_BIND`, `SINGULARITY_CONTAIN`, ...: docs/usage.md).
 #[derive(Args)]
 struct RunOpts {
+    /// Apptainer's flags that have no option here: accepted where harmless, else refused
+    /// with why (foreign.rs).
+    #[command(flatten)]
+    foreign: foreign::ForeignOpts,
     /// Bind a host path: SRC[:DST[:ro|rw]], repeatable, comma-separated lists allowed.
     #[arg(short = 'B', long = "bind", value_name = "SPEC")]
     bind: Vec<String>,
@@ -330,6 +335,7 @@ impl RunOpts {
         action: Action,
         env: &[(String, String)],
     ) -> Result<(LaunchOptions, Tuning)> {
+        self.foreign.check(env)?;
         let flag = |keys: &[&str]| apptainer::flag(env, keys);
         self.contain |= flag(&["CONTAIN"])?;
         self.containall |= flag(&["CONTAINALL"])?;

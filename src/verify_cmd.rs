@@ -40,6 +40,10 @@ pub struct VerifyArgs {
     /// verified, or the object whose digest does not match.
     #[arg(short = 'j', long)]
     json: bool,
+    /// Apptainer's `--local` (`-l`): verify with local keys only. Accepted: no keyserver is
+    /// ever asked.
+    #[arg(short = 'l', long, hide = true)]
+    local: bool,
     /// Image file (.sif).
     image: PathBuf,
 }

@@ -432,3 +432,82 @@ fn a_variable_too_long_for_any_program_is_named_with_its_script_and_the_limit() 
         "{out:?}"
     );
 }
+
+/// Apptainer's flags that have no option here (foreign.rs): never clap's "unexpected
+/// argument". Harmless ones run the command; the others are refused in one line that says why
+/// and what to do; set through a site module's variable, a refused one is a warning, not a
+/// failed job (and `-q` silences it).
+#[test]
+fn apptainers_other_flags_are_accepted_or_refused_in_one_line() {
+    let image = img();
+    for accepted in [
+        &["--no-init"][..],
+        &["--no-privs"],
+        &["--drop-caps", "CAP_SYS_ADMIN"],
+        &["--disable-cache"],
+        &["--sharens"],
+        &["--underlay"],
+    ] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(accepted);
+        args.extend([image.as_str(), "/bin/echo", "ran"]);
+        let out = launcher(&args).run();
+        assert_eq!(out.ok().stdout, "ran\n", "{accepted:?}");
+    }
+    for (refused, name, hint) in [
+        (&["--net"][..], "--net", "host's network"),
+        (&["-n"], "--net", "host's network"),
+        (&["--network", "none"], "--network", "host's network"),
+        (&["--memory", "4G"], "--memory", "srun --mem"),
+        (&["-p"], "--pid", "PID"),
+        (&["--app", "solver"], "--app", "launcher exec IMAGE PROGRAM"),
+        (
+            &["--mount", "type=bind,src=/tmp,dst=/mnt"],
+            "--mount",
+            "--bind",
+        ),
+        (&["--fusemount", "x"], "--fusemount", "--bind"),
+        (&["--add-caps", "CAP_NET_RAW"], "--add-caps", "privileges"),
+    ] {
+        for verb in ["exec", "run", "shell"] {
+            let mut args = vec![verb];
+            args.extend_from_slice(refused);
+            args.push(image.as_str());
+            if verb == "exec" {
+                args.push("/bin/true");
+            }
+            let out = launcher(&args).run();
+            assert_eq!(out.code, 255, "{args:?}: {out:?}");
+            assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
+            assert!(
+                out.stderr
+                    .starts_with(&format!("launcher: error: {name} is not supported: "))
+                    && out.stderr.contains(hint),
+                "{args:?}: {out:?}"
+            );
+        }
+    }
+    // From the environment: a warning naming the variable, and the job runs.
+    let out = launcher(&["exec", &image, "/bin/echo", "ran"])
+        .env("APPTAINER_NET", "1")
+        .env("SINGULARITY_MEMORY", "4G")
+        .run();
+    assert_eq!(out.ok().stdout, "ran\n");
+    assert!(
+        out.stderr
+            .contains("warning: ignoring APPTAINER_NET (--net): ")
+            && out
+                .stderr
+                .contains("warning: ignoring SINGULARITY_MEMORY (--memory): "),
+        "{out:?}"
+    );
+    let quiet = launcher(&["-q", "exec", &image, "/bin/true"])
+        .env("APPTAINER_NET", "1")
+        .run();
+    assert_eq!(quiet.ok().stderr, "", "{quiet:?}");
+    // Off is off: no warning.
+    let off = launcher(&["exec", &image, "/bin/true"])
+        .env("APPTAINER_NET", "0")
+        .run();
+    assert!(!off.ok().stderr.contains("APPTAINER_NET"), "{off:?}");
+}
