@@ -506,6 +506,18 @@ fn squashfs_overlays_stack_over_the_image_later_ones_on_top() {
         err.find(&format!("image {a} ")),
     );
     assert!(at_b.is_some() && at_b < at_a, "{err}");
+    // Over a sandbox directory too (no server for the image, one for each layer).
+    let out = launcher(&[
+        "exec",
+        "-o",
+        &format!("{a},{b}"),
+        &fixture("rootfs"),
+        "cat",
+        "/data/mine",
+        "/data/both",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "from A\nB\n", "{out:?}");
     // The SquashFS of a SIF is a layer too.
     let sif = sif_of(&b, "layer-b.sif", image_tools::sif::PartType::PrimSys);
     let out = launcher(&[
