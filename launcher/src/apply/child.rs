@@ -228,13 +228,7 @@ fn mount_overlay_images(
     staging: &Path,
     chan: &Channel,
 ) -> Result<()> {
-    let layout = Layout::in_staging();
-    let overlays = staging.join(
-        layout
-            .overlays
-            .strip_prefix("/")
-            .unwrap_or(&layout.overlays),
-    );
+    let overlays = staging.join(rootfs::OVERLAYS);
     let mut made = false;
     for (n, layer) in plan.lower.iter().enumerate() {
         let crate::plan::LowerLayer::Image(image) = layer else {

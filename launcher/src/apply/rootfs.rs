@@ -31,6 +31,10 @@ pub struct Layout {
     pub files: PathBuf,
 }
 
+/// The directory of the staging tmpfs where the overlay images are mounted, one directory
+/// each (`Layout::overlay_image`).
+pub const OVERLAYS: &str = "overlays";
+
 /// Where, in the staging tmpfs of a shared instance, a rank with a mount namespace of its own
 /// mounts a tmpfs of its own for its root's pieces (the staging tmpfs is one for all ranks).
 pub const OWN: &str = "/own";
@@ -55,7 +59,7 @@ impl Layout {
     fn under(own: &Path) -> Layout {
         Layout {
             image: "/image".into(),
-            overlays: "/overlays".into(),
+            overlays: Path::new("/").join(OVERLAYS),
             oldroot: "/oldroot".into(),
             newroot: own.join("newroot"),
             rw: own.join("rw"),
