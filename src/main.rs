@@ -230,10 +230,11 @@ struct RunOpts {
     /// file's %post (apt-get, dnf and useradd work), in a --writable sandbox directory.
     #[arg(short = 'f', long)]
     fakeroot: bool,
-    /// A writable layer kept in the directory DIR over the image: changes stay there for the
-    /// next launch. A directory only (not an overlay image); not with --writable-tmpfs.
-    #[arg(long, value_name = "DIR")]
-    overlay: Option<String>,
+    /// Layers over the image (repeatable, or a comma list; later ones on top): a directory
+    /// keeps the changes for the next launch (one at most; not with --writable-tmpfs),
+    /// DIR:ro is a read-only layer, and so is a SquashFS or SIF image.
+    #[arg(short = 'o', long, value_name = "DIR|DIR:ro|IMG.sqfs")]
+    overlay: Vec<String>,
     /// Start from a minimal environment instead of the host's.
     #[arg(short = 'e', long)]
     cleanenv: bool,
@@ -309,7 +310,7 @@ impl RunOpts {
             (self.no_home || self.home.is_some(), "--home/--no-home"),
             (!self.no_mount.is_empty(), "--no-mount"),
             (self.writable_tmpfs, "--writable-tmpfs"),
-            (self.overlay.is_some(), "--overlay"),
+            (!self.overlay.is_empty(), "--overlay"),
             (self.gpu || self.nv || self.nvccli || self.rocm, "--gpu"),
             (self.mpi.is_some(), "--mpi"),
             (!self.device.is_empty(), "--device"),
@@ -343,8 +344,12 @@ impl RunOpts {
         self.no_home |= flag(&["NO_HOME"])?;
         self.writable_tmpfs |= flag(&["WRITABLE_TMPFS"])?;
         self.writable |= flag(&["WRITABLE"])?;
-        if self.overlay.is_none() {
-            self.overlay = apptainer::value(env, "OVERLAY").map(|(_, v)| v.to_string());
+        let mut overlay_var = None;
+        if self.overlay.is_empty() {
+            if let Some((name, v)) = apptainer::first(env, &["OVERLAY", "OVERLAYIMAGE"]) {
+                self.overlay.push(v.to_string());
+                overlay_var = Some(name);
+            }
         }
         // What asked for the GPU, as the user wrote it, for a refusal by the site's lock.
         let mut gpu_by: Vec<String> = [
@@ -413,8 +418,13 @@ impl RunOpts {
         o.pwd = self.pwd;
         o.writable_tmpfs = self.writable_tmpfs;
         o.writable = self.writable;
-        if let Some(dir) = &self.overlay {
-            o.overlay = Some(overlay_dir(dir)?);
+        for value in &self.overlay {
+            o.overlays.extend(
+                options::overlay::parse(value).map_err(|e| match &overlay_var {
+                    Some(name) => anyhow::anyhow!("{name}: {e:#}"),
+                    None => e,
+                })?,
+            );
         }
         o.cleanenv = self.cleanenv || self.containall;
         o.gpu = match (self.gpu || (self.nv && self.rocm), self.nv, self.rocm) {
@@ -780,7 +790,7 @@ fn fake_root_session(
     }
     let unsupported = [
         (!opts.bind.is_empty(), "--bind"),
-        (opts.overlay.is_some(), "--overlay"),
+        (!opts.overlay.is_empty(), "--overlay"),
         (opts.writable_tmpfs, "--writable-tmpfs"),
         (opts.home.is_some(), "--home"),
         (opts.pwd.is_some(), "--pwd"),
@@ -806,15 +816,4 @@ fn what_of(c: CacheCommand) -> build_cmd::CacheAction {
         CacheCommand::List => build_cmd::CacheAction::List,
         CacheCommand::Clean { days, force } => build_cmd::CacheAction::Clean { days, force },
     }
-}
-
-/// The directory of `--overlay DIR`: Apptainer's overlay images (`.img`, `.sqfs`, `:ro`) and
-/// several overlays are refused here with what to do instead.
-fn overlay_dir(spec: &str) -> Result<std::path::PathBuf> {
-    if spec.contains(',') || spec.contains(':') {
-        anyhow::bail!(
-            "--overlay {spec}: one writable overlay directory only (no ':ro', no list of overlays)"
-        );
-    }
-    Ok(std::path::PathBuf::from(spec))
 }

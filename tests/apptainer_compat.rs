@@ -334,7 +334,7 @@ fn plain_scripts_start_no_shell_and_a_failing_script_stops_the_launch() {
 
 /// Issue 17: `--overlay DIR` (and `APPTAINER_OVERLAY`) keeps a writable layer in the user's
 /// directory: what one launch writes, the next sees; the image file is untouched; what cannot
-/// work (a file, `:ro`, with `--writable-tmpfs`, a missing directory) is one clear line.
+/// work (a missing directory, with `--writable-tmpfs`) is one clear line.
 #[test]
 fn an_overlay_directory_keeps_changes_across_launches() {
     let s = setup();
@@ -383,31 +383,361 @@ fn an_overlay_directory_keeps_changes_across_launches() {
     for (args, want) in [
         (
             vec!["--overlay", "/nonexistent-overlay"],
-            "--overlay /nonexistent-overlay: no such directory".to_string(),
-        ),
-        (
-            vec!["--overlay", "/etc/passwd"],
-            "--overlay /etc/passwd: not a directory (overlay image files are not supported"
+            "--overlay /nonexistent-overlay: no such file or directory (a writable overlay \
+             directory must exist first: mkdir -p /nonexistent-overlay)"
                 .to_string(),
-        ),
-        (
-            vec!["--overlay", &format!("{d}:ro")],
-            format!("--overlay {d}:ro: one writable overlay directory only"),
         ),
         (
             vec!["--overlay", &d, "--writable-tmpfs"],
             "--overlay and --writable-tmpfs: choose one".to_string(),
         ),
     ] {
-        let mut all = vec!["exec"];
-        all.extend(args);
-        let image = img();
-        all.extend([image.as_str(), "/bin/true"]);
-        let out = launcher(&all).run();
-        assert_eq!(out.code, 255, "{out:?}");
-        assert!(out.stderr.contains(&want), "{want}: {out:?}");
-        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+        assert_one_line_error(&args, &want);
     }
+}
+
+/// `launcher exec ARGS IMG /bin/true` fails with exit 255 and this one line.
+fn assert_one_line_error(args: &[&str], want: &str) {
+    let mut all = vec!["exec"];
+    all.extend(args);
+    let image = img();
+    all.extend([image.as_str(), "/bin/true"]);
+    let out = launcher(&all).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(out.stderr.contains(want), "{want}: {out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+}
+
+/// A SquashFS image of these files (path, content), made as root, readable by all.
+fn layer_image(name: &str, files: &[(&str, &str)]) -> String {
+    let tree = setup().scratch.join(format!("{name}-tree"));
+    let _ = std::fs::remove_dir_all(&tree);
+    for (path, content) in files {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let out = setup().scratch.join(format!("{name}.sqfs"));
+    mksquashfs(&tree, &out, &[]);
+    std::fs::remove_dir_all(&tree).unwrap();
+    out.display().to_string()
+}
+
+/// A directory owned by the test user.
+fn user_dir(name: &str) -> String {
+    let s = setup();
+    let dir = s.scratch.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(s.uid), Some(s.gid)).unwrap();
+    dir.display().to_string()
+}
+
+/// Issue 17: `--overlay IMG.sqfs` (several, or a comma list; `APPTAINER_OVERLAY` too) stacks
+/// read-only SquashFS layers over the image, each served by a FUSE server of the launcher's
+/// own, later ones on top as in Apptainer; a file of a layer replaces the image's, the
+/// image's other files stay, and nothing can be written.
+#[test]
+fn squashfs_overlays_stack_over_the_image_later_ones_on_top() {
+    let a = layer_image(
+        "layer-a",
+        &[
+            ("data/mine", "from A\n"),
+            ("data/both", "A\n"),
+            ("opt/a/added", "added by A\n"),
+        ],
+    );
+    let b = layer_image("layer-b", &[("data/both", "B\n")]);
+    let show = "cat /data/mine /data/both /opt/a/added; ls /data/tree/f1";
+    let out = launcher(&[
+        "exec",
+        "--overlay",
+        &a,
+        "--overlay",
+        &b,
+        &img(),
+        "/bin/sh",
+        "-c",
+        show,
+    ])
+    .run();
+    assert_eq!(
+        out.ok().stdout,
+        "from A\nB\nadded by A\n/data/tree/f1\n",
+        "{out:?}"
+    );
+    // Apptainer's comma list and short flag, and its variable: the order given decides.
+    let out = launcher(&[
+        "exec",
+        "-o",
+        &format!("{b},{a}"),
+        &img(),
+        "cat",
+        "/data/both",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "A\n", "{out:?}");
+    let out = launcher(&["exec", &img(), "cat", "/data/both"])
+        .env("APPTAINER_OVERLAY", &format!("{a},{b}"))
+        .run();
+    assert_eq!(out.ok().stdout, "B\n", "{out:?}");
+    // Read-only: the layers as much as the image.
+    let out = launcher(&[
+        "exec",
+        "--overlay",
+        &a,
+        &img(),
+        "/bin/sh",
+        "-c",
+        "echo x > /data/mine",
+    ])
+    .run();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    // --debug shows the layers, top first.
+    let out = launcher(&["exec", "--debug", "-o", &format!("{a},{b}"), &img(), "true"]).run();
+    let err = &out.ok().stderr;
+    assert!(
+        err.contains("root: image via FUSE + 2 read-only layer(s) + overlay on tmpfs, read-only"),
+        "{err}"
+    );
+    let (at_b, at_a) = (
+        err.find(&format!("image {b} ")),
+        err.find(&format!("image {a} ")),
+    );
+    assert!(at_b.is_some() && at_b < at_a, "{err}");
+    // Over a sandbox directory too (no server for the image, one for each layer).
+    let out = launcher(&[
+        "exec",
+        "-o",
+        &format!("{a},{b}"),
+        &fixture("rootfs"),
+        "cat",
+        "/data/mine",
+        "/data/both",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "from A\nB\n", "{out:?}");
+    // The SquashFS of a SIF is a layer too.
+    let sif = sif_of(&b, "layer-b.sif", image_tools::sif::PartType::PrimSys);
+    let out = launcher(&[
+        "exec",
+        "-o",
+        &format!("{a},{sif}"),
+        &img(),
+        "cat",
+        "/data/both",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "B\n", "{out:?}");
+}
+
+/// A SIF holding `sqfs` as a partition of type `part`.
+fn sif_of(sqfs: &str, name: &str, part: image_tools::sif::PartType) -> String {
+    use image_tools::sif::{write, FsType, ObjectData, ObjectSpec, WriteOptions};
+    let len = std::fs::metadata(sqfs).unwrap().len();
+    let sif = setup().scratch.join(name);
+    let fs = match part {
+        image_tools::sif::PartType::Overlay => FsType::Ext3,
+        _ => FsType::Squash,
+    };
+    let mut objects = vec![ObjectSpec::partition(
+        ObjectData::File {
+            path: sqfs.into(),
+            len,
+        },
+        FsType::Squash,
+        image_tools::sif::PartType::PrimSys,
+        "amd64",
+    )];
+    if part != image_tools::sif::PartType::PrimSys {
+        objects.push(ObjectSpec::partition(
+            ObjectData::File {
+                path: sqfs.into(),
+                len,
+            },
+            fs,
+            part,
+            "amd64",
+        ));
+    }
+    write(&sif, &WriteOptions::default(), objects).unwrap();
+    std::fs::set_permissions(&sif, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    sif.display().to_string()
+}
+
+/// Issue 17: `DIR:ro` is a read-only layer; the writable directory, wherever it is given, is
+/// on top of every layer and takes the writes (the read-only directory is never written);
+/// `--writable-tmpfs` over read-only layers discards its writes at exit.
+#[test]
+fn a_read_only_directory_layer_under_the_writable_one() {
+    let s = setup();
+    let a = layer_image(
+        "layer-ro-a",
+        &[("data/both", "A\n"), ("data/mine", "from A\n")],
+    );
+    let ro = s.scratch.join("layer-ro-dir");
+    let _ = std::fs::remove_dir_all(&ro);
+    std::fs::create_dir_all(ro.join("data")).unwrap();
+    std::fs::write(ro.join("data/both"), "D\n").unwrap();
+    std::fs::write(ro.join("data/only-d"), "only D\n").unwrap();
+    // Writable by the user, so that only the layer's read-only mount can refuse a write.
+    std::os::unix::fs::chown(ro.join("data"), Some(s.uid), Some(s.gid)).unwrap();
+    let ro = ro.display().to_string();
+    let out = launcher(&[
+        "exec",
+        "--overlay",
+        &a,
+        "--overlay",
+        &format!("{ro}:ro"),
+        &img(),
+        "/bin/sh",
+        "-c",
+        "cat /data/both /data/only-d /data/mine; touch /data/new",
+    ])
+    .run();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "D\nonly D\nfrom A\n", "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+
+    let w = user_dir("layer-rw-dir");
+    let out = launcher(&[
+        "exec",
+        "--overlay",
+        &format!("{ro}:ro"),
+        "--overlay",
+        &w,
+        "--overlay",
+        &a,
+        &img(),
+        "/bin/sh",
+        "-c",
+        "cat /data/both; echo new > /data/both; echo d > /data/only-d; cat /data/both",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "A\nnew\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{w}/upper/data/both")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{ro}/data/only-d")).unwrap(),
+        "only D\n"
+    );
+
+    let out = launcher(&[
+        "exec",
+        "--writable-tmpfs",
+        "--overlay",
+        &a,
+        &img(),
+        "/bin/sh",
+        "-c",
+        "echo t > /data/mine; cat /data/mine",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "t\n", "{out:?}");
+    let out = launcher(&["exec", "--overlay", &a, &img(), "cat", "/data/mine"]).run();
+    assert_eq!(out.ok().stdout, "from A\n", "{out:?}");
+}
+
+/// Issue 17: a writable overlay directory's `upper/`, made into a SquashFS, is a read-only
+/// layer with the same effect: its whiteouts (a deleted file) and opaque directories (a
+/// directory made anew) are honoured through the launcher's FUSE server.
+#[test]
+fn a_squashed_writable_overlay_keeps_its_deletions() {
+    let w = user_dir("squash-me");
+    let out = launcher(&[
+        "exec",
+        "--overlay",
+        &w,
+        &img(),
+        "/bin/sh",
+        "-c",
+        "rm /data/mine && rm -r /data/tree/a && mkdir /data/tree/a && echo n > /data/tree/a/n",
+    ])
+    .run();
+    out.ok();
+    let sqfs = setup().scratch.join("squashed.sqfs");
+    mksquashfs(
+        &std::path::PathBuf::from(&w).join("upper"),
+        &sqfs,
+        &["-xattrs"],
+    );
+    let out = launcher(&[
+        "exec",
+        "--overlay",
+        &sqfs.display().to_string(),
+        &img(),
+        "/bin/sh",
+        "-c",
+        "ls /data/tree/a; test -e /data/mine || echo gone",
+    ])
+    .run();
+    assert_eq!(out.ok().stdout, "n\ngone\n", "{out:?}");
+}
+
+/// Issue 17: what cannot be an overlay is one line naming it: a missing path, a file that
+/// is neither SquashFS nor SIF, an ext3 image or a SIF's overlay partition (mounting ext3
+/// needs root or fuse2fs), two writable directories, a suffix other than `:ro`.
+#[test]
+fn overlay_refusals_are_one_line_naming_the_path() {
+    let s = setup();
+    let a = layer_image("layer-err-a", &[("x", "x")]);
+    let ext3 = s.scratch.join("overlay.img");
+    let st = std::process::Command::new("mkfs.ext3")
+        .args(["-q", "-F"])
+        .arg(&ext3)
+        .arg("4M")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(&ext3, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let ext3 = ext3.display().to_string();
+    let sif_overlay = sif_of(&a, "with-overlay.sif", image_tools::sif::PartType::Overlay);
+    let (w1, w2) = (user_dir("ovl-w1"), user_dir("ovl-w2"));
+    for (args, want) in [
+        (
+            vec!["--overlay", "/nonexistent.sqfs:ro"],
+            "--overlay /nonexistent.sqfs:ro: no such file or directory".to_string(),
+        ),
+        (
+            vec!["--overlay", "/etc/passwd"],
+            "--overlay /etc/passwd: '/etc/passwd' is neither a SIF file nor a SquashFS image"
+                .to_string(),
+        ),
+        (
+            vec!["--overlay", &ext3],
+            format!("--overlay {ext3}: an ext3 overlay image: not supported (mounting ext3 needs root or fuse2fs)"),
+        ),
+        (
+            vec!["--overlay", &sif_overlay],
+            format!("--overlay {sif_overlay}: the SIF has an overlay partition: not supported"),
+        ),
+        (
+            vec!["--overlay", &w1, "--overlay", &w2],
+            format!("--overlay {w1} and --overlay {w2}: one writable overlay directory at most"),
+        ),
+        (
+            vec!["--overlay", &format!("{a}:rw")],
+            format!("--overlay {a}:rw: unknown suffix ':rw'"),
+        ),
+    ] {
+        assert_one_line_error(&args, &want);
+    }
+    // The variable's name is in the message when it gave the list.
+    let out = launcher(&["exec", &img(), "/bin/true"])
+        .env("APPTAINER_OVERLAY", &format!("{a}:xx"))
+        .run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "APPTAINER_OVERLAY: --overlay {a}:xx: unknown suffix"
+        )),
+        "{out:?}"
+    );
 }
 
 /// Review finding 11: a script that makes one variable longer than execve takes (128 KiB)

@@ -7,8 +7,8 @@ mod common;
 
 use common::slurm::{self, owned_entries};
 use common::{
-    assert_fuse_connections_end, fixture, fuse_connections, launcher, other_user, setup, share_dir,
-    Out,
+    assert_fuse_connections_end, fixture, fuse_connections, launcher, mksquashfs, other_user,
+    setup, share_dir, Out,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -511,4 +511,36 @@ fn scancel_of_the_job_that_started_an_instance_leaves_nothing() {
         .cloned()
         .collect();
     assert!(new.is_empty(), "left behind: {new:?}");
+}
+
+/// Issue 17: `instance start --overlay IMG.sqfs`: every `exec instance://` sees the layer, and
+/// `instance stop` ends the leader, which serves the layer too.
+#[test]
+fn an_instance_started_with_an_overlay_image_shows_it_to_every_exec() {
+    let s = setup();
+    let img = fixture("busybox-gzip.sqfs");
+    let inst = name("overlay");
+    let _stop = StopOnDrop(inst.clone());
+    let tree = s.scratch.join("instance-layer-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("data")).unwrap();
+    std::fs::write(tree.join("data/layer"), "from the layer\n").unwrap();
+    let layer = s.scratch.join("instance-layer.sqfs");
+    mksquashfs(&tree, &layer, &[]);
+    let layer = layer.display().to_string();
+    let out = launcher(&["instance", "start", "--overlay", &layer, &img, &inst]).run();
+    out.ok();
+    let leader = pid_of(&inst);
+    let uri = format!("instance://{inst}");
+    for _ in 0..2 {
+        let out = launcher(&["exec", &uri, "cat", "/data/layer"]).run();
+        assert_eq!(out.ok().stdout, "from the layer\n", "{out:?}");
+    }
+    launcher(&["instance", "stop", &inst]).run().ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{leader}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The leader serves the image and the layer: with it gone, no server is left.
+    assert!(!Path::new(&format!("/proc/{leader}")).exists());
 }

@@ -520,3 +520,70 @@ fn a_writable_rank_does_not_join_a_read_only_leader() {
     leader.finish().ok();
     assert_no_files_left();
 }
+
+/// Issue 17: overlay images are part of what a step's instance mounts (a FUSE server each, in
+/// its base): ranks with the same overlays share the instance, one with binds of its own
+/// builds its root over the same layers, and a rank with other overlays has an instance of
+/// its own.
+#[test]
+fn ranks_with_the_same_overlay_images_share_the_instance() {
+    let s = setup();
+    let job = job_id(12);
+    let tree = s.scratch.join("share-layer-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("data")).unwrap();
+    std::fs::write(tree.join("data/layer"), "from the layer\n").unwrap();
+    let layer = s.scratch.join("share-layer.sqfs");
+    mksquashfs(&tree, &layer, &[]);
+    let layer = layer.display().to_string();
+    let bind_dir = s.scratch.join("share-layer-bind");
+    std::fs::create_dir_all(&bind_dir).unwrap();
+    let bind = format!("{}:/opt/bound", bind_dir.display());
+    let script = "cat /data/layer 2>/dev/null || echo none; echo ready; cat >/dev/null";
+    let rank_with = |opts: &[&str]| {
+        let mut args = vec!["exec", "--debug"];
+        args.extend(opts);
+        let img = gzip();
+        args.extend([img.as_str(), "/bin/sh", "-c", script]);
+        launcher(&args)
+            .env("SLURM_JOB_ID", &job)
+            .env("SLURM_STEP_ID", "0")
+    };
+    let specs: [&[&str]; 4] = [
+        &["-o", &layer],
+        &["-o", &layer],
+        &["-o", &layer, "-B", &bind],
+        &[],
+    ];
+    let mut ranks = Vec::new();
+    for opts in specs {
+        let mut r = Live::start(rank_with(opts));
+        r.until_stdout("ready");
+        ranks.push(r);
+    }
+    for r in &mut ranks {
+        r.release();
+    }
+    let outs: Vec<Out> = ranks.into_iter().map(Live::finish).collect();
+    let firsts: Vec<&str> = outs
+        .iter()
+        .map(|o| {
+            o.ok();
+            o.stdout.lines().next().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        firsts,
+        ["from the layer", "from the layer", "from the layer", "none"]
+    );
+    let said = |i: usize, what: &str| outs[i].stderr.contains(what);
+    assert!(said(0, "share: leading"), "{}", outs[0].stderr);
+    assert!(
+        said(1, "share: joining the instance of launcher"),
+        "{}",
+        outs[1].stderr
+    );
+    assert!(said(2, "own mount namespace"), "{}", outs[2].stderr);
+    assert!(said(3, "share: leading"), "{}", outs[3].stderr);
+    assert_no_files_left();
+}

@@ -43,11 +43,13 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     // MPI is checked against the image's own MPI, so it is gathered once the image is open.
     injection.extend(mpi::gather(opts, &site, image)?);
     let paths = HostPaths::gather(opts, &host, &site, &injection)?;
+    let (overlays, overlay_archives) = crate::gather::overlays::gather(opts, &host.cwd)?;
     let facts = Gathered {
         host,
         site,
         injection,
         paths,
+        overlays,
     };
     let mut plan = plan::build(opts, &facts, image)?;
     if let Some(InstanceUse::Start(name)) = &opts.instance {
@@ -112,7 +114,11 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
             }
         }
     };
-    let status = supervisor::launch(&plan, opened.archive(), &settings, role, daemon);
+    let archives = supervisor::Archives {
+        image: opened.archive(),
+        overlays: overlay_archives,
+    };
+    let status = supervisor::launch(&plan, archives, &settings, role, daemon);
     // The image server's messages reach stderr before the launcher exits; a stderr nobody
     // reads holds the exit for this long at most.
     crate::fuse::report::flush(REPORT_FLUSH_LIMIT);
@@ -153,7 +159,7 @@ fn share_role(opts: &LaunchOptions, host: &HostInfo, plan: &Plan) -> Role {
         return Role::Private("not a rank of a job step".into());
     };
     let role = share::node_name(&host.env)
-        .and_then(|node| share::key(plan.uid, &node, &step, &plan.image.path))
+        .and_then(|node| share::key(plan.uid, &node, &step, &served_images(plan)))
         .and_then(|key| {
             let flavour = flavour(plan)?;
             share::rendezvous(
@@ -187,7 +193,20 @@ fn flavour(plan: &Plan) -> Result<String> {
         &plan.upper,
         plan.writable_root,
         &plan.overlay_dir,
+        &plan.lower,
     ))
+}
+
+/// The image files a launch mounts in the instance's base (the image, then its overlay
+/// images, in order): ranks share an instance only when these are the same, so that a rank
+/// with mounts of its own finds its layers in the base.
+fn served_images(plan: &Plan) -> Vec<&Path> {
+    std::iter::once(plan.image.path.as_path())
+        .chain(plan.lower.iter().filter_map(|l| match l {
+            plan::LowerLayer::Image(i) => Some(i.path.as_path()),
+            plan::LowerLayer::Dir(_) => None,
+        }))
+        .collect()
 }
 
 /// The named instance `instance start` creates: its node and log files (Apptainer keeps them

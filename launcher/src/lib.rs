@@ -69,6 +69,7 @@ pub mod fuzzing {
             site,
             injection,
             paths,
+            overlays: Vec::new(),
         };
         Ok(crate::plan::build(opts, &facts, image)?.to_string())
     }

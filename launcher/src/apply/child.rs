@@ -206,11 +206,63 @@ fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> 
     for d in ["image", "oldroot"] {
         sys.mkdir(&staging.join(d), 0o755)?;
     }
-    if plan.image.is_directory() {
-        // Bound once the host is under /oldroot (rootfs::assemble): the staging tmpfs may
-        // now cover the directory's own path (/tmp/sandbox).
-        return Ok(staging);
+    // A sandbox directory is bound once the host is under /oldroot (rootfs::assemble): the
+    // staging tmpfs may now cover the directory's own path (/tmp/sandbox).
+    if !plan.image.is_directory() {
+        mount_fuse(sys, plan, &plan.image.path, &staging.join("image"), chan)
+            .context("mounting the image with FUSE")?;
+        debug::step(format_args!(
+            "child: image mounted with FUSE (staging at {})",
+            staging.display()
+        ));
     }
+    mount_overlay_images(sys, plan, &staging, chan)?;
+    Ok(staging)
+}
+
+/// `--overlay IMG.sqfs`: each image layer mounted with FUSE at `overlays/N` in the staging
+/// tmpfs, its descriptor sent to the launcher after the image's, in the layers' order.
+fn mount_overlay_images(
+    sys: &dyn Syscalls,
+    plan: &Plan,
+    staging: &Path,
+    chan: &Channel,
+) -> Result<()> {
+    let overlays = staging.join(rootfs::OVERLAYS);
+    let mut made = false;
+    for (n, layer) in plan.lower.iter().enumerate() {
+        let crate::plan::LowerLayer::Image(image) = layer else {
+            continue;
+        };
+        if !made {
+            sys.mkdir(&overlays, 0o755)?;
+            made = true;
+        }
+        let target = overlays.join(n.to_string());
+        sys.mkdir(&target, 0o755)?;
+        mount_fuse(sys, plan, &image.path, &target, chan).with_context(|| {
+            format!(
+                "mounting the overlay image {} with FUSE",
+                image.path.display()
+            )
+        })?;
+        debug::step(format_args!(
+            "child: overlay image {} mounted with FUSE",
+            image.path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Mount `source` with FUSE at `target` and hand the /dev/fuse descriptor to the launcher,
+/// which serves it.
+fn mount_fuse(
+    sys: &dyn Syscalls,
+    plan: &Plan,
+    source: &Path,
+    target: &Path,
+    chan: &Channel,
+) -> Result<()> {
     let fuse_fd = sys.open_dev_fuse()?;
     let data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
@@ -219,23 +271,18 @@ fn mount_image(sys: &dyn Syscalls, plan: &Plan, parent: Pid, chan: &Channel) -> 
         plan.gid
     );
     sys.mount(
-        Some(&plan.image.path),
-        &staging.join("image"),
+        Some(source),
+        target,
         Some("fuse.launcher"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&data),
-    )
-    .context("mounting the image with FUSE")?;
+    )?;
     chan.send_fd(fuse_fd.as_raw_fd())
         .context("handing the FUSE connection to the launcher")?;
     // Our copy goes at once: a child that kept one and waited on a FUSE request when the
     // launcher was killed would stay in D state forever, holding the connection it waits on.
     drop(fuse_fd);
-    debug::step(format_args!(
-        "child: image mounted with FUSE (staging at {})",
-        staging.display()
-    ));
-    Ok(staging)
+    Ok(())
 }
 
 fn mount_staging(sys: &dyn Syscalls) -> Result<PathBuf> {
@@ -445,6 +492,7 @@ mod tests {
             writable_root: false,
             writable_sandbox: false,
             overlay_dir: None,
+            lower: vec![],
             mounts: vec![MountStep::Bind {
                 src: "/proc".into(),
                 dst: "/proc".into(),
@@ -549,6 +597,76 @@ mod tests {
         let caps = calls.iter().position(|c| *c == Call::DropCapabilities);
         let last_mount = calls.iter().rposition(|c| matches!(c, Call::Mount { .. }));
         assert!(last_mount < caps, "every mount before the privilege drop");
+    }
+
+    #[test]
+    fn each_overlay_image_is_mounted_with_fuse_after_the_image_and_its_descriptor_sent() {
+        let rec = Recorder::default();
+        let (launcher, child) = Channel::pair().unwrap();
+        let mut p = plan();
+        let image = |path: &str| {
+            crate::plan::LowerLayer::Image(ImageDesc {
+                path: path.into(),
+                format: "SquashFS",
+                squashfs_offset: 0,
+                file_size: 1,
+            })
+        };
+        p.lower = vec![
+            image("/a.sqfs"),
+            crate::plan::LowerLayer::Dir("/srv/ro".into()),
+            image("/b.sqfs"),
+        ];
+        // The launcher's side: one descriptor for the image, one per overlay image.
+        let answer = std::thread::spawn(move || {
+            for _ in 0..3 {
+                assert!(launcher.recv_fd().unwrap().is_some());
+            }
+        });
+        let staging = mount_image(&rec, &p, Pid::this(), &child).unwrap();
+        answer.join().unwrap();
+        let calls = rec.calls.into_inner();
+        let mounts: Vec<(PathBuf, PathBuf)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    src: Some(src),
+                    target,
+                    fstype: Some(t),
+                    ..
+                } if t == "fuse.launcher" => Some((src.clone(), target.clone())),
+                _ => None,
+            })
+            .collect();
+        // The directory layer needs no mount here: overlayfs takes it as it is.
+        assert_eq!(
+            mounts,
+            vec![
+                ("/i.sqfs".into(), staging.join("image")),
+                ("/a.sqfs".into(), staging.join("overlays/0")),
+                ("/b.sqfs".into(), staging.join("overlays/2")),
+            ]
+        );
+        assert_in_order(
+            &calls,
+            &[
+                Call::OpenDevFuse,
+                Call::Mkdir {
+                    path: staging.join("overlays"),
+                    mode: 0o755,
+                },
+                Call::Mkdir {
+                    path: staging.join("overlays/0"),
+                    mode: 0o755,
+                },
+                Call::OpenDevFuse,
+                Call::Mkdir {
+                    path: staging.join("overlays/2"),
+                    mode: 0o755,
+                },
+                Call::OpenDevFuse,
+            ],
+        );
     }
 
     #[test]

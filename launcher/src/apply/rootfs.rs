@@ -12,7 +12,7 @@
 
 use crate::apply::syscalls::Syscalls;
 use crate::plan::mount_points::NodeKind;
-use crate::plan::{MountStep, Plan};
+use crate::plan::{LowerLayer, MountStep, Plan};
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 /// Fixed places inside the staging tmpfs.
 pub struct Layout {
     pub image: PathBuf,
+    /// Where the read-only overlay images are mounted, one directory each (`overlay_image`).
+    pub overlays: PathBuf,
     pub oldroot: PathBuf,
     pub newroot: PathBuf,
     /// Holds `upper` and `work`.
@@ -28,6 +30,10 @@ pub struct Layout {
     pub work: PathBuf,
     pub files: PathBuf,
 }
+
+/// The directory of the staging tmpfs where the overlay images are mounted, one directory
+/// each (`Layout::overlay_image`).
+pub const OVERLAYS: &str = "overlays";
 
 /// Where, in the staging tmpfs of a shared instance, a rank with a mount namespace of its own
 /// mounts a tmpfs of its own for its root's pieces (the staging tmpfs is one for all ranks).
@@ -45,9 +51,15 @@ impl Layout {
         Layout::under(Path::new(OWN))
     }
 
+    /// Where the image layer `n` of `Plan::lower` is mounted.
+    pub fn overlay_image(&self, n: usize) -> PathBuf {
+        self.overlays.join(n.to_string())
+    }
+
     fn under(own: &Path) -> Layout {
         Layout {
             image: "/image".into(),
+            overlays: Path::new("/").join(OVERLAYS),
             oldroot: "/oldroot".into(),
             newroot: own.join("newroot"),
             rw: own.join("rw"),
@@ -120,9 +132,25 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
                 NodeKind::File => sys.write_file(&p, b"")?,
             }
         }
+        // Read-only layers, top first as overlayfs lists them, the image last; a directory
+        // named like the writable one (held until the mount is made).
+        let mut held_lower = Vec::new();
+        let mut lowerdir = String::new();
+        for (n, layer) in plan.lower.iter().enumerate().rev() {
+            let path = match layer {
+                LowerLayer::Image(_) => layout.overlay_image(n),
+                LowerLayer::Dir(dir) => {
+                    let held = sys.source(&layout.oldroot, dir)?;
+                    let path = held.path.clone();
+                    held_lower.push(held);
+                    path
+                }
+            };
+            lowerdir.push_str(&format!("{}:", path.display()));
+        }
+        lowerdir.push_str(&layout.image.display().to_string());
         let overlay = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr",
-            layout.image.display(),
+            "lowerdir={lowerdir},upperdir={},workdir={},userxattr",
             upper.display(),
             work.display()
         );
@@ -136,6 +164,10 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
                      for unprivileged overlay)"
                 .to_string(),
         };
+        let what = match plan.lower.len() {
+            0 => what,
+            n => format!("{what}, with {n} read-only layer(s)"),
+        };
         sys.mount(
             Some(Path::new("overlay")),
             &layout.newroot,
@@ -144,6 +176,7 @@ pub fn assemble(sys: &dyn Syscalls, plan: &Plan, layout: &Layout) -> Result<()> 
             Some(&overlay),
         )
         .context(what)?;
+        drop(held_lower);
     } else {
         // A directory's submounts come along (they are part of what the user named).
         let flags = if plan.image.is_directory() {
@@ -250,6 +283,7 @@ mod tests {
             writable_root: writable,
             writable_sandbox: false,
             overlay_dir: None,
+            lower: vec![],
             mounts,
             upper: vec![crate::plan::mount_points::UpperNode {
                 path: "/data".into(),
@@ -440,6 +474,86 @@ mod tests {
                 || matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay")),
             "{calls:?}"
         );
+    }
+
+    fn layer_image(path: &str) -> LowerLayer {
+        LowerLayer::Image(ImageDesc {
+            path: path.into(),
+            format: "SquashFS",
+            squashfs_offset: 0,
+            file_size: 1,
+        })
+    }
+
+    #[test]
+    fn read_only_layers_stack_under_a_tmpfs_upper_and_the_root_is_made_read_only() {
+        let rec = Recorder::default();
+        let mut p = plan(vec![], false);
+        // Bottom first, as given: a.sqfs, then the directory, then b.sqfs on top.
+        p.lower = vec![
+            layer_image("/a.sqfs"),
+            LowerLayer::Dir("/srv/ro".into()),
+            layer_image("/b.sqfs"),
+        ];
+        assert!(p.needs_overlay());
+        assemble(&rec, &p, &Layout::in_staging()).unwrap();
+        let calls = rec.calls.into_inner();
+        assert_in_order(
+            &calls,
+            &[
+                Call::Mkdir {
+                    path: "/rw/upper/data".into(),
+                    mode: 0o755,
+                },
+                // overlayfs lists the top layer first: the image is the bottom one.
+                mount_call(
+                    Some("overlay"),
+                    "/newroot",
+                    Some("overlay"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(
+                        "lowerdir=/overlays/2:/oldroot/srv/ro:/overlays/0:/image,\
+                         upperdir=/rw/upper,workdir=/rw/work,userxattr",
+                    ),
+                ),
+                Call::MakeReadonly {
+                    target: "/newroot".into(),
+                    recursive: false,
+                },
+            ],
+        );
+    }
+
+    #[test]
+    fn read_only_layers_go_under_the_writable_directory() {
+        let rec = Recorder::default();
+        let mut p = plan(vec![], true);
+        p.overlay_dir = Some("/home/u/ovl".into());
+        p.lower = vec![layer_image("/a.sqfs")];
+        assemble(&rec, &p, &Layout::in_staging()).unwrap();
+        let calls = rec.calls.into_inner();
+        assert_in_order(
+            &calls,
+            &[
+                Call::Mkdir {
+                    path: "/oldroot/home/u/ovl/upper".into(),
+                    mode: 0o755,
+                },
+                mount_call(
+                    Some("overlay"),
+                    "/newroot",
+                    Some("overlay"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(
+                        "lowerdir=/overlays/0:/image,upperdir=/oldroot/home/u/ovl/upper,\
+                         workdir=/oldroot/home/u/ovl/work,userxattr",
+                    ),
+                ),
+            ],
+        );
+        assert!(!calls.iter().any(
+            |c| matches!(c, Call::MakeReadonly { target, .. } if target.starts_with("/newroot"))
+        ));
     }
 
     #[test]

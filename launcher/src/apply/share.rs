@@ -74,19 +74,24 @@ pub fn node_name(env: &[(String, String)]) -> Result<String> {
 }
 
 /// The rendezvous key: ranks with equal keys use one instance (user namespace, image server).
-/// The node is part of it (see `node_name`); the mounts are not (see `flavour`).
-pub fn key(uid: u32, node: &str, job_step: &str, image: &Path) -> Result<String> {
-    let meta = std::fs::metadata(image)
-        .with_context(|| format!("'{}': reading the image's identity", image.display()))?;
+/// The node is part of it (see `node_name`), and the identity of each of `images` (the image,
+/// then its overlay images: what the instance's base mounts); the mounts are not (see
+/// `flavour`).
+pub fn key(uid: u32, node: &str, job_step: &str, images: &[&Path]) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(format!(
-        "uid={uid}\0node={node}\0step={job_step}\0image={}:{}:{}:{}:{}\0",
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec()
-    ));
+    h.update(format!("uid={uid}\0node={node}\0step={job_step}\0"));
+    for image in images {
+        let meta = std::fs::metadata(image)
+            .with_context(|| format!("'{}': reading the image's identity", image.display()))?;
+        h.update(format!(
+            "image={}:{}:{}:{}:{}\0",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ));
+    }
     Ok(hex(&h.finalize()))
 }
 
@@ -724,13 +729,17 @@ mod tests {
 
     #[test]
     fn key_depends_on_node_and_step_not_mounts() {
-        let img = std::env::current_exe().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let img = [exe.as_path()];
         let a = key(1, "n1/", "s1", &img).unwrap();
         assert_eq!(a, key(1, "n1/", "s1", &img).unwrap());
         assert_ne!(a, key(1, "n1/", "s2", &img).unwrap());
         assert_ne!(a, key(2, "n1/", "s1", &img).unwrap());
         // The same step on another node never meets this one, even in a shared directory.
         assert_ne!(a, key(1, "n2/", "s1", &img).unwrap());
+        // Overlay images are mounted in the instance's base: other images, another instance.
+        let with_layer = [exe.as_path(), Path::new("/")];
+        assert_ne!(a, key(1, "n1/", "s1", &with_layer).unwrap());
         // Mounts tell flavours of one instance apart, not instances.
         let f = flavour(&vec!["/a"]).unwrap();
         assert_eq!(f, flavour(&vec!["/a"]).unwrap());

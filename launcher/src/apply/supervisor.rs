@@ -50,39 +50,50 @@ pub struct LaunchSettings {
     pub prefetch: bool,
 }
 
-/// Launch the plan and return the exit status to leave with. `archive`: the SquashFS to
-/// serve; None for a sandbox directory.
+/// The SquashFS archives a launch serves: the image's (None for a sandbox directory), and
+/// those of the plan's image layers (`Plan::lower`), in their order.
+pub struct Archives {
+    pub image: Option<Arc<Archive>>,
+    pub overlays: Vec<Arc<Archive>>,
+}
+
+/// Launch the plan and return the exit status to leave with.
 pub fn launch(
     plan: &Plan,
-    archive: Option<Arc<Archive>>,
+    archives: Archives,
     settings: &LaunchSettings,
     role: Role,
     daemon: Option<instance::Daemon>,
 ) -> Result<i32> {
     match role {
         Role::Join(joiner) => {
+            let image = archives.image.clone();
             let code = join(plan, joiner);
             // A joining rank reads the image only to plan (its leader serves the files).
-            if let Some(archive) = &archive {
+            if let Some(archive) = &image {
                 report_image_reads(archive);
             }
             code
         }
-        Role::Lead(leader) => serve(plan, archive, settings, Some((leader, daemon))),
-        Role::Private(_) => serve(plan, archive, settings, None),
+        Role::Lead(leader) => serve(plan, archives, settings, Some((leader, daemon))),
+        Role::Private(_) => serve(plan, archives, settings, None),
     }
 }
 
 /// A private instance, or the leader of a shared one.
 fn serve(
     plan: &Plan,
-    archive: Option<Arc<Archive>>,
+    archives: Archives,
     settings: &LaunchSettings,
     leader: Option<(share::Leader, Option<instance::Daemon>)>,
 ) -> Result<i32> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let (forwarded, old_mask) = prepare_supervision()?;
     let (pusher, push_rx) = Pusher::new();
+    let Archives {
+        image: archive,
+        overlays,
+    } = archives;
     if let (Some(program), Some(archive)) = (
         plan.program.as_ref().filter(|_| settings.prefetch),
         archive.as_ref(),
@@ -118,7 +129,8 @@ fn serve(
     };
     drop(theirs);
     // No server for a directory: a child that fails says why itself and exits with 255,
-    // which supervision passes on.
+    // which supervision passes on. The child sends the image's descriptor, then one per
+    // overlay image.
     let server = match archive {
         None => None,
         Some(archive) => {
@@ -126,20 +138,23 @@ fn serve(
                 // The child said why on stderr.
                 return finish_failed_start(child);
             };
-            match start_server(plan, archive, settings, fuse_fd, pusher.clone(), push_rx) {
+            let started = start_server(plan, archive, settings, fuse_fd, pusher.clone(), push_rx);
+            match started_or_status(started, child)? {
                 Ok(s) => Some(s),
-                Err(e) => {
-                    // A child that failed after the mount (and took the mount with it) says
-                    // why itself.
-                    if let Some(code) = failed_child_status(child) {
-                        return Ok(code);
-                    }
-                    let _ = kill(child, Signal::SIGKILL);
-                    return Err(e);
-                }
+                Err(code) => return Ok(code),
             }
         }
     };
+    let mut layer_servers = Vec::with_capacity(overlays.len());
+    for archive in overlays {
+        let Some(fuse_fd) = ours.recv_fd()? else {
+            return finish_failed_start(child);
+        };
+        match started_or_status(start_layer_server(plan, archive, settings, fuse_fd), child)? {
+            Ok(s) => layer_servers.push(s),
+            Err(code) => return Ok(code),
+        }
+    }
     let Some(leader) = leader else {
         end_stores_on_request(ours, pusher.clone());
         let code = supervise(child, &forwarded, Some(&pusher));
@@ -149,6 +164,7 @@ fn serve(
         let code = code?;
         kill_leftovers(None);
         drop(server);
+        drop(layer_servers);
         return Ok(code);
     };
     let (leader, daemon) = leader;
@@ -158,7 +174,47 @@ fn serve(
     pusher.close_listed();
     Server::report_counts(&server);
     drop(server);
+    drop(layer_servers);
     code
+}
+
+/// A server that failed to start, when the child failed after the mount (taking the mount
+/// with it) and said why itself: Err(its exit status). Otherwise the child is killed and the
+/// error returned.
+fn started_or_status<S>(started: Result<S>, child: Pid) -> Result<Result<S, i32>> {
+    match started {
+        Ok(s) => Ok(Ok(s)),
+        Err(e) => {
+            if let Some(code) = failed_child_status(child) {
+                return Ok(Err(code));
+            }
+            let _ = kill(child, Signal::SIGKILL);
+            Err(e)
+        }
+    }
+}
+
+/// In the parent: the server of an overlay image (`--overlay IMG.sqfs`): the image's server
+/// without its extras (no mount points, files, pushes or read-ahead: those are the image's).
+fn start_layer_server(
+    plan: &Plan,
+    archive: Arc<Archive>,
+    settings: &LaunchSettings,
+    fuse_fd: OwnedFd,
+) -> Result<fuser::BackgroundSession> {
+    let config = session_config(settings);
+    let fs = ImageFs::new(
+        archive,
+        plan.writable_root.then_some((plan.uid, plan.gid)),
+        settings.fuse_readahead,
+    );
+    let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
+        .context("FUSE handshake with the kernel for an overlay image")?;
+    let server = session
+        .spawn()
+        .context("starting the FUSE server threads of an overlay image")?;
+    debug::step("parent: FUSE server of an overlay image started");
+    Ok(server)
 }
 
 /// In the parent of a private instance: ends the pushes when the child says it is about to
@@ -214,9 +270,7 @@ fn start_server(
     pusher: Pusher,
     push_rx: Receiver<(Kind, Batch)>,
 ) -> Result<Server> {
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(settings.fuse_threads.max(1));
-    config.clone_fd = true;
+    let config = session_config(settings);
     let mut fs = ImageFs::new(
         archive.clone(),
         plan.writable_root.then_some((plan.uid, plan.gid)),
@@ -254,6 +308,14 @@ fn start_server(
         counts,
         archive: image,
     })
+}
+
+/// The FUSE session settings of every server of a launch.
+fn session_config(settings: &LaunchSettings) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(settings.fuse_threads.max(1));
+    config.clone_fd = true;
+    config
 }
 
 /// Whether the ranks with this plan's mounts use one root: not with `--writable-tmpfs`, where

@@ -7,6 +7,7 @@ pub(crate) mod gpu;
 pub(crate) mod host;
 pub mod injection;
 pub(crate) mod mpi;
+pub(crate) mod overlays;
 pub(crate) mod paths;
 pub mod site_config;
 
@@ -25,4 +26,6 @@ pub(crate) struct Gathered {
     pub injection: Injection,
     /// The host paths the planner asks about, resolved.
     pub paths: HostPaths,
+    /// `--overlay`: what each entry is, in the order given.
+    pub overlays: Vec<overlays::Overlay>,
 }

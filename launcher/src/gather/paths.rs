@@ -68,9 +68,6 @@ impl HostPaths {
         if let Some((src, _)) = &opts.home {
             paths.resolve(src);
         }
-        if let Some(dir) = &opts.overlay {
-            paths.resolve(&host.cwd.join(dir));
-        }
         for b in &opts.binds {
             paths.resolve(&host.cwd.join(&b.src));
         }

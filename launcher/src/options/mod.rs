@@ -5,6 +5,7 @@ pub mod apptainer;
 pub mod bind;
 pub mod env_args;
 pub mod instance;
+pub mod overlay;
 
 use anyhow::{bail, Result};
 use bind::BindSpec;
@@ -60,8 +61,9 @@ pub struct LaunchOptions {
     /// `--writable`: a sandbox directory is the root itself, writable; mount points it lacks
     /// are made in it.
     pub writable: bool,
-    /// `--overlay DIR`: a writable layer kept in DIR (`DIR/upper`, `DIR/work`) over the image.
-    pub overlay: Option<PathBuf>,
+    /// `--overlay`: in the order given (later ones on top). At most one writable directory,
+    /// whose `DIR/upper` and `DIR/work` keep the changes; the others are read-only layers.
+    pub overlays: Vec<overlay::OverlaySpec>,
     pub cleanenv: bool,
     /// `--env-file` entries then `--env` entries, in that order (later wins).
     pub env: Vec<(String, String)>,
@@ -113,7 +115,7 @@ impl LaunchOptions {
             pwd: None,
             writable_tmpfs: false,
             writable: false,
-            overlay: None,
+            overlays: Vec::new(),
             cleanenv: false,
             env: Vec::new(),
             gpu: None,

@@ -2,13 +2,14 @@
 //! a few named steps. Nothing here reads the host: every host path it asks about was resolved
 //! by `gather::paths` (an unanswered question is an error, not a guess).
 
+use crate::gather::overlays::Layer;
 use crate::gather::paths::{HostPaths, DEV_DIRS, KERNEL_DIRS, MINIMAL_DEV, SCRATCH_DIRS};
 use crate::gather::Gathered;
 use crate::image::view::{EntryKind, ImageView};
 use crate::options::{clean_abs, Action, LaunchOptions};
 use crate::plan::environment::{self, EnvInputs};
 use crate::plan::mount_points::{self, NodeKind, UpperNode};
-use crate::plan::{etc_files, integration, path_search, scheduler, MountStep, Plan};
+use crate::plan::{etc_files, integration, path_search, scheduler, LowerLayer, MountStep, Plan};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -53,9 +54,13 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
 
     let (env, env_shell) = environment(opts, facts, image, &home_dst, &mut table.warnings)?;
     // Files are served (no mount) only by the FUSE server of a read-only image file.
-    let overlay_dir = overlay(opts, facts)?;
+    let (overlay_dir, lower) = overlays(opts, facts)?;
     let writable_sandbox = writable(opts, image)?;
-    let serve_files = !opts.writable_tmpfs && overlay_dir.is_none() && !image.desc().is_directory();
+    // Not under layers: an overlay's own file at the same path would hide a served one.
+    let serve_files = !opts.writable_tmpfs
+        && overlay_dir.is_none()
+        && lower.is_empty()
+        && !image.desc().is_directory();
     let upper = upper_nodes(&mut table.mounts, image, paths, serve_files)?;
     let argv = argv(opts, image, &shell)?;
     let program = match argv.first() {
@@ -70,6 +75,7 @@ pub fn build(opts: &LaunchOptions, facts: &Gathered, image: &dyn ImageView) -> R
         writable_root: opts.writable_tmpfs || overlay_dir.is_some(),
         writable_sandbox,
         overlay_dir,
+        lower,
         mounts: table.mounts,
         upper,
         foreign_server: false,
@@ -283,28 +289,33 @@ fn user_database(
 
 /// The command's environment: host → image (OCI config, then /.singularity.d/env/*.sh) →
 /// the launcher's own variables → user, then the site's and the injection's edits.
-/// `--overlay DIR`: the directory, which must exist (its `upper/` and `work/` are made inside
-/// at launch). Overlay image files, which Apptainer also takes, are refused with what to do.
-fn overlay(opts: &LaunchOptions, facts: &Gathered) -> Result<Option<PathBuf>> {
-    let Some(dir) = &opts.overlay else {
-        return Ok(None);
-    };
-    if opts.writable_tmpfs {
-        bail!("--overlay and --writable-tmpfs: choose one (both make the root writable)");
+/// `--overlay`: the writable directory (at most one, not with `--writable-tmpfs`; its
+/// `upper/` and `work/` are made inside at launch) and the read-only layers, bottom first.
+fn overlays(opts: &LaunchOptions, facts: &Gathered) -> Result<(Option<PathBuf>, Vec<LowerLayer>)> {
+    let mut writable: Option<(&str, PathBuf)> = None;
+    let mut lower = Vec::new();
+    for o in &facts.overlays {
+        match &o.layer {
+            Layer::Writable(dir) => {
+                if let Some((first, _)) = &writable {
+                    bail!(
+                        "--overlay {first} and --overlay {}: one writable overlay directory at most (add :ro to make a directory a read-only layer)",
+                        o.given
+                    );
+                }
+                if opts.writable_tmpfs {
+                    bail!(
+                        "--overlay and --writable-tmpfs: choose one (both make the root writable; --overlay {}:ro makes the directory a read-only layer)",
+                        o.given
+                    );
+                }
+                writable = Some((&o.given, dir.clone()));
+            }
+            Layer::Dir(dir) => lower.push(LowerLayer::Dir(dir.clone())),
+            Layer::Image(desc) => lower.push(LowerLayer::Image(desc.clone())),
+        }
     }
-    match facts.paths.get(&facts.host.cwd.join(dir))? {
-        Some(found) if found.is_dir => Ok(Some(found.canonical.clone())),
-        Some(_) => bail!(
-            "--overlay {}: not a directory (overlay image files are not supported; give a \
-             directory, whose upper/ and work/ will hold the changes)",
-            dir.display()
-        ),
-        None => bail!(
-            "--overlay {}: no such directory (make it first: mkdir -p {})",
-            dir.display(),
-            dir.display()
-        ),
-    }
+    Ok((writable.map(|(_, dir)| dir), lower))
 }
 
 /// `--writable`: only a sandbox directory, and only alone (the other two make an overlay).
@@ -318,7 +329,7 @@ fn writable(opts: &LaunchOptions, image: &dyn ImageView) -> Result<bool> {
             image.desc().path.display()
         );
     }
-    if opts.writable_tmpfs || opts.overlay.is_some() {
+    if opts.writable_tmpfs || !opts.overlays.is_empty() {
         bail!("--writable and --writable-tmpfs or --overlay: choose one");
     }
     Ok(true)
@@ -651,6 +662,7 @@ mod tests {
             site: Default::default(),
             injection: Default::default(),
             paths,
+            overlays: Vec::new(),
         }
     }
 
@@ -701,6 +713,82 @@ mod tests {
                 | MountStep::Symlink { dst, .. } => dst.display().to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn overlays_in_order_one_writable_at_most() {
+        use crate::gather::overlays::{Layer, Overlay};
+        let layer_image = |path: &str| {
+            Layer::Image(crate::image::view::ImageDesc {
+                path: path.into(),
+                format: "SquashFS",
+                squashfs_offset: 0,
+                file_size: 1,
+            })
+        };
+        let overlay = |given: &str, layer: Layer| Overlay {
+            given: given.into(),
+            layer,
+        };
+        let mut f = facts(host());
+        f.overlays = vec![
+            overlay("a.sqfs", layer_image("/w/a.sqfs")),
+            overlay("/w/ovl", Layer::Writable("/w/ovl".into())),
+            overlay("/w/ro:ro", Layer::Dir("/w/ro".into())),
+        ];
+        let o = opts(Action::Exec(vec!["id".into()]));
+        let p = build(&o, &f, &image()).unwrap();
+        // The writable directory is the upper layer wherever it was given; the others stay in
+        // their order, bottom first.
+        assert_eq!(p.overlay_dir, Some(PathBuf::from("/w/ovl")));
+        assert_eq!(
+            p.lower,
+            vec![
+                LowerLayer::Image(crate::image::view::ImageDesc {
+                    path: "/w/a.sqfs".into(),
+                    format: "SquashFS",
+                    squashfs_offset: 0,
+                    file_size: 1,
+                }),
+                LowerLayer::Dir("/w/ro".into())
+            ]
+        );
+        assert!(p.writable_root && p.needs_overlay());
+        let text = p.to_string();
+        assert!(
+            text.contains("layers over the image (top first):\n    dir   /w/ro (read-only)\n    image /w/a.sqfs"),
+            "{text}"
+        );
+
+        // Read-only layers alone: files are bound over them (an overlay's own /etc/passwd
+        // would hide a served one), and the root stays read-only.
+        f.overlays.remove(1);
+        let p = build(&o, &f, &image()).unwrap();
+        assert!(!p.writable_root && p.needs_overlay());
+        assert!(p.served_files().is_empty());
+
+        f.overlays
+            .push(overlay("/w/o2", Layer::Writable("/w/o2".into())));
+        f.overlays
+            .push(overlay("/w/o3", Layer::Writable("/w/o3".into())));
+        let err = build(&o, &f, &image()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "--overlay /w/o2 and --overlay /w/o3: one writable overlay directory at most"
+            ),
+            "{err}"
+        );
+        f.overlays.pop();
+        let mut tmpfs = o.clone();
+        tmpfs.writable_tmpfs = true;
+        let err = build(&tmpfs, &f, &image()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--overlay and --writable-tmpfs: choose one"),
+            "{err}"
+        );
+        // --writable-tmpfs over read-only layers is fine.
+        f.overlays.pop();
+        assert!(build(&tmpfs, &f, &image()).unwrap().writable_root);
     }
 
     #[test]

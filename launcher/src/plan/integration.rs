@@ -262,6 +262,7 @@ mod plan_tests {
             site,
             injection: inj,
             paths,
+            overlays: Vec::new(),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Plan {
     /// `--overlay DIR`: the host directory (canonical) whose `upper/` and `work/` are the
     /// overlay's layers, kept after the launch; None: a tmpfs, discarded.
     pub overlay_dir: Option<PathBuf>,
+    /// `--overlay IMG.sqfs`, `--overlay DIR:ro`: read-only layers between the image and the
+    /// writable layer (if any), bottom first (Apptainer's order: later overlays on top).
+    pub lower: Vec<LowerLayer>,
     pub mounts: Vec<MountStep>,
     /// Mount points the image lacks. A read-only root: the FUSE server shows them as virtual
     /// nodes and the image is the root, with no overlay. `--writable-tmpfs`: they are made in
@@ -64,6 +67,16 @@ pub struct Plan {
     pub instance: Option<NamedInstance>,
 }
 
+/// A read-only layer over the image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum LowerLayer {
+    /// A SquashFS (bare, or a SIF's primary partition) served by a FUSE server of its own,
+    /// mounted in the staging tmpfs at `/overlays/N`, N its place in `Plan::lower`.
+    Image(ImageDesc),
+    /// A host directory (canonical).
+    Dir(PathBuf),
+}
+
 /// A named instance (`launcher instance start IMAGE NAME`): what `instance list` shows and
 /// `exec instance://NAME` needs, published by its leader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -79,10 +92,13 @@ pub struct NamedInstance {
 }
 
 impl Plan {
-    /// An overlay over the image: for `--writable-tmpfs`, and for a sandbox directory that
-    /// lacks mount points (no FUSE server shows them; the directory itself is not changed).
+    /// An overlay over the image: for `--writable-tmpfs` and `--overlay`, and for a sandbox
+    /// directory that lacks mount points (no FUSE server shows them; the directory itself is
+    /// not changed). With read-only layers only, its upper layer is a tmpfs holding the mount
+    /// points, and the root is made read-only once built.
     pub fn needs_overlay(&self) -> bool {
         self.writable_root
+            || !self.lower.is_empty()
             || self.foreign_server
             || (self.image.is_directory() && !self.upper.is_empty() && !self.writable_sandbox)
     }
@@ -155,6 +171,14 @@ impl fmt::Display for Plan {
                 "image via FUSE".to_string()
             },
             match (&self.overlay_dir, self.needs_overlay()) {
+                _ if !self.lower.is_empty() => format!(
+                    " + {} read-only layer(s){}",
+                    self.lower.len(),
+                    match &self.overlay_dir {
+                        Some(dir) => format!(" + overlay in {} (kept)", dir.display()),
+                        None => " + overlay on tmpfs".to_string(),
+                    }
+                ),
                 (Some(dir), _) => format!(" + overlay in {} (kept)", dir.display()),
                 (None, true) => " + overlay on tmpfs".to_string(),
                 (None, false) => String::new(),
@@ -175,6 +199,21 @@ impl fmt::Display for Plan {
                 n.path.display(),
                 n.mode
             )?;
+        }
+        if !self.lower.is_empty() {
+            writeln!(f, "  layers over the image (top first):")?;
+        }
+        for (n, layer) in self.lower.iter().enumerate().rev() {
+            match layer {
+                LowerLayer::Image(i) => writeln!(
+                    f,
+                    "    image {} ({}, SquashFS at offset {}, FUSE server of its own at /overlays/{n})",
+                    i.path.display(),
+                    i.format,
+                    i.squashfs_offset
+                )?,
+                LowerLayer::Dir(d) => writeln!(f, "    dir   {} (read-only)", d.display())?,
+            }
         }
         writeln!(f, "  mounts:")?;
         for m in &self.mounts {
