@@ -59,6 +59,13 @@ fn user_keys() -> Option<PathBuf> {
 
 pub fn run(args: VerifyArgs) -> Result<i32> {
     let shown = args.image.display().to_string();
+    if !is_sif(&args.image)? {
+        // Named for what it is, not by the bytes where a SIF's magic would be.
+        if is_squashfs(&args.image)? {
+            bail!("{shown}: a bare SquashFS image, not a SIF: it holds no signatures or digests to verify (`launcher build OUT.sif {shown}` wraps it in a SIF, which `launcher sign` signs)");
+        }
+        bail!("{shown}: not a SIF image (no SIF header), so there is nothing to verify");
+    }
     let sif = SifFile::open(&args.image).map_err(|e| anyhow!("{shown}: {e}"))?;
     let signed = sif
         .descriptors
@@ -309,6 +316,15 @@ fn is_sif(image: &Path) -> Result<bool> {
         .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 64), &mut head))
         .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
     Ok(image_tools::sif::is_sif(&head[..n]))
+}
+
+/// Whether `image` starts with SquashFS's magic (a bare `.sqfs`).
+fn is_squashfs(image: &Path) -> Result<bool> {
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(image)
+        .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 4), &mut head))
+        .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
+    Ok(&head[..n] == b"hsqs")
 }
 
 /// Where keys are looked for, when a signature failed and no key was given at all.

@@ -757,3 +757,24 @@ fn user_namespaces_disabled() {
         "the host's limit must be untouched"
     );
 }
+
+/// Issue 17's small ones, seen with a real Debian image: `verify` of a bare SquashFS says what
+/// the file is (not the bytes where a SIF's magic would be), once; `exec IMAGE /usr` says the
+/// command is a directory.
+#[test]
+fn verify_of_a_bare_squashfs_and_exec_of_a_directory_say_what_they_are() {
+    let sqfs = fixture("busybox-zstd.sqfs");
+    let out = launcher(&["verify", &sqfs]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("a bare SquashFS image, not a SIF") && !out.stderr.contains("\\x"),
+        "{out:?}"
+    );
+    let out = launcher(&["exec", &sqfs, "/usr"]).run();
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot execute '/usr'") && out.stderr.contains("it is a directory"),
+        "{out:?}"
+    );
+}

@@ -305,6 +305,8 @@ impl Syscalls for Real {
                 nix::errno::Errno::ENOENT => {
                     " (the file or its interpreter is missing in the image)"
                 }
+                // execve says EACCES for a directory too; say what it is.
+                nix::errno::Errno::EACCES if program.is_dir() => " (it is a directory)",
                 nix::errno::Errno::EACCES => " (not executable, or on a noexec mount)",
                 nix::errno::Errno::ENOEXEC => " (not a program for this machine)",
                 _ => "",
