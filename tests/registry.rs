@@ -706,6 +706,66 @@ fn exec_docker_source_converts_once_into_the_cache() {
     let (sifs, other) = cached_sifs(&cache);
     assert_eq!(sifs.len(), 1, "{sifs:?}");
     assert!(other.is_empty(), "left behind: {other:?}");
+
+    // `cache clean --force` while a launch runs from the cached image: the running one is not
+    // disturbed (it holds the file open; the image server reads it lazily, after the clean),
+    // the file is gone from the cache, and the next launch converts it again.
+    let reader = launcher(&[
+        "exec",
+        "--nohttps",
+        &src,
+        "/bin/sh",
+        "-c",
+        "read go; cat /data/tree/a/b/deep.txt; sha256sum /data/big | cut -c1-64",
+    ])
+    .env("APPTAINER_CACHEDIR", &c)
+    .command()
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Started once its command waits on stdin: the image is mounted from the cached file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shell_waiting("/bin/sh\0-c\0read go") {
+        assert!(Instant::now() < deadline, "the reader never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let clean = launcher(&["cache", "clean", "--force"])
+        .env("APPTAINER_CACHEDIR", &c)
+        .run();
+    clean.ok();
+    assert!(
+        clean.stdout.contains("removed 1 converted images"),
+        "{clean:?}"
+    );
+    assert!(cached_sifs(&cache).0.is_empty(), "the cached image stayed");
+    let mut reader = reader;
+    {
+        use std::io::Write;
+        reader.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let out = reader.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("deep\n{}\n", big_sha()),
+        "the running launch lost its image"
+    );
+    let again = launcher(&["exec", "--nohttps", &src, "/bin/true"])
+        .env("APPTAINER_CACHEDIR", &c)
+        .run();
+    again.ok();
+    assert!(again.stderr.contains("launcher: converting"), "{again:?}");
+}
+
+/// Whether a process's command line starts with `prefix` (arguments joined by NUL).
+fn shell_waiting(prefix: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| c.starts_with(prefix.as_bytes()))
+            .unwrap_or(false)
+    })
 }
 
 /// `oras://` (issue 17): a SIF pushed to the registry as Apptainer pushes it, pulled back
