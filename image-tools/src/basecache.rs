@@ -255,13 +255,25 @@ pub fn clean(cache_root: &Path, older: Option<std::time::Duration>) -> Result<Cl
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         if let Some(rest) = name.strip_prefix(".tmp-") {
-            // .tmp-KEY-PID-NANOS: a tree being filled, or left by a killed build.
-            let pid = rest
-                .rsplit('-')
-                .nth(1)
-                .and_then(|p| p.parse::<i32>().ok())
-                .unwrap_or(0);
-            if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+            // .tmp-KEY-PID-NANOS: a tree being filled, or left by a killed build (or a killed
+            // clean: .tmp-del-...). The PID may be another node's (a shared cache directory):
+            // a filler holds KEY.lock shared for the whole fill, so the tree goes only when
+            // that lock is free too.
+            let mut parts = rest.rsplitn(3, '-');
+            let (_nanos, pid, key) = (parts.next(), parts.next(), parts.next());
+            let pid = pid.and_then(|p| p.parse::<i32>().ok()).unwrap_or(0);
+            if pid <= 0 || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let filling = match key.filter(|k| !k.starts_with("del-")) {
+                Some(k) => lock(
+                    &bases.join(format!("{k}.lock")),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )?
+                .is_none(),
+                None => false,
+            };
+            if !filling {
                 r.bytes += tree_bytes(&path);
                 remove_tree(&path);
             }
@@ -284,11 +296,15 @@ pub fn clean(cache_root: &Path, older: Option<std::time::Duration>) -> Result<Cl
             continue;
         };
         r.bytes += tree_bytes(&path);
-        remove_tree(&path);
-        if path.exists() {
+        // Out of the way in one step first: a clean killed half-way (or a removal that fails)
+        // must not leave a gutted tree under its key, which the next build would reuse.
+        let doomed = bases.join(format!(".tmp-del-{name}-{}-0", std::process::id()));
+        std::fs::rename(&path, &doomed).map_err(|e| io_err(&path, e))?;
+        remove_tree(&doomed);
+        if doomed.exists() {
             return Err(Error::Usage(format!(
                 "{}: cannot remove it",
-                path.display()
+                doomed.display()
             )));
         }
         r.trees += 1;

@@ -134,8 +134,11 @@ pub fn on_node(node: &str, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{}/root{path}", slurmd_pid(node)))
 }
 
-/// Entries owned by `uid` in each node's /tmp and /dev/shm, and in the shared /var/tmp.
+/// Entries owned by `uid` in each node's /tmp and /dev/shm, and in the shared /var/tmp. Starts
+/// the cluster of `NODES` first: a test may take this "before" picture as its first step, when
+/// the cluster left by another test binary has one node and no per-node pid files.
 pub fn node_entries(uid: u32) -> BTreeSet<PathBuf> {
+    slurm_conf(NODES.len() as u32);
     let mut dirs: Vec<PathBuf> = vec!["/var/tmp".into()];
     for n in NODES {
         dirs.push(on_node(n, "/tmp"));

@@ -248,6 +248,8 @@ pub mod fuzzing {
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+/// The most memory an xz stream may make its decoder use.
+const XZ_MEMORY_LIMIT: u64 = 256 << 20;
 
 /// Indexes an archive in place; a compressed one (`docker save | gzip`) is first
 /// decompressed to `scratch`, since members are then read by offset.
@@ -295,8 +297,14 @@ fn decoder<'a, R: BufRead + 'a>(
     };
     Ok(if xz {
         // Root file system tarballs (`tar -cJf`, mmdebstrap's .tar.xz); no OCI media type
-        // names xz.
-        Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(r))
+        // names xz. The decoder's memory is bounded as zstd's window is: a hostile header
+        // may ask for a 1.5 GiB dictionary, xz -9 needs 65 MiB.
+        let stream = liblzma::stream::Stream::new_stream_decoder(
+            XZ_MEMORY_LIMIT,
+            liblzma::stream::CONCATENATED,
+        )
+        .map_err(|e| Error::Invalid(format!("{what}: xz: {e}")))?;
+        Box::new(liblzma::bufread::XzDecoder::new_stream(r, stream))
     } else if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(r))
     } else if zstd {

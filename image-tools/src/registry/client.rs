@@ -162,11 +162,22 @@ impl Client {
         } else {
             format!("{}/v2/{}/{target}", self.base, self.reference.repository)
         };
-        let mut answered_challenge = false;
+        // An absolute target (an upload's Location) may name another host, or plain HTTP
+        // behind a TLS-terminating proxy: the registry's credentials go only to the registry,
+        // and never in clear text unless --insecure asked for HTTP.
+        let same_origin = url == self.base || url.starts_with(&format!("{}/", self.base));
+        if url.starts_with("http://") && !self.insecure {
+            return Err(Error::Network(format!(
+                "{what}: {} sent us to a plain-HTTP address ({}); refusing without --insecure",
+                self.reference.registry,
+                url.split('?').next().unwrap_or(&url)
+            )));
+        }
+        let mut answered_challenge = !same_origin;
         let mut attempt = 0;
         loop {
             let mut extra: Vec<(&str, String)> = headers.to_vec();
-            if let Some(a) = &self.authorization {
+            if let (Some(a), true) = (&self.authorization, same_origin) {
                 extra.push(("Authorization", a.clone()));
             }
             let result = match (method, payload) {

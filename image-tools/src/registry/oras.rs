@@ -253,15 +253,41 @@ fn file_digest(path: &Path, what: &str) -> Result<(String, u64)> {
     Ok((format!("sha256:{:x}", h.finalize()), size))
 }
 
-/// The blob in the cache, copied to `out` (written beside it and renamed into place).
+/// The blob in the cache, copied to `out`: written to a new file of a fresh name beside it
+/// (created exclusively, never through a symlink another user planted there) and renamed
+/// into place; removed again on any error.
 pub fn copy_out(pulled: &PulledSif, out: &Path) -> Result<()> {
-    let tmp = out.with_extension("partial");
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.sif".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(".{name}.{}.{nanos}.partial", std::process::id()));
     let err = |op: &str, p: &Path| Error::io(format!("{op} {}", p.display()));
-    std::fs::copy(&pulled.path, &tmp).map_err(err("writing", &tmp))?;
-    std::fs::rename(&tmp, out).map_err(|e| {
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(err("creating", &tmp))?;
+    let copied = File::open(&pulled.path)
+        .map_err(err("reading", &pulled.path))
+        .and_then(|mut src| std::io::copy(&mut src, &mut dst).map_err(err("writing", &tmp)))
+        .and_then(|_| dst.sync_all().map_err(err("writing", &tmp)))
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(err("renaming into", out)));
+    if copied.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        err("renaming into", out)(e)
-    })
+    }
+    copied
 }
 
 #[cfg(test)]

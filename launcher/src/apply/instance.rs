@@ -271,6 +271,20 @@ pub fn stop(
     sig: Signal,
     timeout: Duration,
 ) -> Result<()> {
+    // The instance's mount namespaces, held open from before the first signal: a namespace
+    // is freed with its last process, and its inode number may then name another namespace
+    // of this user's; held, it cannot be (a forced stop kills by these numbers).
+    let held: Vec<Vec<(u64, OwnedFd)>> = which
+        .iter()
+        .map(|(_, st)| {
+            let mut ns: Vec<(i32, u64)> =
+                st.root.iter().map(|r| (r.keeper_pid, r.mnt_ns)).collect();
+            ns.push((st.keeper_pid, st.base_mnt_ns));
+            ns.into_iter()
+                .filter_map(|(pid, ino)| Some((ino, hold_namespace(pid, ino)?)))
+                .collect()
+        })
+        .collect();
     for (_, state) in which {
         let named = state
             .named
@@ -295,23 +309,23 @@ pub fn stop(
         } else {
             timeout
         };
-    for (_, state) in which {
+    for ((_, state), namespaces) in which.iter().zip(&held) {
         while live(state) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         if live(state) || sig == Signal::SIGKILL {
             // Forced: the leader cannot clean up, so what it leaves is killed here, and its
-            // files are swept by the listing below.
+            // files are swept by the listing below. The root's processes, then the keepers
+            // (the base holds the image's mount); only namespaces held since before the kill.
             let _ = kill(Pid::from_raw(state.leader_pid), Signal::SIGKILL);
-            // The root's processes, then the keepers (the base holds the image's mount).
-            let namespaces = state.root.iter().map(|r| r.mnt_ns);
-            for ns in namespaces.chain([state.base_mnt_ns]) {
-                for pid in members(ns, Pid::from_raw(0)) {
+            for (ns, _fd) in namespaces {
+                for pid in members(*ns, Pid::from_raw(0)) {
                     let _ = kill(pid, Signal::SIGKILL);
                 }
             }
         }
     }
+    drop(held);
     let deadline = Instant::now() + Duration::from_secs(2);
     while which.iter().any(|(_, s)| live(s)) {
         if Instant::now() > deadline {
@@ -322,6 +336,18 @@ pub fn stop(
     // Sweeps the files of leaders that were killed (their locks went with them).
     share::list_named(dirs, uid, node);
     Ok(())
+}
+
+/// `/proc/PID/ns/mnt` opened, if it is still the namespace `ino` (its process may be gone).
+fn hold_namespace(pid: i32, ino: u64) -> Option<OwnedFd> {
+    let fd = nix::fcntl::open(
+        format!("/proc/{pid}/ns/mnt").as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    (st.st_ino == ino).then_some(fd)
 }
 
 #[cfg(test)]
