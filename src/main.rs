@@ -89,6 +89,9 @@ enum Command {
     Completion { shell: clap_complete::Shell },
     /// Print the manual page (roff): `launcher man | man -l -`.
     Man,
+    /// Print the version (Apptainer's `version` verb; also `--version`).
+    #[command(hide = true)]
+    Version,
     /// The layer cache of builds and pulls: `list`, or `clean`.
     Cache {
         #[command(subcommand)]
@@ -483,7 +486,18 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = match Cli::try_parse() {
+    // Installed as `apptainer` or `singularity` (a symlink, for a site trying job scripts
+    // unchanged): the same program, and `--version` says so.
+    // Leaked once: clap (without its `string` feature) keeps only 'static text.
+    let version: &'static str = Box::leak(version_line().into_boxed_str());
+    let mut command = <Cli as clap::CommandFactory>::command().version(version);
+    if let Some(name) = invoked_as() {
+        command = command.name(name).bin_name(name);
+    }
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
@@ -499,6 +513,29 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `apptainer` or `singularity` when the program was started under that name.
+fn invoked_as() -> Option<&'static str> {
+    let arg0 = std::env::args_os().next()?;
+    let name = std::path::Path::new(&arg0)
+        .file_name()?
+        .to_str()?
+        .to_string();
+    ["apptainer", "singularity"]
+        .into_iter()
+        .find(|n| *n == name)
+}
+
+/// `--version` and `version`: ours, and under which name it runs.
+fn version_line() -> String {
+    let ours = env!("CARGO_PKG_VERSION");
+    match invoked_as() {
+        Some(name) => format!(
+            "{ours} (the launcher, invoked as {name}: it takes Apptainer's command line; differences in docs/apptainer.md)"
+        ),
+        None => ours.to_string(),
+    }
 }
 
 /// For exec, run and shell only (`build` keeps glibc's defaults: its compressor threads
@@ -614,6 +651,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "launcher", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Version => {
+            println!("{}", version_line());
             return Ok(0);
         }
         Command::Man => {

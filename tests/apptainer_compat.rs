@@ -841,3 +841,47 @@ fn apptainers_other_flags_are_accepted_or_refused_in_one_line() {
         .run();
     assert!(!off.ok().stderr.contains("APPTAINER_NET"), "{off:?}");
 }
+
+/// Installed as `apptainer` or `singularity` (a symlink, for a site trying its job scripts
+/// unchanged): the same program, whose `--version` says what it is; Apptainer's `version`
+/// verb prints the bare version.
+#[test]
+fn invoked_as_apptainer_or_singularity() {
+    let s = setup();
+    for name in ["apptainer", "singularity"] {
+        let link = s.scratch.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&s.bin, &link).unwrap();
+        let out = Out::from(
+            as_test_user(&link, Some(60))
+                .arg("--version")
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout
+                .starts_with(&format!("{name} {}", env!("CARGO_PKG_VERSION")))
+                && out.stdout.contains(&format!("invoked as {name}")),
+            "{out:?}"
+        );
+        let out = Out::from(
+            as_test_user(&link, Some(60))
+                .args(["exec", "-B", "/etc/hostname:/h", &img(), "cat", "/h"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(
+            out.stdout,
+            std::fs::read_to_string("/etc/hostname").unwrap(),
+            "{out:?}"
+        );
+        std::fs::remove_file(&link).unwrap();
+    }
+    let version = launcher(&["version"]).run();
+    assert_eq!(
+        version.ok().stdout,
+        format!("{}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
