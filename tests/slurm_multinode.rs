@@ -227,6 +227,42 @@ fn mpi_jobs_across_two_nodes() {
     // in the container (docs/slurm.md, "Several nodes").
 }
 
+/// The host's `mpirun` inside a two-node allocation, as users write job scripts for Open MPI:
+/// `salloc -N 2` (or `sbatch -N 2`), then `mpirun -np 4 launcher exec IMAGE app`. mpirun starts
+/// its daemons on both nodes through srun; each node's ranks share that node's instance.
+#[test]
+fn host_mpirun_inside_a_two_node_allocation() {
+    let _g = serial();
+    let ompi = mpi_fixture("openmpi.sqfs");
+    let bin = setup().bin.display().to_string();
+    let out = Out::from(
+        as_user(
+            "salloc",
+            &[
+                "-N",
+                "2",
+                "-n",
+                "4",
+                "--overcommit",
+                "mpirun.openmpi",
+                "-np",
+                "4",
+                &bin,
+                "exec",
+                &ompi,
+                "hello",
+                "--check-size",
+                "4",
+            ],
+            &[],
+            120,
+        )
+        .output()
+        .expect("spawning salloc"),
+    );
+    check_hello_across_nodes(&out, 4);
+}
+
 #[test]
 fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     let _g = serial();
