@@ -10,7 +10,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEEDS=${1:-$HERE/seeds}
 SIF_DIR=$HERE/../tests/data/sif
 rm -rf "$SEEDS"
-mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,env_script,deffile}
+mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,env_script,deffile,signature}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -220,3 +220,21 @@ es conda '. /opt/conda/etc/profile.d/conda.sh\nconda activate base\nexport CONDA
 es expand 'export A=1\nB="${A}:$A:${UNSET:-dflt}"\nC=\x27quoted $A\x27\nD=${B\nE=$(date)\n'
 es report 'PATH=/opt/bin:/usr/bin\0HOME=/root\0SHLVL=1\0_=/bin/cat\0X=1\0'
 
+
+# Signatures: the first byte picks the part (fuzz/fuzz_targets/signature.rs: 0 whole SIF,
+# 1 DSSE, 2 clear-signed, 3 metadata, 4 legacy, 5 key file). The signed reference SIFs; their
+# Signature objects cut out by their armor or JSON shape; the metadata a DSSE payload signs;
+# the legacy signed text; the test keys.
+sg() { { printf "\\x$(printf %02x "$2")"; cat; } >"$SEEDS/signature/$1"; }
+for f in "$SIF_DIR"/*signed*.sif; do
+    [ "$(stat -c %s "$f")" -le 400000 ] || continue
+    b=$(basename "$f" .sif)
+    sg "$b.sif" 0 <"$f"
+    perl -0777 -ne 'print $1 if /(\{"payloadType".*?\]\})/s' "$f" | sg "$b.dsse" 1
+    perl -0777 -ne 'print $1 if /(-----BEGIN PGP SIGNED MESSAGE-----.*?-----END PGP SIGNATURE-----\n?)/s' "$f" \
+        | sg "$b.asc" 2
+    perl -0777 -ne 'print $1 if /"payload":"([^"]*)"/' "$f" | base64 -d 2>/dev/null | sg "$b.json" 3 || true
+done
+printf 'SIFHASH:\n%064d\n' 0 | sg legacy.txt 4
+for k in "$SIF_DIR"/keys/*; do sg "key-$(basename "$k")" 5 <"$k"; done
+find "$SEEDS/signature" -size -2c -delete

@@ -7,6 +7,8 @@
 //! rewritten) and of every object's bytes. A legacy signature signs one digest over object
 //! bytes only: the header and descriptors are not protected.
 
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod keys;
 mod sign;
 mod sign_pgp;
