@@ -17,7 +17,7 @@ use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The test cluster (one node), started once per test process.
 fn slurm_conf() -> &'static str {
@@ -642,14 +642,7 @@ fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
         let _ = std::fs::remove_file(m);
     }
     let img = fixture("busybox-gzip.sqfs");
-    // A unique sleep length names this test's processes. Slurm signals the sleep too: when it
-    // dies first, `wait` returns 0 before the shell's own SIGTERM arrives, so the shell loops
-    // to wait again instead of exiting untrapped.
-    let script = format!(
-        "trap 'kill $! 2>/dev/null; echo got-term > {}.$SLURM_PROCID; exit 0' TERM; \
-         while :; do sleep 3131 & wait; done",
-        marker.display()
-    );
+    let script = slurm::term_marking_script(&marker, 3131);
     let srun_child = srun_command(
         &["-J", "launcher-scancel-test", "-n", "2"],
         &[],
@@ -661,21 +654,7 @@ fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawning srun");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let sleeps = loop {
-        let sleeps: Vec<u32> = pids_matching("sleep 3131")
-            .into_iter()
-            .filter(|p| cmdline(*p) == "sleep 3131")
-            .collect();
-        if sleeps.len() == 2 {
-            break sleeps;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the step's two sleeps never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let sleeps = slurm::wait_for_sleeps(3131, 2);
     // The step is shared: both ranks in one user namespace, one FUSE server in it, and the
     // rendezvous files in place.
     let namespaces: BTreeSet<String> = sleeps
@@ -714,14 +693,7 @@ fn scancel_of_a_shared_step_terms_the_ranks_and_leaves_nothing_behind() {
         "left running: {:?}",
         pids_matching("sleep 3131")
     );
-    for m in &markers {
-        assert_eq!(
-            std::fs::read_to_string(m).unwrap_or_default().trim(),
-            "got-term",
-            "a rank's command did not get SIGTERM ({})",
-            m.display()
-        );
-    }
+    slurm::assert_ranks_got_term(&marker, 2);
     // Nothing left on the node: the step's FUSE connection ended, no new file of the user in
     // the scratch directories, and the last rank out removed the rendezvous files.
     assert_fuse_connections_end(&conns, "scancel of the step");

@@ -118,6 +118,16 @@ fn image_opt() -> String {
     format!("--container-image={}", image())
 }
 
+/// The step failed, ran nothing that would make `marker`, and said why in exactly one line of
+/// stderr, the one that contains `needle`; that line.
+fn failed_in_one_line<'a>(out: &'a Out, marker: &Path, needle: &str) -> &'a str {
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!marker.exists(), "a task ran: {out:?}");
+    let named: Vec<&str> = out.stderr.lines().filter(|l| l.contains(needle)).collect();
+    assert_eq!(named.len(), 1, "one line names {needle}: {out:?}");
+    named[0]
+}
+
 #[test]
 fn srun_container_image_runs_the_task_in_the_image() {
     let _g = serial();
@@ -285,15 +295,8 @@ fn a_missing_image_fails_the_step_in_one_line_and_runs_nothing_on_the_host() {
         ],
         &[],
     );
-    assert_ne!(out.code, 0, "{out:?}");
-    assert!(!marker.exists(), "the task ran on the host: {out:?}");
-    let named: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.contains(&missing.display().to_string()))
-        .collect();
-    assert_eq!(named.len(), 1, "one line names the image: {out:?}");
-    assert!(named[0].contains("launcher: error"), "{out:?}");
+    let line = failed_in_one_line(&out, &marker, &missing.display().to_string());
+    assert!(line.contains("launcher: error"), "{out:?}");
 
     // sbatch and salloc do not take the options (srun lines in the script do).
     let out = Out::from(
@@ -355,16 +358,9 @@ fn a_launcher_that_cannot_start_fails_the_task_and_runs_nothing_on_the_host() {
         ],
         &[],
     );
-    assert_ne!(out.code, 0, "{out:?}");
-    assert!(!marker.exists(), "the task ran on the host: {out:?}");
-    let named: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.contains("/nonexistent/launcher"))
-        .collect();
-    assert_eq!(named.len(), 1, "{out:?}");
+    let line = failed_in_one_line(&out, &marker, "/nonexistent/launcher");
     assert!(
-        named[0].contains("launcher-spank: cannot start the launcher"),
+        line.contains("launcher-spank: cannot start the launcher"),
         "{out:?}"
     );
 }
@@ -386,16 +382,9 @@ fn multi_prog_with_container_image_is_refused_in_one_line() {
         &["-N", "1", "-n", "2", &image_opt(), "--multi-prog", &name],
         &[],
     );
-    assert_ne!(out.code, 0, "{out:?}");
-    assert!(!marker.exists(), "a task ran: {out:?}");
-    let named: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.contains("--multi-prog"))
-        .collect();
-    assert_eq!(named.len(), 1, "one line says why: {out:?}");
+    let line = failed_in_one_line(&out, &marker, "--multi-prog");
     assert!(
-        named[0].contains("launcher-spank: --container-image cannot be used with --multi-prog"),
+        line.contains("launcher-spank: --container-image cannot be used with --multi-prog"),
         "{out:?}"
     );
 

@@ -120,6 +120,21 @@ impl BuildOptions {
     /// What a built SIF holds besides its root file system: the architecture, time and UUID
     /// these options ask for, with the image's config, labels and definition file. One place
     /// for both kinds of build (from a tree or image, and from a definition file).
+    /// The SquashFS writer's settings; `all_root`: every file owned by root (definition-file
+    /// builds, whose %post ran as a fake root).
+    pub(crate) fn write_options(&self, all_root: bool) -> WriteOptions {
+        WriteOptions {
+            compressor: self.compressor,
+            level: self.level,
+            block_size: self.block_size,
+            threads: self.threads,
+            mkfs_time: self.reproducible,
+            clamp_mtime: self.reproducible,
+            all_root,
+            ..WriteOptions::default()
+        }
+    }
+
     pub(crate) fn sif_contents(
         &self,
         oci_config: Option<serde_json::Value>,
@@ -202,26 +217,44 @@ pub fn build(
 ) -> Result<BuildReport> {
     let kind = OutputKind::from_path(out)?;
     let (root, overrides, config, pull) = stage_source(source, opts, staging, false)?;
-    let wopts = WriteOptions {
-        compressor: opts.compressor,
-        level: opts.level,
-        block_size: opts.block_size,
-        threads: opts.threads,
-        mkfs_time: opts.reproducible,
-        clamp_mtime: opts.reproducible,
-        ..WriteOptions::default()
-    };
-    let stats = match kind {
-        OutputKind::Squashfs => sqfs_write::write_dir(&root, &overrides, out, &wopts)?,
-        OutputKind::Sif => {
-            let sqfs = staging.0.join("rootfs.squashfs");
-            let stats = sqfs_write::write_dir(&root, &overrides, &sqfs, &wopts)?;
+    write_output(
+        &root,
+        &overrides,
+        out,
+        kind,
+        opts.write_options(false),
+        staging,
+        pull,
+        || {
             let labels = config
                 .as_ref()
                 .map(|c| c.labels.clone())
                 .unwrap_or_default();
-            let contents = opts.sif_contents(config.as_ref().map(oci_config_object), labels, None);
-            sif_image::write(out, &sqfs, &contents)?;
+            Ok(opts.sif_contents(config.as_ref().map(oci_config_object), labels, None))
+        },
+    )
+}
+
+/// Writes the staged `root` to `out`: a SquashFS file, or a SIF whose SquashFS partition is
+/// made in `staging` first and whose other objects `contents` gives. Shared by builds from
+/// a source and from a definition file.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_output(
+    root: &Path,
+    overrides: &Overrides,
+    out: &Path,
+    kind: OutputKind,
+    wopts: WriteOptions,
+    staging: &Staging,
+    pull: Option<PullReport>,
+    contents: impl FnOnce() -> Result<SifContents>,
+) -> Result<BuildReport> {
+    let stats = match kind {
+        OutputKind::Squashfs => sqfs_write::write_dir(root, overrides, out, &wopts)?,
+        OutputKind::Sif => {
+            let sqfs = staging.0.join("rootfs.squashfs");
+            let stats = sqfs_write::write_dir(root, overrides, &sqfs, &wopts)?;
+            sif_image::write(out, &sqfs, &contents()?)?;
             stats
         }
     };

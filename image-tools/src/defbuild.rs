@@ -16,8 +16,6 @@ use crate::deffile::{Bootstrap, Definition, Script, Stage};
 use crate::fakeroot::{self, resolve_in_root, FakerootCommand};
 use crate::oci;
 use crate::registry;
-use crate::sif_image;
-use crate::squashfs::write::{self as sqfs_write, WriteOptions};
 use crate::squashfs::{Archive, FileType, Inode};
 use crate::tree::Overrides;
 use std::collections::{BTreeMap, HashMap};
@@ -72,38 +70,22 @@ pub fn build(out: &Path, b: &DefBuild, staging: &Staging) -> Result<BuildReport>
     let (root, overrides, pull, _kept) = build_root(b, staging, b.reuse_base)?;
     let root = root.as_path();
     let opts = b.opts;
-    let wopts = WriteOptions {
-        compressor: opts.compressor,
-        level: opts.level,
-        block_size: opts.block_size,
-        threads: opts.threads,
-        mkfs_time: opts.reproducible,
-        clamp_mtime: opts.reproducible,
-        all_root: true,
-        ..WriteOptions::default()
-    };
-    let stats = match kind {
-        OutputKind::Squashfs => sqfs_write::write_dir(root, &overrides, out, &wopts)?,
-        OutputKind::Sif => {
-            let sqfs = staging.0.join("rootfs.squashfs");
-            let stats = sqfs_write::write_dir(root, &overrides, &sqfs, &wopts)?;
-            let contents = opts.sif_contents(
+    crate::build::write_output(
+        root,
+        &overrides,
+        out,
+        kind,
+        opts.write_options(true),
+        staging,
+        pull,
+        || {
+            Ok(opts.sif_contents(
                 None,
                 read_labels(root)?,
                 Some(b.def.text.clone().into_bytes()),
-            );
-            sif_image::write(out, &sqfs, &contents)?;
-            stats
-        }
-    };
-    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(BuildReport {
-        output: out.to_path_buf(),
-        kind,
-        stats,
-        bytes,
-        pull,
-    })
+            ))
+        },
+    )
 }
 
 /// `launcher build --sandbox DIR app.def`: the last stage's root as a directory tree at

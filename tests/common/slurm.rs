@@ -216,3 +216,47 @@ pub fn assert_nodes_clean(before: &BTreeSet<PathBuf>) {
         .collect();
     assert!(new.is_empty(), "left behind: {new:?}");
 }
+
+/// A rank's command for the scancel tests: it waits on `sleep SECS` (a length unique to the
+/// test names its processes) and on SIGTERM writes `got-term` to `MARKER.$SLURM_PROCID`.
+/// Slurm signals the sleep too: when it dies first, `wait` returns 0 before the shell's own
+/// SIGTERM arrives, so the shell loops to wait again instead of exiting untrapped.
+pub fn term_marking_script(marker: &Path, secs: u32) -> String {
+    format!(
+        "trap 'kill $! 2>/dev/null; echo got-term > {}.$SLURM_PROCID; exit 0' TERM; \
+         while :; do sleep {secs} & wait; done",
+        marker.display()
+    )
+}
+
+/// Waits (a minute at most) until `count` processes run exactly `sleep SECS`; their PIDs.
+pub fn wait_for_sleeps(secs: u32, count: usize) -> Vec<u32> {
+    let want = format!("sleep {secs}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sleeps: Vec<u32> = super::pids_matching(&want)
+            .into_iter()
+            .filter(|p| cmdline(*p) == want)
+            .collect();
+        if sleeps.len() == count {
+            return sleeps;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} processes `{want}` never started: {sleeps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every rank of a scancel test got SIGTERM: its [`term_marking_script`] wrote the marker.
+pub fn assert_ranks_got_term(marker: &Path, ranks: usize) {
+    for t in 0..ranks {
+        let m = format!("{}.{t}", marker.display());
+        assert_eq!(
+            std::fs::read_to_string(&m).unwrap_or_default().trim(),
+            "got-term",
+            "rank {t}'s command did not get SIGTERM ({m})"
+        );
+    }
+}

@@ -20,6 +20,7 @@ pub(crate) const MAX_DOCUMENT: u64 = 8 << 20;
 /// The methods `Client::send` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Method {
+    Get,
     Head,
     Post,
     Put,
@@ -99,50 +100,18 @@ impl Client {
         headers: &[(&str, String)],
         what: &str,
     ) -> Result<Response<Body>> {
-        let url = format!("{}/v2/{}/{path}", self.base, self.reference.repository);
-        let mut answered_challenge = false;
-        let mut attempt = 0;
-        loop {
-            let mut req = self.agent.get(&url);
-            for (k, v) in headers {
-                req = req.header(*k, v.as_str());
-            }
-            if let Some(a) = &self.authorization {
-                req = req.header("Authorization", a.as_str());
-            }
-            let resp = match req.call() {
-                Ok(r) => r,
-                Err(e) if retryable(&e) && attempt < RETRIES => {
-                    attempt += 1;
-                    backoff(attempt);
-                    continue;
-                }
-                Err(e) => return Err(self.network_error(what, &e)),
-            };
-            let status = resp.status();
-            match status.as_u16() {
-                200..=299 | 416 => return Ok(resp),
-                401 if !answered_challenge => {
-                    answered_challenge = true;
-                    self.answer_challenge(&resp, what)?;
-                }
-                401 | 403 => return Err(self.denied(what, status)),
-                404 => {
-                    return Err(Error::NotFound(format!(
-                        "{what}: no such image or tag (HTTP 404 from {})",
-                        self.reference.registry
-                    )))
-                }
-                500..=599 if attempt < RETRIES => {
-                    attempt += 1;
-                    backoff(attempt);
-                }
-                _ => return Err(self.status_error(what, resp)),
-            }
+        let resp = self.send(Method::Get, path, headers, &Payload::Empty, what)?;
+        match resp.status().as_u16() {
+            200..=299 | 416 => Ok(resp),
+            404 => Err(Error::NotFound(format!(
+                "{what}: no such image or tag (HTTP 404 from {})",
+                self.reference.registry
+            ))),
+            _ => Err(self.status_error(what, resp)),
         }
     }
 
-    /// A request that is not a GET: HEAD, or POST/PUT with `payload`, to `target` (a URL, a
+    /// One request: GET or HEAD, or POST/PUT with `payload`, to `target` (a URL, a
     /// path from the registry's root such as an upload `Location`, or a path under
     /// `/v2/<repository>/`). Answers one 401 challenge and retries connection errors and 5xx
     /// answers; returns every other answer for the caller to judge, but 401 and 403, which
@@ -181,8 +150,11 @@ impl Client {
                 extra.push(("Authorization", a.clone()));
             }
             let result = match (method, payload) {
-                (Method::Head, _) => {
-                    let mut req = self.agent.head(&url);
+                (Method::Get | Method::Head, _) => {
+                    let mut req = match method {
+                        Method::Get => self.agent.get(&url),
+                        _ => self.agent.head(&url),
+                    };
                     for (k, v) in &extra {
                         req = req.header(*k, v.as_str());
                     }
