@@ -15,8 +15,8 @@
 
 mod common;
 use common::slurm::{
-    self, assert_nodes_clean, by_node, mpi_fixture, node_entries, node_of, on_node,
-    one_instance_per_node, serial,
+    self, assert_nodes_clean, assert_ranks_got_term, by_node, mpi_fixture, node_entries, node_of,
+    on_node, one_instance_per_node, serial, term_marking_script, wait_for_sleeps,
 };
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -164,6 +164,11 @@ fn a_shared_rendezvous_directory_still_gives_one_instance_per_node() {
 /// uid, so a message from each node), and per host one user namespace, different per host.
 fn check_hello_across_nodes(out: &Out, n: usize) {
     assert_eq!(out.code, 0, "{out:?}");
+    check_hello_ranks(out, n);
+}
+
+/// As [`check_hello_across_nodes`], but not the exit status: every rank's checks passed.
+fn check_hello_ranks(out: &Out, n: usize) {
     assert!(
         out.stdout.contains(&format!("hello ok size={n}")),
         "{out:?}"
@@ -222,9 +227,34 @@ fn mpi_jobs_across_two_nodes() {
         .filter(|l| l.starts_with("pingpong bytes="))
         .count();
     assert_eq!(sizes, 21, "1 B to 1 MiB: {out:?}");
-    // Not MPICH under --mpi=pmi2 yet: across these nodes it sometimes hangs after `hello ok`
-    // (in MPI_Finalize: three ranks in a PMI-2 read, one spinning in UCX), natively as well as
-    // in the container (docs/slurm.md, "Several nodes").
+}
+
+/// MPICH over Slurm's pmi2 across the nodes: wire-up through PMI-2, UCX over TCP between the
+/// nodes and shared memory (one instance, CMA) within each. Debian's MPICH 4.0 sometimes hangs
+/// in MPI_Finalize across nodes, natively as well as here: its ch4/ucx finalize sits in a PMI
+/// barrier while a peer still needs its progress to finish disconnecting (the barrier was
+/// removed upstream, pmodels/mpich#6596, MPICH 4.2; docs/slurm.md "Several nodes"). So what is
+/// checked is what the launcher owns: every rank's checks passed, on both nodes, one user
+/// namespace per node; and when MPICH hangs, the step stopped by the limit leaves nothing.
+#[test]
+fn mpich_under_pmi2_across_two_nodes() {
+    let _g = serial();
+    let s = setup();
+    let before = node_entries(s.uid);
+    let out = srun(
+        &["--mpi=pmi2", "-N", "2", "-n", "4"],
+        &[],
+        &mpi_fixture("mpich.sqfs"),
+        &["hello", "--check-size", "4"],
+        &[],
+    );
+    check_hello_ranks(&out, 4);
+    match out.code {
+        0 => {}
+        124 => eprintln!("MPICH 4.0 hung in MPI_Finalize after every check passed (upstream bug)"),
+        _ => panic!("{out:?}"),
+    }
+    assert_nodes_clean(&before);
 }
 
 /// The host's `mpirun` inside a two-node allocation, as users write job scripts for Open MPI:
@@ -271,13 +301,7 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     let marker = s.scratch.join("mn-scancel-term");
     let job_name = format!("launcher-mn-scancel-{}", std::process::id());
     let img = fixture("busybox-gzip.sqfs");
-    // As in tests/slurm.rs: a unique sleep names this test's processes, and the loop keeps the
-    // shell waiting when Slurm kills the sleep before the shell's own SIGTERM arrives.
-    let script = format!(
-        "trap 'kill $! 2>/dev/null; echo got-term > {}.$SLURM_PROCID; exit 0' TERM; \
-         while :; do sleep 3232 & wait; done",
-        marker.display()
-    );
+    let script = term_marking_script(&marker, 3232);
     let srun_child = srun_command(
         &["-J", &job_name, "-N", "2", "-n", "4"],
         &[],
@@ -289,24 +313,7 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawning srun");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let sleeps = loop {
-        let sleeps: Vec<u32> = pids_matching("sleep 3232")
-            .into_iter()
-            .filter(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()
-                    == b"sleep\x003232\0"
-            })
-            .collect();
-        if sleeps.len() == 4 {
-            break sleeps;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job's four sleeps never started: {sleeps:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let sleeps = wait_for_sleeps(3232, 4);
     // Two ranks on each node, one instance per node: a user namespace, the rendezvous files
     // in the node's own /tmp, a FUSE connection.
     let per_node = by_node(&sleeps, 2);
@@ -340,14 +347,7 @@ fn scancel_of_a_two_node_job_leaves_nothing_on_either_node() {
     let srun_err = String::from_utf8_lossy(&done.stderr);
     assert!(srun_err.contains("CANCELLED"), "srun said: {srun_err}");
     assert_gone("sleep 3232", "left running after scancel");
-    for t in 0..4 {
-        let m = format!("{}.{t}", marker.display());
-        assert_eq!(
-            std::fs::read_to_string(&m).unwrap_or_default().trim(),
-            "got-term",
-            "rank {t}'s command did not get SIGTERM ({m})"
-        );
-    }
+    assert_ranks_got_term(&marker, 4);
     // Nothing of the job on either node: no process of the user, no FUSE connection, no new
     // file in a node's /tmp or /dev/shm or in /var/tmp (the rendezvous directories included:
     // the last rank out on each node removes them).
