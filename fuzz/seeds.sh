@@ -9,6 +9,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEEDS=${1:-$HERE/seeds}
 SIF_DIR=$HERE/../tests/data/sif
+# Two runs started together (fuzz/run.sh for different targets) take turns.
+exec 9>"$SEEDS.lock"
+flock 9
 rm -rf "$SEEDS"
 mkdir -p "$SEEDS"/{squashfs,sif,oci_archive,oci_layer,site_config,cdi,env_script,deffile,signature}
 work=$(mktemp -d)
