@@ -254,10 +254,10 @@ fn mpich_under_pmi2_across_two_nodes() {
         0 => {}
         124 => {
             eprintln!("MPICH 4.0 hung in MPI_Finalize after every check passed (upstream bug)");
-            // The hung ranks are killed with SIGKILL in the end (they sit in a PMI read, and
-            // Slurm's KillWait runs out), and a killed leader cannot remove its rendezvous
-            // files: the user's next launch on the node sweeps them (apply/share.rs
-            // `sweep_stale`). Wait for the step to be gone, then launch once on each node.
+            // Stopping the hung step has left the leaders' rendezvous files behind, as a step
+            // ended by SIGKILL (Slurm's KillWait) does: the user's next launch on the node
+            // sweeps them (apply/share.rs `sweep_stale`). Wait for the step to be gone, then
+            // launch once on each node.
             let deadline = Instant::now() + Duration::from_secs(30);
             while !slurm::user_processes_on_nodes().is_empty() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
