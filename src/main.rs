@@ -728,10 +728,14 @@ fn launch_with(
     // The site's signature policy, before anything is pulled or mounted. Here, not in the
     // runtime: the signature crates are the binary's alone. (The launch loads the config again,
     // and says its warnings then.) instance://NAME: checked when the instance was started.
-    if !joining {
-        let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
-        verify_cmd::check_site_policy(&image, source, &site)?;
-    }
+    let site = match joining {
+        true => None,
+        false => {
+            let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
+            verify_cmd::check_site_policy(&image, source, &site)?;
+            Some(site)
+        }
+    };
     let image = if source {
         let nohttps = opts.nohttps || apptainer::flag(&env, &["NOHTTPS"])?;
         image_source::resolve(&image.to_string_lossy(), nohttps, debug)?
@@ -747,6 +751,13 @@ fn launch_with(
         verify_cmd::check_before_launch(&image, &opts.verify_keys)?;
     }
     let (mut options, tuning) = opts.into_options(image, action, &env)?;
+    // Overlay images are images too: one under a path the policy covers must be signed as
+    // the image must. Overlay directories are not (like binds, they carry no signature).
+    if let Some(site) = &site {
+        for layer in options.overlays.iter().filter(|l| !l.path.is_dir()) {
+            verify_cmd::check_site_policy(&layer.path, false, site)?;
+        }
+    }
     if matches!(instance, Some(InstanceUse::Join(_))) {
         // A site's APPTAINER_BINDPATH and the like: the instance has its mounts already.
         options.binds.clear();

@@ -297,7 +297,8 @@ fn upstream(dir: &Path, name: &str) -> PathBuf {
 /// The site's signature policy (docs/admin.md "Signed images"): under its directories only
 /// images signed by a key of the site keyring run; the user's own keys do not count; a
 /// directory, a SquashFS image or a docker:// source cannot be signed and is refused where the
-/// rule covers it; locked, the user's files cannot turn it off.
+/// rule covers it; overlay images are held to the rule as the image is; locked, the user's
+/// files cannot turn it off.
 #[test]
 fn the_site_signature_policy_runs_only_images_signed_by_the_sites_keys() {
     use std::os::unix::fs::PermissionsExt;
@@ -377,6 +378,33 @@ fn the_site_signature_policy_runs_only_images_signed_by_the_sites_keys() {
             &under,
             "signature 4 not verified: no DSSE signature verifies with a known key",
         ),
+    );
+    // An overlay image is an image: under the rule's directories it must be signed too; a
+    // signed one, or an overlay directory (which carries no signature, as a bind does not),
+    // is let through.
+    let ro = |p: &str| format!("{p}:ro");
+    let unsigned_img = path(&images.join("unsigned.sif"));
+    assert_refused(
+        &exec(&system, &["--overlay", &ro(&unsigned_img)], &signed),
+        &refusal(&unsigned_img, &under, "it has no signature"),
+    );
+    let layer_dir = elsewhere.join("layer");
+    std::fs::create_dir_all(&layer_dir).unwrap();
+    std::fs::set_permissions(&layer_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ok = exec(
+        &system,
+        &[
+            "--overlay",
+            &ro(&signed),
+            "--overlay",
+            &ro(&path(&layer_dir)),
+        ],
+        &signed,
+    );
+    assert_eq!(
+        ok.ok().stdout,
+        "ran
+"
     );
     // Locked: the user's file may not turn it off; unlocked, it may.
     let user_file = dir.join("xdg/launcher/launcher.yaml");
