@@ -188,9 +188,23 @@ fn bootstrap(
             let from = Path::new(&stage.from);
             // A directory base is copied, not unpacked: nothing to reuse.
             if reuse && from.is_file() {
+                // The tree is cached under the digest of the bytes hashed: a file replaced or
+                // rewritten between the hash and the end of the unpack would put other bytes
+                // under that key. Its identity before and after tells (a rename or a write
+                // changes the inode or its ctime).
+                let before = file_identity(from).map_err(at)?;
                 let key = basecache::local_key(from).map_err(at)?;
                 let source = format!("localimage {}", from.display());
-                let fill = |root: &Path| unpack_local(from, root).map(|()| Overrides::new());
+                let fill = |root: &Path| {
+                    unpack_local(from, root)?;
+                    if file_identity(from)? != before {
+                        return Err(fail(format!(
+                            "{}: changed while the build read it; build again",
+                            from.display()
+                        )));
+                    }
+                    Ok(Overrides::new())
+                };
                 if let Some((root, ov, keep)) =
                     on_cached_base(&dir, &key, &source, fill).map_err(at)?
                 {
@@ -300,6 +314,22 @@ fn stage_oci(src: &oci::Source, dir: &Path, opts: &BuildOptions) -> Result<(Path
     let staged = oci::stage(src, &opts.arch, &dir.join("oci"))?;
     crate::build::add_apptainer_files(&staged.root, &staged.config)?;
     Ok((staged.root, staged.overrides))
+}
+
+/// What changes when a file is replaced (device, inode) or written (size, mtime, ctime; ctime
+/// cannot be set back by its owner).
+fn file_identity(p: &Path) -> Result<(u64, u64, u64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).map_err(|e| io_err(p, e))?;
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 /// `Bootstrap: localimage`: a SIF's primary SquashFS partition, a bare SquashFS file, or a
