@@ -6,6 +6,7 @@ mod foreign;
 mod image_source;
 mod sign_cmd;
 mod verify_cmd;
+mod verify_memo;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};

@@ -238,14 +238,16 @@ pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
         bail!("{shown}: --verify checks SIF signatures, and this is not a SIF image");
     }
     let (keys, dirs) = keyring(key_files)?;
-    let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
-    if report.signatures.is_empty() {
-        bail!("{shown}: has no signature, so --verify refuses it");
-    }
-    if let Some(why) = failure(&report) {
-        bail!("{shown}: {why}{}", no_key_hint(&keys, &report, &dirs));
-    }
-    Ok(())
+    crate::verify_memo::checked(image, &keys, "--verify", || {
+        let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+        if report.signatures.is_empty() {
+            bail!("{shown}: has no signature, so --verify refuses it");
+        }
+        if let Some(why) = failure(&report) {
+            bail!("{shown}: {why}{}", no_key_hint(&keys, &report, &dirs));
+        }
+        Ok(())
+    })
 }
 
 /// The site's signature policy (`signatures` in the site config, docs/admin.md "Signed
@@ -299,14 +301,16 @@ pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Resul
             rule.keys.display()
         )));
     }
-    let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
-    if report.signatures.is_empty() {
-        return Err(refuse("it has no signature"));
-    }
-    match failure(&report) {
-        Some(why) => Err(refuse(&why)),
-        None => Ok(()),
-    }
+    crate::verify_memo::checked(image, &keys, "site policy", || {
+        let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+        if report.signatures.is_empty() {
+            return Err(refuse("it has no signature"));
+        }
+        match failure(&report) {
+            Some(why) => Err(refuse(&why)),
+            None => Ok(()),
+        }
+    })
 }
 
 /// Whether `image` starts as a SIF file does.

@@ -330,9 +330,30 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     let img = dir.join("signed.sif").display().to_string();
     std::fs::copy(&unsigned, &img).unwrap();
     launcher(&["sign", "-k", &key, &img]).run().ok();
-    let out = launcher(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]).run();
-    out.ok();
-    assert_eq!(out.stdout, "ran\n", "{out:?}");
+    // The success is remembered in the cache directory (verify_memo.rs): one entry, used by
+    // the next launch; a changed image is checked again (the last check below).
+    let cache = dir.join("cache");
+    let verified = |args: &[&str]| {
+        launcher(args)
+            .env("LAUNCHER_CACHEDIR", &cache.display().to_string())
+            .run()
+    };
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(cache.join("verified"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".lock"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for round in 0..2 {
+        let out = verified(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]);
+        out.ok();
+        assert_eq!(out.stdout, "ran\n", "round {round}: {out:?}");
+        assert_eq!(entries().len(), 1, "round {round}: {:?}", entries());
+    }
     // Refused with one line, and the command does not run.
     let out = launcher(&["exec", "--verify", "--key", &other, &img, "echo", "ran"]).run();
     one_error_line(
@@ -365,9 +386,22 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     let mut bytes = std::fs::read(&img).unwrap();
     bytes[(root.offset + root.size / 2) as usize] ^= 0x01;
     std::fs::write(&img, &bytes).unwrap();
-    let out = launcher(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]).run();
+    let out = verified(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]);
     one_error_line(&out, &img, "does not match the signed digest");
     assert_eq!(out.stdout, "", "{out:?}");
+    assert_eq!(entries().len(), 1, "a failure is not remembered");
+    // A memo directory others may write is not used: nothing is remembered there.
+    std::fs::remove_dir_all(cache.join("verified")).unwrap();
+    std::fs::create_dir_all(cache.join("verified")).unwrap();
+    std::fs::set_permissions(
+        cache.join("verified"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::write(&img, std::fs::read(&unsigned).unwrap()).unwrap();
+    launcher(&["sign", "-k", &key, &img]).run().ok();
+    verified(&["exec", "--verify", "--key", &public, &img, "true"]).ok();
+    assert!(entries().is_empty(), "{:?}", entries());
 }
 
 /// GnuPG as the test user, with a home of its own under `dir`; its agent is stopped on drop.
