@@ -238,8 +238,9 @@ pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
         bail!("{shown}: --verify checks SIF signatures, and this is not a SIF image");
     }
     let (keys, dirs) = keyring(key_files)?;
-    crate::verify_memo::checked(image, &keys, "--verify", || {
-        let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+    crate::verify_memo::checked(image, &keys, "--verify", |file| {
+        let report =
+            sif_sig::verify_open(file, &shown, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
         if report.signatures.is_empty() {
             bail!("{shown}: has no signature, so --verify refuses it");
         }
@@ -301,8 +302,9 @@ pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Resul
             rule.keys.display()
         )));
     }
-    crate::verify_memo::checked(image, &keys, "site policy", || {
-        let report = sif_sig::verify(image, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+    crate::verify_memo::checked(image, &keys, "site policy", |file| {
+        let report =
+            sif_sig::verify_open(file, &shown, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
         if report.signatures.is_empty() {
             return Err(refuse("it has no signature"));
         }

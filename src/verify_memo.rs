@@ -1,45 +1,92 @@
 //! Signature checks remembered per image file, so that launches of a verified image (every
 //! rank of a job step, every task of a workflow) do not hash it again. The signed digest
-//! covers the whole partition: `exec --verify` costs 45 ms for a 53 MB image and 855 ms per
-//! GiB on these machines, and eight ranks starting at once on 2 CPUs wait 3.6 s for a 1 GiB
-//! one (benches/verify.sh, docs/performance.md).
+//! covers the whole partition: `exec --verify` costs 45 ms for a 53 MB image and 0.9 s per GiB
+//! on these machines, and eight ranks starting at once on 2 CPUs waited 3.6 s for a 1 GiB one
+//! (benches/verify.sh, docs/admin.md "What it costs").
 //!
-//! An entry is a file named by the SHA-256 of the image's identity (device, inode, size,
-//! mtime and ctime to the nanosecond), the keys that verified it (their fingerprints) and
-//! what asked (`--verify`, or the site's rule). A rename or a write changes the identity:
-//! ctime cannot be set back by an unprivileged user, so an image changed in any way is
-//! checked again. Only successes are kept; the directory must be the caller's own and closed
-//! to others (another user who could write it could vouch for an image), else nothing is
-//! remembered. The first launches on a node take turns on a lock per entry: one rank hashes,
-//! the others then find its entry.
+//! The image is opened once: its identity (device, inode, size, mtime and ctime to the
+//! nanosecond) is taken from that open file, and the check reads that same file, so an entry
+//! always describes the bytes that were checked, whatever the path leads to meanwhile. An
+//! entry is named by the SHA-256 of that identity, every byte of the keys that may verify
+//! (an OpenPGP key's subkeys included) and what asked (`--verify`, or the site's rule). A
+//! rename or a write changes the identity: on the file systems the memo is used on, ctime is
+//! the kernel's or the server's, and an unprivileged user cannot set it back. Elsewhere (FUSE
+//! file systems such as sshfs or CVMFS, whose ctime the server or image chooses), nothing is
+//! remembered. Only successes are kept, in `verified/` of the cache directory, opened once
+//! without following links and used only when it is the caller's own and closed to others
+//! (another user who could write it could vouch for an image). The first launches on a node
+//! take turns on a lock per entry, for a bounded time: one rank hashes, the others then find
+//! its entry.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use image_tools::sif_sig::Keyring;
 use sha2::{Digest, Sha256};
 
-/// The memo directory: `verified/` in the launcher's cache directory.
-fn dir() -> Option<PathBuf> {
+/// Changes when what an entry means changes (the identity, the key material, the checks).
+const FORMAT: &str = "launcher verify memo 1";
+/// How long a launch waits for another one checking the same image before checking itself.
+const LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// File systems whose inode numbers and ctime the kernel or a coherent server keeps
+/// (statfs f_type): ext2/3/4, XFS, Btrfs, tmpfs, NFS, Lustre, GPFS, BeeGFS, CephFS, ZFS.
+const TRUSTED_FS: [i64; 10] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x0102_1994,
+    0x6969,
+    0x0BD0_0BD0,
+    0x4750_4653,
+    0x1983_0326,
+    0x00C3_6400,
+    0x2FC1_2FC1,
+];
+
+/// The memo directory, open: `verified/` in the launcher's cache directory, if it is a
+/// directory of the caller's (not a link) that no one else may enter.
+fn open_dir() -> Option<File> {
     let root = image_tools::registry::Cache::default_dir().ok()?;
     let dir = root.join("verified");
     std::fs::create_dir_all(&root).ok()?;
     let _ = DirBuilder::new().mode(0o700).create(&dir);
-    // Not followed if a link: the directory itself must be ours and private.
-    let m = std::fs::symlink_metadata(&dir).ok()?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dir)
+        .ok()?;
+    let m = f.metadata().ok()?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    (m.is_dir() && m.uid() == me && m.mode() & 0o077 == 0).then_some(dir)
+    (m.is_dir() && m.uid() == me && m.mode() & 0o077 == 0).then_some(f)
 }
 
-/// What changes when the file is replaced or written.
-fn identity(image: &Path) -> Result<String> {
-    let m = std::fs::metadata(image)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", image.display()))?;
-    Ok(format!(
+/// A name in the open memo directory, reached through its descriptor (a swap of the path
+/// after it was opened changes nothing).
+fn at(dir: &File, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+/// The open image's identity, if its file system keeps one an owner cannot forge.
+fn identity(file: &File) -> Option<String> {
+    // SAFETY: statfs is plain data, for which all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into `st`, which we own; the descriptor is open.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let fs = st.f_type as i64;
+    if !TRUSTED_FS.contains(&fs) {
+        return None;
+    }
+    let m = file.metadata().ok()?;
+    Some(format!(
         "{} {} {} {}.{} {}.{}",
         m.dev(),
         m.ino(),
@@ -51,56 +98,81 @@ fn identity(image: &Path) -> Result<String> {
     ))
 }
 
-/// Runs `check` (the full signature check of `image` with `keys`) unless an earlier run on
-/// this node remembered the same image, unchanged, as verified with the same keys for the
-/// same `purpose`; remembers a success.
+/// Runs `check` on the image, opened once here, unless an earlier run on this node
+/// remembered the same file, unchanged, as verified with the same keys for the same
+/// `purpose`; remembers a success.
 pub fn checked(
     image: &Path,
     keys: &Keyring,
     purpose: &str,
-    check: impl FnOnce() -> Result<()>,
+    check: impl FnOnce(&File) -> Result<()>,
 ) -> Result<()> {
-    let Some(dir) = dir() else {
-        return check();
+    let file = File::open(image).map_err(|e| anyhow!("{}: cannot open: {e}", image.display()))?;
+    let (Some(dir), Some(before)) = (open_dir(), identity(&file)) else {
+        return check(&file);
     };
-    let before = identity(image)?;
-    let mut fingerprints: Vec<String> = keys.keys.iter().map(|k| k.fingerprint()).collect();
-    fingerprints.sort();
     let mut h = Sha256::new();
-    for part in [before.as_str(), &fingerprints.join(","), purpose] {
-        h.update(part.as_bytes());
-        h.update([0]);
+    h.update(FORMAT.as_bytes());
+    h.update(before.as_bytes());
+    h.update(purpose.as_bytes());
+    let mut materials = Vec::new();
+    for k in &keys.keys {
+        let Some(m) = k.material() else {
+            return check(&file);
+        };
+        materials.push(Sha256::digest(&m).to_vec());
+    }
+    materials.sort();
+    for m in &materials {
+        h.update(m);
     }
     let name: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let entry = dir.join(&name);
+    let entry = at(&dir, &name);
     if entry.is_file() {
         return Ok(());
     }
-    // Ranks starting together: one checks, the others wait here and then find its entry.
+    // Ranks starting together: one checks, the others wait here (a while) and then find its
+    // entry.
+    let lock_path = at(&dir, &format!("{name}.lock"));
     let lock = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir.join(format!("{name}.lock")));
-    let _held = lock.ok().filter(lock_exclusive);
+        .open(&lock_path)
+        .ok();
+    let held = lock.as_ref().is_some_and(wait_for_lock);
     if entry.is_file() {
         return Ok(());
     }
-    check()?;
-    if identity(image)? == before {
-        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-        let text = format!("{}\n{before}\n", image.display());
+    check(&file)?;
+    if identity(&file).as_deref() == Some(before.as_str()) {
+        let tmp = at(&dir, &format!(".{name}.{}", std::process::id()));
+        let text = format!("{}\n{before}\n{purpose}\n", image.display());
         if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
     }
+    if held {
+        // Whoever waits on this lock finds the entry; a later one needs no lock.
+        let _ = std::fs::remove_file(&lock_path);
+    }
     Ok(())
 }
 
-fn lock_exclusive(f: &File) -> bool {
-    // SAFETY: flock on a descriptor we own; blocking is what is wanted (another rank's check
-    // takes at most as long as ours would).
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) == 0 }
+/// Takes the lock, waiting at most [`LOCK_WAIT`] (a launch stopped while holding it must not
+/// hold up the others for ever: they then check on their own).
+fn wait_for_lock(f: &File) -> bool {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own, without blocking.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -74,6 +74,19 @@ impl PublicKey {
         }
     }
 
+    /// Every byte of the key (an OpenPGP key's packets, its subkeys included; a PEM key's
+    /// public parameters): what a remembered verification by this key must change with, where
+    /// the fingerprint names only the primary key. `None` if it cannot be written out.
+    pub fn material(&self) -> Option<Vec<u8>> {
+        match &self.kind {
+            KeyKind::Pgp(k) => {
+                use pgp::ser::Serialize;
+                k.to_bytes().ok()
+            }
+            _ => Some(self.ssh_blob()),
+        }
+    }
+
     /// The primary user ID of an OpenPGP key (the one marked primary, else the first), as
     /// Apptainer names a signing entity; `None` for other keys.
     pub fn user_id(&self) -> Option<String> {

@@ -114,11 +114,19 @@ impl Report {
 pub fn verify(path: &Path, keys: &Keyring, select: Select) -> Result<Report, String> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
-    let sif = SifFile::read_from(&file).map_err(|e| format!("{shown}: {e}"))?;
-    let img = Image {
-        sif: &sif,
-        file: &file,
-    };
+    verify_open(&file, &shown, keys, select)
+}
+
+/// As [`verify`], of a file already open (`shown` names it in messages): what is checked is
+/// that file, whatever its path leads to meanwhile.
+pub fn verify_open(
+    file: &File,
+    shown: &str,
+    keys: &Keyring,
+    select: Select,
+) -> Result<Report, String> {
+    let sif = SifFile::read_from(file).map_err(|e| format!("{shown}: {e}"))?;
+    let img = Image { sif: &sif, file };
     if let Select::Group(g) = select {
         if !sif.descriptors.iter().any(|d| d.group_id == Some(g)) {
             return Err(format!("{shown}: has no object group {g}"));
