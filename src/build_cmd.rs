@@ -259,6 +259,8 @@ pub fn cache(action: CacheAction) -> Result<i32> {
             );
             let (n, bytes) = crate::image_source::cached_images(&root, older, true)?;
             println!("removed {n} converted images ({:.1} MiB)", mib(bytes));
+            let checks = crate::verify_memo::clean(&root, older);
+            println!("removed {checks} remembered signature checks");
             let b = image_tools::basecache::clean(&root, older)?;
             println!(
                 "removed {} unpacked bases ({:.1} MiB){}",

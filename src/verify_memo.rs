@@ -176,3 +176,29 @@ fn wait_for_lock(f: &File) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `cache clean`: removes the remembered checks (those made more than `older` ago, or all;
+/// a later launch checks again). Returns how many.
+pub fn clean(cache_root: &Path, older: Option<Duration>) -> usize {
+    let dir = cache_root.join("verified");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let old_enough = match older {
+            None => true,
+            Some(age) => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= age),
+        };
+        let is_entry = !e.file_name().to_string_lossy().ends_with(".lock");
+        if old_enough && std::fs::remove_file(e.path()).is_ok() && is_entry {
+            n += 1;
+        }
+    }
+    n
+}

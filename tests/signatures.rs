@@ -390,6 +390,15 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     one_error_line(&out, &img, "does not match the signed digest");
     assert_eq!(out.stdout, "", "{out:?}");
     assert_eq!(entries().len(), 1, "a failure is not remembered");
+    let clean = verified(&["cache", "clean", "--force"]);
+    assert!(
+        clean
+            .ok()
+            .stdout
+            .contains("removed 1 remembered signature checks"),
+        "{clean:?}"
+    );
+    assert!(entries().is_empty(), "{:?}", entries());
     // A memo directory others may write is not used: nothing is remembered there.
     std::fs::remove_dir_all(cache.join("verified")).unwrap();
     std::fs::create_dir_all(cache.join("verified")).unwrap();
