@@ -122,8 +122,9 @@ fn many_launches_leave_nothing_behind() {
     for (dir, before) in ["/tmp", "/var/tmp", "/dev/shm"].iter().zip(&tmp) {
         let new: Vec<String> = names(dir)
             .difference(before)
-            // Other test processes' scratch and fixture directories, and `launcher build`'s
-            // staging (other suites on the machine), may appear meanwhile; `exec` makes none.
+            // Other test processes' scratch and fixture directories, `launcher build`'s
+            // staging and fuzz/run.sh's scratch (other suites on the machine) may appear
+            // meanwhile; `exec` makes none.
             .filter(|n| {
                 n.contains(&marker)
                     || (n.contains("launcher")
@@ -132,6 +133,7 @@ fn many_launches_leave_nothing_behind() {
                             "launcher-fixtures",
                             "launcher-bench",
                             "launcher-build-",
+                            "launcher-fuzz-",
                         ]
                         .iter()
                         .any(|p| n.starts_with(p)))

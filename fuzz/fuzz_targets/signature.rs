@@ -12,9 +12,18 @@ use std::sync::OnceLock;
 
 const SIGNED: &[u8] = include_bytes!("../../tests/data/sif/one-group-signed-dsse.sif");
 const KEYS: [(&str, &str); 3] = [
-    ("ed25519", include_str!("../../tests/data/sif/keys/ed25519-public.pem")),
-    ("rsa", include_str!("../../tests/data/sif/keys/rsa-public.pem")),
-    ("pgp", include_str!("../../tests/data/sif/keys/unit-test-pgp-public.asc")),
+    (
+        "ed25519",
+        include_str!("../../tests/data/sif/keys/ed25519-public.pem"),
+    ),
+    (
+        "rsa",
+        include_str!("../../tests/data/sif/keys/rsa-public.pem"),
+    ),
+    (
+        "pgp",
+        include_str!("../../tests/data/sif/keys/unit-test-pgp-public.asc"),
+    ),
 ];
 
 struct Fixed {

@@ -4,24 +4,42 @@
 //! built from a fuzzed site config or injection (`plan_both`).
 
 use image_tools::squashfs::{Archive, FileType, Inode};
-use launcher_runtime::image::view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
 use launcher_runtime::gather::injection::Injection;
-use launcher_runtime::options::{Action, LaunchOptions};
 use launcher_runtime::gather::site_config::SiteConfig;
+use launcher_runtime::image::view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
+use launcher_runtime::options::{Action, LaunchOptions};
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// A per-process scratch directory, on tmpfs when there is one (inputs are written
-/// to disk at every run).
+/// to disk at every run). libFuzzer ends a run with exit(), so nothing removes it then: the
+/// first call of each run removes those of runs that are over (their process is gone).
 pub fn scratch() -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let d = base.join(format!("launcher-fuzz-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&d);
-    d
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name.strip_prefix("launcher-fuzz-") else {
+                    continue;
+                };
+                if pid.parse::<u32>().is_ok()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    make_writable(&e.path());
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        base.join(format!("launcher-fuzz-{}", std::process::id()))
+    });
+    let _ = std::fs::create_dir_all(dir);
+    dir.clone()
 }
 
 /// Writes the input to this process's image file and returns its path.
