@@ -86,16 +86,7 @@ fn identity(file: &File) -> Option<String> {
         return None;
     }
     let m = file.metadata().ok()?;
-    Some(format!(
-        "{} {} {} {}.{} {}.{}",
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec()
-    ))
+    Some(image_tools::file_identity::FileIdentity::of(&m).to_string())
 }
 
 /// Runs `check` on the image, opened once here, unless an earlier run on this node

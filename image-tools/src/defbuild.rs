@@ -316,20 +316,9 @@ fn stage_oci(src: &oci::Source, dir: &Path, opts: &BuildOptions) -> Result<(Path
     Ok((staged.root, staged.overrides))
 }
 
-/// What changes when a file is replaced (device, inode) or written (size, mtime, ctime; ctime
-/// cannot be set back by its owner).
-fn file_identity(p: &Path) -> Result<(u64, u64, u64, i64, i64, i64, i64)> {
-    use std::os::unix::fs::MetadataExt;
+fn file_identity(p: &Path) -> Result<crate::file_identity::FileIdentity> {
     let m = std::fs::metadata(p).map_err(|e| io_err(p, e))?;
-    Ok((
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    ))
+    Ok(crate::file_identity::FileIdentity::of(&m))
 }
 
 /// `Bootstrap: localimage`: a SIF's primary SquashFS partition, a bare SquashFS file, or a

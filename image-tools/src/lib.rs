@@ -20,6 +20,7 @@ pub mod deffile;
 // Fake root for definition-file builds (user namespace + seccomp).
 #[cfg(feature = "build")]
 pub mod fakeroot;
+pub mod file_identity;
 // Shell wildcards in %files sources.
 #[cfg(feature = "build")]
 pub mod glob;
