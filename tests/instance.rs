@@ -231,6 +231,48 @@ fn exec_runs_in_the_instance_and_stop_ends_it() {
     );
 }
 
+/// A process an instance's command moves into namespaces of its own (`unshare -Urm`: a
+/// user and a mount namespace, so no longer among the instance's mount namespace), then
+/// detaches (`setsid`, orphaned): `instance stop` still ends it, as it ends the command (the
+/// command's reaper is in the instance and kills what it adopted).
+#[test]
+fn stop_ends_processes_that_left_the_instances_namespaces() {
+    let img = fixture("busybox-gzip.sqfs");
+    let inst = name("escape");
+    let _stop = StopOnDrop(inst.clone());
+    let (leader, ns, conns) = start(&[], &img, &inst);
+    let uri = format!("instance://{inst}");
+    let (inner, outer) = ("sleep 45451", "sleep 45452");
+    let script = format!("(unshare -Urm setsid {inner} &); {outer}");
+    let mut child = launcher(&["exec", &uri, "/bin/sh", "-c", &script]).spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let escaped = loop {
+        let found: Vec<u32> = common::pids_matching(inner)
+            .into_iter()
+            .filter(|p| slurm::cmdline(*p) == inner)
+            .collect();
+        if found.len() == 1 && !common::pids_matching(outer).is_empty() {
+            break found[0];
+        }
+        assert!(Instant::now() < deadline, "the sleeps never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(
+        mnt_ns(escaped),
+        ns,
+        "unshare -m did not leave the namespace"
+    );
+    let out = launcher(&["instance", "stop", &inst]).run();
+    out.ok();
+    common::assert_gone(
+        inner,
+        "a process that left the instance's namespaces survived",
+    );
+    common::assert_gone(outer, "the command survived");
+    assert_all_gone(&inst, leader, ns, &conns);
+    let _ = child.wait();
+}
+
 #[test]
 fn the_same_name_twice_is_refused_and_stop_all_ends_every_instance() {
     let img = fixture("busybox-gzip.sqfs");
