@@ -117,9 +117,6 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// What a built SIF holds besides its root file system: the architecture, time and UUID
-    /// these options ask for, with the image's config, labels and definition file. One place
-    /// for both kinds of build (from a tree or image, and from a definition file).
     /// The SquashFS writer's settings; `all_root`: every file owned by root (definition-file
     /// builds, whose %post ran as a fake root).
     pub(crate) fn write_options(&self, all_root: bool) -> WriteOptions {
@@ -135,6 +132,9 @@ impl BuildOptions {
         }
     }
 
+    /// What a built SIF holds besides its root file system: the architecture, time and UUID
+    /// these options ask for, with the image's config, labels and definition file. One place
+    /// for both kinds of build (from a tree or image, and from a definition file).
     pub(crate) fn sif_contents(
         &self,
         oci_config: Option<serde_json::Value>,
