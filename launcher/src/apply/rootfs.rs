@@ -270,6 +270,17 @@ mod tests {
     use crate::apply::syscalls::{assert_in_order, mount_call, Call, Recorder};
     use crate::image::view::ImageDesc;
 
+    /// The overlay mounted as the new root, with these options (top layer first).
+    fn overlay_root_mount(options: &str) -> Call {
+        mount_call(
+            Some("overlay"),
+            "/newroot",
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options),
+        )
+    }
+
     fn plan(mounts: Vec<MountStep>, writable: bool) -> Plan {
         Plan {
             image: ImageDesc {
@@ -415,13 +426,7 @@ mod tests {
                     path: "/rw/upper/data".into(),
                     mode: 0o755,
                 },
-                mount_call(
-                    Some("overlay"),
-                    "/newroot",
-                    Some("overlay"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some("lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work,userxattr"),
-                ),
+                overlay_root_mount("lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work,userxattr"),
                 Call::MakeReadonly {
                     target: "/newroot".into(),
                     recursive: false,
@@ -506,15 +511,9 @@ mod tests {
                     mode: 0o755,
                 },
                 // overlayfs lists the top layer first: the image is the bottom one.
-                mount_call(
-                    Some("overlay"),
-                    "/newroot",
-                    Some("overlay"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(
-                        "lowerdir=/overlays/2:/oldroot/srv/ro:/overlays/0:/image,\
+                overlay_root_mount(
+                    "lowerdir=/overlays/2:/oldroot/srv/ro:/overlays/0:/image,\
                          upperdir=/rw/upper,workdir=/rw/work,userxattr",
-                    ),
                 ),
                 Call::MakeReadonly {
                     target: "/newroot".into(),
@@ -539,15 +538,9 @@ mod tests {
                     path: "/oldroot/home/u/ovl/upper".into(),
                     mode: 0o755,
                 },
-                mount_call(
-                    Some("overlay"),
-                    "/newroot",
-                    Some("overlay"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(
-                        "lowerdir=/overlays/0:/image,upperdir=/oldroot/home/u/ovl/upper,\
+                overlay_root_mount(
+                    "lowerdir=/overlays/0:/image,upperdir=/oldroot/home/u/ovl/upper,\
                          workdir=/oldroot/home/u/ovl/work,userxattr",
-                    ),
                 ),
             ],
         );
