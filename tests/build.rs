@@ -65,6 +65,16 @@ fn kernel_mount(image: &Path, offset: u64, check: impl FnOnce(&Path)) {
     }
 }
 
+/// `unsquashfs -lln`: one line per entry with mode, numeric owner, size and path.
+fn long_listing(image: &Path, offset: u64) -> String {
+    let out = Command::new("unsquashfs")
+        .args(["-o", &offset.to_string(), "-lln"])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn sif_offset(sif: &Path) -> u64 {
     image_tools::sif::SifFile::open(sif)
         .unwrap()
@@ -194,12 +204,7 @@ fn build_from_docker_and_oci_images() {
         );
         let offset = sif_offset(&out);
         // Owners come from the tar headers (root), not from the unprivileged staging tree.
-        let lls = Command::new("unsquashfs")
-            .args(["-o", &offset.to_string(), "-lln"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let lls = String::from_utf8_lossy(&lls.stdout).into_owned();
+        let lls = long_listing(&out, offset);
         let busybox_line = lls.lines().find(|l| l.ends_with("/bin/busybox")).unwrap();
         assert!(busybox_line.contains(" 0/0 "), "{busybox_line}");
         let l = listing(&out, offset);
@@ -629,13 +634,7 @@ fn build_from_a_root_file_system_tarball() {
         build(&out, &format!("tar:{src}"), &[]).ok();
         let o = out.display().to_string();
         assert_eq!(sh(&o, "cat /owned; echo $((1 + 1))"), "kept\n2\n", "{src}");
-        let offset = sif_offset(&out);
-        let lls = Command::new("unsquashfs")
-            .args(["-o", &offset.to_string(), "-lln"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let lls = String::from_utf8_lossy(&lls.stdout).into_owned();
+        let lls = long_listing(&out, sif_offset(&out));
         let line = |name: &str| {
             lls.lines()
                 .find(|l| l.ends_with(name))
