@@ -23,17 +23,7 @@ fn build(out: &Path, source: &str, extra: &[&str]) -> Out {
 
 /// `unsquashfs -l` of a SquashFS (at an offset inside a SIF), as a set of paths.
 fn listing(image: &Path, offset: u64) -> BTreeSet<String> {
-    let out = Command::new("unsquashfs")
-        .args(["-o", &offset.to_string(), "-l", "-d", ""])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "unsquashfs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    unsquashfs(image, offset, &["-l", "-d", ""])
         .lines()
         .filter(|l| l.starts_with('/'))
         .map(str::to_string)
@@ -65,14 +55,26 @@ fn kernel_mount(image: &Path, offset: u64, check: impl FnOnce(&Path)) {
     }
 }
 
-/// `unsquashfs -lln`: one line per entry with mode, numeric owner, size and path.
-fn long_listing(image: &Path, offset: u64) -> String {
+/// `unsquashfs -o OFFSET OPTIONS... IMAGE`'s output; it must succeed.
+fn unsquashfs(image: &Path, offset: u64, options: &[&str]) -> String {
     let out = Command::new("unsquashfs")
-        .args(["-o", &offset.to_string(), "-lln"])
+        .args(["-o", &offset.to_string()])
+        .args(options)
         .arg(image)
         .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "unsquashfs {options:?} {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `unsquashfs -lln`: one line per entry with mode, numeric owner, size and path.
+fn long_listing(image: &Path, offset: u64) -> String {
+    unsquashfs(image, offset, &["-lln"])
 }
 
 fn sif_offset(sif: &Path) -> u64 {
@@ -258,13 +260,9 @@ fn build_at_epoch(out: &Path, source: &str, epoch: &str) {
 
 /// `unsquashfs -mkfs-time` of the SquashFS at `offset` in `image`.
 fn mkfs_time(image: &Path, offset: u64) -> String {
-    let out = Command::new("unsquashfs")
-        .args(["-o", &offset.to_string(), "-mkfs-time"])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "unsquashfs -mkfs-time failed");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    unsquashfs(image, offset, &["-mkfs-time"])
+        .trim()
+        .to_string()
 }
 
 /// Every entry's mtime in seconds, read through a kernel mount: (mtime, path) not at `epoch`.
