@@ -223,11 +223,31 @@ fn keyring(files: &[PathBuf]) -> Result<(Keyring, Vec<PathBuf>)> {
     let mut dirs: Vec<PathBuf> = user_keys().into_iter().collect();
     dirs.push(PathBuf::from(SITE_KEYS));
     for d in &dirs {
-        if let Err(e) = keys.add_dir(d) {
+        // The user's directory is named by HOME or XDG_CONFIG_HOME: one of another user's, or
+        // open to others, would let them vouch for images (as for the user config, issue 20).
+        let added = match d.as_path() == Path::new(SITE_KEYS) {
+            true => keys.add_dir(d),
+            false => keys.add_dir_if(d, &callers_own),
+        };
+        if let Err(e) = added {
             launcher_runtime::debug::warn(format_args!("{e} (skipped)"));
         }
     }
     Ok((keys, dirs))
+}
+
+/// A key file or directory the caller may rely on: the caller's or root's, and writable by
+/// no one else (`site_config::trust`, the rule for the user config).
+fn callers_own(m: &std::fs::Metadata) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let name_of = |uid: u32| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    };
+    let caller = nix::unistd::getuid().as_raw();
+    launcher_runtime::gather::site_config::trust(m.uid(), m.mode(), caller, &name_of)
 }
 
 /// `exec/run/shell --verify`: the image's signatures must verify, as `launcher verify IMAGE`
@@ -239,8 +259,7 @@ pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
     }
     let (keys, dirs) = keyring(key_files)?;
     crate::verify_memo::checked(image, &keys, "--verify", |file| {
-        let report =
-            sif_sig::verify_open(file, &shown, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+        let report = launch_report(file, &shown, &keys)?;
         if report.signatures.is_empty() {
             bail!("{shown}: has no signature, so --verify refuses it");
         }
@@ -249,6 +268,34 @@ pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// What a check before a launch finds in the open image: its signatures as `launcher verify`
+/// sees them (every object group), and, as uncovered, any object the launch reads that no
+/// verified signature covers although it is in no group: the root partition and the OCI
+/// config (environment, entrypoint). Those `launcher verify` does not require, as upstream
+/// does not; but anyone who can write the image could add a groupless `oci-config` object
+/// (`LD_PRELOAD`, `PATH`) to a signed image without breaking its signatures.
+fn launch_report(file: &std::fs::File, shown: &str, keys: &Keyring) -> Result<sif_sig::Report> {
+    let mut report =
+        sif_sig::verify_open(file, shown, keys, Select::Groups).map_err(|e| anyhow!(e))?;
+    let sif = SifFile::read_from(file).map_err(|e| anyhow!("{shown}: {e}"))?;
+    let covered: std::collections::BTreeSet<u32> = report
+        .signatures
+        .iter()
+        .filter(|s| s.error.is_none())
+        .flat_map(|s| s.objects.iter().copied())
+        .collect();
+    let read = [sif.primary_partition(), sif.oci_config()];
+    for d in read.into_iter().flatten() {
+        let listed = report.uncovered.iter().any(|(id, _)| *id == d.id);
+        if !covered.contains(&d.id) && !listed {
+            let what = format!("{}, read by the launch", d.data_type);
+            report.uncovered.push((d.id, what));
+        }
+    }
+    report.uncovered.sort_unstable();
+    Ok(report)
 }
 
 /// The site's signature policy (`signatures` in the site config, docs/admin.md "Signed
@@ -303,8 +350,7 @@ pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Resul
         )));
     }
     crate::verify_memo::checked(image, &keys, "site policy", |file| {
-        let report =
-            sif_sig::verify_open(file, &shown, &keys, Select::Groups).map_err(|e| anyhow!(e))?;
+        let report = launch_report(file, &shown, &keys)?;
         if report.signatures.is_empty() {
             return Err(refuse("it has no signature"));
         }

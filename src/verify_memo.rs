@@ -10,7 +10,9 @@
 //! entry is named by the SHA-256 of that identity, every byte of the keys that may verify
 //! (an OpenPGP key's subkeys included) and what asked (`--verify`, or the site's rule). A
 //! rename or a write changes the identity: on the file systems the memo is used on, ctime is
-//! the kernel's or the server's, and an unprivileged user cannot set it back. Elsewhere (FUSE
+//! the kernel's or the server's, and an unprivileged user cannot set it back; a write in the
+//! same timestamp tick as the change recorded would not, so only an image whose last change
+//! is [`SETTLED`] old is remembered. Elsewhere (FUSE
 //! file systems such as sshfs or CVMFS, whose ctime the server or image chooses), nothing is
 //! remembered. Only successes are kept, in `verified/` of the cache directory, opened once
 //! without following links and used only when it is the caller's own and closed to others
@@ -22,16 +24,24 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
 use image_tools::sif_sig::Keyring;
 use sha2::{Digest, Sha256};
 
 /// Changes when what an entry means changes (the identity, the key material, the checks).
-const FORMAT: &str = "launcher verify memo 1";
+const FORMAT: &str = "launcher verify memo 2";
 /// How long a launch waits for another one checking the same image before checking itself.
 const LOCK_WAIT: Duration = Duration::from_secs(20);
+/// How long before the check the image's last change (ctime) must be for a success to be
+/// remembered. A change made after the check gets a ctime different from the recorded one
+/// only if the clock has moved on by a timestamp tick since the recorded change: on ext4
+/// with 128-byte inodes (and ext3, and NFS servers that keep seconds) a tick is 1 s, and a
+/// file rewritten in the second it was checked in kept its identity, so the memo vouched
+/// for bytes never checked (reproduced; `tests/signatures.rs`). The same as Git's "racily
+/// clean" index entries. Assumes the file server's clock is not behind this node's by more.
+const SETTLED: Duration = Duration::from_secs(2);
 
 /// File systems whose inode numbers and ctime the kernel or a coherent server keeps
 /// (statfs f_type): ext2/3/4, XFS, Btrfs, tmpfs, NFS, Lustre, GPFS, BeeGFS, CephFS, ZFS.
@@ -99,6 +109,7 @@ pub fn checked(
     check: impl FnOnce(&File) -> Result<()>,
 ) -> Result<()> {
     let file = File::open(image).map_err(|e| anyhow!("{}: cannot open: {e}", image.display()))?;
+    let opened = SystemTime::now();
     let (Some(dir), Some(before)) = (open_dir(), identity(&file)) else {
         return check(&file);
     };
@@ -130,26 +141,50 @@ pub fn checked(
         .write(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // Not blocking: a FIFO put at that name would hold the open for ever.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&lock_path)
         .ok();
     let held = lock.as_ref().is_some_and(wait_for_lock);
     if entry.is_file() {
         return Ok(());
     }
-    check(&file)?;
-    if identity(&file).as_deref() == Some(before.as_str()) {
+    let checked = check(&file);
+    if checked.is_ok()
+        && identity(&file).as_deref() == Some(before.as_str())
+        && settled(&file, opened)
+    {
         let tmp = at(&dir, &format!(".{name}.{}", std::process::id()));
         let text = format!("{}\n{before}\n{purpose}\n", image.display());
-        if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &entry).is_err() {
+        if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, &entry).is_err() {
+            // A full disk: nothing half-written stays behind.
             let _ = std::fs::remove_file(&tmp);
         }
     }
     if held {
-        // Whoever waits on this lock finds the entry; a later one needs no lock.
+        // Whoever waits on this lock finds the entry, or checks on its own after a failure;
+        // a later one needs no lock. (Removed after a failure too: a lock file per refused
+        // image would pile up.)
         let _ = std::fs::remove_file(&lock_path);
     }
-    Ok(())
+    checked
+}
+
+/// Whether the open file's last change was at least [`SETTLED`] before `opened` (when it
+/// was opened for the check), so that any later change gets another ctime.
+fn settled(file: &File, opened: SystemTime) -> bool {
+    let Ok(m) = file.metadata() else {
+        return false;
+    };
+    let nanos = u32::try_from(m.ctime_nsec()).map_or(0, |n| n.min(999_999_999));
+    let Ok(secs) = u64::try_from(m.ctime()) else {
+        return true; // before 1970: long settled
+    };
+    // Checked: a file server may send any time, and SystemTime's `+` panics past its range.
+    UNIX_EPOCH
+        .checked_add(Duration::new(secs, nanos))
+        .and_then(|c| c.checked_add(SETTLED))
+        .is_some_and(|c| c <= opened)
 }
 
 /// Takes the lock, waiting at most [`LOCK_WAIT`] (a launch stopped while holding it must not

@@ -136,6 +136,8 @@ fn keys_in_the_users_keyring_directory_are_used() {
     let home = s.scratch.join("sig-home");
     let keys = home.join(".config/launcher/keys");
     std::fs::create_dir_all(&keys).unwrap();
+    // (Root's, as a run stopped below may have left it another user's.)
+    std::os::unix::fs::chown(&keys, Some(0), Some(0)).unwrap();
     for k in [ed(), rsa(), pgp()] {
         let name = PathBuf::from(&k);
         std::fs::copy(&k, keys.join(name.file_name().unwrap())).unwrap();
@@ -178,6 +180,31 @@ fn keys_in_the_users_keyring_directory_are_used() {
         .env("HOME", &h)
         .run()
         .ok();
+    // HOME naming another user's home: their keyring directory is not used (they could vouch
+    // for any image, as their launcher.yaml could set variables before issue 20), nor a key
+    // file others may write. One warning naming it and why.
+    let (other_name, other, _) = other_user();
+    let img = data("two-groups-signed-dsse.sif");
+    std::os::unix::fs::chown(&keys, Some(other), None).unwrap();
+    let out = launcher(&["verify", &img]).env("HOME", &h).run();
+    assert_ne!(out.code, 0, "{out:?}");
+    let why = format!(
+        "launcher: warning: {}: key directory not used: it is owned by {other_name} (uid {other}), not by you or root (skipped)",
+        keys.display()
+    );
+    assert!(out.stderr.contains(&why), "{out:?}");
+    std::os::unix::fs::chown(&keys, Some(0), None).unwrap();
+    let open = keys.join(PathBuf::from(ed()).file_name().unwrap());
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = launcher(&["verify", &img]).env("HOME", &h).run();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_ne!(out.code, 0, "{out:?}");
+    let why = format!(
+        "{}: not used as a key: it is writable by group or others",
+        open.display()
+    );
+    assert!(out.stderr.contains(&why), "{out:?}");
+    launcher(&["verify", &img]).env("HOME", &h).run().ok();
 }
 
 #[test]
@@ -348,6 +375,14 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
             })
             .unwrap_or_default()
     };
+    // Not remembered while the image's last change is under 2 s old (verify_memo::SETTLED):
+    // where timestamps have 1 s ticks (ext4 with 128-byte inodes, NFS servers keeping
+    // seconds), a rewrite in the second of the check kept the identity the memo recorded,
+    // and a later launch ran bytes never checked.
+    let out = verified(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]);
+    assert_eq!(out.ok().stdout, "ran\n", "{out:?}");
+    assert!(entries().is_empty(), "a fresh image: {:?}", entries());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     for round in 0..2 {
         let out = verified(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]);
         out.ok();
@@ -390,6 +425,12 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     one_error_line(&out, &img, "does not match the signed digest");
     assert_eq!(out.stdout, "", "{out:?}");
     assert_eq!(entries().len(), 1, "a failure is not remembered");
+    let locks = std::fs::read_dir(cache.join("verified"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .count();
+    assert_eq!(locks, 0, "the lock of a refused check is removed");
     let clean = verified(&["cache", "clean", "--force"]);
     assert!(
         clean
@@ -411,6 +452,57 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     launcher(&["sign", "-k", &key, &img]).run().ok();
     verified(&["exec", "--verify", "--key", &public, &img, "true"]).ok();
     assert!(entries().is_empty(), "{:?}", entries());
+}
+
+/// Whoever can write a signed image can add an object in no group without breaking its
+/// signatures: `launcher verify` still passes, as upstream's does, since only object groups
+/// must be covered. A launch reads the OCI config object (environment, entrypoint), so a check
+/// before a launch refuses one that no verified signature covers: before, a groupless
+/// `oci-config` added to a signed image set `PATH` and `LD_PRELOAD` for an
+/// `exec --verify` (and for an image under the site's signature policy, the same check).
+#[test]
+fn a_launch_check_refuses_an_unsigned_object_the_launch_reads() {
+    use image_tools::sif::{DataType, ObjectData, ObjectSpec};
+    let dir = writable_dir("launch-verify-unsigned-object");
+    let (key, public) = openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]);
+    let img = dir.join("signed.sif").display().to_string();
+    launcher(&["build", &img, &fixture("rootfs")]).run().ok();
+    launcher(&["sign", "-k", &key, &img]).run().ok();
+    let added = dir.join("added.sif");
+    std::fs::copy(&img, &added).unwrap();
+    let config = br#"{"Env":["EVIL=from-an-unsigned-object","PATH=/tmp/evil:/usr/bin:/bin"]}"#;
+    let object = ObjectSpec {
+        group_id: None,
+        name: "oci-config".into(),
+        ..ObjectSpec::new(DataType::GenericJson, ObjectData::Bytes(config.to_vec()))
+    };
+    let ids = image_tools::sif::add_objects(&added, &[object], None).unwrap();
+    std::fs::set_permissions(&added, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let added = added.display().to_string();
+    launcher(&["verify", "--key", &public, &added]).run().ok();
+    let out = launcher(&[
+        "exec",
+        "--verify",
+        "--key",
+        &public,
+        &added,
+        "sh",
+        "-c",
+        "echo $EVIL",
+    ])
+    .run();
+    one_error_line(
+        &out,
+        &added,
+        &format!(
+            "object {} (GenericJSON, read by the launch) is not covered by any verified signature",
+            ids[0]
+        ),
+    );
+    assert_eq!(out.stdout, "", "{out:?}");
+    // The signed image itself still runs.
+    let out = launcher(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]).run();
+    assert_eq!(out.ok().stdout, "ran\n", "{out:?}");
 }
 
 /// GnuPG as the test user, with a home of its own under `dir`; its agent is stopped on drop.

@@ -253,6 +253,16 @@ impl SifFile {
         self.descriptors.iter().find(|d| is_primary(d))
     }
 
+    /// The OCI image config a launch takes the environment, entrypoint, cmd and working
+    /// directory from: the first GenericJSON object named `oci-config` (as SingularityCE names
+    /// it), if any. One place, so that a signature check before a launch can require the very
+    /// object the launch reads to be signed.
+    pub fn oci_config(&self) -> Option<&Descriptor> {
+        self.descriptors
+            .iter()
+            .find(|d| d.data_type == DataType::GenericJson && d.name.contains("oci-config"))
+    }
+
     /// The primary partition, required to be SquashFS.
     pub fn primary_squashfs(&self) -> Result<&Descriptor> {
         let d = self

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -15,6 +17,9 @@ use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::sif::HashType;
+
+/// Decides whether a key file or directory may be used, from its metadata: `Err(why not)`.
+pub type Trust = dyn Fn(&fs::Metadata) -> Result<(), String>;
 
 /// Largest key file read (a keyring of a few keys is a few KiB).
 pub(crate) const MAX_KEY_FILE: u64 = 1 << 20;
@@ -249,8 +254,17 @@ impl Keyring {
     /// Adds the keys of one file: a PEM public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC
     /// KEY`) or armored OpenPGP public keys (`BEGIN PGP PUBLIC KEY BLOCK`, one or more).
     pub fn add_file(&mut self, path: &Path) -> Result<(), String> {
-        let shown = path.display().to_string();
+        self.add_file_if(path, &path.display().to_string(), &|_| Ok(()))
+    }
+
+    /// As [`Keyring::add_file`], if `trust` accepts the opened file's metadata (what is read
+    /// is the file that was checked); else an error naming the file (as `shown`) and why.
+    fn add_file_if(&mut self, path: &Path, shown: &str, trust: &Trust) -> Result<(), String> {
         let f = fs::File::open(path).map_err(|e| format!("{shown}: cannot open key file: {e}"))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| format!("{shown}: cannot read key file: {e}"))?;
+        trust(&meta).map_err(|why| format!("{shown}: not used as a key: {why}"))?;
         let mut text = String::new();
         f.take(MAX_KEY_FILE + 1)
             .read_to_string(&mut text)
@@ -260,7 +274,7 @@ impl Keyring {
                 "{shown}: key file is larger than {MAX_KEY_FILE} bytes"
             ));
         }
-        self.add_text(&text, &shown)
+        self.add_text(&text, shown)
     }
 
     /// As [`Keyring::add_file`], from the file's text; `source` names it in messages.
@@ -322,18 +336,44 @@ impl Keyring {
     /// Adds every `*.pem` and `*.asc` file of `dir`, in name order. A missing directory
     /// adds nothing.
     pub fn add_dir(&mut self, dir: &Path) -> Result<(), String> {
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
+        self.add_dir_if(dir, &|_| Ok(()))
+    }
+
+    /// As [`Keyring::add_dir`], if `trust` accepts the directory's metadata and each key
+    /// file's (for a directory the caller's environment names, such as one under `$HOME`:
+    /// keys in another user's directory would let that user vouch for images). The directory
+    /// is opened once and listed through that descriptor, so it cannot be swapped after the
+    /// check. A directory `trust` refuses is an error naming it and why.
+    pub fn add_dir_if(&mut self, dir: &Path, trust: &Trust) -> Result<(), String> {
+        let shown = dir.display();
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir);
+        let handle = match opened {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("{}: cannot list key directory: {e}", dir.display())),
+            Err(e) => return Err(format!("{shown}: cannot list key directory: {e}")),
         };
-        let mut files: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "pem" || x == "asc") && p.is_file())
+        let meta = handle
+            .metadata()
+            .map_err(|e| format!("{shown}: cannot list key directory: {e}"))?;
+        trust(&meta).map_err(|why| format!("{shown}: key directory not used: {why}"))?;
+        let through = Path::new("/proc/self/fd").join(handle.as_raw_fd().to_string());
+        let entries = fs::read_dir(&through)
+            .map_err(|e| format!("{shown}: cannot list key directory: {e}"))?;
+        let mut names: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| {
+                let x = Path::new(n).extension();
+                x.is_some_and(|x| x == "pem" || x == "asc") && through.join(n).is_file()
+            })
             .collect();
-        files.sort();
-        for f in files {
-            self.add_file(&f)?;
+        names.sort();
+        for n in names {
+            // Named by the directory as given, not the descriptor it is read through.
+            let name = dir.join(&n).display().to_string();
+            self.add_file_if(&through.join(&n), &name, trust)?;
         }
         Ok(())
     }

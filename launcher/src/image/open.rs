@@ -3,7 +3,7 @@
 
 use crate::image::view::{Entry, EntryKind, ImageDesc, ImageView, OciConfig};
 use anyhow::{anyhow, bail, Context, Result};
-use image_tools::sif::{self, DataType, SifFile};
+use image_tools::sif::{self, SifFile};
 use image_tools::squashfs::{self, Archive, FileType};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -93,10 +93,7 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// The OCI image config stored in a SIF (a JSON object named like `oci-config.json`).
 fn sif_oci_config(s: &SifFile, file: &File) -> Option<OciConfig> {
-    let d = s
-        .descriptors
-        .iter()
-        .find(|d| matches!(d.data_type, DataType::GenericJson) && d.name.contains("oci-config"))?;
+    let d = s.oci_config()?;
     if d.size > 16 << 20 {
         return None;
     }
