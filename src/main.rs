@@ -729,11 +729,13 @@ fn launch_with(
     // The site's signature policy, before anything is pulled or mounted. Here, not in the
     // runtime: the signature crates are the binary's alone. (The launch loads the config again,
     // and says its warnings then.) instance://NAME: checked when the instance was started.
+    // The image file as the checks below open it, once for all of them; the launch reads it.
+    let mut checked: verify_cmd::CheckedFile = None;
     let site = match joining {
         true => None,
         false => {
             let site = launcher_runtime::gather::site_config::SiteConfig::load_for_caller(&env)?;
-            verify_cmd::check_site_policy(&image, source, &site)?;
+            verify_cmd::check_site_policy(&image, source, &site, &mut checked)?;
             Some(site)
         }
     };
@@ -749,14 +751,15 @@ fn launch_with(
     }
     if opts.verify {
         // Here, not in the runtime: the signature crates are the binary's alone.
-        verify_cmd::check_before_launch(&image, &opts.verify_keys)?;
+        verify_cmd::check_before_launch(&image, &opts.verify_keys, &mut checked)?;
     }
     let (mut options, tuning) = opts.into_options(image, action, &env)?;
+    options.image_file = checked.map(std::sync::Arc::new);
     // Overlay images are images too: one under a path the policy covers must be signed as
     // the image must. Overlay directories are not (like binds, they carry no signature).
     if let Some(site) = &site {
         for layer in options.overlays.iter().filter(|l| !l.path.is_dir()) {
-            verify_cmd::check_site_policy(&layer.path, false, site)?;
+            verify_cmd::check_site_policy(&layer.path, false, site, &mut None)?;
         }
     }
     if matches!(instance, Some(InstanceUse::Join(_))) {

@@ -59,9 +59,11 @@ fn user_keys() -> Option<PathBuf> {
 
 pub fn run(args: VerifyArgs) -> Result<i32> {
     let shown = args.image.display().to_string();
-    if !is_sif(&args.image)? {
+    let file = image_tools::image_file::open(&args.image)
+        .map_err(|e| anyhow!("{shown}: cannot open: {e}"))?;
+    if !is_sif(&file, &args.image)? {
         // Named for what it is, not by the bytes where a SIF's magic would be.
-        if is_squashfs(&args.image)? {
+        if is_squashfs(&file, &args.image)? {
             bail!("{shown}: a bare SquashFS image, not a SIF: it holds no signatures or digests to verify (`launcher build OUT.sif {shown}` wraps it in a SIF, which `launcher sign` signs)");
         }
         bail!("{shown}: not a SIF image (no SIF header), so there is nothing to verify");
@@ -250,15 +252,38 @@ fn callers_own(m: &std::fs::Metadata) -> std::result::Result<(), String> {
     launcher_runtime::gather::site_config::trust(m.uid(), m.mode(), caller, &name_of)
 }
 
+/// The image file the checks before a launch read, opened by the first of them; the launch
+/// then reads this open file (`LaunchOptions::image_file`), never the path again.
+pub type CheckedFile = Option<std::fs::File>;
+
+/// `image` opened into `slot` unless a check did already.
+fn open_checked<'s>(image: &Path, slot: &'s mut CheckedFile) -> Result<&'s std::fs::File> {
+    if slot.is_none() {
+        let f = image_tools::image_file::open(image)
+            .map_err(|e| anyhow!("{}: cannot open: {e}", image.display()))?;
+        *slot = Some(f);
+    }
+    slot.as_ref()
+        .ok_or_else(|| anyhow!("{}: not opened", image.display()))
+}
+
 /// `exec/run/shell --verify`: the image's signatures must verify, as `launcher verify IMAGE`
 /// with the same keys would say (every object group covered); else one line saying why.
-pub fn check_before_launch(image: &Path, key_files: &[PathBuf]) -> Result<()> {
+pub fn check_before_launch(
+    image: &Path,
+    key_files: &[PathBuf],
+    slot: &mut CheckedFile,
+) -> Result<()> {
     let shown = image.display().to_string();
-    if !is_sif(image)? {
+    if image.is_dir() {
+        bail!("{shown}: --verify checks SIF signatures, and this is a directory");
+    }
+    let file = open_checked(image, slot)?;
+    if !is_sif(file, image)? {
         bail!("{shown}: --verify checks SIF signatures, and this is not a SIF image");
     }
     let (keys, dirs) = keyring(key_files)?;
-    crate::verify_memo::checked(image, &keys, "--verify", |file| {
+    crate::verify_memo::checked(image, file, &keys, "--verify", |file| {
         let report = launch_report(file, &shown, &keys)?;
         if report.signatures.is_empty() {
             bail!("{shown}: has no signature, so --verify refuses it");
@@ -303,7 +328,12 @@ fn launch_report(file: &std::fs::File, shown: &str, keys: &Keyring) -> Result<si
 /// covered by a signature that verifies with a key of the site keyring (the user's keys do not
 /// count); else one line naming the image, the rule and the file. `source`: `image` is a
 /// docker:// (or other) source, to be converted into an unsigned SIF.
-pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Result<()> {
+pub fn check_site_policy(
+    image: &Path,
+    source: bool,
+    site: &SiteConfig,
+    slot: &mut CheckedFile,
+) -> Result<()> {
     let shown = image.display().to_string();
     let paths = match source {
         // A source has no path: only a rule for every image applies to it.
@@ -334,7 +364,8 @@ pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Resul
     if image.is_dir() {
         return Err(refuse("a directory image cannot carry a signature"));
     }
-    if !is_sif(image)? {
+    let file = open_checked(image, slot)?;
+    if !is_sif(file, image)? {
         return Err(refuse(
             "only a SIF image carries a signature, and this is not one",
         ));
@@ -349,7 +380,7 @@ pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Resul
             rule.keys.display()
         )));
     }
-    crate::verify_memo::checked(image, &keys, "site policy", |file| {
+    crate::verify_memo::checked(image, file, &keys, "site policy", |file| {
         let report = launch_report(file, &shown, &keys)?;
         if report.signatures.is_empty() {
             return Err(refuse("it has no signature"));
@@ -361,20 +392,19 @@ pub fn check_site_policy(image: &Path, source: bool, site: &SiteConfig) -> Resul
     })
 }
 
-/// Whether `image` starts as a SIF file does.
-fn is_sif(image: &Path) -> Result<bool> {
+/// Whether the open `file` (the image at `image`) starts as a SIF file does.
+fn is_sif(file: &std::fs::File, image: &Path) -> Result<bool> {
     let mut head = [0u8; 64];
-    let n = std::fs::File::open(image)
-        .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 64), &mut head))
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut head, 0)
         .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
     Ok(image_tools::sif::is_sif(&head[..n]))
 }
 
-/// Whether `image` starts with SquashFS's magic (a bare `.sqfs`).
-fn is_squashfs(image: &Path) -> Result<bool> {
+/// Whether the open `file` (the image at `image`) starts with SquashFS's magic (a bare
+/// `.sqfs`).
+fn is_squashfs(file: &std::fs::File, image: &Path) -> Result<bool> {
     let mut head = [0u8; 4];
-    let n = std::fs::File::open(image)
-        .and_then(|f| std::io::Read::read(&mut std::io::Read::take(f, 4), &mut head))
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut head, 0)
         .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
     Ok(&head[..n] == b"hsqs")
 }

@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use image_tools::sif_sig::Keyring;
 use sha2::{Digest, Sha256};
 
@@ -99,19 +99,20 @@ fn identity(file: &File) -> Option<String> {
     Some(image_tools::file_identity::FileIdentity::of(&m).to_string())
 }
 
-/// Runs `check` on the image, opened once here, unless an earlier run on this node
-/// remembered the same file, unchanged, as verified with the same keys for the same
-/// `purpose`; remembers a success.
+/// Runs `check` on `file` (the image at `image`, opened once by the caller, which then
+/// launches that very file), unless an earlier run on this node remembered the same file,
+/// unchanged, as verified with the same keys for the same `purpose`; remembers a success.
 pub fn checked(
     image: &Path,
+    file: &File,
     keys: &Keyring,
     purpose: &str,
     check: impl FnOnce(&File) -> Result<()>,
 ) -> Result<()> {
-    let file = File::open(image).map_err(|e| anyhow!("{}: cannot open: {e}", image.display()))?;
+    // Before the identity is taken: a change after it gets a ctime at least this late.
     let opened = SystemTime::now();
-    let (Some(dir), Some(before)) = (open_dir(), identity(&file)) else {
-        return check(&file);
+    let (Some(dir), Some(before)) = (open_dir(), identity(file)) else {
+        return check(file);
     };
     let mut h = Sha256::new();
     h.update(FORMAT.as_bytes());
@@ -120,7 +121,7 @@ pub fn checked(
     let mut materials = Vec::new();
     for k in &keys.keys {
         let Some(m) = k.material() else {
-            return check(&file);
+            return check(file);
         };
         materials.push(Sha256::digest(&m).to_vec());
     }
@@ -149,10 +150,10 @@ pub fn checked(
     if entry.is_file() {
         return Ok(());
     }
-    let checked = check(&file);
+    let checked = check(file);
     if checked.is_ok()
-        && identity(&file).as_deref() == Some(before.as_str())
-        && settled(&file, opened)
+        && identity(file).as_deref() == Some(before.as_str())
+        && settled(file, opened)
     {
         let tmp = at(&dir, &format!(".{name}.{}", std::process::id()));
         let text = format!("{}\n{before}\n{purpose}\n", image.display());
@@ -170,8 +171,8 @@ pub fn checked(
     checked
 }
 
-/// Whether the open file's last change was at least [`SETTLED`] before `opened` (when it
-/// was opened for the check), so that any later change gets another ctime.
+/// Whether the open file's last change was at least [`SETTLED`] before `opened` (when its
+/// identity was about to be taken), so that any later change gets another ctime.
 fn settled(file: &File, opened: SystemTime) -> bool {
     let Ok(m) = file.metadata() else {
         return false;

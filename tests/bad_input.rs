@@ -778,3 +778,47 @@ fn verify_of_a_bare_squashfs_and_exec_of_a_directory_say_what_they_are() {
         "{out:?}"
     );
 }
+
+/// A FIFO where an image is expected (another user's, in a shared image directory): opening
+/// it waited for a writer, so every command naming it hung until killed (review of
+/// 2026-12-05). Each now says what the file is, at once.
+#[test]
+fn a_fifo_named_as_an_image_is_refused_at_once() {
+    let s = setup();
+    let dir = s.scratch.join("fifo-image");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("image.sif");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let f = fifo.display().to_string();
+    for args in [
+        vec!["exec", &f, "true"],
+        vec!["exec", "--verify", &f, "true"],
+        vec!["verify", &f],
+        vec!["inspect", &f],
+        vec![
+            "exec",
+            "--overlay",
+            &f,
+            &fixture("busybox-zstd.sqfs"),
+            "true",
+        ],
+    ] {
+        // Bounded: the bug was a hang.
+        let out = Out::from(
+            as_test_user(&s.bin, Some(20))
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, 255, "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("a FIFO, not an image file") && out.stderr.contains(&f),
+            "{args:?}: {out:?}"
+        );
+    }
+}

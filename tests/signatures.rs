@@ -505,6 +505,69 @@ fn a_launch_check_refuses_an_unsigned_object_the_launch_reads() {
     assert_eq!(out.ok().stdout, "ran\n", "{out:?}");
 }
 
+/// The image checked is the image launched: whoever can write the image's directory may
+/// rename other files over it while launches run, and no launch may run a file other than the
+/// one its check read. Before the launch read the checked open file, it opened the path again:
+/// in the review of 2026-12-05, 7 of 30 `exec --verify` launches ran the unsigned image.
+#[test]
+fn the_file_checked_is_the_file_launched() {
+    let dir = writable_dir("launch-verify-swap");
+    let (key, public) = openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]);
+    let good = dir.join("good.sif").display().to_string();
+    launcher(&["build", &good, &fixture("rootfs")]).run().ok();
+    launcher(&["sign", "-k", &key, &good]).run().ok();
+    // The unsigned image: the same root with a marker.
+    let tree = dir.join("evil-root");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fixture("rootfs"))
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::write(tree.join("marker"), "EVIL\n").unwrap();
+    let evil = dir.join("evil.sif").display().to_string();
+    launcher(&["build", &evil, &tree.display().to_string()])
+        .run()
+        .ok();
+    let flip = dir.join("flip.sif");
+    std::fs::hard_link(&good, &flip).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, flip, tmp) = (stop.clone(), flip.clone(), dir.join(".flip"));
+        let (good, evil) = (PathBuf::from(&good), PathBuf::from(&evil));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for src in [&evil, &good] {
+                    let _ = std::fs::remove_file(&tmp);
+                    std::fs::hard_link(src, &tmp).unwrap();
+                    std::fs::rename(&tmp, &flip).unwrap();
+                }
+            }
+        })
+    };
+    let flip = flip.display().to_string();
+    let outs: Vec<Out> = (0..30)
+        .map(|_| {
+            launcher(&[
+                "exec", "--verify", "--key", &public, &flip, "cat", "/marker",
+            ])
+            .run()
+        })
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    for out in &outs {
+        assert!(
+            !out.stdout.contains("EVIL"),
+            "an unchecked image ran: {out:?}"
+        );
+        let refused = out.stderr.contains("has no signature");
+        let ran_good = out.stderr.contains("/marker");
+        assert!(refused || ran_good, "{out:?}");
+    }
+}
+
 /// GnuPG as the test user, with a home of its own under `dir`; its agent is stopped on drop.
 struct Gpg {
     home: PathBuf,

@@ -21,6 +21,7 @@ pub mod deffile;
 #[cfg(feature = "build")]
 pub mod fakeroot;
 pub mod file_identity;
+pub mod image_file;
 // Shell wildcards in %files sources.
 #[cfg(feature = "build")]
 pub mod glob;

@@ -174,8 +174,8 @@ pub struct Checked {
 /// digest at all is an error too, since nothing could be verified.
 pub fn verify(path: &Path) -> Result<Vec<Checked>> {
     let shown = path.display().to_string();
-    let sif = SifFile::open(path)?;
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file = crate::image_file::open(path).map_err(|e| io_err(path, e))?;
+    let sif = SifFile::read_from(&file)?;
     let mut checked = Vec::new();
     if let Some(d) = sif
         .descriptors

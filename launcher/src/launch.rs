@@ -37,7 +37,15 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         .as_ref()
         .and_then(|j| j.state.named.as_ref())
         .map_or_else(|| opts.image.clone(), |n| n.image.clone());
-    let opened = Opened::open(&image_path)?;
+    // The file the signature checks read, unless the image is a running instance's.
+    let checked = match (&joined, &opts.image_file) {
+        (None, Some(f)) => Some(
+            f.try_clone()
+                .with_context(|| format!("image '{}'", image_path.display()))?,
+        ),
+        _ => None,
+    };
+    let opened = Opened::open(&image_path, checked)?;
     let image = opened.view();
     debug::step(format_args!("image opened ({})", image.desc().format));
     // MPI is checked against the image's own MPI, so it is gathered once the image is open.

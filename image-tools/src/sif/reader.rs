@@ -34,7 +34,8 @@ pub struct SifFile {
 impl SifFile {
     /// Opens and validates the SIF file at `path`.
     pub fn open(path: &Path) -> Result<SifFile> {
-        let file = File::open(path).map_err(Error::io(format!("open {}", path.display())))?;
+        let file =
+            crate::image_file::open(path).map_err(Error::io(format!("open {}", path.display())))?;
         Self::read_from(&file)
     }
 

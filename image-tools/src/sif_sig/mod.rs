@@ -113,7 +113,7 @@ impl Report {
 /// the [`Report`].
 pub fn verify(path: &Path, keys: &Keyring, select: Select) -> Result<Report, String> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
+    let file = crate::image_file::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
     verify_open(&file, &shown, keys, select)
 }
 

@@ -330,7 +330,7 @@ struct SignatureOut {
 /// either fully signed or untouched.
 pub fn sign(path: &Path, key: &PrivateKey, select: SignSelect) -> Result<Vec<Signed>, String> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
+    let file = crate::image_file::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
     let mut head = [0u8; 64];
     let n = file
         .take(64)

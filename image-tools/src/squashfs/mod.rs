@@ -84,7 +84,7 @@ impl Archive {
 
     /// Opens the image at `path`; errors name the path.
     pub fn open_path(path: &Path, offset: u64) -> Result<Archive> {
-        let file = File::open(path)
+        let file = crate::image_file::open(path)
             .map_err(|e| Error::io(format_args!("opening {}", path.display()), e))?;
         Self::open(file, offset).map_err(|e| e.context(path.display()))
     }

@@ -97,7 +97,7 @@ fn classify(spec: &OverlaySpec, path: &Path) -> Result<(Layer, Option<Arc<Archiv
 /// An ext2/3/4 file system: its superblock's magic 0xEF53 at byte 1080.
 fn is_ext3(path: &Path) -> bool {
     let mut magic = [0u8; 2];
-    std::fs::File::open(path)
+    image_tools::image_file::open(path)
         .and_then(|f| f.read_exact_at(&mut magic, 1080))
         .is_ok_and(|()| magic == [0x53, 0xef])
 }

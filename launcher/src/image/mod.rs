@@ -23,12 +23,13 @@ pub enum Opened {
 }
 
 impl Opened {
-    /// A directory is a sandbox; anything else must be a SIF or SquashFS file.
-    pub fn open(path: &Path) -> Result<Opened> {
-        if path.is_dir() {
+    /// A directory is a sandbox; anything else must be a SIF or SquashFS file. `checked`: the
+    /// image file as the signature checks opened it (`Image::open_as`).
+    pub fn open(path: &Path, checked: Option<std::fs::File>) -> Result<Opened> {
+        if checked.is_none() && path.is_dir() {
             return Ok(Opened::Directory(DirImage::open(path)?));
         }
-        Ok(Opened::File(Box::new(Image::open(path)?)))
+        Ok(Opened::File(Box::new(Image::open_as(path, checked)?)))
     }
 
     pub fn view(&self) -> &dyn ImageView {

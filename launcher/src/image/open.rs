@@ -22,17 +22,28 @@ pub struct Image {
 
 impl Image {
     pub fn open(path: &Path) -> Result<Image> {
+        Image::open_as(path, None)
+    }
+
+    /// The image at `path`, or, when given, `file`: the image file as the launch's signature
+    /// checks opened and read it (`path` then only names it), so that what is mounted is what
+    /// was checked, whatever the path names by now.
+    pub fn open_as(path: &Path, file: Option<File>) -> Result<Image> {
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("image '{}' not found", path.display()))?;
         let shown = path.display().to_string();
-        let file = File::open(&path).with_context(|| format!("cannot open image '{shown}'"))?;
+        if file.is_none() && path.is_dir() {
+            bail!("'{shown}' is a directory (a sandbox, which exec, run and shell take); this needs a .sif or .sqfs image file");
+        }
+        let file = match file {
+            Some(f) => f,
+            None => image_tools::image_file::open(&path)
+                .with_context(|| format!("cannot open image '{shown}'"))?,
+        };
         let file_size = file
             .metadata()
             .with_context(|| format!("stat '{shown}'"))?
             .len();
-        if path.is_dir() {
-            bail!("'{shown}' is a directory (a sandbox, which exec, run and shell take); this needs a .sif or .sqfs image file");
-        }
         let mut magic = [0u8; 64];
         let n = read_prefix(&file, &mut magic).with_context(|| format!("reading '{shown}'"))?;
         let magic = &magic[..n];

@@ -44,6 +44,10 @@ pub enum MpiMode {
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
     pub image: PathBuf,
+    /// The image file as the signature checks before the launch (`--verify`, the site's
+    /// policy) opened and read it: the launch reads this open file, not the path again, which
+    /// whoever can write its directory could have pointed at another file meanwhile.
+    pub image_file: Option<std::sync::Arc<std::fs::File>>,
     pub action: Action,
     pub binds: Vec<BindSpec>,
     /// `--contain`: no home/cwd/tmp binds, fresh /tmp, minimal /dev.
@@ -105,6 +109,7 @@ impl LaunchOptions {
     pub fn new(image: PathBuf, action: Action) -> Self {
         LaunchOptions {
             image,
+            image_file: None,
             action,
             binds: Vec::new(),
             contain: false,
