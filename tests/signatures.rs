@@ -454,6 +454,16 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     assert!(entries().is_empty(), "{:?}", entries());
 }
 
+/// `dir/NAME`: the rootfs fixture built into a SIF and signed with a new Ed25519 key; the
+/// image and the public key's file.
+fn signed_rootfs(dir: &std::path::Path, name: &str) -> (String, String) {
+    let (key, public) = openssl_key(dir, "ed25519", &["-algorithm", "ed25519"]);
+    let img = dir.join(name).display().to_string();
+    launcher(&["build", &img, &fixture("rootfs")]).run().ok();
+    launcher(&["sign", "-k", &key, &img]).run().ok();
+    (img, public)
+}
+
 /// Whoever can write a signed image can add an object in no group without breaking its
 /// signatures: `launcher verify` still passes, as upstream's does, since only object groups
 /// must be covered. A launch reads the OCI config object (environment, entrypoint), so a check
@@ -464,10 +474,7 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
 fn a_launch_check_refuses_an_unsigned_object_the_launch_reads() {
     use image_tools::sif::{DataType, ObjectData, ObjectSpec};
     let dir = writable_dir("launch-verify-unsigned-object");
-    let (key, public) = openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]);
-    let img = dir.join("signed.sif").display().to_string();
-    launcher(&["build", &img, &fixture("rootfs")]).run().ok();
-    launcher(&["sign", "-k", &key, &img]).run().ok();
+    let (img, public) = signed_rootfs(&dir, "signed.sif");
     let added = dir.join("added.sif");
     std::fs::copy(&img, &added).unwrap();
     let config = br#"{"Env":["EVIL=from-an-unsigned-object","PATH=/tmp/evil:/usr/bin:/bin"]}"#;
@@ -512,10 +519,7 @@ fn a_launch_check_refuses_an_unsigned_object_the_launch_reads() {
 #[test]
 fn the_file_checked_is_the_file_launched() {
     let dir = writable_dir("launch-verify-swap");
-    let (key, public) = openssl_key(&dir, "ed25519", &["-algorithm", "ed25519"]);
-    let good = dir.join("good.sif").display().to_string();
-    launcher(&["build", &good, &fixture("rootfs")]).run().ok();
-    launcher(&["sign", "-k", &key, &good]).run().ok();
+    let (good, public) = signed_rootfs(&dir, "good.sif");
     // The unsigned image: the same root with a marker.
     let tree = dir.join("evil-root");
     let cp = std::process::Command::new("cp")
