@@ -10,6 +10,7 @@ pub mod slurm;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -188,6 +189,19 @@ pub fn as_test_user(program: impl AsRef<std::ffi::OsStr>, limit: Option<u32>) ->
         .env_clear()
         .envs(test_user_env())
         .current_dir(&setup().home);
+    // Default dispositions, as a shell's foreground command has them: a test run started in
+    // the background (`nohup`, `&` in a script) ignores SIGINT, SIGQUIT and SIGHUP, the
+    // launcher and the command inherit that (as they should), and a test sending them waited
+    // for an echo that never came.
+    // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     c
 }
 
@@ -256,6 +270,9 @@ pub fn wait_for_line(reader: &mut BufReader<std::process::ChildStdout>, want: &s
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut line = String::new();
     while Instant::now() < deadline {
+        if reader.buffer().is_empty() && !readable_before(reader.get_ref(), deadline) {
+            break;
+        }
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             break;
@@ -266,6 +283,20 @@ pub fn wait_for_line(reader: &mut BufReader<std::process::ChildStdout>, want: &s
         }
     }
     panic!("did not see line '{want}'; saw {seen:?}");
+}
+
+/// Whether `pipe` has something to read (or its end) before `deadline`: a read that nothing
+/// answers would otherwise block the test for ever.
+fn readable_before(pipe: &impl std::os::fd::AsRawFd, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut pfd = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }
 
 /// Wait until no process has `needle` in its command line.
