@@ -61,14 +61,15 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
     let shown = args.image.display().to_string();
     let file = image_tools::image_file::open(&args.image)
         .map_err(|e| anyhow!("{shown}: cannot open: {e}"))?;
-    if !is_sif(&file, &args.image)? {
+    let head = head(&file, &args.image)?;
+    if !image_tools::sif::is_sif(&head) {
         // Named for what it is, not by the bytes where a SIF's magic would be.
-        if is_squashfs(&file, &args.image)? {
+        if image_tools::squashfs::is_squashfs(&head) {
             bail!("{shown}: a bare SquashFS image, not a SIF: it holds no signatures or digests to verify (`launcher build OUT.sif {shown}` wraps it in a SIF, which `launcher sign` signs)");
         }
         bail!("{shown}: not a SIF image (no SIF header), so there is nothing to verify");
     }
-    let sif = SifFile::open(&args.image).map_err(|e| anyhow!("{shown}: {e}"))?;
+    let sif = SifFile::read_from(&file).map_err(|e| anyhow!("{shown}: {e}"))?;
     let signed = sif
         .descriptors
         .iter()
@@ -86,7 +87,7 @@ pub fn run(args: VerifyArgs) -> Result<i32> {
         (false, None, Some(id)) => Select::Object(id),
         (false, None, None) => Select::Groups,
     };
-    let report = sif_sig::verify(&args.image, &keys, select).map_err(|e| anyhow!(e))?;
+    let report = sif_sig::verify_open(&file, &shown, &keys, select).map_err(|e| anyhow!(e))?;
     if args.json {
         print!("{}", apptainer_json(&report, &sif));
     }
@@ -275,9 +276,7 @@ pub fn check_before_launch(
     slot: &mut CheckedFile,
 ) -> Result<()> {
     let shown = image.display().to_string();
-    if image.is_dir() {
-        bail!("{shown}: --verify checks SIF signatures, and this is a directory");
-    }
+    // A directory, like a FIFO, is refused by the open ("a directory, not an image file").
     let file = open_checked(image, slot)?;
     if !is_sif(file, image)? {
         bail!("{shown}: --verify checks SIF signatures, and this is not a SIF image");
@@ -394,19 +393,17 @@ pub fn check_site_policy(
 
 /// Whether the open `file` (the image at `image`) starts as a SIF file does.
 fn is_sif(file: &std::fs::File, image: &Path) -> Result<bool> {
-    let mut head = [0u8; 64];
-    let n = std::os::unix::fs::FileExt::read_at(file, &mut head, 0)
-        .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
-    Ok(image_tools::sif::is_sif(&head[..n]))
+    Ok(image_tools::sif::is_sif(&head(file, image)?))
 }
 
-/// Whether the open `file` (the image at `image`) starts with SquashFS's magic (a bare
-/// `.sqfs`).
-fn is_squashfs(file: &std::fs::File, image: &Path) -> Result<bool> {
-    let mut head = [0u8; 4];
+/// The first bytes of the open `file` (the image at `image`): as many as a format's magic
+/// needs.
+fn head(file: &std::fs::File, image: &Path) -> Result<Vec<u8>> {
+    let mut head = vec![0u8; 64];
     let n = std::os::unix::fs::FileExt::read_at(file, &mut head, 0)
         .map_err(|e| anyhow!("{}: cannot read: {e}", image.display()))?;
-    Ok(&head[..n] == b"hsqs")
+    head.truncate(n);
+    Ok(head)
 }
 
 /// Where keys are looked for, when a signature failed and no key was given at all.
