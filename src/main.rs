@@ -293,6 +293,9 @@ struct RunOpts {
     /// Do not read the command's program ahead.
     #[arg(long, hide = true)]
     fuse_no_prefetch: bool,
+    /// Neither use nor fill the block cache (decompressed blocks kept across launches).
+    #[arg(long, hide = true)]
+    fuse_no_block_cache: bool,
     /// Check the SIF image's signatures before mounting it, as `launcher verify` does (every
     /// object group covered by a verified signature), and refuse to start if they do not verify.
     #[arg(long)]
@@ -475,6 +478,7 @@ impl RunOpts {
                 fuse_readahead_kib: self.fuse_readahead,
                 fuse_push: !self.fuse_no_push,
                 prefetch: !self.fuse_no_prefetch,
+                block_cache: !self.fuse_no_block_cache,
             },
         ))
     }

@@ -382,6 +382,18 @@ fn exec_run_shell_verify_refuses_before_mounting_unless_verified() {
     let out = verified(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]);
     assert_eq!(out.ok().stdout, "ran\n", "{out:?}");
     assert!(entries().is_empty(), "a fresh image: {:?}", entries());
+    // What runs is decompressed from the checked file alone, not from the block cache
+    // (fuse/block_cache.rs), which the user's other containers may have written.
+    let out = verified(&[
+        "--debug", "exec", "--verify", "--key", &public, &img, "true",
+    ]);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("block cache: off (the image's signatures were checked)")
+            && !out.stderr.contains("blocks loaded"),
+        "{out:?}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(2100));
     for round in 0..2 {
         let out = verified(&["exec", "--verify", "--key", &public, &img, "echo", "ran"]);

@@ -100,6 +100,7 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
         fuse_readahead: tuning.fuse_readahead_kib.saturating_mul(1024),
         fuse_push: tuning.fuse_push,
         prefetch: tuning.prefetch,
+        block_cache: block_cache(opts, &facts, tuning),
     };
     // `instance start`: the caller returns once the detached leader says the instance is up.
     let daemon = match &plan.instance {
@@ -133,6 +134,47 @@ pub fn launch(opts: &LaunchOptions, debug: bool, tuning: &Tuning) -> Result<i32>
     status
 }
 
+/// Where the read-ahead keeps decompressed blocks across launches, if anywhere (says which,
+/// or why not, with `--debug`).
+fn block_cache(
+    opts: &LaunchOptions,
+    facts: &Gathered,
+    tuning: &Tuning,
+) -> Option<crate::fuse::block_cache::Settings> {
+    let max_mb = facts
+        .site
+        .block_cache
+        .max_mb
+        .unwrap_or(DEFAULT_BLOCK_CACHE_MB);
+    let off = if !tuning.block_cache {
+        Some("--fuse-no-block-cache".to_string())
+    } else if opts.image_file.is_some() {
+        // What runs is decompressed from the file whose signatures were checked, nothing else.
+        Some("the image's signatures were checked".to_string())
+    } else if max_mb == 0 {
+        Some("the site config's block_cache.max_mb is 0".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = off {
+        debug::step(format_args!("block cache: off ({why})"));
+        return None;
+    }
+    let dir = crate::fuse::block_cache::default_dir(&facts.host.env, facts.host.uid);
+    debug::step(format_args!(
+        "block cache: {} (at most {max_mb} MiB)",
+        dir.display()
+    ));
+    Some(crate::fuse::block_cache::Settings {
+        dir,
+        max_bytes: max_mb.saturating_mul(1 << 20),
+    })
+}
+
+/// The block cache's bound when the site config sets none: a few programs and their
+/// interpreters (python3 and its ld.so are 7 MB decompressed).
+const DEFAULT_BLOCK_CACHE_MB: u64 = 64;
+
 /// How long the launcher waits at exit for the image server's messages to be written.
 const REPORT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -145,6 +187,8 @@ pub struct Tuning {
     pub fuse_push: bool,
     /// Read the command's program ahead while the root is built.
     pub prefetch: bool,
+    /// Keep the read-ahead's decompressed blocks for later launches (`fuse/block_cache.rs`).
+    pub block_cache: bool,
 }
 
 /// Enough workers that one slow decompression does not stall other readers, few enough

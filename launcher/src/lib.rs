@@ -7,7 +7,7 @@
 //!
 //! `launch` runs them in that order. Beside them, the leaves they use: `image` (opening and
 //! reading images in-process), `linker` (ELF facts, ld.so.cache, the glibc guard), `fuse` (the
-//! image server used by `apply`), `host_file` (bounded reads of host files), `env_list` (the environment type) and `debug`.
+//! image server used by `apply`), `host_file` (bounded reads of host files), `private_dir` (per-user directories in shared places), `env_list` (the environment type) and `debug`.
 //!
 //! Public: the options and `launch` (the `launcher` command), images and `inspect`, and the
 //! parsers of site config and CDI specs (the fuzz targets drive them). The rest is the crate's.
@@ -22,6 +22,7 @@ pub mod launch;
 pub(crate) mod linker;
 pub mod options;
 pub(crate) mod plan;
+pub(crate) mod private_dir;
 
 /// For the fuzz targets (fuzz/), which drive the planner with fuzzed site configs and
 /// injections, and read fuzzed environment scripts; not an interface for anything else.

@@ -7,7 +7,7 @@ use super::compression::decompress;
 use super::error::{corrupt, Error, Result};
 use super::inode::{Detail, FileLayout, Inode, NO_FRAGMENT};
 use super::metadata::{table_entry, Cursor};
-use super::Archive;
+use super::{Archive, BlockKey, BlockStore};
 
 /// Bit of a data block size meaning "stored uncompressed".
 const UNCOMPRESSED_BIT: u32 = 1 << 24;
@@ -217,11 +217,19 @@ impl Archive {
     /// Decompresses block `index` of `file` (the fragment tail when `index` is the number of
     /// full blocks) into the cache, unless it is cached or another reader is loading it:
     /// read-ahead threads never wait for work someone else is doing, they move on.
-    pub fn warm_block(&self, file: &Inode, index: u64) -> Result<()> {
+    ///
+    /// With a `store`, a block decompressed by an earlier process comes from there, and one
+    /// decompressed here is offered to it (see [`BlockStore`]).
+    pub fn warm_block(
+        &self,
+        file: &Inode,
+        index: u64,
+        store: Option<&dyn BlockStore>,
+    ) -> Result<()> {
         let layout = Self::file_layout(file)?;
         if index >= layout.block_count {
             if index == layout.block_count && layout.fragment != NO_FRAGMENT {
-                self.fragment_block(layout.fragment)?;
+                self.fragment_block_via(layout.fragment, store)?;
             }
             return Ok(());
         }
@@ -238,7 +246,7 @@ impl Archive {
                 b.pos,
                 b.disk_size() as usize,
                 &format_args!("data block {index}"),
-                |stored| self.decode(b, stored),
+                |stored| self.decode_via(b, stored, store),
             )?;
             let weight = data.len() + 64;
             ticket.complete(data, weight);
@@ -263,6 +271,31 @@ impl Archive {
         Ok(self.data_cache.insert((b.pos, b.raw), data, weight))
     }
 
+    /// Decompresses a data or fragment block, or takes it from `store`, which gets the
+    /// blocks it did not have. Blocks stored uncompressed are only copied: never stored.
+    fn decode_via(
+        &self,
+        b: BlockRef,
+        stored: &[u8],
+        store: Option<&dyn BlockStore>,
+    ) -> Result<Vec<u8>> {
+        let Some(store) = store.filter(|_| b.raw & UNCOMPRESSED_BIT == 0) else {
+            return self.decode(b, stored);
+        };
+        let key = BlockKey {
+            compressor: self.sb.compressor.id(),
+            stored,
+        };
+        let max = self.sb.block_size as usize;
+        // Longer than a block is what decompression refuses: the store's copy must be too.
+        if let Some(data) = store.load(&key).filter(|d| d.len() <= max) {
+            return Ok(data);
+        }
+        let data = self.decode(b, stored)?;
+        store.save(&key, &data);
+        Ok(data)
+    }
+
     /// Decompresses a data or fragment block.
     fn decode(&self, b: BlockRef, stored: &[u8]) -> Result<Vec<u8>> {
         if b.raw & UNCOMPRESSED_BIT != 0 {
@@ -274,6 +307,14 @@ impl Archive {
     }
 
     fn fragment_block(&self, index: u32) -> Result<Arc<Vec<u8>>> {
+        self.fragment_block_via(index, None)
+    }
+
+    fn fragment_block_via(
+        &self,
+        index: u32,
+        store: Option<&dyn BlockStore>,
+    ) -> Result<Arc<Vec<u8>>> {
         let e: [u8; 16] = table_entry(
             &self.meta,
             &self.disk,
@@ -308,7 +349,7 @@ impl Archive {
             &format_args!("fragment {index}"),
             |stored| match ticket {
                 Some(t) => {
-                    let data = self.decode(b, stored)?;
+                    let data = self.decode_via(b, stored, store)?;
                     let weight = data.len() + 64;
                     Ok(t.complete(data, weight))
                 }
@@ -414,15 +455,11 @@ impl Archive {
 mod tests {
     use super::*;
 
-    /// warm_block loads each block once into the cache, the fragment tail too, and reads
-    /// afterwards return the file's bytes; past the end it does nothing.
-    #[test]
-    fn warm_block_fills_the_cache_block_by_block() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
+    /// An image of one file `/f`: 3 full 4 KiB blocks and a 1000-byte fragment tail, not
+    /// compressible to nothing. The image and the file's bytes.
+    fn three_blocks_and_a_tail(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
         let src = dir.join("src");
         std::fs::create_dir_all(&src).unwrap();
-        // 3 full 4 KiB blocks and a 1000-byte tail, not compressible to nothing.
         let data: Vec<u8> = (0..3 * 4096 + 1000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
@@ -439,22 +476,107 @@ mod tests {
             built.is_ok_and(|s| s.success()),
             "mksquashfs failed or is missing (tests/setup.sh installs squashfs-tools)"
         );
+        (img, data)
+    }
+
+    /// warm_block loads each block once into the cache, the fragment tail too, and reads
+    /// afterwards return the file's bytes; past the end it does nothing.
+    #[test]
+    fn warm_block_fills_the_cache_block_by_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (img, data) = three_blocks_and_a_tail(tmp.path());
         let a = Archive::open_path(&img, 0).unwrap();
         let f = a.resolve(b"/f").unwrap().unwrap();
         let mut cached = a.data_cache.bytes();
         for i in 0..4 {
-            a.warm_block(&f, i).unwrap();
+            a.warm_block(&f, i, None).unwrap();
             let now = a.data_cache.bytes();
             assert!(now > cached, "block {i} was not cached");
-            a.warm_block(&f, i).unwrap();
+            a.warm_block(&f, i, None).unwrap();
             assert_eq!(a.data_cache.bytes(), now, "block {i} loaded twice");
             cached = now;
         }
-        a.warm_block(&f, 4).unwrap();
-        a.warm_block(&f, 99).unwrap();
+        a.warm_block(&f, 4, None).unwrap();
+        a.warm_block(&f, 99, None).unwrap();
         assert_eq!(a.data_cache.bytes(), cached);
         let mut back = vec![0u8; data.len()];
         assert_eq!(a.read_at(&f, 0, &mut back).unwrap(), data.len());
         assert_eq!(back, data);
+    }
+
+    /// Decompressed blocks by (compressor, stored bytes).
+    type Blocks = std::collections::HashMap<(u16, Vec<u8>), Vec<u8>>;
+
+    /// A store in memory that counts what it is asked.
+    #[derive(Default)]
+    struct CountingStore {
+        blocks: std::sync::Mutex<Blocks>,
+        loads: std::sync::atomic::AtomicUsize,
+        saves: std::sync::atomic::AtomicUsize,
+        /// Give back this instead of what was saved.
+        forged: Option<Vec<u8>>,
+    }
+
+    impl BlockStore for CountingStore {
+        fn load(&self, key: &BlockKey<'_>) -> Option<Vec<u8>> {
+            let found = self
+                .blocks
+                .lock()
+                .unwrap()
+                .get(&(key.compressor, key.stored.to_vec()))
+                .cloned()?;
+            self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(self.forged.clone().unwrap_or(found))
+        }
+        fn save(&self, key: &BlockKey<'_>, data: &[u8]) {
+            self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.blocks
+                .lock()
+                .unwrap()
+                .insert((key.compressor, key.stored.to_vec()), data.to_vec());
+        }
+    }
+
+    fn warm_all(img: &std::path::Path, store: &CountingStore) -> Vec<u8> {
+        let a = Archive::open_path(img, 0).unwrap();
+        let f = a.resolve(b"/f").unwrap().unwrap();
+        for i in 0..4 {
+            a.warm_block(&f, i, Some(store)).unwrap();
+        }
+        let mut back = vec![0u8; f.size as usize];
+        assert_eq!(a.read_at(&f, 0, &mut back).unwrap(), back.len());
+        back
+    }
+
+    /// The first process decompresses and saves every block, the fragment too; a later one
+    /// (a fresh archive: nothing in memory) loads them all and reads the same bytes.
+    #[test]
+    fn warm_block_saves_to_the_store_and_later_archives_load_from_it() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let tmp = tempfile::tempdir().unwrap();
+        let (img, data) = three_blocks_and_a_tail(tmp.path());
+        let store = CountingStore::default();
+        assert_eq!(warm_all(&img, &store), data);
+        assert_eq!((store.loads.load(SeqCst), store.saves.load(SeqCst)), (0, 4));
+        assert_eq!(warm_all(&img, &store), data);
+        assert_eq!((store.loads.load(SeqCst), store.saves.load(SeqCst)), (4, 4));
+    }
+
+    /// A stored block longer than the image's blocks is not taken: decompression would have
+    /// refused one, so the block is decompressed again (and the right bytes read).
+    #[test]
+    fn a_stored_block_longer_than_a_block_is_not_used() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let tmp = tempfile::tempdir().unwrap();
+        let (img, data) = three_blocks_and_a_tail(tmp.path());
+        let mut store = CountingStore::default();
+        warm_all(&img, &store);
+        store.forged = Some(vec![0xAA; 4097]);
+        assert_eq!(warm_all(&img, &store), data);
+        assert_eq!(
+            store.saves.load(SeqCst),
+            8,
+            "every block decompressed again"
+        );
     }
 }

@@ -39,6 +39,24 @@ pub const MAX_SYMLINK_HOPS: u32 = 40;
 /// Largest file [`Archive::read_file`] reads into memory.
 pub const READ_FILE_MAX: u64 = 1 << 30;
 
+/// Decompressed blocks kept beyond one process (the launcher's per-user block store), for
+/// [`Archive::warm_block`]. A block is known by what decompression depends on, its
+/// compressor and its stored bytes; the store must give back only what `save` was given for
+/// exactly that key (comparing the stored bytes, not a hash an image could aim at), and may
+/// forget anything. Errors are misses: the block is then decompressed.
+pub trait BlockStore: Send + Sync {
+    fn load(&self, key: &BlockKey<'_>) -> Option<Vec<u8>>;
+    fn save(&self, key: &BlockKey<'_>, data: &[u8]);
+}
+
+/// What a stored block's contents depend on.
+pub struct BlockKey<'a> {
+    /// [`Compressor::id`].
+    pub compressor: u16,
+    /// The block as the image stores it (compressed).
+    pub stored: &'a [u8],
+}
+
 /// Cache sizes of an [`Archive`].
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -37,6 +37,18 @@ pub enum Compressor {
 }
 
 impl Compressor {
+    /// The id the superblock stores.
+    pub fn id(&self) -> u16 {
+        match self {
+            Compressor::Gzip => 1,
+            Compressor::Lzma => 2,
+            Compressor::Lzo => 3,
+            Compressor::Xz => 4,
+            Compressor::Lz4 => 5,
+            Compressor::Zstd => 6,
+        }
+    }
+
     fn from_id(id: u16) -> Result<Compressor> {
         Ok(match id {
             1 => Compressor::Gzip,

@@ -557,50 +557,7 @@ fn join(dir: OwnedFd, path: &Path, key: &str, flavour: &str, state: State) -> Re
 
 /// The directory, created private to the user; refused if someone else could write it.
 fn open_private_dir(dir: &Path, uid: u32) -> Result<OwnedFd> {
-    match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o700)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => bail!(
-            "'{}': cannot create the rendezvous directory: {e}",
-            dir.display()
-        ),
-    }
-    // Looked at before opening, so that a directory we may not even open is refused with its
-    // owner named; checked again on the open descriptor, which is what is used.
-    let st = nix::sys::stat::lstat(dir).with_context(|| format!("stat '{}'", dir.display()))?;
-    refuse_unless_private(dir, uid, &st)?;
-    let fd = nix::fcntl::open(
-        dir,
-        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        anyhow!(
-            "'{}': cannot open the rendezvous directory: {e}",
-            dir.display()
-        )
-    })?;
-    let st = fstat(&fd).with_context(|| format!("stat '{}'", dir.display()))?;
-    refuse_unless_private(dir, uid, &st)?;
-    Ok(fd)
-}
-
-/// An error naming the owner unless `st` is a directory of `uid`'s that nobody else may use.
-fn refuse_unless_private(dir: &Path, uid: u32, st: &nix::sys::stat::FileStat) -> Result<()> {
-    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    if is_dir && st.st_uid == uid && st.st_mode & 0o077 == 0 {
-        return Ok(());
-    }
-    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(st.st_uid))
-        .ok()
-        .flatten()
-        .map(|u| format!(" ({})", u.name))
-        .unwrap_or_default();
-    bail!(
-        "'{}' is not a directory private to uid {uid} (owner {}{owner}, mode {:o}): not sharing",
-        dir.display(),
-        st.st_uid,
-        st.st_mode & 0o7777
-    )
+    crate::private_dir::open(dir, uid, "rendezvous directory")
 }
 
 fn open_at(dir: &OwnedFd, name: &str) -> Result<File> {

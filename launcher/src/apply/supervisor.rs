@@ -48,6 +48,8 @@ pub struct LaunchSettings {
     pub fuse_readahead: u32,
     pub fuse_push: bool,
     pub prefetch: bool,
+    /// Where the read-ahead keeps decompressed blocks across launches (None: nowhere).
+    pub block_cache: Option<crate::fuse::block_cache::Settings>,
 }
 
 /// The SquashFS archives a launch serves: the image's (None for a sandbox directory), and
@@ -94,16 +96,18 @@ fn serve(
         image: archive,
         overlays,
     } = archives;
-    if let (Some(program), Some(archive)) = (
+    let prefetch = match (
         plan.program.as_ref().filter(|_| settings.prefetch),
         archive.as_ref(),
     ) {
-        crate::fuse::prefetch::spawn(
+        (Some(program), Some(archive)) => crate::fuse::prefetch::spawn(
             archive.clone(),
             program.clone(),
             settings.fuse_push.then(|| pusher.clone()),
-        );
-    }
+            settings.block_cache.clone().map(|c| (c, plan.uid)),
+        ),
+        _ => None,
+    };
     let (ours, theirs) = Channel::pair()?;
     let parent = getpid();
     let then = match leader {
@@ -165,6 +169,7 @@ fn serve(
         kill_leftovers(None);
         drop(server);
         drop(layer_servers);
+        join_prefetch(prefetch);
         return Ok(code);
     };
     let (leader, daemon) = leader;
@@ -175,7 +180,16 @@ fn serve(
     Server::report_counts(&server);
     drop(server);
     drop(layer_servers);
+    join_prefetch(prefetch);
     code
+}
+
+/// Waits for the read-ahead, which may still be writing to the block cache and keeping it
+/// within its bound (it is done long before a command that ran for more than a few ms ends).
+fn join_prefetch(prefetch: Option<std::thread::JoinHandle<()>>) {
+    if let Some(t) = prefetch {
+        let _ = t.join();
+    }
 }
 
 /// A server that failed to start, when the child failed after the mount (taking the mount

@@ -1,6 +1,7 @@
 //! The in-process FUSE server that shows the image: lookups and reads through the lazy SquashFS
-//! reader, virtual nodes for missing mount points, read-ahead and page-cache pushes.
+//! reader, virtual nodes for missing mount points, read-ahead (with its block cache across launches) and page-cache pushes.
 
+pub mod block_cache;
 pub mod counts;
 pub mod prefetch;
 pub mod push;

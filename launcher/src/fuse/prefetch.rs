@@ -6,15 +6,18 @@
 //! the reader's cache, in the order the exec needs them (the program's head, its interpreter,
 //! then the rest), each taking the next block nobody has taken yet: a block that a page fault
 //! or another thread is already loading is skipped, never waited for. The push thread is told
-//! about the file first and stores each block in the page cache as it lands. Best effort: any
-//! error just ends the prefetch.
+//! about the file first and stores each block in the page cache as it lands. Blocks an earlier
+//! launch decompressed come from the block cache (`block_cache`). Best effort: any error just
+//! ends the prefetch.
 
+use crate::debug;
+use crate::fuse::block_cache::{self, DiskBlockCache};
 use crate::fuse::push::Pusher;
 use crate::fuse::server::node_id;
 use fuser::INodeNo;
 use goblin::elf::program_header::PT_INTERP;
 use goblin::elf::{Elf, Header, ProgramHeader};
-use image_tools::squashfs::{Archive, FileType, Inode};
+use image_tools::squashfs::{Archive, BlockStore, FileType, Inode};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -26,11 +29,25 @@ const MAX_THREADS: usize = 4;
 /// ELF headers and PT_INTERP sit at the start of the file.
 const HEAD: usize = 64 << 10;
 
-/// Warm the program and its interpreter, offering each to `pusher` (if any) first.
-pub fn spawn(archive: Arc<Archive>, program: String, pusher: Option<Pusher>) {
-    let _ = std::thread::Builder::new()
+/// Warm the program and its interpreter, offering each to `pusher` (if any) first; blocks
+/// come from, and go to, the block cache when there is one (`cache`: where, and for whom).
+/// The launcher joins the thread before it exits, so that the cache is within its bound
+/// when a launch is over (the work is bounded: two files of at most 8 MiB).
+pub fn spawn(
+    archive: Arc<Archive>,
+    program: String,
+    pusher: Option<Pusher>,
+    cache: Option<(block_cache::Settings, u32)>,
+) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || {
+            let cache = cache.and_then(|(settings, uid)| {
+                DiskBlockCache::open(&settings, uid)
+                    .map_err(|e| debug::step(format_args!("block cache not used: {e:#}")))
+                    .ok()
+                    .map(|c| (c, settings.dir))
+            });
             let offer = |inode: &Inode| {
                 if let Some(p) = &pusher {
                     let ino = INodeNo(node_id(inode.inode_ref, archive.superblock().root_inode));
@@ -41,7 +58,10 @@ pub fn spawn(archive: Arc<Archive>, program: String, pusher: Option<Pusher>) {
                 return;
             };
             offer(&prog);
+            let store = cache.as_ref().map(|(c, _)| c as &dyn BlockStore);
             // The head first: it names the interpreter, which the exec loads before the rest.
+            // (Its block through the cache too; the read below then finds it in memory.)
+            let _ = archive.warm_block(&prog, 0, store);
             let mut head = vec![0u8; HEAD];
             let Ok(n) = archive.read_at(&prog, 0, &mut head) else {
                 return;
@@ -57,8 +77,17 @@ pub fn spawn(archive: Arc<Archive>, program: String, pusher: Option<Pusher>) {
                 &prog,
                 (n as u64).div_ceil(block_size(&archive)),
             ));
-            warm(&archive, &work);
-        });
+            warm(&archive, &work, store);
+            if let Some((cache, dir)) = &cache {
+                let (loaded, saved) = cache.counts();
+                debug::step(format_args!(
+                    "block cache {}: {loaded} blocks loaded, {saved} saved",
+                    dir.display()
+                ));
+                cache.finish();
+            }
+        })
+        .ok()
 }
 
 fn regular_file(archive: &Archive, path: &str) -> Option<Inode> {
@@ -80,11 +109,11 @@ fn blocks<'a>(
 }
 
 /// Decompress the listed blocks on a few threads, each taking the next one in the list.
-fn warm(archive: &Archive, work: &[(&Inode, u64)]) {
+fn warm(archive: &Archive, work: &[(&Inode, u64)], store: Option<&dyn BlockStore>) {
     let next = AtomicUsize::new(0);
     let take = || {
         while let Some((file, index)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if archive.warm_block(file, *index).is_err() {
+            if archive.warm_block(file, *index, store).is_err() {
                 return;
             }
         }

@@ -46,6 +46,8 @@ pub struct SiteConfig {
     /// Which images must carry signatures that verify with the site's keys (checked by the
     /// `launcher` binary before the launch: the signature code is not the runtime's).
     pub signatures: SignaturePolicy,
+    /// Decompressed blocks of programs kept across launches (`fuse/block_cache.rs`).
+    pub block_cache: BlockCacheConfig,
     /// Keys of the system file that later files and the user's options may not change
     /// (`gpu.default`, `env.set.NAME`, `binds`, …; docs/admin.md "Locked settings"). Only the
     /// system file may have this key.
@@ -107,6 +109,13 @@ pub struct MpiConfig {
     pub library_paths: Vec<PathBuf>,
     /// Extra binds for MPI (`-B` syntax): fabric configuration, PMIx/Slurm directories.
     pub binds: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockCacheConfig {
+    /// Largest size of a user's block cache on a node, in MiB (default 64; 0: no cache).
+    pub max_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -594,6 +603,7 @@ impl SiteConfig {
         if later.host.dev_dir.is_some() {
             self.host.dev_dir = later.host.dev_dir;
         }
+        self.block_cache.max_mb = later.block_cache.max_mb.or(self.block_cache.max_mb);
         let (mine, theirs) = (&mut self.signatures, later.signatures);
         mine.required = theirs.required.or(mine.required);
         if theirs.under.is_some() {

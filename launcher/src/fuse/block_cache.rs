@@ -1,0 +1,435 @@
+//! The block cache: decompressed blocks of the command's program and its ELF interpreter,
+//! kept in a per-user directory on the node so that the next launch of the same program
+//! (a job array, a workflow's thousandth task) copies them instead of decompressing them.
+//!
+//! Decompressing a zstd busybox is most of what `/bin/true` costs on two CPUs (about 4 ms of
+//! CPU for 2 MB; docs/performance-smallfiles.md). Only the read-ahead uses the cache
+//! (`prefetch`): at most two files of 8 MiB per launch, so a launch that reads a data set
+//! through the image writes nothing here.
+//!
+//! An entry holds the block as the image stores it and as it decompresses. It is used only
+//! when its stored bytes equal, byte for byte, those the image holds now: a changed image
+//! file at the same path, a block of another image whose name hash collides, a truncated or
+//! foreign file are all misses, never wrong data. Names are a hash of the stored bytes, so
+//! images sharing blocks (layers of one base) share entries; the hash only places entries,
+//! and a hostile image that aims at another's name only evicts it.
+//!
+//! Entries are written to a temporary name and renamed, so concurrent launches read whole
+//! entries or none; the directory is private to the user (`private_dir`); its size is
+//! bounded by evicting the oldest entries after a launch that wrote some. Every error is a
+//! miss or a skipped write: the cache can only make a launch faster.
+//!
+//! Trust: the cache is as trustworthy as the user's own files (a container the user ran
+//! without `--contain` can write it, as it can write their home). Launches whose image
+//! signatures were checked do not use it (launch.rs).
+
+use image_tools::squashfs::{BlockKey, BlockStore};
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
+use std::cell::RefCell;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// What an entry starts with (the format's version is in it).
+const MAGIC: &[u8; 4] = b"LBC1";
+/// MAGIC, compressor (u16), unused (u16), stored length (u32), decompressed length (u32).
+const HEADER: usize = 16;
+/// Longest block SquashFS allows (1 MiB), stored or decompressed.
+const MAX_BLOCK: usize = 1 << 20;
+/// Bytes of each end of a block that its name is hashed from: enough to tell blocks apart,
+/// cheap next to the comparison of the whole block that decides a hit.
+const NAME_SAMPLE: usize = 4096;
+/// Temporary files older than this were left by a launcher killed while writing.
+const STALE_TEMP: Duration = Duration::from_secs(60);
+
+/// Where the cache lives and how big it may grow (launch.rs decides; `None`: no cache).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The user's cache directory, inside a per-user directory (created if missing).
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// An open block cache directory.
+pub struct DiskBlockCache {
+    dir: OwnedFd,
+    path: PathBuf,
+    max_bytes: u64,
+    loaded: AtomicU64,
+    saved: AtomicU64,
+    saved_bytes: AtomicU64,
+}
+
+impl DiskBlockCache {
+    /// Opens (creating) the directory: its parent and itself must be private to `uid`.
+    pub fn open(settings: &Settings, uid: u32) -> anyhow::Result<DiskBlockCache> {
+        if let Some(parent) = settings.dir.parent() {
+            crate::private_dir::open(parent, uid, "per-user directory")?;
+        }
+        let dir = crate::private_dir::open(&settings.dir, uid, "block cache directory")?;
+        Ok(DiskBlockCache {
+            dir,
+            path: settings.dir.clone(),
+            max_bytes: settings.max_bytes,
+            loaded: AtomicU64::new(0),
+            saved: AtomicU64::new(0),
+            saved_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Blocks taken from the cache and blocks written to it so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.loaded.load(Ordering::Relaxed),
+            self.saved.load(Ordering::Relaxed),
+        )
+    }
+
+    /// After the read-ahead: if this launch wrote entries, evict the oldest entries until the
+    /// directory is within its bound again (and remove temporary files left by killed
+    /// launchers).
+    pub fn finish(&self) {
+        if self.saved_bytes.load(Ordering::Relaxed) > 0 {
+            let _ = self.evict();
+        }
+    }
+
+    fn evict(&self) -> nix::Result<()> {
+        // Listed by path (the directory is private: nobody else can change what it holds);
+        // looked at and removed through the descriptor.
+        let listing = std::fs::read_dir(&self.path).map_err(io_errno)?;
+        let now = SystemTime::now();
+        let mut entries = Vec::new();
+        let mut total = 0u64;
+        for entry in listing.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Ok(st) = nix::sys::stat::fstatat(
+                &self.dir,
+                name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            let mtime = SystemTime::UNIX_EPOCH
+                + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+            if name.starts_with(".tmp.") {
+                if now.duration_since(mtime).is_ok_and(|age| age > STALE_TEMP) {
+                    let _ = unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+                }
+                continue;
+            }
+            let size = st.st_size.max(0) as u64;
+            total += size;
+            entries.push((mtime, size, name));
+        }
+        if total <= self.max_bytes {
+            return Ok(());
+        }
+        entries.sort();
+        for (_, size, name) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                total -= size;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry's name: a hash of the compressor, the length and both ends of the block.
+    fn name(key: &BlockKey<'_>) -> String {
+        let s = key.stored;
+        // SipHash with fixed keys: the same name in every process of every launcher build
+        // made with one Rust release (another release may name entries anew: only misses).
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        key.compressor.hash(&mut h);
+        s.len().hash(&mut h);
+        s[..s.len().min(NAME_SAMPLE)].hash(&mut h);
+        s[s.len().saturating_sub(NAME_SAMPLE)..].hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    fn read_entry(&self, name: &str, key: &BlockKey<'_>) -> Option<Vec<u8>> {
+        let fd = openat(
+            &self.dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let file = File::from(fd);
+        let mut header = [0u8; HEADER];
+        file.read_exact_at(&mut header, 0).ok()?;
+        let stored_len = u32::from_le_bytes(header[8..12].try_into().ok()?) as usize;
+        let data_len = u32::from_le_bytes(header[12..16].try_into().ok()?) as usize;
+        if &header[..4] != MAGIC
+            || u16::from_le_bytes([header[4], header[5]]) != key.compressor
+            || stored_len != key.stored.len()
+            || data_len > MAX_BLOCK
+        {
+            return None;
+        }
+        // The comparison that makes a hit: these are the bytes the image holds now.
+        let same = STORED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(stored_len, 0);
+            file.read_exact_at(&mut buf, HEADER as u64).is_ok() && buf[..] == *key.stored
+        });
+        if !same {
+            return None;
+        }
+        let mut data = vec![0u8; data_len];
+        file.read_exact_at(&mut data, (HEADER + stored_len) as u64)
+            .ok()?;
+        // Nothing after the block: a file longer than its header says is not an entry.
+        let mut past = [0u8; 1];
+        if file
+            .read_at(&mut past, (HEADER + stored_len + data_len) as u64)
+            .ok()?
+            != 0
+        {
+            return None;
+        }
+        Some(data)
+    }
+
+    fn write_entry(&self, name: &str, key: &BlockKey<'_>, data: &[u8]) -> Option<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = format!(
+            ".tmp.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let fd = openat(
+            &self.dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .ok()?;
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(MAGIC);
+        header[4..6].copy_from_slice(&key.compressor.to_le_bytes());
+        header[8..12].copy_from_slice(&(key.stored.len() as u32).to_le_bytes());
+        header[12..16].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        let mut file = File::from(fd);
+        let written = file
+            .write_all(&header)
+            .and_then(|()| file.write_all(key.stored))
+            .and_then(|()| file.write_all(data));
+        let renamed = written.is_ok() && renameat(&self.dir, tmp.as_str(), &self.dir, name).is_ok();
+        if !renamed {
+            let _ = unlinkat(&self.dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return None;
+        }
+        Some(())
+    }
+}
+
+thread_local! {
+    /// The stored bytes of an entry, read for the comparison: one buffer per thread, reused.
+    static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn io_errno(e: std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl BlockStore for DiskBlockCache {
+    fn load(&self, key: &BlockKey<'_>) -> Option<Vec<u8>> {
+        if key.stored.len() > MAX_BLOCK {
+            return None;
+        }
+        let data = self.read_entry(&Self::name(key), key)?;
+        self.loaded.fetch_add(1, Ordering::Relaxed);
+        Some(data)
+    }
+
+    fn save(&self, key: &BlockKey<'_>, data: &[u8]) {
+        if key.stored.len() > MAX_BLOCK || data.len() > MAX_BLOCK {
+            return;
+        }
+        if self.write_entry(&Self::name(key), key, data).is_some() {
+            self.saved.fetch_add(1, Ordering::Relaxed);
+            self.saved_bytes.fetch_add(
+                (HEADER + key.stored.len() + data.len()) as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// The cache directory for `uid`: in the user's own runtime directory when it has one (a
+/// tmpfs no container sees: `/run` is not bound in), else in `/tmp/launcher-UID` (which
+/// `--contain` hides behind a fresh `/tmp`). Not in `/dev/shm`, which containers see.
+pub fn default_dir(env: &[(String, String)], uid: u32) -> PathBuf {
+    if let Some(run) = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR") {
+        let run = Path::new(run);
+        use std::os::unix::fs::MetadataExt;
+        let private = std::fs::metadata(run)
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+        if run.is_absolute() && private {
+            return run.join("launcher").join("blocks");
+        }
+    }
+    PathBuf::from(format!("/tmp/launcher-{uid}/blocks"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &Path, max_bytes: u64) -> DiskBlockCache {
+        let settings = Settings {
+            dir: dir.join("user").join("blocks"),
+            max_bytes,
+        };
+        DiskBlockCache::open(&settings, nix::unistd::getuid().as_raw()).unwrap()
+    }
+
+    fn key(stored: &[u8]) -> BlockKey<'_> {
+        BlockKey {
+            compressor: 6,
+            stored,
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir.join("user").join("blocks"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    #[test]
+    fn a_saved_block_is_loaded_by_a_later_opening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cache(tmp.path(), 1 << 20);
+        assert_eq!(c.load(&key(b"stored")), None);
+        c.save(&key(b"stored"), b"decompressed");
+        let later = cache(tmp.path(), 1 << 20);
+        assert_eq!(
+            later.load(&key(b"stored")).as_deref(),
+            Some(&b"decompressed"[..])
+        );
+        assert_eq!(later.counts(), (1, 0));
+        assert_eq!(c.counts(), (0, 1));
+    }
+
+    /// The name only places an entry: one whose stored bytes differ (a hash collision, or
+    /// the image changed under the same path) is a miss, as is another compressor's.
+    #[test]
+    fn an_entry_is_used_only_for_the_same_stored_bytes_and_compressor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cache(tmp.path(), 1 << 20);
+        c.save(&key(b"stored A"), b"A");
+        let name = DiskBlockCache::name(&key(b"stored A"));
+        // Another block's entry under A's name.
+        let other = DiskBlockCache::name(&key(b"stored B"));
+        c.save(&key(b"stored B"), b"B");
+        let dir = tmp.path().join("user").join("blocks");
+        std::fs::rename(dir.join(&other), dir.join(&name)).unwrap();
+        assert_eq!(c.load(&key(b"stored A")), None);
+        c.save(&key(b"stored A"), b"A");
+        let gzip = BlockKey {
+            compressor: 1,
+            stored: b"stored A",
+        };
+        assert_eq!(c.load(&gzip), None);
+        assert_eq!(c.load(&key(b"stored A")).as_deref(), Some(&b"A"[..]));
+    }
+
+    #[test]
+    fn damaged_entries_are_misses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cache(tmp.path(), 1 << 20);
+        let dir = tmp.path().join("user").join("blocks");
+        let path = dir.join(DiskBlockCache::name(&key(b"stored")));
+        c.save(&key(b"stored"), b"decompressed");
+        let whole = std::fs::read(&path).unwrap();
+        for cut in [0, 3, HEADER, whole.len() - 1] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            assert_eq!(c.load(&key(b"stored")), None, "cut at {cut}");
+        }
+        let mut longer = whole.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert_eq!(c.load(&key(b"stored")), None, "a longer file");
+        // A FIFO where an entry should be: a miss at once, not a hang.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(c.load(&key(b"stored")), None);
+    }
+
+    /// After a launch that wrote, the oldest entries go until the directory is within its
+    /// bound; temporary files of killed launchers go once stale.
+    #[test]
+    fn the_size_bound_holds_after_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let block = vec![7u8; 1000];
+        let entry = (HEADER + 4 + block.len()) as u64;
+        let c = cache(tmp.path(), 5 * entry);
+        let dir = tmp.path().join("user").join("blocks");
+        let age = |path: &Path, secs: u64| {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        for i in 0..20u32 {
+            c.save(&key(&i.to_le_bytes()), &block);
+            // Distinct modification times, oldest first.
+            let name = DiskBlockCache::name(&key(&i.to_le_bytes()));
+            age(&dir.join(name), 1_000_000 + u64::from(i));
+        }
+        let stale = dir.join(".tmp.1.1");
+        std::fs::write(&stale, b"half").unwrap();
+        age(&stale, 1_000_000);
+        c.finish();
+        let left = entries(tmp.path());
+        assert_eq!(left.len(), 5, "{left:?}");
+        for i in 15..20u32 {
+            assert!(
+                c.load(&key(&i.to_le_bytes())).is_some(),
+                "newest entry {i} evicted"
+            );
+        }
+    }
+
+    /// Launches writing and reading the same blocks at once see whole entries or none.
+    #[test]
+    fn concurrent_writers_and_readers_see_whole_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(cache(tmp.path(), 64 << 20));
+        let block: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (c, block) = (c.clone(), block.clone());
+                s.spawn(move || {
+                    for i in 0..200u32 {
+                        let stored = (i % 8).to_le_bytes();
+                        match c.load(&key(&stored)) {
+                            Some(d) => assert_eq!(d, block),
+                            None => c.save(&key(&stored), &block),
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(entries(tmp.path()).len(), 8);
+    }
+}

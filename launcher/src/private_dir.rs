@@ -1,0 +1,83 @@
+//! Per-user directories in places everyone may write (`/tmp/launcher-UID`, and what lies in
+//! them): created private to the user, and refused when someone else made them first or could
+//! write them. A leaf used by `apply` (the rendezvous of shared instances) and `fuse` (the
+//! block cache).
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{fstat, Mode};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// The directory `dir` (the `what` of messages), created private to `uid` if missing; an
+/// error naming its owner if it is not private to `uid`. Checked by path, then again on the
+/// open descriptor, which is what callers use.
+pub fn open(dir: &Path, uid: u32, what: &str) -> Result<OwnedFd> {
+    match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => bail!("'{}': cannot create the {what}: {e}", dir.display()),
+    }
+    // Looked at before opening, so that a directory we may not even open is refused with its
+    // owner named.
+    let st = nix::sys::stat::lstat(dir).with_context(|| format!("stat '{}'", dir.display()))?;
+    refuse_unless_private(dir, uid, &st)?;
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| anyhow!("'{}': cannot open the {what}: {e}", dir.display()))?;
+    let st = fstat(&fd).with_context(|| format!("stat '{}'", dir.display()))?;
+    refuse_unless_private(dir, uid, &st)?;
+    Ok(fd)
+}
+
+/// An error naming the owner unless `st` is a directory of `uid`'s that nobody else may use.
+fn refuse_unless_private(dir: &Path, uid: u32, st: &nix::sys::stat::FileStat) -> Result<()> {
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if is_dir && st.st_uid == uid && st.st_mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(st.st_uid))
+        .ok()
+        .flatten()
+        .map(|u| format!(" ({})", u.name))
+        .unwrap_or_default();
+    bail!(
+        "'{}' is not a directory private to uid {uid} (owner {}{owner}, mode {:o})",
+        dir.display(),
+        st.st_uid,
+        st.st_mode & 0o7777
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_missing_directory_is_made_private_and_an_open_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let made = tmp.path().join("mine");
+        open(&made, uid, "test directory").unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let open_to_all = tmp.path().join("open");
+        std::fs::create_dir(&open_to_all).unwrap();
+        std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = open(&open_to_all, uid, "test directory").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("is not a directory private to uid"),
+            "{e:#}"
+        );
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        assert!(
+            open(&link, uid, "test directory").is_err(),
+            "a symlink was followed"
+        );
+    }
+}
