@@ -448,9 +448,13 @@ bench startup user 0 "$START_WARMUP" "$START_RUNS" "ch-run (gzip)" -- \
     "ch-run (gzip)" "ch-run $IA -- /bin/true" \
     "launcher (gzip)" "$L exec $IA /bin/true" \
     "ch-run (zstd)" "ch-run $IZ -- /bin/true" \
-    "launcher (zstd)" "$L exec $IZ /bin/true"
+    "launcher (zstd)" "$L exec $IZ /bin/true" \
+    "launcher (zstd, no block cache)" "$L exec --fuse-no-block-cache $IZ /bin/true"
+md "" "\`launcher\` rows are every launch after a node's first of the program (the warm-up runs fill" \
+    "the block cache: docs/design.md \"The block cache\"); \`no block cache\` is a node's first launch."
 ratio_line startup "launcher (gzip)" "ch-run (gzip)" "<=" 0.5 "start-up launcher / ch-run, gzip"
 ratio_line startup "launcher (zstd)" "ch-run (zstd)" "<=" 0.5 "start-up launcher / ch-run, zstd"
+ratio_line startup "launcher (zstd, no block cache)" "ch-run (zstd)" "-" "" "start-up launcher / ch-run, zstd, first launch (no block cache)"
 
 # --- 2. flat in size and file count
 section "2. Start-up flat in image size and file count"

@@ -30,7 +30,7 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::cell::RefCell;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -189,16 +189,15 @@ impl DiskBlockCache {
         if !same {
             return None;
         }
-        let mut data = vec![0u8; data_len];
-        file.read_exact_at(&mut data, (HEADER + stored_len) as u64)
+        // Read into memory not zeroed first (zeroing was a fifth of a load's time).
+        let mut data = Vec::with_capacity(data_len);
+        let mut at = &file;
+        at.seek(SeekFrom::Start((HEADER + stored_len) as u64))
             .ok()?;
-        // Nothing after the block: a file longer than its header says is not an entry.
+        at.take(data_len as u64).read_to_end(&mut data).ok()?;
+        // All of it, and nothing after it: a file longer than its header says is not an entry.
         let mut past = [0u8; 1];
-        if file
-            .read_at(&mut past, (HEADER + stored_len + data_len) as u64)
-            .ok()?
-            != 0
-        {
+        if data.len() != data_len || at.read(&mut past).ok()? != 0 {
             return None;
         }
         Some(data)
