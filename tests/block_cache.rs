@@ -263,24 +263,3 @@ fn the_size_bound_holds() {
         .contains("block cache: off (the site config's block_cache.max_mb is 0)"));
     assert!(!cache_of(&run).exists(), "a cache was made with max_mb 0");
 }
-
-/// Without a runtime directory the cache is in /tmp/launcher-UID, which `--contain` hides:
-/// a contained container cannot see (or change) what later launches will run.
-#[test]
-fn a_contained_container_cannot_see_the_cache() {
-    let s = setup();
-    let image = fixture("busybox-zstd.sqfs");
-    let out = launcher(&["--debug", "exec", &image, "/bin/true"]).run();
-    out.ok();
-    let dir = format!("/tmp/launcher-{}/blocks", s.uid);
-    assert!(
-        out.stderr.contains(&format!("block cache: {dir}")),
-        "{}",
-        out.stderr
-    );
-    let out = launcher(&["exec", "--contain", &image, "/bin/ls", &dir]).run();
-    assert_ne!(
-        out.code, 0,
-        "a contained container lists the cache: {out:?}"
-    );
-}

@@ -11,9 +11,10 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 /// The directory `dir` (the `what` of messages), created private to `uid` if missing; an
-/// error naming its owner if it is not private to `uid`. Checked by path, then again on the
-/// open descriptor, which is what callers use.
-pub fn open(dir: &Path, uid: u32, what: &str) -> Result<OwnedFd> {
+/// error naming its owner (`name_owner`: by user name, one user-database lookup) if it is
+/// not private to `uid`. Checked by path, then again on the open descriptor, which is what
+/// callers use.
+pub fn open(dir: &Path, uid: u32, what: &str, name_owner: bool) -> Result<OwnedFd> {
     match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => bail!("'{}': cannot create the {what}: {e}", dir.display()),
@@ -21,7 +22,7 @@ pub fn open(dir: &Path, uid: u32, what: &str) -> Result<OwnedFd> {
     // Looked at before opening, so that a directory we may not even open is refused with its
     // owner named.
     let st = nix::sys::stat::lstat(dir).with_context(|| format!("stat '{}'", dir.display()))?;
-    refuse_unless_private(dir, uid, &st)?;
+    refuse_unless_private(dir, uid, &st, name_owner)?;
     let fd = nix::fcntl::open(
         dir,
         OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -29,21 +30,48 @@ pub fn open(dir: &Path, uid: u32, what: &str) -> Result<OwnedFd> {
     )
     .map_err(|e| anyhow!("'{}': cannot open the {what}: {e}", dir.display()))?;
     let st = fstat(&fd).with_context(|| format!("stat '{}'", dir.display()))?;
-    refuse_unless_private(dir, uid, &st)?;
+    refuse_unless_private(dir, uid, &st, name_owner)?;
+    Ok(fd)
+}
+
+/// `open` for `name` in the private directory `parent` (shown as `path` in messages), made
+/// and opened through the descriptor: nothing is resolved by path again.
+pub fn open_in(parent: &OwnedFd, name: &str, path: &Path, uid: u32, what: &str) -> Result<OwnedFd> {
+    match nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => bail!("'{}': cannot create the {what}: {e}", path.display()),
+    }
+    let fd = nix::fcntl::openat(
+        parent,
+        name,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| anyhow!("'{}': cannot open the {what}: {e}", path.display()))?;
+    let st = fstat(&fd).with_context(|| format!("stat '{}'", path.display()))?;
+    refuse_unless_private(path, uid, &st, false)?;
     Ok(fd)
 }
 
 /// An error naming the owner unless `st` is a directory of `uid`'s that nobody else may use.
-fn refuse_unless_private(dir: &Path, uid: u32, st: &nix::sys::stat::FileStat) -> Result<()> {
+fn refuse_unless_private(
+    dir: &Path,
+    uid: u32,
+    st: &nix::sys::stat::FileStat,
+    name_owner: bool,
+) -> Result<()> {
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     if is_dir && st.st_uid == uid && st.st_mode & 0o077 == 0 {
         return Ok(());
     }
-    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(st.st_uid))
-        .ok()
-        .flatten()
-        .map(|u| format!(" ({})", u.name))
-        .unwrap_or_default();
+    let owner = match name_owner {
+        true => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(st.st_uid))
+            .ok()
+            .flatten()
+            .map(|u| format!(" ({})", u.name))
+            .unwrap_or_default(),
+        false => String::new(),
+    };
     bail!(
         "'{}' is not a directory private to uid {uid} (owner {}{owner}, mode {:o})",
         dir.display(),
@@ -62,13 +90,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let uid = nix::unistd::getuid().as_raw();
         let made = tmp.path().join("mine");
-        open(&made, uid, "test directory").unwrap();
+        open(&made, uid, "test directory", true).unwrap();
         let mode = std::fs::metadata(&made).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let open_to_all = tmp.path().join("open");
         std::fs::create_dir(&open_to_all).unwrap();
         std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = open(&open_to_all, uid, "test directory").unwrap_err();
+        let e = open(&open_to_all, uid, "test directory", true).unwrap_err();
         assert!(
             format!("{e:#}").contains("is not a directory private to uid"),
             "{e:#}"
@@ -76,7 +104,7 @@ mod tests {
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&made, &link).unwrap();
         assert!(
-            open(&link, uid, "test directory").is_err(),
+            open(&link, uid, "test directory", true).is_err(),
             "a symlink was followed"
         );
     }

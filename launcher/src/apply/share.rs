@@ -557,7 +557,7 @@ fn join(dir: OwnedFd, path: &Path, key: &str, flavour: &str, state: State) -> Re
 
 /// The directory, created private to the user; refused if someone else could write it.
 fn open_private_dir(dir: &Path, uid: u32) -> Result<OwnedFd> {
-    crate::private_dir::open(dir, uid, "rendezvous directory")
+    crate::private_dir::open(dir, uid, "rendezvous directory", true)
 }
 
 fn open_at(dir: &OwnedFd, name: &str) -> Result<File> {

@@ -184,11 +184,11 @@ fn serve(
     code
 }
 
-/// Waits for the read-ahead, which may still be writing to the block cache and keeping it
-/// within its bound (it is done long before a command that ran for more than a few ms ends).
-fn join_prefetch(prefetch: Option<std::thread::JoinHandle<()>>) {
-    if let Some(t) = prefetch {
-        let _ = t.join();
+/// Ends the read-ahead (`Prefetch::finish`: waited for only with a block cache, to leave it
+/// within its bound).
+fn join_prefetch(prefetch: Option<crate::fuse::prefetch::Prefetch>) {
+    if let Some(p) = prefetch {
+        p.finish();
     }
 }
 

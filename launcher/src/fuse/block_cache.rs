@@ -19,28 +19,32 @@
 //! bounded by evicting the oldest entries after a launch that wrote some. Every error is a
 //! miss or a skipped write: the cache can only make a launch faster.
 //!
-//! Trust: the cache is as trustworthy as the user's own files (a container the user ran
-//! without `--contain` can write it, as it can write their home). Launches whose image
+//! Trust: the cache is as trustworthy as the user's own files. Any process of the user can
+//! write it, a container the user ran included (with `--contain` too, through another of the
+//! user's processes' `/proc/PID/root`), as it can write their home. Entries carry a CRC of
+//! their decompressed bytes against damage, not against the user. Launches whose image
 //! signatures were checked do not use it (launch.rs).
 
 use image_tools::squashfs::{BlockKey, BlockStore};
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::Mode;
+use nix::sys::time::TimeSpec;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::cell::RefCell;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// What an entry starts with (the format's version is in it).
-const MAGIC: &[u8; 4] = b"LBC1";
-/// MAGIC, compressor (u16), unused (u16), stored length (u32), decompressed length (u32).
-const HEADER: usize = 16;
+const MAGIC: &[u8; 4] = b"LBC2";
+/// MAGIC, compressor (u16), unused (u16), stored length (u32), decompressed length (u32),
+/// CRC-32 of the decompressed bytes (u32), unused (u32).
+const HEADER: usize = 24;
 /// Longest block SquashFS allows (1 MiB), stored or decompressed.
 const MAX_BLOCK: usize = 1 << 20;
 /// Bytes of each end of a block that its name is hashed from: enough to tell blocks apart,
@@ -60,7 +64,6 @@ pub struct Settings {
 /// An open block cache directory.
 pub struct DiskBlockCache {
     dir: OwnedFd,
-    path: PathBuf,
     max_bytes: u64,
     loaded: AtomicU64,
     saved: AtomicU64,
@@ -70,13 +73,22 @@ pub struct DiskBlockCache {
 impl DiskBlockCache {
     /// Opens (creating) the directory: its parent and itself must be private to `uid`.
     pub fn open(settings: &Settings, uid: u32) -> anyhow::Result<DiskBlockCache> {
-        if let Some(parent) = settings.dir.parent() {
-            crate::private_dir::open(parent, uid, "per-user directory")?;
-        }
-        let dir = crate::private_dir::open(&settings.dir, uid, "block cache directory")?;
+        let (Some(parent), Some(name)) = (
+            settings.dir.parent(),
+            settings.dir.file_name().and_then(|n| n.to_str()),
+        ) else {
+            anyhow::bail!("'{}': not a cache directory", settings.dir.display());
+        };
+        let parent = crate::private_dir::open(parent, uid, "per-user directory", false)?;
+        let dir = crate::private_dir::open_in(
+            &parent,
+            name,
+            &settings.dir,
+            uid,
+            "block cache directory",
+        )?;
         Ok(DiskBlockCache {
             dir,
-            path: settings.dir.clone(),
             max_bytes: settings.max_bytes,
             loaded: AtomicU64::new(0),
             saved: AtomicU64::new(0),
@@ -102,44 +114,43 @@ impl DiskBlockCache {
     }
 
     fn evict(&self) -> nix::Result<()> {
-        // Listed by path (the directory is private: nobody else can change what it holds);
-        // looked at and removed through the descriptor.
-        let listing = std::fs::read_dir(&self.path).map_err(io_errno)?;
+        // Listed through the descriptor (its /proc link), looked at and removed through it.
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+            .map_err(io_errno)?;
         let now = SystemTime::now();
         let mut entries = Vec::new();
         let mut total = 0u64;
         for entry in listing.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
+            let name = entry.file_name();
             let Ok(st) = nix::sys::stat::fstatat(
                 &self.dir,
-                name.as_str(),
+                name.as_os_str(),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             ) else {
                 continue;
             };
             let mtime = SystemTime::UNIX_EPOCH
                 + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
-            if name.starts_with(".tmp.") {
-                if now.duration_since(mtime).is_ok_and(|age| age > STALE_TEMP) {
-                    let _ = unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+            // What it takes (a small entry takes whole pages of a tmpfs), temporary files too.
+            let size = (st.st_blocks.max(0) as u64).saturating_mul(512);
+            total += size;
+            let stale_temp = name.as_encoded_bytes().starts_with(b".tmp.")
+                && now.duration_since(mtime).is_ok_and(|age| age > STALE_TEMP);
+            if stale_temp {
+                if unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                    total -= size;
                 }
                 continue;
             }
-            let size = st.st_size.max(0) as u64;
-            total += size;
             entries.push((mtime, size, name));
         }
-        if total <= self.max_bytes {
-            return Ok(());
-        }
+        // Least recently used first: a hit renews an entry's time.
         entries.sort();
         for (_, size, name) in entries {
             if total <= self.max_bytes {
                 break;
             }
-            if unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+            if unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
                 total -= size;
             }
         }
@@ -173,6 +184,7 @@ impl DiskBlockCache {
         file.read_exact_at(&mut header, 0).ok()?;
         let stored_len = u32::from_le_bytes(header[8..12].try_into().ok()?) as usize;
         let data_len = u32::from_le_bytes(header[12..16].try_into().ok()?) as usize;
+        let data_crc = u32::from_le_bytes(header[16..20].try_into().ok()?);
         if &header[..4] != MAGIC
             || u16::from_le_bytes([header[4], header[5]]) != key.compressor
             || stored_len != key.stored.len()
@@ -200,6 +212,13 @@ impl DiskBlockCache {
         if data.len() != data_len || at.read(&mut past).ok()? != 0 {
             return None;
         }
+        // Entries are renamed into place without fsync: after a crash one may hold zeros or
+        // a torn write. The CRC makes that a miss (about 10 us for 128 KiB).
+        if crc32(&data) != data_crc {
+            return None;
+        }
+        // A hit renews the entry (eviction removes the least recently used first).
+        let _ = nix::sys::stat::futimens(&file, &TimeSpec::UTIME_OMIT, &TimeSpec::UTIME_NOW);
         Some(data)
     }
 
@@ -222,6 +241,7 @@ impl DiskBlockCache {
         header[4..6].copy_from_slice(&key.compressor.to_le_bytes());
         header[8..12].copy_from_slice(&(key.stored.len() as u32).to_le_bytes());
         header[12..16].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        header[16..20].copy_from_slice(&crc32(data).to_le_bytes());
         let mut file = File::from(fd);
         let written = file
             .write_all(&header)
@@ -234,6 +254,12 @@ impl DiskBlockCache {
         }
         Some(())
     }
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    crc.sum()
 }
 
 thread_local! {
@@ -270,8 +296,7 @@ impl BlockStore for DiskBlockCache {
 }
 
 /// The cache directory for `uid`: in the user's own runtime directory when it has one (a
-/// tmpfs no container sees: `/run` is not bound in), else in `/tmp/launcher-UID` (which
-/// `--contain` hides behind a fresh `/tmp`). Not in `/dev/shm`, which containers see.
+/// tmpfs, in memory), else in `/tmp/launcher-UID` beside the rendezvous files.
 pub fn default_dir(env: &[(String, String)], uid: u32) -> PathBuf {
     if let Some(run) = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR") {
         let run = Path::new(run);
@@ -365,6 +390,13 @@ mod tests {
         longer.push(0);
         std::fs::write(&path, &longer).unwrap();
         assert_eq!(c.load(&key(b"stored")), None, "a longer file");
+        // Decompressed bytes changed (a torn write after a crash, a flipped bit): the CRC.
+        let mut flipped = whole.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(c.load(&key(b"stored")), None, "changed decompressed bytes");
+        std::fs::write(&path, &whole).unwrap();
+        assert!(c.load(&key(b"stored")).is_some(), "the whole entry again");
         // A FIFO where an entry should be: a miss at once, not a hang.
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
@@ -377,9 +409,14 @@ mod tests {
     fn the_size_bound_holds_after_writing() {
         let tmp = tempfile::tempdir().unwrap();
         let block = vec![7u8; 1000];
-        let entry = (HEADER + 4 + block.len()) as u64;
-        let c = cache(tmp.path(), 5 * entry);
         let dir = tmp.path().join("user").join("blocks");
+        // What one entry takes on this file system (whole blocks of it).
+        cache(tmp.path(), 0).save(&key(b"probe"), &block);
+        let probe = dir.join(DiskBlockCache::name(&key(b"probe")));
+        let entry =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&probe).unwrap()) * 512;
+        std::fs::remove_file(&probe).unwrap();
+        let c = cache(tmp.path(), 5 * entry);
         let age = |path: &Path, secs: u64| {
             let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
             File::options()

@@ -18,7 +18,7 @@ use fuser::INodeNo;
 use goblin::elf::program_header::PT_INTERP;
 use goblin::elf::{Elf, Header, ProgramHeader};
 use image_tools::squashfs::{Archive, BlockStore, FileType, Inode};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Larger programs are left to the kernel's readahead: reading all of a big program would
@@ -29,17 +29,37 @@ const MAX_THREADS: usize = 4;
 /// ELF headers and PT_INTERP sit at the start of the file.
 const HEAD: usize = 64 << 10;
 
+/// The running read-ahead.
+pub struct Prefetch {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    caching: bool,
+}
+
+impl Prefetch {
+    /// When the launch is over. With a block cache, the read-ahead stops after the blocks in
+    /// hand, brings the cache within its bound, and is waited for, so that a finished launch
+    /// leaves the cache within it; without one, it is left to end with the process.
+    pub fn finish(self) {
+        if self.caching {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = self.thread.join();
+        }
+    }
+}
+
 /// Warm the program and its interpreter, offering each to `pusher` (if any) first; blocks
 /// come from, and go to, the block cache when there is one (`cache`: where, and for whom).
-/// The launcher joins the thread before it exits, so that the cache is within its bound
-/// when a launch is over (the work is bounded: two files of at most 8 MiB).
 pub fn spawn(
     archive: Arc<Archive>,
     program: String,
     pusher: Option<Pusher>,
     cache: Option<(block_cache::Settings, u32)>,
-) -> Option<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> Option<Prefetch> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let caching = cache.is_some();
+    let stopped = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || {
             let cache = cache.and_then(|(settings, uid)| {
@@ -77,7 +97,7 @@ pub fn spawn(
                 &prog,
                 (n as u64).div_ceil(block_size(&archive)),
             ));
-            warm(&archive, &work, store);
+            warm(&archive, &work, store, &stopped);
             if let Some((cache, dir)) = &cache {
                 let (loaded, saved) = cache.counts();
                 debug::step(format_args!(
@@ -87,7 +107,12 @@ pub fn spawn(
                 cache.finish();
             }
         })
-        .ok()
+        .ok()?;
+    Some(Prefetch {
+        thread,
+        stop,
+        caching,
+    })
 }
 
 fn regular_file(archive: &Archive, path: &str) -> Option<Inode> {
@@ -108,11 +133,20 @@ fn blocks<'a>(
     (from..file.size.div_ceil(block_size(archive))).map(move |i| (file, i))
 }
 
-/// Decompress the listed blocks on a few threads, each taking the next one in the list.
-fn warm(archive: &Archive, work: &[(&Inode, u64)], store: Option<&dyn BlockStore>) {
+/// Decompress the listed blocks on a few threads, each taking the next one in the list,
+/// until the list ends or `stop` is set.
+fn warm(
+    archive: &Archive,
+    work: &[(&Inode, u64)],
+    store: Option<&dyn BlockStore>,
+    stop: &AtomicBool,
+) {
     let next = AtomicUsize::new(0);
     let take = || {
         while let Some((file, index)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             if archive.warm_block(file, *index, store).is_err() {
                 return;
             }
