@@ -254,6 +254,92 @@ impl Archive {
         Ok(())
     }
 
+    /// The file's bytes as the decompressed blocks that hold them, in order, each with the
+    /// range of it that is the file's: for handing them on without copying them (the
+    /// launcher's page-cache pushes). Blocks come from the cache, or are loaded into it.
+    /// None when a block is sparse (nothing stored to hand on).
+    #[allow(clippy::type_complexity)]
+    pub fn file_pieces(
+        &self,
+        file: &Inode,
+    ) -> Result<Option<Vec<(Arc<Vec<u8>>, std::ops::Range<usize>)>>> {
+        self.file_pieces_inner(file)
+            .map_err(|e| e.context(format_args!("file inode {:#x}", file.inode_ref)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn file_pieces_inner(
+        &self,
+        file: &Inode,
+    ) -> Result<Option<Vec<(Arc<Vec<u8>>, std::ops::Range<usize>)>>> {
+        let layout = Self::file_layout(file)?;
+        let bs = u64::from(self.sb.block_size);
+        let data_end = layout.block_count.saturating_mul(bs).min(file.size);
+        let mut pieces = Vec::new();
+        if layout.block_count > 0 && data_end > 0 {
+            let blocks = self.block_range(file.inode_ref, &layout, 0, layout.block_count - 1)?;
+            for (i, b) in blocks.iter().enumerate() {
+                let at = i as u64 * bs;
+                if at >= data_end {
+                    break;
+                }
+                if b.disk_size() == 0 {
+                    return Ok(None);
+                }
+                let want = bs.min(data_end - at) as usize;
+                let data = self.data_block(*b, i as u64)?;
+                if data.len() < want {
+                    return Err(corrupt(format!(
+                        "block {i} holds {} bytes, {want} needed",
+                        data.len()
+                    )));
+                }
+                pieces.push((data, 0..want));
+            }
+        }
+        if file.size > data_end {
+            if layout.fragment == NO_FRAGMENT {
+                return Err(corrupt(format!(
+                    "blocks cover {data_end} of {} bytes and there is no fragment",
+                    file.size
+                )));
+            }
+            let tail = (file.size - data_end) as usize;
+            let frag = self.fragment_block(layout.fragment)?;
+            let from = layout.frag_offset as usize;
+            if frag.len() < from.saturating_add(tail) {
+                return Err(corrupt(format!(
+                    "fragment {} holds {} bytes, tail needs {tail} at {from}",
+                    layout.fragment,
+                    frag.len()
+                )));
+            }
+            pieces.push((frag, from..from + tail));
+        }
+        Ok(Some(pieces))
+    }
+
+    /// One data block, from the cache or loaded into it (waiting for a reader loading it).
+    fn data_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
+        match self.data_cache.claim((b.pos, b.raw)) {
+            Claim::Ready(data) => Ok(data),
+            Claim::Wait(flight) => match flight.wait() {
+                Some(data) => Ok(data),
+                None => self.load_block(b, index),
+            },
+            Claim::Mine(ticket) => {
+                let data = self.disk.with_bytes(
+                    b.pos,
+                    b.disk_size() as usize,
+                    &format_args!("data block {index}"),
+                    |stored| self.decode(b, stored),
+                )?;
+                let weight = data.len() + 64;
+                Ok(ticket.complete(data, weight))
+            }
+        }
+    }
+
     /// Reads and decompresses one block without sharing (after another reader's load failed).
     fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
         self.disk.with_bytes(
@@ -506,6 +592,22 @@ mod tests {
 
     /// Decompressed blocks by (compressor, stored bytes).
     type Blocks = std::collections::HashMap<(u16, Vec<u8>), Vec<u8>>;
+
+    /// The pieces of a file are its bytes, blocks and fragment tail, in order.
+    #[test]
+    fn file_pieces_are_the_files_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (img, data) = three_blocks_and_a_tail(tmp.path());
+        let a = Archive::open_path(&img, 0).unwrap();
+        let f = a.resolve(b"/f").unwrap().unwrap();
+        let pieces = a.file_pieces(&f).unwrap().unwrap();
+        assert_eq!(pieces.len(), 4, "3 blocks and the tail");
+        let joined: Vec<u8> = pieces
+            .iter()
+            .flat_map(|(d, r)| d[r.clone()].iter().copied())
+            .collect();
+        assert_eq!(joined, data);
+    }
 
     /// A store in memory that counts what it is asked.
     #[derive(Default)]

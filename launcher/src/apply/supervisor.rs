@@ -305,18 +305,23 @@ fn start_server(
     let counts = Arc::new(RequestCounts::default());
     fs = fs.with_counts(counts.clone());
     let image = archive.clone();
+    // The push thread writes its stores on a descriptor of its own (fuse/push.rs StoreFd).
+    let store_fd = fuse_fd.try_clone().ok();
     let session = fuser::Session::from_fd(fs, fuse_fd, fuser::SessionACL::Owner, config)
         .context("FUSE handshake with the kernel")?;
-    let notifier = session.notifier();
     let server = session
         .spawn()
         .context("starting the FUSE server threads")?;
     debug::step("parent: FUSE server threads started");
-    // The push thread lives as long as the launcher (it holds a sender itself).
-    let _ = std::thread::Builder::new().name("push".into()).spawn({
-        let counts = counts.clone();
-        move || crate::fuse::push::run(push_rx, pusher, notifier, archive, counts)
-    });
+    // The push thread lives as long as the launcher (it holds a sender itself). Without it
+    // (no descriptor), offers find the queue closed and are dropped.
+    if let Some(fd) = store_fd {
+        let _ = std::thread::Builder::new().name("push".into()).spawn({
+            let counts = counts.clone();
+            let store = crate::fuse::push::StoreFd(fd);
+            move || crate::fuse::push::run(push_rx, pusher, store, archive, counts)
+        });
+    }
     Ok(Server {
         _session: server,
         counts,

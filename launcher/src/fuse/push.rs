@@ -26,9 +26,11 @@
 //!   waits on a READ (docs/reliability.md).
 
 use crate::fuse::counts::RequestCounts;
-use fuser::{INodeNo, Notifier};
+use fuser::INodeNo;
 use image_tools::squashfs::{Archive, Inode};
 use std::collections::HashSet;
+use std::io::IoSlice;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -36,9 +38,6 @@ use std::time::{Duration, Instant};
 
 /// Batches waiting; when full, new hints are dropped (pushing is only ever an optimisation).
 const QUEUE: usize = 64;
-/// Stores are sent in pieces of this size (the buffer is fresh memory in every launch: a
-/// small one is page-faulted in once and reused).
-const CHUNK: usize = 256 << 10;
 
 /// Files up to this size are pushed (most are tail-packed in a fragment already decompressed).
 pub const SMALL_FILE: u64 = 64 << 10;
@@ -229,40 +228,82 @@ impl Drop for Done<'_> {
     }
 }
 
+/// Largest file pushed: the read-ahead's programs are at most 8 MiB (`prefetch`), listed
+/// files `SMALL_FILE`.
+const MAX_PUSH: u64 = 8 << 20;
+
+/// FUSE_NOTIFY_STORE, written to the connection directly (a duplicate of the session's
+/// `/dev/fuse` descriptor), with the file's decompressed blocks as the message's pieces.
+///
+/// A file goes in one store: the kernel marks a page-cache folio up to date only when one
+/// store fills it whole, and Linux 6.18 gives FUSE files large folios. Stored in 256 KiB
+/// pieces, a 2 MB program sat in the page cache not up to date in 12 launches of 16, and the
+/// exec read it all again through READ requests (2026-12-05). From the blocks themselves:
+/// no copy into a buffer first. And written here rather than through fuser's `Notifier`,
+/// which answers a store for an inode the kernel does not know (ENOENT) with success, so the
+/// program was never pushed again when its lookup came.
+pub struct StoreFd(pub OwnedFd);
+
+/// `fuse_notify_code::FUSE_NOTIFY_STORE`.
+const FUSE_NOTIFY_STORE: i32 = 4;
+/// `fuse_out_header` (len, error: the notify code, unique: 0), then `fuse_notify_store_out`
+/// (nodeid, offset, size, padding).
+const STORE_HEAD: usize = 16 + 24;
+
+impl StoreFd {
+    /// Store `pieces`, one after the other, at byte 0 of the file `ino`.
+    pub fn store(&self, ino: INodeNo, pieces: &[&[u8]]) -> std::io::Result<()> {
+        let size: usize = pieces.iter().map(|p| p.len()).sum();
+        let (Ok(len), Ok(size32)) = (u32::try_from(STORE_HEAD + size), u32::try_from(size)) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+        };
+        let mut head = [0u8; STORE_HEAD];
+        head[0..4].copy_from_slice(&len.to_le_bytes());
+        head[4..8].copy_from_slice(&FUSE_NOTIFY_STORE.to_le_bytes());
+        // unique (8..16) stays 0: a notification, not a reply.
+        head[16..24].copy_from_slice(&ino.0.to_le_bytes());
+        // offset (24..32) stays 0: the whole file.
+        head[32..36].copy_from_slice(&size32.to_le_bytes());
+        let mut iov = Vec::with_capacity(pieces.len() + 1);
+        iov.push(IoSlice::new(&head));
+        iov.extend(pieces.iter().map(|p| IoSlice::new(p)));
+        let written = nix::sys::uio::writev(&self.0, &iov)?;
+        if written != STORE_HEAD + size {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
 /// The pushing thread's loop; ends when the file system is gone.
 pub fn run(
     rx: Receiver<(Kind, Batch)>,
     pusher: Pusher,
-    notifier: Notifier,
+    store: StoreFd,
     archive: Arc<Archive>,
     counts: Arc<RequestCounts>,
 ) {
-    let mut buf = vec![0u8; CHUNK];
     for (kind, batch) in rx {
         let gate = pusher.gate(kind);
         let _done = Done(gate);
-        'files: for (ino, inode) in batch {
-            let mut offset = 0u64;
-            while offset < inode.size {
-                let Ok(n) = archive.read_at(&inode, offset, &mut buf) else {
-                    break;
-                };
-                if n == 0 {
-                    break;
+        for (ino, inode) in batch {
+            if inode.size == 0 || inode.size > MAX_PUSH {
+                continue;
+            }
+            // Waits for blocks the read-ahead is still decompressing.
+            let Ok(Some(pieces)) = archive.file_pieces(&inode) else {
+                continue;
+            };
+            let slices: Vec<&[u8]> = pieces.iter().map(|(d, r)| &d[r.clone()]).collect();
+            let Some(_pass) = gate.pass() else {
+                break; // this kind's stores have ended
+            };
+            match store.store(ino, &slices) {
+                Ok(()) => counts.pushed_file(),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && kind == Kind::Program => {
+                    pusher.mark_hot(ino)
                 }
-                let Some(_pass) = gate.pass() else {
-                    break 'files; // this kind's stores have ended
-                };
-                if let Err(e) = notifier.store(ino, offset, &buf[..n]) {
-                    if e.raw_os_error() == Some(libc::ENOENT) && kind == Kind::Program {
-                        pusher.mark_hot(ino);
-                    }
-                    break;
-                }
-                if offset == 0 {
-                    counts.pushed_file();
-                }
-                offset += n as u64;
+                Err(_) => {}
             }
         }
     }
@@ -271,6 +312,25 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes of a store are fuser's (and the kernel's) FUSE_NOTIFY_STORE layout: the
+    /// header, the store's head, then the pieces back to back.
+    #[test]
+    fn a_store_is_one_notify_store_message() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        StoreFd(write)
+            .store(INodeNo(0x42), &[&[0xde, 0xad], &[], &[0xbe, 0xef]])
+            .unwrap();
+        let mut got = vec![0u8; 64];
+        let n = nix::unistd::read(&read, &mut got).unwrap();
+        let want = [
+            0x2c, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // len 44, code 4, unique 0
+            0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // nodeid, offset 0
+            4, 0, 0, 0, 0, 0, 0, 0, // size 4, padding
+            0xde, 0xad, 0xbe, 0xef,
+        ];
+        assert_eq!(&got[..n], &want[..]);
+    }
 
     #[test]
     fn gate_lets_stores_through_until_closed() {
