@@ -28,7 +28,6 @@
 use image_tools::squashfs::{BlockKey, BlockStore};
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::Mode;
-use nix::sys::time::TimeSpec;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::cell::RefCell;
 use std::fs::File;
@@ -131,6 +130,12 @@ impl DiskBlockCache {
             };
             let mtime = SystemTime::UNIX_EPOCH
                 + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+            // Last used: reading an entry moves its access time (on a `relatime` mount, the
+            // default, once a day at most), which costs a hit nothing; on a `noatime` mount
+            // this is when it was written.
+            let atime = SystemTime::UNIX_EPOCH
+                + Duration::new(st.st_atime.max(0) as u64, st.st_atime_nsec as u32);
+            let used = mtime.max(atime);
             // What it takes (a small entry takes whole pages of a tmpfs), temporary files too.
             let size = (st.st_blocks.max(0) as u64).saturating_mul(512);
             total += size;
@@ -142,9 +147,9 @@ impl DiskBlockCache {
                 }
                 continue;
             }
-            entries.push((mtime, size, name));
+            entries.push((used, size, name));
         }
-        // Least recently used first: a hit renews an entry's time.
+        // Least recently used first.
         entries.sort();
         for (_, size, name) in entries {
             if total <= self.max_bytes {
@@ -217,8 +222,6 @@ impl DiskBlockCache {
         if crc32(&data) != data_crc {
             return None;
         }
-        // A hit renews the entry (eviction removes the least recently used first).
-        let _ = nix::sys::stat::futimens(&file, &TimeSpec::UTIME_OMIT, &TimeSpec::UTIME_NOW);
         Some(data)
     }
 
@@ -419,11 +422,12 @@ mod tests {
         let c = cache(tmp.path(), 5 * entry);
         let age = |path: &Path, secs: u64| {
             let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
             File::options()
                 .write(true)
                 .open(path)
                 .unwrap()
-                .set_modified(t)
+                .set_times(times)
                 .unwrap();
         };
         for i in 0..20u32 {
@@ -435,13 +439,27 @@ mod tests {
         let stale = dir.join(".tmp.1.1");
         std::fs::write(&stale, b"half").unwrap();
         age(&stale, 1_000_000);
+        // The oldest entry, read: its access time moves (unless the file system is mounted
+        // noatime), and it counts as the most recently used.
+        let first = dir.join(DiskBlockCache::name(&key(&0u32.to_le_bytes())));
+        assert!(c.load(&key(&0u32.to_le_bytes())).is_some());
+        let atime_moved = std::fs::metadata(&first)
+            .unwrap()
+            .accessed()
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .is_ok_and(|d| d > Duration::from_secs(3600));
         c.finish();
         let left = entries(tmp.path());
         assert_eq!(left.len(), 5, "{left:?}");
-        for i in 15..20u32 {
+        let kept: Vec<u32> = match atime_moved {
+            true => vec![0, 16, 17, 18, 19],
+            false => vec![15, 16, 17, 18, 19],
+        };
+        for i in kept {
             assert!(
                 c.load(&key(&i.to_le_bytes())).is_some(),
-                "newest entry {i} evicted"
+                "recently used entry {i} evicted"
             );
         }
     }
