@@ -231,6 +231,16 @@ pub fn cache(action: CacheAction) -> Result<i32> {
             for b in &bases {
                 println!("    {} {:.1} MiB {}", b.key, mib(b.bytes), b.source);
             }
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            if let Some((dir, n, bytes)) =
+                launcher_runtime::launch::block_cache_sweep(&env, None, false)
+            {
+                println!(
+                    "block cache of this node: {}\n  {n} blocks, {:.1} MiB",
+                    dir.display(),
+                    mib(bytes)
+                );
+            }
         }
         CacheAction::Clean { days, force } => {
             let older = days.map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400)));
@@ -247,6 +257,16 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                     root.display(),
                     days.map(|d| format!(" (those unused for {d} days)")).unwrap_or_default()
                 );
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                if let Some((dir, n, bytes)) =
+                    launcher_runtime::launch::block_cache_sweep(&env, older, false)
+                {
+                    println!(
+                        "would remove {n} blocks ({:.1} MiB) from this node's block cache {}",
+                        mib(bytes),
+                        dir.display()
+                    );
+                }
                 return Ok(0);
             }
             let r = clean_cache(&root, older)?;
@@ -261,6 +281,16 @@ pub fn cache(action: CacheAction) -> Result<i32> {
             println!("removed {n} converted images ({:.1} MiB)", mib(bytes));
             let checks = crate::verify_memo::clean(&root, older);
             println!("removed {checks} remembered signature checks");
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            if let Some((dir, n, bytes)) =
+                launcher_runtime::launch::block_cache_sweep(&env, older, true)
+            {
+                println!(
+                    "removed {n} blocks ({:.1} MiB) from this node's block cache {}",
+                    mib(bytes),
+                    dir.display()
+                );
+            }
             let b = image_tools::basecache::clean(&root, older)?;
             println!(
                 "removed {} unpacked bases ({:.1} MiB){}",

@@ -263,3 +263,49 @@ fn the_size_bound_holds() {
         .contains("block cache: off (the site config's block_cache.max_mb is 0)"));
     assert!(!cache_of(&run).exists(), "a cache was made with max_mb 0");
 }
+
+/// `cache list` shows this node's block cache, `cache clean` says what it would remove and,
+/// with `--force`, removes it.
+#[test]
+fn cache_clean_empties_the_block_cache() {
+    let s = setup();
+    let run = runtime_dir("clean");
+    let image = fixture("busybox-zstd.sqfs");
+    md5_of_busybox(&image, &run, &[]);
+    let dir = cache_of(&run);
+    let held = std::fs::read_dir(&dir).unwrap().count();
+    assert!(held > 0, "nothing cached");
+    let cachedir = s.scratch.join("bc-clean-cache").display().to_string();
+    let cache = |args: &[&str]| {
+        launcher(args)
+            .env("XDG_RUNTIME_DIR", &run.display().to_string())
+            .env("LAUNCHER_CACHEDIR", &cachedir)
+            .run()
+    };
+    let out = cache(&["cache", "list"]);
+    out.ok();
+    assert!(
+        out.stdout
+            .contains(&format!("block cache of this node: {}", dir.display()))
+            && out.stdout.contains(&format!("{held} blocks")),
+        "{out:?}"
+    );
+    let out = cache(&["cache", "clean"]);
+    out.ok();
+    assert!(
+        out.stdout.contains(&format!("would remove {held} blocks")),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        held,
+        "removed without --force"
+    );
+    let out = cache(&["cache", "clean", "--force"]);
+    out.ok();
+    assert!(
+        out.stdout.contains(&format!("removed {held} blocks")),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}

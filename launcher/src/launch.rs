@@ -171,6 +171,28 @@ fn block_cache(
     })
 }
 
+/// This node's block cache of the calling user (`env`: the caller's environment): its
+/// directory, and the entries (count, bytes) last used before `older` ago, removed when
+/// `remove` (`launcher cache list|clean`). None when there is no cache directory to look at.
+pub fn block_cache_sweep(
+    env: &[(String, String)],
+    older: Option<Duration>,
+    remove: bool,
+) -> Option<(PathBuf, u64, u64)> {
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = crate::fuse::block_cache::default_dir(env, uid);
+    if !dir.is_dir() {
+        return None;
+    }
+    let settings = crate::fuse::block_cache::Settings {
+        dir: dir.clone(),
+        max_bytes: 0,
+    };
+    let cache = crate::fuse::block_cache::DiskBlockCache::open(&settings, uid).ok()?;
+    let (n, bytes) = cache.sweep(older, remove);
+    Some((dir, n, bytes))
+}
+
 /// The block cache's bound when the site config sets none: a few programs and their
 /// interpreters (python3 and its ld.so are 7 MB decompressed).
 const DEFAULT_BLOCK_CACHE_MB: u64 = 64;

@@ -162,6 +162,41 @@ impl DiskBlockCache {
         Ok(())
     }
 
+    /// Entries (their count and allocated bytes) last used before `older` ago (all without
+    /// `older`), removed when `remove`: for `launcher cache list|clean`.
+    pub fn sweep(&self, older: Option<Duration>, remove: bool) -> (u64, u64) {
+        let Ok(listing) = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+        else {
+            return (0, 0);
+        };
+        let now = SystemTime::now();
+        let (mut n, mut bytes) = (0, 0);
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let Ok(st) = nix::sys::stat::fstatat(
+                &self.dir,
+                name.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            let used = st.st_mtime.max(st.st_atime).max(0) as u64;
+            let age = now
+                .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(used))
+                .unwrap_or_default();
+            if older.is_some_and(|o| age < o) {
+                continue;
+            }
+            let size = (st.st_blocks.max(0) as u64).saturating_mul(512);
+            if !remove || unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok()
+            {
+                n += 1;
+                bytes += size;
+            }
+        }
+        (n, bytes)
+    }
+
     /// The entry's name: a hash of the compressor, the length and both ends of the block.
     fn name(key: &BlockKey<'_>) -> String {
         let s = key.stored;
