@@ -197,6 +197,15 @@ impl PullArgs {
     }
 }
 
+/// This node's block cache of the caller (launcher_runtime::launch::block_cache_sweep).
+fn node_block_cache(
+    older: Option<std::time::Duration>,
+    remove: bool,
+) -> Option<(std::path::PathBuf, u64, u64)> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    launcher_runtime::launch::block_cache_sweep(&env, older, remove)
+}
+
 /// `launcher cache list|clean`.
 pub enum CacheAction {
     List,
@@ -231,10 +240,7 @@ pub fn cache(action: CacheAction) -> Result<i32> {
             for b in &bases {
                 println!("    {} {:.1} MiB {}", b.key, mib(b.bytes), b.source);
             }
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            if let Some((dir, n, bytes)) =
-                launcher_runtime::launch::block_cache_sweep(&env, None, false)
-            {
+            if let Some((dir, n, bytes)) = node_block_cache(None, false) {
                 println!(
                     "block cache of this node: {}\n  {n} blocks, {:.1} MiB",
                     dir.display(),
@@ -257,10 +263,7 @@ pub fn cache(action: CacheAction) -> Result<i32> {
                     root.display(),
                     days.map(|d| format!(" (those unused for {d} days)")).unwrap_or_default()
                 );
-                let env: Vec<(String, String)> = std::env::vars().collect();
-                if let Some((dir, n, bytes)) =
-                    launcher_runtime::launch::block_cache_sweep(&env, older, false)
-                {
+                if let Some((dir, n, bytes)) = node_block_cache(older, false) {
                     println!(
                         "would remove {n} blocks ({:.1} MiB) from this node's block cache {}",
                         mib(bytes),
@@ -281,10 +284,7 @@ pub fn cache(action: CacheAction) -> Result<i32> {
             println!("removed {n} converted images ({:.1} MiB)", mib(bytes));
             let checks = crate::verify_memo::clean(&root, older);
             println!("removed {checks} remembered signature checks");
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            if let Some((dir, n, bytes)) =
-                launcher_runtime::launch::block_cache_sweep(&env, older, true)
-            {
+            if let Some((dir, n, bytes)) = node_block_cache(older, true) {
                 println!(
                     "removed {n} blocks ({:.1} MiB) from this node's block cache {}",
                     mib(bytes),

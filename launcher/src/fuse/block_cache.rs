@@ -52,6 +52,14 @@ const NAME_SAMPLE: usize = 4096;
 /// Temporary files older than this were left by a launcher killed while writing.
 const STALE_TEMP: Duration = Duration::from_secs(60);
 
+/// A file in the cache directory, as eviction and `cache clean` see it.
+struct Entry {
+    name: std::ffi::OsString,
+    written: SystemTime,
+    used: SystemTime,
+    size: u64,
+}
+
 /// Where the cache lives and how big it may grow (launch.rs decides; `None`: no cache).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -112,51 +120,32 @@ impl DiskBlockCache {
         }
     }
 
-    fn evict(&self) -> nix::Result<()> {
-        // Listed through the descriptor (its /proc link), looked at and removed through it.
-        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
-            .map_err(io_errno)?;
+    fn evict(&self) -> std::io::Result<()> {
         let now = SystemTime::now();
         let mut entries = Vec::new();
         let mut total = 0u64;
-        for entry in listing.flatten() {
-            let name = entry.file_name();
-            let Ok(st) = nix::sys::stat::fstatat(
-                &self.dir,
-                name.as_os_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) else {
-                continue;
-            };
-            let mtime = SystemTime::UNIX_EPOCH
-                + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
-            // Last used: reading an entry moves its access time (on a `relatime` mount, the
-            // default, once a day at most), which costs a hit nothing; on a `noatime` mount
-            // this is when it was written.
-            let atime = SystemTime::UNIX_EPOCH
-                + Duration::new(st.st_atime.max(0) as u64, st.st_atime_nsec as u32);
-            let used = mtime.max(atime);
-            // What it takes (a small entry takes whole pages of a tmpfs), temporary files too.
-            let size = (st.st_blocks.max(0) as u64).saturating_mul(512);
-            total += size;
-            let stale_temp = name.as_encoded_bytes().starts_with(b".tmp.")
-                && now.duration_since(mtime).is_ok_and(|age| age > STALE_TEMP);
+        for e in self.entries()? {
+            total += e.size;
+            let stale_temp = e.name.as_encoded_bytes().starts_with(b".tmp.")
+                && now
+                    .duration_since(e.written)
+                    .is_ok_and(|age| age > STALE_TEMP);
             if stale_temp {
-                if unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
-                    total -= size;
+                if self.remove(&e) {
+                    total -= e.size;
                 }
                 continue;
             }
-            entries.push((used, size, name));
+            entries.push(e);
         }
         // Least recently used first.
-        entries.sort();
-        for (_, size, name) in entries {
+        entries.sort_by_key(|e| e.used);
+        for e in entries {
             if total <= self.max_bytes {
                 break;
             }
-            if unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
-                total -= size;
+            if self.remove(&e) {
+                total -= e.size;
             }
         }
         Ok(())
@@ -165,36 +154,56 @@ impl DiskBlockCache {
     /// Entries (their count and allocated bytes) last used before `older` ago (all without
     /// `older`), removed when `remove`: for `launcher cache list|clean`.
     pub fn sweep(&self, older: Option<Duration>, remove: bool) -> (u64, u64) {
-        let Ok(listing) = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
-        else {
-            return (0, 0);
-        };
         let now = SystemTime::now();
         let (mut n, mut bytes) = (0, 0);
-        for entry in listing.flatten() {
-            let name = entry.file_name();
-            let Ok(st) = nix::sys::stat::fstatat(
-                &self.dir,
-                name.as_os_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) else {
-                continue;
-            };
-            let used = st.st_mtime.max(st.st_atime).max(0) as u64;
-            let age = now
-                .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(used))
-                .unwrap_or_default();
+        for e in self.entries().unwrap_or_default() {
+            let age = now.duration_since(e.used).unwrap_or_default();
             if older.is_some_and(|o| age < o) {
                 continue;
             }
-            let size = (st.st_blocks.max(0) as u64).saturating_mul(512);
-            if !remove || unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok()
-            {
+            if !remove || self.remove(&e) {
                 n += 1;
-                bytes += size;
+                bytes += e.size;
             }
         }
         (n, bytes)
+    }
+
+    /// What the directory holds, listed through its descriptor (its /proc link) and looked
+    /// at through it.
+    fn entries(&self) -> std::io::Result<Vec<Entry>> {
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))?;
+        let time = |secs: i64, nsecs: i64| {
+            SystemTime::UNIX_EPOCH
+                + Duration::new(secs.max(0) as u64, nsecs.clamp(0, 999_999_999) as u32)
+        };
+        Ok(listing
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let st = nix::sys::stat::fstatat(
+                    &self.dir,
+                    name.as_os_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .ok()?;
+                let written = time(st.st_mtime, st.st_mtime_nsec);
+                Some(Entry {
+                    name,
+                    written,
+                    // Reading an entry moves its access time (on a `relatime` mount, the
+                    // default, once a day at most), which costs a hit nothing; on a
+                    // `noatime` mount this is when it was written.
+                    used: written.max(time(st.st_atime, st.st_atime_nsec)),
+                    // What it takes (a small entry takes whole pages of a tmpfs).
+                    size: (st.st_blocks.max(0) as u64).saturating_mul(512),
+                })
+            })
+            .collect())
+    }
+
+    fn remove(&self, e: &Entry) -> bool {
+        unlinkat(&self.dir, e.name.as_os_str(), UnlinkatFlags::NoRemoveDir).is_ok()
     }
 
     /// The entry's name: a hash of the compressor, the length and both ends of the block.
@@ -303,10 +312,6 @@ fn crc32(data: &[u8]) -> u32 {
 thread_local! {
     /// The stored bytes of an entry, read for the comparison: one buffer per thread, reused.
     static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-fn io_errno(e: std::io::Error) -> nix::errno::Errno {
-    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 impl BlockStore for DiskBlockCache {
