@@ -6,7 +6,7 @@
 //! the reader's cache, in the order the exec needs them (the program's head, its interpreter,
 //! then the rest), each taking the next block nobody has taken yet: a block that a page fault
 //! or another thread is already loading is skipped, never waited for. The push thread is told
-//! about the file first and stores each block in the page cache as it lands. Blocks an earlier
+//! about the file first and stores it in the page cache once its blocks have landed. Blocks an earlier
 //! launch decompressed come from the block cache (`block_cache`). Best effort: any error just
 //! ends the prefetch.
 
