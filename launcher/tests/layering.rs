@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// What each top-level module of the crate may import (besides itself).
 fn allowed(module: &str) -> &'static [&'static str] {
     match module {
-        "debug" | "host_file" | "env_list" | "image" => &[],
+        "debug" | "host_file" | "env_list" | "image" | "private_dir" => &[],
         "options" => &["env_list"],
         "linker" => &["image", "host_file"],
         "gather" => &[
@@ -21,9 +21,16 @@ fn allowed(module: &str) -> &'static [&'static str] {
             "debug",
         ],
         "plan" => &["options", "gather", "image", "linker", "env_list", "debug"],
-        "fuse" => &["plan", "image", "debug"],
+        "fuse" => &["plan", "image", "private_dir", "env_list", "debug"],
         "apply" => &[
-            "options", "plan", "fuse", "image", "linker", "env_list", "debug",
+            "options",
+            "plan",
+            "fuse",
+            "image",
+            "linker",
+            "private_dir",
+            "env_list",
+            "debug",
         ],
         "launch" => &[
             "options", "gather", "plan", "apply", "image", "fuse", "linker", "env_list", "debug",
@@ -38,6 +45,7 @@ fn allowed(module: &str) -> &'static [&'static str] {
             "linker",
             "debug",
             "host_file",
+            "private_dir",
             "env_list",
             "launch",
         ],
