@@ -86,12 +86,7 @@ impl Archive {
 
     fn read_at_inner(&self, file: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let layout = Self::file_layout(file)?;
-        let FileLayout {
-            fragment,
-            frag_offset,
-            block_count,
-            ..
-        } = layout;
+        let block_count = layout.block_count;
         if offset >= file.size || buf.is_empty() {
             return Ok(0);
         }
@@ -107,27 +102,38 @@ impl Archive {
             self.read_blocks(file, first, &blocks, offset, buf)?;
         }
         if end > data_end {
-            if fragment == NO_FRAGMENT {
-                return Err(corrupt(format!(
-                    "blocks cover {data_end} of {} bytes and there is no fragment",
-                    file.size
-                )));
-            }
-            let tail_len = file.size - data_end;
-            let frag = self.fragment_block(fragment)?;
-            let from = u64::from(frag_offset);
-            let tail = frag
-                .get(from as usize..)
-                .filter(|t| t.len() as u64 >= tail_len)
-                .ok_or_else(|| {
-                    corrupt(format!(
-                        "fragment {fragment} holds {} bytes, tail needs {tail_len} at {from}",
-                        frag.len()
-                    ))
-                })?;
-            copy_overlap(buf, offset, tail, data_end, tail_len)?;
+            let (frag, range) = self.fragment_tail(file, &layout, data_end)?;
+            let tail_len = range.len() as u64;
+            copy_overlap(buf, offset, &frag[range], data_end, tail_len)?;
         }
         Ok(len)
+    }
+
+    /// The file's bytes from `data_end` (where its blocks end) to its end: the fragment block
+    /// that holds them, and where in it.
+    fn fragment_tail(
+        &self,
+        file: &Inode,
+        layout: &FileLayout,
+        data_end: u64,
+    ) -> Result<(Arc<Vec<u8>>, std::ops::Range<usize>)> {
+        let fragment = layout.fragment;
+        if fragment == NO_FRAGMENT {
+            return Err(corrupt(format!(
+                "blocks cover {data_end} of {} bytes and there is no fragment",
+                file.size
+            )));
+        }
+        let tail_len = file.size - data_end;
+        let frag = self.fragment_block(fragment)?;
+        let from = layout.frag_offset as usize;
+        match from.checked_add(tail_len as usize) {
+            Some(to) if to <= frag.len() => Ok((frag, from..to)),
+            _ => Err(corrupt(format!(
+                "fragment {fragment} holds {} bytes, tail needs {tail_len} at {from}",
+                frag.len()
+            ))),
+        }
     }
 
     /// Reads blocks `first..` (given in `blocks`) and copies what overlaps `buf`.
@@ -298,23 +304,7 @@ impl Archive {
             }
         }
         if file.size > data_end {
-            if layout.fragment == NO_FRAGMENT {
-                return Err(corrupt(format!(
-                    "blocks cover {data_end} of {} bytes and there is no fragment",
-                    file.size
-                )));
-            }
-            let tail = (file.size - data_end) as usize;
-            let frag = self.fragment_block(layout.fragment)?;
-            let from = layout.frag_offset as usize;
-            if frag.len() < from.saturating_add(tail) {
-                return Err(corrupt(format!(
-                    "fragment {} holds {} bytes, tail needs {tail} at {from}",
-                    layout.fragment,
-                    frag.len()
-                )));
-            }
-            pieces.push((frag, from..from + tail));
+            pieces.push(self.fragment_tail(file, &layout, data_end)?);
         }
         Ok(Some(pieces))
     }
