@@ -16,7 +16,7 @@
 //!
 //! Entries are written to a temporary name and renamed, so concurrent launches read whole
 //! entries or none; the directory is private to the user (`private_dir`); its size is
-//! bounded by evicting the oldest entries after a launch that wrote some. Every error is a
+//! bounded by evicting the least recently used entries after a launch that wrote some. Every error is a
 //! miss or a skipped write: the cache can only make a launch faster.
 //!
 //! Trust: the cache is as trustworthy as the user's own files. Any process of the user can
@@ -74,7 +74,6 @@ pub struct DiskBlockCache {
     max_bytes: u64,
     loaded: AtomicU64,
     saved: AtomicU64,
-    saved_bytes: AtomicU64,
 }
 
 impl DiskBlockCache {
@@ -99,7 +98,6 @@ impl DiskBlockCache {
             max_bytes: settings.max_bytes,
             loaded: AtomicU64::new(0),
             saved: AtomicU64::new(0),
-            saved_bytes: AtomicU64::new(0),
         })
     }
 
@@ -111,11 +109,11 @@ impl DiskBlockCache {
         )
     }
 
-    /// After the read-ahead: if this launch wrote entries, evict the oldest entries until the
-    /// directory is within its bound again (and remove temporary files left by killed
-    /// launchers).
+    /// After the read-ahead: if this launch wrote entries, evict the least recently used
+    /// entries until the directory is within its bound again (and remove temporary files left
+    /// by killed launchers).
     pub fn finish(&self) {
-        if self.saved_bytes.load(Ordering::Relaxed) > 0 {
+        if self.saved.load(Ordering::Relaxed) > 0 {
             let _ = self.evict();
         }
     }
@@ -330,10 +328,6 @@ impl BlockStore for DiskBlockCache {
         }
         if self.write_entry(&Self::name(key), key, data).is_some() {
             self.saved.fetch_add(1, Ordering::Relaxed);
-            self.saved_bytes.fetch_add(
-                (HEADER + key.stored.len() + data.len()) as u64,
-                Ordering::Relaxed,
-            );
         }
     }
 }
