@@ -293,7 +293,7 @@ impl Archive {
                     return Ok(None);
                 }
                 let want = bs.min(data_end - at) as usize;
-                let data = self.data_block(*b, i as u64)?;
+                let data = self.cached_block(*b, &format_args!("data block {i}"), None)?;
                 if data.len() < want {
                     return Err(corrupt(format!(
                         "block {i} holds {} bytes, {want} needed",
@@ -309,25 +309,33 @@ impl Archive {
         Ok(Some(pieces))
     }
 
-    /// One data block, from the cache or loaded into it (waiting for a reader loading it).
-    fn data_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
-        match self.data_cache.claim((b.pos, b.raw)) {
-            Claim::Ready(data) => Ok(data),
-            Claim::Wait(flight) => match flight.wait() {
-                Some(data) => Ok(data),
-                None => self.load_block(b, index),
-            },
-            Claim::Mine(ticket) => {
-                let data = self.disk.with_bytes(
-                    b.pos,
-                    b.disk_size() as usize,
-                    &format_args!("data block {index}"),
-                    |stored| self.decode(b, stored),
-                )?;
-                let weight = data.len() + 64;
-                Ok(ticket.complete(data, weight))
+    /// A data or fragment block (`what`, for errors) from the cache, or loaded into it
+    /// (through `store`, if any), waiting for a reader already loading it.
+    fn cached_block(
+        &self,
+        b: BlockRef,
+        what: &dyn std::fmt::Display,
+        store: Option<&dyn BlockStore>,
+    ) -> Result<Arc<Vec<u8>>> {
+        let ticket = match self.data_cache.claim((b.pos, b.raw)) {
+            Claim::Ready(d) => return Ok(d),
+            Claim::Wait(flight) => {
+                if let Some(d) = flight.wait() {
+                    return Ok(d);
+                }
+                None
             }
-        }
+            Claim::Mine(t) => Some(t),
+        };
+        self.disk
+            .with_bytes(b.pos, b.disk_size() as usize, what, |stored| match ticket {
+                Some(t) => {
+                    let data = self.decode_via(b, stored, store)?;
+                    let weight = data.len() + 64;
+                    Ok(t.complete(data, weight))
+                }
+                None => self.decode_block(b, stored),
+            })
     }
 
     /// Reads and decompresses one block without sharing (after another reader's load failed).
@@ -409,29 +417,7 @@ impl Archive {
                 "fragment {index}: bad stored size {raw:#x}"
             )));
         }
-        let ticket = match self.data_cache.claim((pos, raw)) {
-            Claim::Ready(d) => return Ok(d),
-            Claim::Wait(flight) => {
-                if let Some(d) = flight.wait() {
-                    return Ok(d);
-                }
-                None
-            }
-            Claim::Mine(t) => Some(t),
-        };
-        self.disk.with_bytes(
-            pos,
-            b.disk_size() as usize,
-            &format_args!("fragment {index}"),
-            |stored| match ticket {
-                Some(t) => {
-                    let data = self.decode_via(b, stored, store)?;
-                    let weight = data.len() + 64;
-                    Ok(t.complete(data, weight))
-                }
-                None => self.decode_block(b, stored),
-            },
-        )
+        self.cached_block(b, &format_args!("fragment {index}"), store)
     }
 
     /// The blocks `first..=last` of a file.
