@@ -147,12 +147,12 @@ fn block_cache(
         .max_mb
         .unwrap_or(DEFAULT_BLOCK_CACHE_MB);
     let off = if !tuning.block_cache {
-        Some("--fuse-no-block-cache".to_string())
+        Some("--fuse-no-block-cache")
     } else if opts.image_file.is_some() {
         // What runs is decompressed from the file whose signatures were checked, nothing else.
-        Some("the image's signatures were checked".to_string())
+        Some("the image's signatures were checked")
     } else if max_mb == 0 {
-        Some("the site config's block_cache.max_mb is 0".to_string())
+        Some("the site config's block_cache.max_mb is 0")
     } else {
         None
     };

@@ -53,6 +53,17 @@ pub fn open_in(parent: &OwnedFd, name: &str, path: &Path, uid: u32, what: &str) 
     Ok(fd)
 }
 
+/// `$XDG_RUNTIME_DIR` (`run`) when it is `uid`'s own runtime directory (made by logind,
+/// private to the user, so nobody else can take a name in it first). One inherited from
+/// another node or user (srun passes the environment on) is passed over.
+pub fn users_runtime_dir(run: Option<&str>, uid: u32) -> Option<&Path> {
+    use std::os::unix::fs::MetadataExt;
+    let run = Path::new(run?);
+    let private =
+        std::fs::metadata(run).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+    (run.is_absolute() && private).then_some(run)
+}
+
 /// An error naming the owner unless `st` is a directory of `uid`'s that nobody else may use.
 fn refuse_unless_private(
     dir: &Path,

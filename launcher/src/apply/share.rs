@@ -231,15 +231,9 @@ pub fn candidate_dirs(env: &[(String, String)], uid: u32) -> Vec<PathBuf> {
         return vec![PathBuf::from(d)];
     }
     let mut dirs = Vec::new();
-    if let Some(run) = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR") {
-        let run = Path::new(run);
-        // Only the user's own runtime directory: one inherited from another node or user
-        // (srun passes the environment on) is passed over.
-        let private = std::fs::metadata(run)
-            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
-        if run.is_absolute() && private {
-            dirs.push(run.join("launcher"));
-        }
+    let run = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR");
+    if let Some(run) = crate::private_dir::users_runtime_dir(run, uid) {
+        dirs.push(run.join("launcher"));
     }
     dirs.push(PathBuf::from(format!("/tmp/launcher-{uid}")));
     dirs.push(PathBuf::from(format!("/dev/shm/launcher-{uid}")));

@@ -35,7 +35,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -335,21 +335,17 @@ impl BlockStore for DiskBlockCache {
 /// The cache directory for `uid`: in the user's own runtime directory when it has one (a
 /// tmpfs, in memory), else in `/tmp/launcher-UID` beside the rendezvous files.
 pub fn default_dir(env: &[(String, String)], uid: u32) -> PathBuf {
-    if let Some(run) = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR") {
-        let run = Path::new(run);
-        use std::os::unix::fs::MetadataExt;
-        let private = std::fs::metadata(run)
-            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
-        if run.is_absolute() && private {
-            return run.join("launcher").join("blocks");
-        }
+    let run = crate::env_list::get_nonempty(env, "XDG_RUNTIME_DIR");
+    match crate::private_dir::users_runtime_dir(run, uid) {
+        Some(run) => run.join("launcher").join("blocks"),
+        None => PathBuf::from(format!("/tmp/launcher-{uid}/blocks")),
     }
-    PathBuf::from(format!("/tmp/launcher-{uid}/blocks"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn cache(dir: &Path, max_bytes: u64) -> DiskBlockCache {
         let settings = Settings {
