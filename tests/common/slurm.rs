@@ -82,6 +82,18 @@ pub fn owned_entries(dirs: &[PathBuf], uid: u32) -> BTreeSet<PathBuf> {
         .collect()
 }
 
+/// A node's `/tmp/launcher-UID` that holds the user's block cache and nothing else: the one
+/// thing launches keep on a node on purpose (bounded; docs/slurm.md, "What stays on a node").
+/// Rendezvous files beside it still count as left behind.
+pub fn is_only_the_block_cache(p: &Path) -> bool {
+    let names: Option<Vec<_>> = std::fs::read_dir(p)
+        .ok()
+        .map(|d| d.flatten().map(|e| e.file_name()).collect());
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("launcher-"))
+        && names.is_some_and(|n| n == ["blocks"])
+}
+
 /// Scratch directories of other test processes (their files are theirs).
 pub fn is_other_test_scratch(p: &Path) -> bool {
     p.file_name()
@@ -211,7 +223,9 @@ pub fn assert_nodes_clean(before: &BTreeSet<PathBuf>) {
     assert!(left.is_empty(), "processes left on the nodes: {left:?}");
     let new: Vec<PathBuf> = node_entries(s.uid)
         .difference(before)
-        .filter(|p| !p.starts_with(&s.scratch) && !is_other_test_scratch(p))
+        .filter(|p| {
+            !p.starts_with(&s.scratch) && !is_other_test_scratch(p) && !is_only_the_block_cache(p)
+        })
         .cloned()
         .collect();
     assert!(new.is_empty(), "left behind: {new:?}");
