@@ -13,11 +13,18 @@ the median over rounds of its time / command A's time in the same round. On a sh
 benches/run.sh times each command in a block of runs; this is for "did my change help".
 A command that fails is counted and reported.
 
+With PAIRED_JSON=FILE in the environment it also writes every run's time there (JSON: the
+commands, per command its times in round order, its failures), for a script that makes a
+table of them: `paired.py --ratio FILE I J` prints the median over rounds of command J's
+time / command I's in the same round (I, J count from 0), and `paired.py --median FILE J`
+command J's median in seconds.
+
 Example (two builds of the launcher, and ch-run, on one image):
 
     benches/paired.py 200 ./launcher.old exec IMG /bin/true :: ./launcher.new exec IMG /bin/true \\
         :: /usr/bin/ch-run IMG -- /bin/true
 """
+import json
 import os
 import statistics
 import sys
@@ -51,7 +58,29 @@ def run(cmd):
     return time.perf_counter() - t, status != 0
 
 
+def paired_ratio(times, i, j):
+    return statistics.median(b / a for a, b in zip(times[i], times[j]))
+
+
+def report(args):
+    """--ratio FILE I J / --median FILE J: one figure of a PAIRED_JSON file."""
+    try:
+        with open(args[1]) as f:
+            times = json.load(f)["times"]
+        idx = [int(a) for a in args[2:]]
+        if args[0] == "--ratio" and len(idx) == 2:
+            print(f"{paired_ratio(times, *idx):.3f}")
+        elif args[0] == "--median" and len(idx) == 1:
+            print(f"{statistics.median(times[idx[0]]):.6f}")
+        else:
+            sys.exit("paired.py: --ratio FILE I J, or --median FILE J")
+    except (OSError, ValueError, KeyError, IndexError, statistics.StatisticsError) as e:
+        sys.exit(f"paired.py: {args[1]}: {e}")
+
+
 def main():
+    if sys.argv[1:2] in (["--ratio"], ["--median"]):
+        return report(sys.argv[1:])
     rounds, cmds = parse(sys.argv[1:])
     for c in cmds:
         for _ in range(5):
@@ -66,12 +95,18 @@ def main():
             failures[j] += failed
     for j, c in enumerate(cmds):
         t = sorted(times[j])
-        ratio = statistics.median(b / a for a, b in zip(times[0], times[j]))
+        ratio = paired_ratio(times, 0, j)
         print(
             f"{j}: median {statistics.median(t) * 1e3:7.2f} ms  p10 {t[len(t) // 10] * 1e3:7.2f} ms  "
             f"fastest {t[0] * 1e3:7.2f} ms  paired ratio to 0: {ratio:.3f}  "
             f"failed {failures[j]}  {' '.join(c)}"
         )
+    if os.environ.get("PAIRED_JSON"):
+        try:
+            with open(os.environ["PAIRED_JSON"], "w") as f:
+                json.dump({"commands": cmds, "times": times, "failed": failures}, f)
+        except OSError as e:
+            sys.exit(f"paired.py: cannot write PAIRED_JSON {os.environ['PAIRED_JSON']}: {e}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@
 #   sudo benches/python-import.sh [ROUNDS]
 #
 # The image is made once into $LAUNCHER_FIXTURES-numpy/numpy.sqfs (needs Debian's archive).
-# The binary: $LAUNCHER, else target/release/launcher (cargo build --release first).
+# The binary: $LAUNCHER, else target/release/launcher (cargo build --release first). The user:
+# $BENCH_USER, else the test fixtures' (tests/setup.sh). With BENCH_JSON_DIR set, the paired
+# runs' times go to BENCH_JSON_DIR/python-fresh.json and python-warm.json (benches/paired.py's
+# PAIRED_JSON; commands in the order of the tables below).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 rounds=${1:-40}
@@ -31,7 +34,7 @@ if [ ! -s "$IMG" ]; then
     mv "$IMG.tmp" "$IMG"
     rm -rf "$work"
 fi
-USER_NAME=$(cat "$FIX/user")
+USER_NAME=${BENCH_USER:-$(cat "$FIX/user")}
 U=$(id -u "$USER_NAME") G=$(id -g "$USER_NAME")
 HOMEDIR=$(getent passwd "$USER_NAME" | cut -d: -f6)
 W=/var/tmp/launcher-bench-python
@@ -72,11 +75,12 @@ echo "# benches/python-import.sh: $(date -u +%F), $(nproc) CPUs, $(uname -r)"
 echo "# image: $IMG ($(stat -c %s "$IMG") bytes); load before: $(uptime | sed 's/.*load/load/')"
 echo
 echo "## 1. fresh: A kernel squashfs mounted afresh per run; B fresh launcher exec IMAGE"
-python3 "$HERE/paired.py" "$rounds" sh -c "$fresh_kernel" :: \
+PAIRED_JSON=${BENCH_JSON_DIR:+$BENCH_JSON_DIR/python-fresh.json} \
+    python3 "$HERE/paired.py" "$rounds" sh -c "$fresh_kernel" :: \
     "${as_user[@]}" "$W/launcher" exec "$IMG" "${py[@]}"
 echo
 echo "## 2. warm: A the kernel mount already made (chroot); B exec instance://; C fresh launcher exec"
-python3 "$HERE/paired.py" "$rounds" \
+PAIRED_JSON=${BENCH_JSON_DIR:+$BENCH_JSON_DIR/python-warm.json} python3 "$HERE/paired.py" "$rounds" \
     chroot "$W/warm" "${in_chroot[@]}" "${py[@]}" :: \
     "${as_user[@]}" "$W/launcher" exec "instance://$NAME" "${py[@]}" :: \
     "${as_user[@]}" "$W/launcher" exec "$IMG" "${py[@]}"

@@ -8,6 +8,8 @@
 #   --rebuild-images  rebuild the test images even if an up-to-date copy is in the scratch dir
 #   --output FILE     write the report there instead of docs/performance.md
 #   --build           then run benches/build.sh (launcher build vs mksquashfs, its own report)
+#   --baseline BIN    an older launcher binary: section 6 then checks, paired, that start-up and
+#                     find + cat with none of the newer features used are no slower than BIN's
 #
 # Environment: LAUNCHER_TEST_USER (name or uid of an existing unprivileged user to measure as;
 # default: create/reuse `launcher-bench`), LAUNCHER_BENCH_DIR (scratch dir, default
@@ -32,6 +34,7 @@ BUILD=1
 REBUILD_IMAGES=0
 OUTPUT="$ROOT/docs/performance.md"
 RUN_BUILD=0
+BASELINE=""
 while (($#)); do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -39,7 +42,8 @@ while (($#)); do
         --rebuild-images) REBUILD_IMAGES=1 ;;
         --output) OUTPUT=$2; shift ;;
         --build) RUN_BUILD=1 ;;
-        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --baseline) BASELINE=$2; shift ;;
+        -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -67,6 +71,7 @@ if ((QUICK)); then
     WARM_WARMUP=2; WARM_RUNS=5
     RSS_RUNS=1
     ROUNDS=1
+    PAIRED_ROUNDS=8  # section 6 (paired.py rounds; the Python import's are half of these)
 else
     MODE=full
     BIG_MB=1024
@@ -76,6 +81,7 @@ else
     WARM_WARMUP=3; WARM_RUNS=20
     RSS_RUNS=3
     ROUNDS=3
+    PAIRED_ROUNDS=40
 fi
 ROUNDS=${LAUNCHER_BENCH_ROUNDS:-$ROUNDS} # hyperfine invocations per table
 SMALL_FILES=2000      # image (d): 20 dirs x 100 files of 4 KiB
@@ -573,6 +579,112 @@ check "ch-run: sha256 of /data/big50, gzip" "$A_SHA" ch-run "$IA" -- /bin/sh -c 
 check "launcher: files in image (d)" "$SMALL_FILES" "$L" exec "$ID" /bin/sh -c 'find /data -type f | wc -l'
 check "launcher: files in image (c)" "$MANY_FILES" "$L" exec "$IC" /bin/sh -c 'find /data -type f | wc -l'
 check "launcher: exit status passes through" "3" /bin/sh -c "$L exec $IA /bin/sh -c 'exit 3'; echo \$?"
+
+# --- 6. issue 21's targets: fresh mounts against fresh kernel mounts, warm launches, paired
+section "6. Fresh mounts against the kernel's, and warm launches (paired)"
+md "Each row's commands run in alternation, every command once per round, the order reversed" \
+    "every other round (\`benches/paired.py\`); a ratio is the median over rounds of the two" \
+    "commands' times in the same round. A fresh kernel mount is made and unmounted around every" \
+    "run, from a loop device of its own set up once (so its page cache is as warm as the image" \
+    "file's is for the launcher); the launcher makes a fresh FUSE mount every run in any case."
+PJ=$RES/paired
+rm -rf "$PJ"
+mkdir -p "$PJ"
+chown "$U_UID:$U_GID" "$PJ" # the baseline rows' paired.py runs as the user
+BB_ROOT=$SCRATCH/rootfs-busybox
+if [[ ! -x $BB_ROOT/bin/busybox ]]; then
+    mkdir -p "$BB_ROOT"
+    mk_rootfs "$BB_ROOT"
+fi
+# paired_row JSON I J OP TARGET LABEL: the paired ratio J / I of a paired.py PAIRED_JSON file, a
+# line in the report and in the summary (OP "-": no target).
+paired_row() {
+    local json=$1 i=$2 j=$3 op=$4 tgt=$5 label=$6 r verdict shown_t
+    if ! r=$(python3 "$ROOT/benches/paired.py" --ratio "$json" "$i" "$j" 2>&1); then
+        md "- $label: not available ($r)"
+        summary "$label" "n/a" "-" "$op $tgt" "NOT MEASURED"
+        return 0
+    fi
+    r=$(awk -v r="$r" 'BEGIN { printf "%.2f", r }')
+    shown_t="$op $tgt"
+    case $op in
+        "<=") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r <= t) ? "met" : "MISSED" }') ;;
+        *) verdict="(no target)" shown_t="-" ;;
+    esac
+    local line
+    line="- **$label** = $r (median over $(jq '.times[0] | length' "$json") paired rounds)"
+    [[ $op == "-" ]] || line+="; target $shown_t: **$verdict**"
+    md "$line"
+    summary "$label" "$r" "" "$shown_t" "$verdict"
+}
+# paired_table JSON NAME...: the median of each command of a PAIRED_JSON file, by name.
+paired_table() {
+    local json=$1 k=0 n
+    shift
+    md "" "| Command | Median | Failed runs |" "|---|---:|---:|"
+    for n in "$@"; do
+        md "| $n | $(python3 "$ROOT/benches/paired.py" --median "$json" "$k" |
+            awk '{ printf "%.1f ms", $1 * 1000 }') | $(jq --argjson k "$k" '.failed[$k]' "$json") |"
+        k=$((k + 1))
+    done
+    md ""
+}
+# paired_script NAME LOG CMD...: run one of the paired benchmark scripts; its whole output goes
+# into the report (folded), a failure into Failures.
+paired_script() {
+    local name=$1 logf=$2 rc=0
+    shift 2
+    log "$name: $*"
+    env BENCH_USER="$U_NAME" BENCH_ROOTFS="$BB_ROOT" BENCH_JSON_DIR="$PJ" LAUNCHER="$L" \
+        timeout -k 10 1800 "$@" >"$logf" 2>&1 || rc=$?
+    ((rc == 0)) || fail "$name" "$(fmt_cmd "$@")" "$rc" "$(tail -n 20 "$logf")"
+    md "" "<details><summary>output of \`$(fmt_cmd "${@/#$ROOT\//}")\`</summary>" "" '```' "$(cat "$logf")" '```' "" "</details>" ""
+    return "$rc"
+}
+
+md "" "### find + cat over 2,000 files of 4 KiB (zstd), a fresh mount each run"
+others=()
+[[ -n $BASELINE ]] && others=("$SCRATCH/bin/launcher-baseline")
+[[ -n $BASELINE ]] && install -m 0755 "$BASELINE" "$SCRATCH/bin/launcher-baseline"
+if paired_script "find + cat, fresh mounts (benches/smallfiles.sh)" "$RES/smallfiles.log" \
+    "$ROOT/benches/smallfiles.sh" "$L" "$PAIRED_ROUNDS" "${others[@]}"; then
+    names=("kernel squashfs, fresh mount: find + cat" "kernel squashfs, fresh mount: /bin/true"
+        "launcher: find + cat" "launcher: /bin/true")
+    [[ -n $BASELINE ]] && names+=("baseline launcher: find + cat" "baseline launcher: /bin/true")
+    paired_table "$PJ/findcat.json" "${names[@]}"
+    paired_row "$PJ/findcat.json" 0 2 "<=" 1.0 "find+cat, fresh launcher mount / fresh kernel mount"
+    [[ -n $BASELINE ]] && paired_row "$PJ/findcat.json" 4 2 "<=" 1.05 "find+cat, launcher / baseline launcher"
+fi
+
+md "" "### \`python3 -c 'import numpy, mpi4py'\` from a Debian 12 image (zstd; Debian's packages)"
+if paired_script "import numpy, mpi4py (benches/python-import.sh)" "$RES/python-import.log" \
+    "$ROOT/benches/python-import.sh" "$((PAIRED_ROUNDS / 2))"; then
+    paired_table "$PJ/python-fresh.json" "kernel squashfs mounted afresh for the run" "launcher exec IMAGE"
+    paired_row "$PJ/python-fresh.json" 0 1 "<=" 1.0 "import numpy, mpi4py: fresh launcher exec / fresh kernel mount"
+    paired_table "$PJ/python-warm.json" "kernel squashfs already mounted and used (chroot)" \
+        "launcher exec instance://NAME" "launcher exec IMAGE (block cache warm)"
+    paired_row "$PJ/python-warm.json" 0 1 "<=" 1.2 "import numpy, mpi4py: exec instance:// / mounted kernel squashfs"
+    paired_row "$PJ/python-warm.json" 0 2 "-" "" "import numpy, mpi4py: launcher exec IMAGE again / mounted kernel squashfs"
+fi
+
+if [[ -n $BASELINE ]]; then
+    md "" "### Start-up with none of the newer features used, against the baseline \`$BASELINE\`" \
+        "" "\`/bin/true\` from image (a); this launcher with \`--fuse-no-block-cache\`."
+    BL=$SCRATCH/bin/launcher-baseline
+    install -m 0755 "$ROOT/benches/paired.py" "$SCRATCH/bin/paired.py" # the user may not read $ROOT
+    rc=0
+    out=$(cd "$U_HOME" && "${ASU_A[@]}" PAIRED_JSON="$PJ/baseline.json" python3 "$SCRATCH/bin/paired.py" \
+        "$((PAIRED_ROUNDS * 4))" "$BL" exec "$IZ" /bin/true :: "$L" exec --fuse-no-block-cache "$IZ" /bin/true \
+        :: "$BL" exec "$IA" /bin/true :: "$L" exec --fuse-no-block-cache "$IA" /bin/true 2>&1) || rc=$?
+    if ((rc == 0)); then
+        paired_table "$PJ/baseline.json" "baseline (zstd)" "launcher --fuse-no-block-cache (zstd)" \
+            "baseline (gzip)" "launcher --fuse-no-block-cache (gzip)"
+        paired_row "$PJ/baseline.json" 0 1 "<=" 1.05 "start-up, no block cache / baseline launcher, zstd"
+        paired_row "$PJ/baseline.json" 2 3 "<=" 1.05 "start-up, no block cache / baseline launcher, gzip"
+    else
+        fail "start-up against the baseline" "paired.py ... $BL ... $L ..." "$rc" "$out"
+    fi
+fi
 
 # ---------------------------------------------------------------- 8. write the report
 mkdir -p "$(dirname "$OUTPUT")"

@@ -13,8 +13,12 @@
 #   LAUNCHER        default target/release/launcher
 #   ROUNDS          default 40
 #   OTHER_LAUNCHER  more builds timed in the same rounds (an A/B against an older binary)
-# Uses the test fixtures (tests/setup.sh: the busybox root and the test user); writes its image
-# to /var/tmp/launcher-ab (shared with ab.sh) and mounts the kernel's at /var/tmp/launcher-ab/kmnt.
+# Uses the test fixtures (tests/setup.sh: the busybox root and the test user), or the user named
+# by BENCH_USER and the busybox root at BENCH_ROOTFS (benches/run.sh gives its own); writes its
+# image to /var/tmp/launcher-ab (shared with ab.sh) and mounts the kernel's at
+# /var/tmp/launcher-ab/kmnt. With BENCH_JSON_DIR set, the paired runs' times go to
+# BENCH_JSON_DIR/findcat.json (benches/paired.py's PAIRED_JSON: command 0 the kernel's find +
+# cat, 1 its /bin/true, then per launcher its find + cat and its /bin/true).
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,14 +28,14 @@ source "$HERE/lib.sh"
 launcher=${1:-$HERE/../target/release/launcher} rounds=${2:-40}
 shift $(($# < 2 ? $# : 2))
 FIX=${LAUNCHER_FIXTURES:-/var/tmp/launcher-fixtures}
-USER_NAME=$(cat "$FIX/user")
+USER_NAME=${BENCH_USER:-$(cat "$FIX/user")}
 U=$(id -u "$USER_NAME") G=$(id -g "$USER_NAME")
 HOMEDIR=$(getent passwd "$USER_NAME" | cut -d: -f6)
 W=/var/tmp/launcher-ab
 KMNT=$W/kmnt
 mkdir -p "$W" "$KMNT"
 chmod 755 "$W"
-smallfiles_image "$W/smallfiles.sqfs" "$FIX/rootfs"
+smallfiles_image "$W/smallfiles.sqfs" "${BENCH_ROOTFS:-$FIX/rootfs}"
 IMG=$W/smallfiles.sqfs
 files=$(unsquashfs -l "$IMG" | grep -c '^squashfs-root/data/small/d[0-9]*/f')
 as_user="setpriv --reuid=$U --regid=$G --clear-groups env -i HOME=$HOMEDIR USER=$USER_NAME LOGNAME=$USER_NAME PATH=/usr/local/bin:/usr/bin:/bin"
@@ -78,7 +82,7 @@ echo "== $(nproc) cpus, $(uname -r), $files files; load before: $(uptime)"
 for ((k = 0; k < ${#names[@]}; k++)); do echo "command $k: ${names[$k]}"; done
 echo "== find + cat, paired ($rounds rounds, ratios to command 0)"
 cd /
-python3 "$HERE/paired.py" "$rounds" "${cmds[@]}"
+PAIRED_JSON=${BENCH_JSON_DIR:+$BENCH_JSON_DIR/findcat.json} python3 "$HERE/paired.py" "$rounds" "${cmds[@]}"
 echo "== load after: $(uptime)"
 
 echo "== FUSE requests (launcher --debug), per file = count / $files"
