@@ -5,10 +5,11 @@
 //! zstd busybox for `/bin/true`: about 5 ms of CPU here). Threads decompress its blocks into
 //! the reader's cache, in the order the exec needs them (the program's head, its interpreter,
 //! then the rest), each taking the next block nobody has taken yet: a block that a page fault
-//! or another thread is already loading is skipped, never waited for. The push thread is told
-//! about the file first and stores it in the page cache once its blocks have landed. Blocks an earlier
-//! launch decompressed come from the block cache (`block_cache`). Best effort: any error just
-//! ends the prefetch.
+//! or another thread is already loading is skipped, never waited for. Once all of them are in
+//! memory, the push thread is given the files and stores each in the page cache; the exec
+//! waits a little for that (`Pusher::promise_programs`). Blocks an earlier launch
+//! decompressed come from the block cache (`block_cache`). Best effort: any error just ends
+//! the prefetch.
 
 use crate::debug;
 use crate::fuse::block_cache::{self, DiskBlockCache};
@@ -59,6 +60,9 @@ pub fn spawn(
     let stop = Arc::new(AtomicBool::new(false));
     let caching = cache.is_some();
     let stopped = stop.clone();
+    // Made before the thread starts: the exec waits (a little: `Pusher::close`) for the
+    // program's store, however late the thread runs.
+    let promise = pusher.as_ref().map(Pusher::promise_programs);
     let thread = std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || {
@@ -77,7 +81,6 @@ pub fn spawn(
             let Some(prog) = regular_file(&archive, &program) else {
                 return;
             };
-            offer(&prog);
             let store = cache.as_ref().map(|(c, _)| c as &dyn BlockStore);
             // The head first: it names the interpreter, which the exec loads before the rest.
             // (Its block through the cache too; the read below then finds it in memory.)
@@ -89,7 +92,6 @@ pub fn spawn(
             let interp = interpreter(&head[..n]).and_then(|p| regular_file(&archive, &p));
             let mut work = Vec::new();
             if let Some(interp) = &interp {
-                offer(interp);
                 work.extend(blocks(&archive, interp, 0));
             }
             work.extend(blocks(
@@ -98,6 +100,16 @@ pub fn spawn(
                 (n as u64).div_ceil(block_size(&archive)),
             ));
             warm(&archive, &work, store, &stopped);
+            // Offered once their blocks are all in memory: the push thread then only copies.
+            // Offered before, it took the blocks the read-ahead had not reached yet and
+            // decompressed them itself, past the block cache.
+            if !stopped.load(Ordering::Relaxed) {
+                if let Some(interp) = &interp {
+                    offer(interp);
+                }
+                offer(&prog);
+            }
+            drop(promise);
             if let Some((cache, dir)) = &cache {
                 let (loaded, saved) = cache.counts();
                 debug::step(format_args!(

@@ -176,6 +176,14 @@ impl Pusher {
         }
     }
 
+    /// Programs will be offered: until the returned promise is dropped, closing the program
+    /// gate waits for them as for a batch offered (the read-ahead offers a program once all
+    /// its blocks are in memory, so that the push thread only copies).
+    pub fn promise_programs(&self) -> Promise {
+        self.program.pending(1);
+        Promise(self.program.clone())
+    }
+
     /// No more program stores: returns once the one in progress, if any, is done. Called
     /// before any command can read a file (see the module comment).
     pub fn close(&self) {
@@ -218,6 +226,15 @@ impl Pusher {
 /// At most this long, the exec waits for the pushes offered before it (a 2 MB busybox is
 /// decompressed in about 1.5 ms by 4 read-ahead threads).
 const FINISH_WAIT: Duration = Duration::from_millis(5);
+
+/// Batches still to be offered, counted as pending until dropped (`Pusher::promise_programs`).
+pub struct Promise(Arc<Gate>);
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        self.0.pending(-1);
+    }
+}
 
 /// A batch being pushed, counted as pending until dropped.
 struct Done<'g>(&'g Gate);
@@ -400,6 +417,31 @@ mod tests {
         gate.pending(-1);
         closer.join().unwrap();
         assert!(gate.pass().is_none(), "not closed once the batch was done");
+    }
+
+    /// The read-ahead's promise holds the program gate open for the exec's short wait, as a
+    /// batch offered does; once it is dropped nothing more is waited for.
+    #[test]
+    fn a_promise_of_programs_is_waited_for_until_dropped() {
+        let (held, _rx) = Pusher::new();
+        let promise = held.promise_programs();
+        let t = Instant::now();
+        held.program.close(t + Duration::from_millis(30));
+        assert!(
+            t.elapsed() >= Duration::from_millis(30),
+            "close did not wait"
+        );
+        drop(promise);
+
+        let (kept, _rx) = Pusher::new();
+        drop(kept.promise_programs());
+        let t = Instant::now();
+        kept.program.close(t + Duration::from_secs(600));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "close waited for a dropped promise"
+        );
+        assert!(kept.program.pass().is_none());
     }
 
     #[test]
