@@ -733,7 +733,7 @@ CHV=$(USER=root ch-run --version 2>&1 | head -n1)
     echo
     echo "Build times (\`launcher build\` against mksquashfs): [performance-build.md](performance-build.md), from \`benches/build.sh\`."
     echo
-    echo "Small files against the kernel on fresh mounts, FUSE requests per file, zstd start-up: [performance-smallfiles.md](performance-smallfiles.md), from \`benches/smallfiles.sh\`."
+    echo "How section 6's figures were found (FUSE requests per file, profiles, what was tried), zstd start-up paired with ch-run: [performance-smallfiles.md](performance-smallfiles.md)."
 } >"$OUTPUT.tmp"
 mv "$OUTPUT.tmp" "$OUTPUT"
 chmod 0644 "$OUTPUT"
