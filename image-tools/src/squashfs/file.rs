@@ -7,7 +7,7 @@ use super::compression::decompress;
 use super::error::{corrupt, Error, Result};
 use super::inode::{Detail, FileLayout, Inode, NO_FRAGMENT};
 use super::metadata::{table_entry, Cursor};
-use super::{Archive, BlockKey, BlockStore};
+use super::{Archive, BlockBytes, BlockKey, BlockStore};
 
 /// Bit of a data block size meaning "stored uncompressed".
 const UNCOMPRESSED_BIT: u32 = 1 << 24;
@@ -116,7 +116,7 @@ impl Archive {
         file: &Inode,
         layout: &FileLayout,
         data_end: u64,
-    ) -> Result<(Arc<Vec<u8>>, std::ops::Range<usize>)> {
+    ) -> Result<(Arc<BlockBytes>, std::ops::Range<usize>)> {
         let fragment = layout.fragment;
         if fragment == NO_FRAGMENT {
             return Err(corrupt(format!(
@@ -208,7 +208,7 @@ impl Archive {
                         let data = self.decode(*blk, &raw[at_raw..at_raw + n])?;
                         at_raw += n;
                         let weight = data.len() + 64;
-                        let data = ticket.complete(data, weight);
+                        let data = ticket.complete(BlockBytes::Owned(data), weight);
                         let (at, want) = block_len(i + k);
                         copy_overlap(buf, offset, &data, at, want)?;
                     }
@@ -268,7 +268,7 @@ impl Archive {
     pub fn file_pieces(
         &self,
         file: &Inode,
-    ) -> Result<Option<Vec<(Arc<Vec<u8>>, std::ops::Range<usize>)>>> {
+    ) -> Result<Option<Vec<(Arc<BlockBytes>, std::ops::Range<usize>)>>> {
         self.file_pieces_inner(file)
             .map_err(|e| e.context(format_args!("file inode {:#x}", file.inode_ref)))
     }
@@ -277,7 +277,7 @@ impl Archive {
     fn file_pieces_inner(
         &self,
         file: &Inode,
-    ) -> Result<Option<Vec<(Arc<Vec<u8>>, std::ops::Range<usize>)>>> {
+    ) -> Result<Option<Vec<(Arc<BlockBytes>, std::ops::Range<usize>)>>> {
         let layout = Self::file_layout(file)?;
         let bs = u64::from(self.sb.block_size);
         let data_end = layout.block_count.saturating_mul(bs).min(file.size);
@@ -316,7 +316,7 @@ impl Archive {
         b: BlockRef,
         what: &dyn std::fmt::Display,
         store: Option<&dyn BlockStore>,
-    ) -> Result<Arc<Vec<u8>>> {
+    ) -> Result<Arc<BlockBytes>> {
         let ticket = match self.data_cache.claim((b.pos, b.raw)) {
             Claim::Ready(d) => return Ok(d),
             Claim::Wait(flight) => {
@@ -339,7 +339,7 @@ impl Archive {
     }
 
     /// Reads and decompresses one block without sharing (after another reader's load failed).
-    fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<Vec<u8>>> {
+    fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<BlockBytes>> {
         self.disk.with_bytes(
             b.pos,
             b.disk_size() as usize,
@@ -349,10 +349,12 @@ impl Archive {
     }
 
     /// Decompresses a data or fragment block and caches it.
-    fn decode_block(&self, b: BlockRef, stored: &[u8]) -> Result<Arc<Vec<u8>>> {
+    fn decode_block(&self, b: BlockRef, stored: &[u8]) -> Result<Arc<BlockBytes>> {
         let data = self.decode(b, stored)?;
         let weight = data.len() + 64;
-        Ok(self.data_cache.insert((b.pos, b.raw), data, weight))
+        Ok(self
+            .data_cache
+            .insert((b.pos, b.raw), BlockBytes::Owned(data), weight))
     }
 
     /// Decompresses a data or fragment block, or takes it from `store`, which gets the
@@ -362,9 +364,9 @@ impl Archive {
         b: BlockRef,
         stored: &[u8],
         store: Option<&dyn BlockStore>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<BlockBytes> {
         let Some(store) = store.filter(|_| b.raw & UNCOMPRESSED_BIT == 0) else {
-            return self.decode(b, stored);
+            return self.decode(b, stored).map(BlockBytes::Owned);
         };
         let key = BlockKey {
             compressor: self.sb.compressor.id(),
@@ -377,7 +379,7 @@ impl Archive {
         }
         let data = self.decode(b, stored)?;
         store.save(&key, &data);
-        Ok(data)
+        Ok(BlockBytes::Owned(data))
     }
 
     /// Decompresses a data or fragment block.
@@ -390,7 +392,7 @@ impl Archive {
         }
     }
 
-    fn fragment_block(&self, index: u32) -> Result<Arc<Vec<u8>>> {
+    fn fragment_block(&self, index: u32) -> Result<Arc<BlockBytes>> {
         self.fragment_block_via(index, None)
     }
 
@@ -398,7 +400,7 @@ impl Archive {
         &self,
         index: u32,
         store: Option<&dyn BlockStore>,
-    ) -> Result<Arc<Vec<u8>>> {
+    ) -> Result<Arc<BlockBytes>> {
         let e: [u8; 16] = table_entry(
             &self.meta,
             &self.disk,
@@ -595,8 +597,17 @@ mod tests {
         forged: Option<Vec<u8>>,
     }
 
+    /// Lent bytes, as the launcher's mapped entries are.
+    struct Lent(Vec<u8>);
+
+    impl crate::squashfs::LentBytes for Lent {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
     impl BlockStore for CountingStore {
-        fn load(&self, key: &BlockKey<'_>) -> Option<Vec<u8>> {
+        fn load(&self, key: &BlockKey<'_>) -> Option<BlockBytes> {
             let found = self
                 .blocks
                 .lock()
@@ -604,7 +615,8 @@ mod tests {
                 .get(&(key.compressor, key.stored.to_vec()))
                 .cloned()?;
             self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Some(self.forged.clone().unwrap_or(found))
+            let bytes = self.forged.clone().unwrap_or(found);
+            Some(BlockBytes::Lent(Box::new(Lent(bytes))))
         }
         fn save(&self, key: &BlockKey<'_>, data: &[u8]) {
             self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

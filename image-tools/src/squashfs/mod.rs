@@ -45,8 +45,30 @@ pub const READ_FILE_MAX: u64 = 1 << 30;
 /// exactly that key (comparing the stored bytes, not a hash an image could aim at), and may
 /// forget anything. Errors are misses: the block is then decompressed.
 pub trait BlockStore: Send + Sync {
-    fn load(&self, key: &BlockKey<'_>) -> Option<Vec<u8>>;
+    fn load(&self, key: &BlockKey<'_>) -> Option<BlockBytes>;
     fn save(&self, key: &BlockKey<'_>, data: &[u8]);
+}
+
+/// A decompressed data or fragment block: decompressed here, or lent by a [`BlockStore`]
+/// (the launcher maps its copy instead of reading it into new memory).
+pub enum BlockBytes {
+    Owned(Vec<u8>),
+    Lent(Box<dyn LentBytes>),
+}
+
+/// Bytes a [`BlockStore`] lends for as long as the block is kept.
+pub trait LentBytes: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+impl std::ops::Deref for BlockBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockBytes::Owned(v) => v,
+            BlockBytes::Lent(l) => l.bytes(),
+        }
+    }
 }
 
 /// What a stored block's contents depend on.
@@ -90,7 +112,7 @@ pub struct Archive {
     xattr: Option<XattrTable>,
     /// Keyed by (position, stored size) so that a bad image reusing a position
     /// with another size cannot alias a cached block.
-    data_cache: Cache<(u64, u32), Vec<u8>>,
+    data_cache: Cache<(u64, u32), BlockBytes>,
     list_cache: Cache<u64, file::BlockMarks>,
 }
 
