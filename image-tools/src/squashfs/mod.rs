@@ -56,7 +56,9 @@ pub enum BlockBytes {
     Lent(Box<dyn LentBytes>),
 }
 
-/// Bytes a [`BlockStore`] lends for as long as the block is kept.
+/// Bytes a [`BlockStore`] lends for as long as the block is kept. The store vouches for them
+/// when it lends them; a store that lends a mapping of a file the user can write (the
+/// launcher's) serves what the file holds from then on.
 pub trait LentBytes: Send + Sync {
     fn bytes(&self) -> &[u8];
 }

@@ -31,7 +31,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +70,8 @@ pub struct Settings {
 pub struct DiskBlockCache {
     dir: OwnedFd,
     max_bytes: u64,
+    /// Entries are mapped, not read (`MappedFile`): on a local file system only.
+    map: bool,
     loaded: AtomicU64,
     saved: AtomicU64,
 }
@@ -92,6 +94,7 @@ impl DiskBlockCache {
             "block cache directory",
         )?;
         Ok(DiskBlockCache {
+            map: local_file_system(&dir),
             dir,
             max_bytes: settings.max_bytes,
             loaded: AtomicU64::new(0),
@@ -216,9 +219,9 @@ impl DiskBlockCache {
         format!("{:016x}", h.finish())
     }
 
-    /// The entry's decompressed bytes, mapped from its file, once it is whole and its stored
-    /// bytes are the image's.
-    fn read_entry(&self, name: &str, key: &BlockKey<'_>) -> Option<MappedEntry> {
+    /// The entry's decompressed bytes, once it is whole and its stored bytes are the image's:
+    /// mapped from its file, or read where entries are not mapped.
+    fn read_entry(&self, name: &str, key: &BlockKey<'_>) -> Option<LoadedEntry> {
         let fd = openat(
             &self.dir,
             name,
@@ -233,33 +236,18 @@ impl DiskBlockCache {
         {
             return None;
         }
-        let entry = MappedEntry::map(&fd, size)?;
-        let whole = entry.whole();
-        let field = |at: usize| {
-            u32::from_le_bytes([whole[at], whole[at + 1], whole[at + 2], whole[at + 3]])
+        let bytes = if self.map {
+            EntryBytes::Mapped(MappedFile::map(&fd, size)?)
+        } else {
+            let mut all = Vec::with_capacity(size);
+            File::from(fd)
+                .take(size as u64 + 1)
+                .read_to_end(&mut all)
+                .ok()?;
+            EntryBytes::Read(all)
         };
-        let (stored_len, data_len, data_crc) = (field(8) as usize, field(12) as usize, field(16));
-        if &whole[..4] != MAGIC
-            || u16::from_le_bytes([whole[4], whole[5]]) != key.compressor
-            || stored_len != key.stored.len()
-            || data_len > MAX_BLOCK
-            // All of it, and nothing after it: a file longer than its header says is not an
-            // entry.
-            || size != HEADER + stored_len + data_len
-        {
-            return None;
-        }
-        // The comparison that makes a hit: these are the bytes the image holds now.
-        if whole[HEADER..HEADER + stored_len] != *key.stored {
-            return None;
-        }
-        let data = &whole[HEADER + stored_len..];
-        // Entries are renamed into place without fsync: after a crash one may hold zeros or
-        // a torn write. The CRC makes that a miss (about 10 us for 128 KiB).
-        if crc32(data) != data_crc {
-            return None;
-        }
-        Some(entry.lend_from(HEADER + stored_len))
+        let from = data_offset(bytes.whole(), key)?;
+        Some(LoadedEntry { bytes, from })
     }
 
     fn write_entry(&self, name: &str, key: &BlockKey<'_>, data: &[u8]) -> Option<()> {
@@ -302,34 +290,103 @@ fn crc32(data: &[u8]) -> u32 {
     crc.sum()
 }
 
-/// An entry's file, mapped read-only, lent from byte `from` on (its decompressed block).
-///
-/// Mapped, not read: reading a warm launch's 16 blocks (2 MB of busybox) into new memory was
-/// mostly page faults, 80-160 us a block in the read-ahead threads against 30 us unit-timed.
-/// Mapped, the pages are the page cache's, already there: a warm launch went from 10.8 ms of
-/// CPU to 7.0 (`perf stat`, 80 launches) and from 0.54 to 0.45 of ch-run's time (paired, 200
-/// rounds, 2026-12-05). The mapping lives as long as the block is kept; removing or replacing
-/// the entry file leaves it intact. Truncating an entry while a launch has it mapped makes
-/// that launch's next read of it end the launcher with SIGBUS: only the user's own processes
-/// can write the directory (`private_dir`), and those can as well kill the launcher. The
-/// stores into the kernel's page cache read the mapping in the kernel, where such a read
-/// fails with EFAULT instead (docs/security.md).
-struct MappedEntry {
-    base: std::ptr::NonNull<libc::c_void>,
-    len: usize,
+/// Where the decompressed block of an entry starts, if `whole` is an entry for `key`: of
+/// the size its header says, nothing after it, the same stored bytes and compressor, and
+/// decompressed bytes that match its CRC.
+fn data_offset(whole: &[u8], key: &BlockKey<'_>) -> Option<usize> {
+    let field = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(whole.get(at..at + 4)?.try_into().ok()?))
+    };
+    let (stored_len, data_len, data_crc) = (field(8)? as usize, field(12)? as usize, field(16)?);
+    if whole.get(..4)? != MAGIC
+        || u16::from_le_bytes([whole[4], whole[5]]) != key.compressor
+        || stored_len != key.stored.len()
+        || data_len > MAX_BLOCK
+        // All of it, and nothing after it: a file longer than its header says is not an entry.
+        || whole.len() != HEADER + stored_len + data_len
+    {
+        return None;
+    }
+    // The comparison that makes a hit: these are the bytes the image holds now.
+    if whole[HEADER..HEADER + stored_len] != *key.stored {
+        return None;
+    }
+    // Entries are renamed into place without fsync: after a crash one may hold zeros or a
+    // torn write. The CRC makes that a miss (about 10 us for 128 KiB).
+    (crc32(&whole[HEADER + stored_len..]) == data_crc).then_some(HEADER + stored_len)
+}
+
+/// Whether the directory is on a local file system, where entries are mapped. Mapped, not
+/// read: reading a warm launch's 16 blocks (2 MB of busybox) into new memory was mostly page
+/// faults, 80-160 us a block in the read-ahead threads against 30 us unit-timed; mapped, the
+/// pages are the page cache's, there already, and a warm launch went from 10.8 ms of CPU to
+/// 7.0 (`perf stat`, 80 launches) and from 0.54 to 0.45 of ch-run's time (paired, 200
+/// rounds, 2026-12-05). Elsewhere (NFS, a parallel file system) a page of a mapping can fail
+/// later (another node removed the entry, the server went away) and that read would end the
+/// launcher with SIGBUS, where a failed read is only a miss.
+fn local_file_system(dir: &OwnedFd) -> bool {
+    use nix::sys::statfs::{
+        fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+    };
+    // EXT4_SUPER_MAGIC is ext2's and ext3's as well.
+    let local = [
+        TMPFS_MAGIC,
+        EXT4_SUPER_MAGIC,
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+    ];
+    fstatfs(dir).is_ok_and(|fs| local.contains(&fs.filesystem_type()))
+}
+
+/// A loaded entry: its file's bytes, lent from byte `from` on (the decompressed block).
+struct LoadedEntry {
+    bytes: EntryBytes,
     from: usize,
 }
 
-// SAFETY: the mapping is read-only and private to this struct: nothing writes it, so any
-// thread may read it, and it is unmapped only once, by the owner's Drop.
-unsafe impl Send for MappedEntry {}
-// SAFETY: as above: shared references only read.
-unsafe impl Sync for MappedEntry {}
+enum EntryBytes {
+    Mapped(MappedFile),
+    Read(Vec<u8>),
+}
 
-impl MappedEntry {
-    fn map(fd: &OwnedFd, len: usize) -> Option<MappedEntry> {
-        // SAFETY: a new read-only private mapping of `len` bytes of a regular file the caller
-        // checked, at an address the kernel picks; no existing memory is touched.
+impl EntryBytes {
+    fn whole(&self) -> &[u8] {
+        match self {
+            EntryBytes::Mapped(m) => m.bytes(),
+            EntryBytes::Read(v) => v,
+        }
+    }
+}
+
+impl LentBytes for LoadedEntry {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes.whole()[self.from..]
+    }
+}
+
+/// An entry file mapped read-only, for as long as its block is kept. Removing or replacing
+/// the entry file (eviction, another launch) leaves the mapping whole. What the user's own
+/// processes can still do, as they can to all of the user's files (docs/security.md): write
+/// the entry in place, which changes what launches holding it serve from then on (the checks
+/// were made when it was loaded), or truncate it, which ends such a launch with SIGBUS at its
+/// next read of a page past the new end. The stores into the kernel's page cache read the
+/// mapping in the kernel, where such a page is an EFAULT, not a signal.
+struct MappedFile {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this struct (unmapped once, by Drop); this
+// process never writes it, so any thread may read it.
+unsafe impl Send for MappedFile {}
+// SAFETY: as above: shared references only read.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    fn map(fd: &OwnedFd, len: usize) -> Option<MappedFile> {
+        // SAFETY: a new read-only private mapping of `len` bytes (at least HEADER) of a
+        // regular file the caller checked, at an address the kernel picks; no existing memory
+        // is touched.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -343,35 +400,25 @@ impl MappedEntry {
         if base == libc::MAP_FAILED {
             return None;
         }
-        Some(MappedEntry {
+        Some(MappedFile {
             base: std::ptr::NonNull::new(base)?,
             len,
-            from: 0,
         })
     }
 
-    fn whole(&self) -> &[u8] {
-        // SAFETY: `len` bytes mapped readable at `base` until Drop (see the type's note on
-        // truncation by the user's own processes).
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes are mapped readable at `base` until Drop, and this process never
+        // writes them. Only the user's own processes can change them, through the file (see
+        // the type's note); the readers (the checks, copies into replies and stores) take the
+        // bytes as they find them and rely on no two reads agreeing.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<u8>(), self.len) }
     }
-
-    fn lend_from(mut self, from: usize) -> MappedEntry {
-        self.from = from.min(self.len);
-        self
-    }
 }
 
-impl LentBytes for MappedEntry {
-    fn bytes(&self) -> &[u8] {
-        &self.whole()[self.from..]
-    }
-}
-
-impl Drop for MappedEntry {
+impl Drop for MappedFile {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping `map` made; no reference into it outlives
-        // `self` (they borrow it).
+        // SAFETY: unmaps exactly the mapping `map` made; no reference into it outlives `self`
+        // (they borrow it).
         unsafe { libc::munmap(self.base.as_ptr(), self.len) };
     }
 }
@@ -473,12 +520,24 @@ mod tests {
 
     #[test]
     fn damaged_entries_are_misses() {
+        // Mapped (a local file system, as here) and read (elsewhere): the same checks.
+        for map in [true, false] {
+            damaged_entries_are_misses_when(map);
+        }
+    }
+
+    fn damaged_entries_are_misses_when(map: bool) {
         let tmp = tempfile::tempdir().unwrap();
-        let c = cache(tmp.path(), 1 << 20);
+        let mut c = cache(tmp.path(), 1 << 20);
+        c.map = map;
         let dir = tmp.path().join("user").join("blocks");
         let path = dir.join(DiskBlockCache::name(&key(b"stored")));
         c.save(&key(b"stored"), b"decompressed");
         let whole = std::fs::read(&path).unwrap();
+        assert_eq!(
+            c.load(&key(b"stored")).as_deref(),
+            Some(&b"decompressed"[..])
+        );
         for cut in [0, 3, HEADER, whole.len() - 1] {
             std::fs::write(&path, &whole[..cut]).unwrap();
             assert!(c.load(&key(b"stored")).is_none(), "cut at {cut}");

@@ -90,24 +90,26 @@ pub fn spawn(
                 return;
             };
             let interp = interpreter(&head[..n]).and_then(|p| regular_file(&archive, &p));
-            let mut work = Vec::new();
-            if let Some(interp) = &interp {
-                work.extend(blocks(&archive, interp, 0));
-            }
-            work.extend(blocks(
-                &archive,
-                &prog,
-                (n as u64).div_ceil(block_size(&archive)),
-            ));
-            warm(&archive, &work, store, &stopped);
-            // Offered once their blocks are all in memory: the push thread then only copies.
-            // Offered before, it took the blocks the read-ahead had not reached yet and
-            // decompressed them itself, past the block cache.
-            if !stopped.load(Ordering::Relaxed) {
-                if let Some(interp) = &interp {
-                    offer(interp);
+            // Each file is offered once its blocks are all in memory: the push thread then
+            // only copies. (Offered before, it took the blocks the read-ahead had not reached
+            // yet and decompressed them itself, past the block cache.) The interpreter first:
+            // it is small and the exec maps it first, and a program too big to warm within
+            // the exec's wait does not hold it back.
+            let rest = blocks(&archive, &prog, (n as u64).div_ceil(block_size(&archive)));
+            for (file, work) in [
+                interp
+                    .as_ref()
+                    .map(|i| (i, blocks(&archive, i, 0).collect::<Vec<_>>())),
+                Some((&prog, rest.collect())),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                warm(&archive, &work, store, &stopped);
+                if stopped.load(Ordering::Relaxed) {
+                    break;
                 }
-                offer(&prog);
+                offer(file);
             }
             drop(promise);
             if let Some((cache, dir)) = &cache {

@@ -261,6 +261,9 @@ const MAX_PUSH: u64 = 8 << 20;
 /// program was never pushed again when its lookup came.
 pub struct StoreFd(pub OwnedFd);
 
+/// Pieces one writev takes, at most (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+
 /// `fuse_notify_code::FUSE_NOTIFY_STORE`.
 const FUSE_NOTIFY_STORE: i32 = 4;
 /// `fuse_out_header` (len, error: the notify code, unique: 0), then `fuse_notify_store_out`
@@ -281,6 +284,15 @@ impl StoreFd {
         head[16..24].copy_from_slice(&ino.0.to_le_bytes());
         // offset (24..32) stays 0: the whole file.
         head[32..36].copy_from_slice(&size32.to_le_bytes());
+        // One writev takes at most IOV_MAX (1024) pieces: a file of more blocks (over 4 MiB of
+        // an image made with 4 KiB blocks) goes from one buffer.
+        let joined: Vec<u8>;
+        let pieces = if pieces.len() < IOV_MAX {
+            pieces
+        } else {
+            joined = pieces.concat();
+            &[&joined[..]][..]
+        };
         let mut iov = Vec::with_capacity(pieces.len() + 1);
         iov.push(IoSlice::new(&head));
         iov.extend(pieces.iter().map(|p| IoSlice::new(p)));
@@ -347,6 +359,20 @@ mod tests {
             0xde, 0xad, 0xbe, 0xef,
         ];
         assert_eq!(&got[..n], &want[..]);
+    }
+
+    /// A file of more pieces than one writev takes is stored whole all the same.
+    #[test]
+    fn a_store_of_more_pieces_than_writev_takes_is_one_message() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let pieces: Vec<[u8; 1]> = (0..IOV_MAX + 5).map(|i| [i as u8]).collect();
+        let slices: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+        StoreFd(write).store(INodeNo(7), &slices).unwrap();
+        let mut got = vec![0u8; STORE_HEAD + slices.len() + 1];
+        let n = nix::unistd::read(&read, &mut got).unwrap();
+        assert_eq!(n, STORE_HEAD + slices.len());
+        assert_eq!(&got[32..36], &(slices.len() as u32).to_le_bytes());
+        assert_eq!(&got[STORE_HEAD..n], &pieces.concat()[..]);
     }
 
     #[test]
