@@ -325,15 +325,14 @@ fn data_offset(whole: &[u8], key: &BlockKey<'_>) -> Option<usize> {
 /// later (another node removed the entry, the server went away) and that read would end the
 /// launcher with SIGBUS, where a failed read is only a miss.
 fn local_file_system(dir: &OwnedFd) -> bool {
-    use nix::sys::statfs::{
-        fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
-    };
-    // EXT4_SUPER_MAGIC is ext2's and ext3's as well.
+    use nix::sys::statfs::{fstatfs, FsType};
+    // The magic numbers themselves: nix names some of them for glibc targets only (the static
+    // musl build has no XFS_SUPER_MAGIC).
     let local = [
-        TMPFS_MAGIC,
-        EXT4_SUPER_MAGIC,
-        XFS_SUPER_MAGIC,
-        BTRFS_SUPER_MAGIC,
+        FsType(0x0102_1994), // tmpfs
+        FsType(0xef53),      // ext2, ext3, ext4
+        FsType(0x5846_5342), // xfs
+        FsType(0x9123_683e), // btrfs
     ];
     fstatfs(dir).is_ok_and(|fs| local.contains(&fs.filesystem_type()))
 }
