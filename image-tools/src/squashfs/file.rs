@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::cache::Claim;
+use super::cache::{Claim, Ticket};
 use super::compression::decompress;
 use super::error::{corrupt, Error, Result};
 use super::inode::{Detail, FileLayout, Inode, NO_FRAGMENT};
@@ -172,7 +172,9 @@ impl Archive {
                     // Another reader is decompressing this block: take its result.
                     let data = match flight.wait() {
                         Some(d) => d,
-                        None => self.load_block(b, first + i as u64)?,
+                        None => {
+                            self.load_block(b, &format_args!("data block {}", first + i as u64))?
+                        }
                     };
                     copy_overlap(buf, offset, &data, at, want)?;
                     i += 1;
@@ -248,14 +250,7 @@ impl Archive {
             return Ok(());
         }
         if let Claim::Mine(ticket) = self.data_cache.claim((b.pos, b.raw)) {
-            let data = self.disk.with_bytes(
-                b.pos,
-                b.disk_size() as usize,
-                &format_args!("data block {index}"),
-                |stored| self.decode_via(b, stored, store),
-            )?;
-            let weight = data.len() + 64;
-            ticket.complete(data, weight);
+            self.load_claimed(ticket, b, &format_args!("data block {index}"), store)?;
         }
         Ok(())
     }
@@ -317,35 +312,38 @@ impl Archive {
         what: &dyn std::fmt::Display,
         store: Option<&dyn BlockStore>,
     ) -> Result<Arc<BlockBytes>> {
-        let ticket = match self.data_cache.claim((b.pos, b.raw)) {
-            Claim::Ready(d) => return Ok(d),
-            Claim::Wait(flight) => {
-                if let Some(d) = flight.wait() {
-                    return Ok(d);
-                }
-                None
-            }
-            Claim::Mine(t) => Some(t),
-        };
+        match self.data_cache.claim((b.pos, b.raw)) {
+            Claim::Ready(d) => Ok(d),
+            Claim::Wait(flight) => match flight.wait() {
+                Some(d) => Ok(d),
+                None => self.load_block(b, what),
+            },
+            Claim::Mine(ticket) => self.load_claimed(ticket, b, what, store),
+        }
+    }
+
+    /// Loads a block this reader claimed into the cache (through `store`, if any).
+    fn load_claimed(
+        &self,
+        ticket: Ticket<'_, (u64, u32), BlockBytes>,
+        b: BlockRef,
+        what: &dyn std::fmt::Display,
+        store: Option<&dyn BlockStore>,
+    ) -> Result<Arc<BlockBytes>> {
         self.disk
-            .with_bytes(b.pos, b.disk_size() as usize, what, |stored| match ticket {
-                Some(t) => {
-                    let data = self.decode_via(b, stored, store)?;
-                    let weight = data.len() + 64;
-                    Ok(t.complete(data, weight))
-                }
-                None => self.decode_block(b, stored),
+            .with_bytes(b.pos, b.disk_size() as usize, what, |stored| {
+                let data = self.decode_via(b, stored, store)?;
+                let weight = data.len() + 64;
+                Ok(ticket.complete(data, weight))
             })
     }
 
     /// Reads and decompresses one block without sharing (after another reader's load failed).
-    fn load_block(&self, b: BlockRef, index: u64) -> Result<Arc<BlockBytes>> {
-        self.disk.with_bytes(
-            b.pos,
-            b.disk_size() as usize,
-            &format_args!("data block {index}"),
-            |stored| self.decode_block(b, stored),
-        )
+    fn load_block(&self, b: BlockRef, what: &dyn std::fmt::Display) -> Result<Arc<BlockBytes>> {
+        self.disk
+            .with_bytes(b.pos, b.disk_size() as usize, what, |stored| {
+                self.decode_block(b, stored)
+            })
     }
 
     /// Decompresses a data or fragment block and caches it.
