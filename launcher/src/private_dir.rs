@@ -5,9 +5,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, AT_FDCWD};
 use nix::sys::stat::{fstat, Mode};
-use std::os::fd::OwnedFd;
+use nix::NixPath;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 /// The directory `dir` (the `what` of messages), created private to `uid` if missing; an
@@ -15,41 +16,49 @@ use std::path::Path;
 /// not private to `uid`. Checked by path, then again on the open descriptor, which is what
 /// callers use.
 pub fn open(dir: &Path, uid: u32, what: &str, name_owner: bool) -> Result<OwnedFd> {
-    match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o700)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => bail!("'{}': cannot create the {what}: {e}", dir.display()),
-    }
+    make(AT_FDCWD, dir, dir, what)?;
     // Looked at before opening, so that a directory we may not even open is refused with its
     // owner named.
     let st = nix::sys::stat::lstat(dir).with_context(|| format!("stat '{}'", dir.display()))?;
     refuse_unless_private(dir, uid, &st, name_owner)?;
-    let fd = nix::fcntl::open(
-        dir,
-        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| anyhow!("'{}': cannot open the {what}: {e}", dir.display()))?;
-    let st = fstat(&fd).with_context(|| format!("stat '{}'", dir.display()))?;
-    refuse_unless_private(dir, uid, &st, name_owner)?;
-    Ok(fd)
+    open_private(AT_FDCWD, dir, dir, uid, what, name_owner)
 }
 
 /// `open` for `name` in the private directory `parent` (shown as `path` in messages), made
 /// and opened through the descriptor: nothing is resolved by path again.
 pub fn open_in(parent: &OwnedFd, name: &str, path: &Path, uid: u32, what: &str) -> Result<OwnedFd> {
+    make(parent, name, path, what)?;
+    open_private(parent, name, path, uid, what, false)
+}
+
+/// Creates the directory `name` (relative to `parent`; `shown` in messages) private to the
+/// caller, unless it exists.
+fn make<P: ?Sized + NixPath>(parent: impl AsFd, name: &P, shown: &Path, what: &str) -> Result<()> {
     match nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => bail!("'{}': cannot create the {what}: {e}", path.display()),
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => bail!("'{}': cannot create the {what}: {e}", shown.display()),
     }
+}
+
+/// Opens the directory `name` (relative to `parent`; `shown` in messages), not following a
+/// symlink, and refuses it unless the open descriptor is a directory private to `uid`.
+fn open_private<P: ?Sized + NixPath>(
+    parent: impl AsFd,
+    name: &P,
+    shown: &Path,
+    uid: u32,
+    what: &str,
+    name_owner: bool,
+) -> Result<OwnedFd> {
     let fd = nix::fcntl::openat(
         parent,
         name,
         OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| anyhow!("'{}': cannot open the {what}: {e}", path.display()))?;
-    let st = fstat(&fd).with_context(|| format!("stat '{}'", path.display()))?;
-    refuse_unless_private(path, uid, &st, false)?;
+    .map_err(|e| anyhow!("'{}': cannot open the {what}: {e}", shown.display()))?;
+    let st = fstat(&fd).with_context(|| format!("stat '{}'", shown.display()))?;
+    refuse_unless_private(shown, uid, &st, name_owner)?;
     Ok(fd)
 }
 
