@@ -49,8 +49,9 @@ impl Prefetch {
     }
 }
 
-/// Warm the program and its interpreter, offering each to `pusher` (if any) first; blocks
-/// come from, and go to, the block cache when there is one (`cache`: where, and for whom).
+/// Warm the interpreter and the program, offering each to `pusher` (if any) once its blocks
+/// are in memory; blocks come from, and go to, the block cache when there is one (`cache`:
+/// where, and for whom).
 pub fn spawn(
     archive: Arc<Archive>,
     program: String,
