@@ -319,7 +319,8 @@ pub fn run(
             if inode.size == 0 || inode.size > MAX_PUSH {
                 continue;
             }
-            // Waits for blocks the read-ahead is still decompressing.
+            // A program's blocks are all in memory when it is offered; a listed file's are
+            // loaded here (or waited for, while another reader loads them).
             let Ok(Some(pieces)) = archive.file_pieces(&inode) else {
                 continue;
             };
