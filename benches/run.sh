@@ -390,6 +390,24 @@ JQ_LIB='
         | if $a and $b then $a / $b else empty end;
 '
 
+# verdict_of R OP TARGET: "met" or "MISSED" for the ratio R against "<= TARGET" or "~ TARGET"
+# (within 2 - TARGET .. TARGET); "(no target)" for any other OP. target_shown OP TARGET: the
+# target as the report writes it.
+verdict_of() {
+    case $2 in
+        "<=") awk -v r="$1" -v t="$3" 'BEGIN { print (r <= t) ? "met" : "MISSED" }' ;;
+        "~") awk -v r="$1" -v t="$3" 'BEGIN { print (r >= 2 - t && r <= t) ? "met" : "MISSED" }' ;;
+        *) echo "(no target)" ;;
+    esac
+}
+target_shown() {
+    case $1 in
+        "~") echo "≈ 1.0 (within $(awk -v t="$2" 'BEGIN { printf "%.2f-%.2f", 2 - t, t }'))" ;;
+        "-") echo "-" ;;
+        *) echo "$1 $2" ;;
+    esac
+}
+
 # ratio_line ID NUM DEN TARGET_OP TARGET LABEL: median NUM / median DEN within each round, the
 # median of those over the rounds (and their range), a line in the report and in the summary.
 ratio_line() {
@@ -411,14 +429,9 @@ ratio_line() {
     r=${all%% *}
     all=${all#* }
     local fast=${all%% *} per=${all#* }
-    case $op in
-        "<=") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r <= t) ? "met" : "MISSED" }') ;;
-        "~") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r >= 2 - t && r <= t) ? "met" : "MISSED" }') ;;
-        *) verdict="(no target)" ;;
-    esac
-    local shown_t="$op $tgt" line
-    [[ $op == "~" ]] && shown_t="≈ 1.0 (within $(awk -v t="$tgt" 'BEGIN { printf "%.2f-%.2f", 2 - t, t }'))"
-    [[ $op == "-" ]] && shown_t="-"
+    verdict=$(verdict_of "$r" "$op" "$tgt")
+    local shown_t line
+    shown_t=$(target_shown "$op" "$tgt")
     line="- **$label** = $r (median \`$num\` / median \`$den\`"
     ((ROUNDS > 1)) && line+="; per round: $per"
     line+="; fastest run / fastest run: $fast)"
@@ -606,11 +619,8 @@ paired_row() {
         return 0
     fi
     r=$(awk -v r="$r" 'BEGIN { printf "%.2f", r }')
-    shown_t="$op $tgt"
-    case $op in
-        "<=") verdict=$(awk -v r="$r" -v t="$tgt" 'BEGIN { print (r <= t) ? "met" : "MISSED" }') ;;
-        *) verdict="(no target)" shown_t="-" ;;
-    esac
+    verdict=$(verdict_of "$r" "$op" "$tgt")
+    shown_t=$(target_shown "$op" "$tgt")
     local line
     line="- **$label** = $r (median over $(jq '.times[0] | length' "$json") paired rounds)"
     [[ $op == "-" ]] || line+="; target $shown_t: **$verdict**"
